@@ -1,0 +1,69 @@
+// Per-block attention kernels: the inner loop of attention over buckets.
+//
+// One call handles one kv-head of one block for all the queries that read
+// that kv-head (n_rows query rows x group q-heads, "nq" below). It computes
+// the block's scores, writes them out for the importance pass, and folds the
+// block into each query's online-softmax state:
+//
+//   m' = max(m, max_t s_t)         running maximum
+//   l  = l*e^(m-m') + sum_t e^(s_t-m')
+//   acc= acc*e^(m-m') + sum_t e^(s_t-m') * scale_v,t * code_v,t   [head_dim]
+//   z  = z*e^(m-m')   + sum_t e^(s_t-m') * zero_v,t               (the zero point,
+//                                                                  common to all dims)
+//   output = (acc + z) / l  after the last block.
+//
+// Two implementations with one signature: the portable scalar reference
+// (attend-ref.cc) and the AVX-512/VNNI fast path (attend-avx512.cc).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "smartkv/block-layout.h"
+
+namespace smartkv {
+
+struct head_query {
+    int n_rows = 0, group = 0, head_dim = 0;
+    const float* q = nullptr;         // [nq][head_dim] f32, already times 1/sqrt(head_dim)
+    const float* q_sum = nullptr;     // [nq] sum over d of q (zero-point term, float path)
+    const int8_t* q8 = nullptr;       // [nq][head_dim] s8 codes of q, or null (float path)
+    const float* q8_scale = nullptr;  // [nq] q ~= q8_scale * q8
+    const int32_t* q8_sum = nullptr;  // [nq] sum over d of q8
+    const int32_t* row_pos = nullptr; // [n_rows] position of each query row (causal mask)
+    int nq() const { return n_rows * group; }
+};
+
+struct head_state {
+    float* m = nullptr;    // [nq] running max, starts at -inf
+    float* l = nullptr;    // [nq] running sum of exp, starts at 0
+    float* z = nullptr;    // [nq] zero-point accumulator, starts at 0
+    float* acc = nullptr;  // [nq][head_dim], starts at 0
+};
+
+enum class block_kind : uint8_t { quantized, fp16, kivi };
+
+struct block_ref {
+    const uint8_t* data = nullptr;
+    block_kind kind = block_kind::fp16;
+    kv_format fmt = kv_format::fp16;
+    int n_valid = 0;          // used slots
+    bool needs_mask = false;  // may hold tokens later than some query row
+    uint32_t slot_base = 0;   // index of slot 0 in the score rows
+};
+
+// Where scores go: scores[qi * stride + slot_base + t] for query qi = r*group+g.
+struct score_sink {
+    float* scores = nullptr;
+    size_t stride = 0;
+};
+
+// scratch: at least (2*head_dim + 4*block_tokens) floats per call site.
+void attend_block_ref(const block_layout& layout, quant_mode mode, const block_ref& blk, int head,
+                      const head_query& q, head_state& st, const score_sink& sink, float* scratch);
+void attend_block_fast(const block_layout& layout, quant_mode mode, const block_ref& blk, int head,
+                       const head_query& q, head_state& st, const score_sink& sink, float* scratch);
+
+// True when attend_block_fast has a vectorised path for this shape on this CPU.
+bool fast_path_available(int head_dim);
+
+}  // namespace smartkv

@@ -1,0 +1,257 @@
+// Batched attention over the buckets of many sequences (cpu_engine::attend).
+//
+// For each request: append the new tokens, gather the queries per kv-head,
+// list the blocks of every bucket, then run one task per (request, kv-head,
+// context split) on the pool; merge the splits' softmax states; finally turn
+// the stored scores into probabilities and fold them into importance.
+// Long prefill chunks run in waves of rows so the score buffer stays bounded.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "cpu-engine.h"
+#include "smartkv/kivi.h"
+
+namespace smartkv {
+
+struct cpu_engine::prepared {
+    const attend_request* req = nullptr;
+    layer_store* ls = nullptr;
+    int row0 = 0, n_rows = 0, nq = 0;  // rows [row0, row0+n_rows) of the request; nq = n_rows*group
+    size_t n_after = 0;                // tokens after the append
+    int n_splits = 1;
+    std::vector<float> q, q_sum, q8_scale;        // [H][nq][D], [H][nq], [H][nq]
+    std::vector<int8_t> q8;                        // [H][nq][D]
+    std::vector<int32_t> q8_sum, row_pos;          // [H][nq], [n_rows]
+    std::vector<block_ref> blocks;                 // every block of every bucket
+    std::vector<const block_layout*> layouts;      // [blocks]
+    std::vector<int32_t> slot_pos;                 // [n_after] position of each score column
+    std::vector<float> m, l, z, acc;               // [S][H][nq], acc [S][H][nq][D]
+    std::vector<float> scores;                     // [H][nq][n_after]
+};
+
+namespace {
+[[noreturn]] void fail(error_code c, const std::string& msg) { throw engine_error(c, msg); }
+constexpr size_t max_score_floats = size_t(1) << 24;  // 64 MiB of scores per request wave
+}  // namespace
+
+void cpu_engine::prepare_queries(const attend_request& req, prepared& p) const {
+    const int H = cfg_.n_kv_heads, G = cfg_.n_q_heads / cfg_.n_kv_heads, D = cfg_.head_dim;
+    const float inv_sqrt_d = 1.f / std::sqrt(float(D));
+    const size_t nqh = size_t(H) * p.nq;
+    p.q.resize(nqh * D);
+    p.q_sum.resize(nqh);
+    p.row_pos.resize(size_t(p.n_rows));
+    const size_t n_before = p.n_after - size_t(req.n_rows);
+    for (int r = 0; r < p.n_rows; ++r) p.row_pos[size_t(r)] = int32_t(n_before + size_t(p.row0 + r));
+    if (cfg_.query_int8) {
+        p.q8.resize(nqh * D);
+        p.q8_scale.resize(nqh);
+        p.q8_sum.resize(nqh);
+    }
+    for (int h = 0; h < H; ++h)
+        for (int r = 0; r < p.n_rows; ++r)
+            for (int g = 0; g < G; ++g) {
+                const size_t qi = size_t(h) * p.nq + size_t(r) * G + g;
+                const float* src = req.q + (size_t(p.row0 + r) * cfg_.n_q_heads + size_t(h) * G + g) * D;
+                float* dst = &p.q[qi * D];
+                float sum = 0.f, absmax = 0.f;
+                for (int d = 0; d < D; ++d) {
+                    dst[d] = src[d] * inv_sqrt_d;
+                    sum += dst[d];
+                    absmax = std::max(absmax, std::fabs(dst[d]));
+                }
+                p.q_sum[qi] = sum;
+                if (!cfg_.query_int8) continue;
+                const float scale = absmax > 0.f ? absmax / 127.f : 1.f;
+                int32_t isum = 0;
+                for (int d = 0; d < D; ++d) {
+                    const int c = int(std::lrintf(dst[d] / scale));
+                    p.q8[qi * D + d] = int8_t(c);
+                    isum += c;
+                }
+                p.q8_scale[qi] = scale;
+                p.q8_sum[qi] = isum;
+            }
+}
+
+void cpu_engine::build_blocks(const layer_store& ls, prepared& p) const {
+    p.blocks.clear();
+    p.layouts.clear();
+    p.slot_pos.resize(p.n_after);
+    uint32_t base = 0;
+    auto add_block = [&](const uint8_t* data, const block_layout& L, block_kind kind, kv_format f, int fill) {
+        p.blocks.push_back({data, kind, f, fill, kind == block_kind::fp16, base});
+        p.layouts.push_back(&L);
+        const int32_t* pos = reinterpret_cast<const int32_t*>(data + L.pos);
+        for (int t = 0; t < fill; ++t) p.slot_pos[base + t] = pos[t];
+        base += uint32_t(fill);
+    };
+    for (size_t g = 0; g < ls.n_groups(); ++g)
+        add_block(ls.group(g), ls.group_layout(), block_kind::kivi,
+                  ls.kind() == storage_kind::kivi2 ? kv_format::int2 : kv_format::int4, kivi_group);
+    for (int f = 0; f < n_formats; ++f) {
+        const bucket& b = ls.bucket_of(kv_format(f));
+        const block_kind kind = f == int(kv_format::fp16) ? block_kind::fp16 : block_kind::quantized;
+        for (size_t i = 0; i < b.n_blocks(); ++i) add_block(b.block(i), b.layout(), kind, kv_format(f), b.block_fill(i));
+    }
+}
+
+void cpu_engine::run_attention(std::vector<prepared>& batch) {
+    const int H = cfg_.n_kv_heads, G = cfg_.n_q_heads / cfg_.n_kv_heads, D = cfg_.head_dim;
+    // Split long contexts so there are a few tasks per thread even for one sequence.
+    const size_t want_tasks = size_t(pool_.size()) * 4;
+    size_t base_tasks = batch.size() * size_t(H);
+    struct task { prepared* p; int head, split; };
+    std::vector<task> tasks;
+    for (prepared& p : batch) {
+        const size_t nb = p.blocks.size();
+        size_t splits = base_tasks >= want_tasks ? 1 : (want_tasks + base_tasks - 1) / base_tasks;
+        splits = std::max<size_t>(1, std::min(splits, nb / 8));
+        p.n_splits = int(splits);
+        const size_t states = splits * size_t(H) * p.nq;
+        p.m.assign(states, -std::numeric_limits<float>::infinity());
+        p.l.assign(states, 0.f);
+        p.z.assign(states, 0.f);
+        p.acc.assign(states * D, 0.f);
+        p.scores.resize(size_t(H) * p.nq * p.n_after);
+        for (int h = 0; h < H; ++h)
+            for (int s = 0; s < p.n_splits; ++s) tasks.push_back({&p, h, s});
+    }
+    const size_t scratch_floats = size_t(2 * D + 4 * std::max(cfg_.block_tokens, kivi_group) + 64);
+    std::vector<std::vector<float>> scratch(size_t(pool_.size()), std::vector<float>(scratch_floats));
+    const auto kernel = use_fast_ ? attend_block_fast : attend_block_ref;
+
+    pool_.parallel_for(tasks.size(), [&](size_t ti, int thread) {
+        const task& t = tasks[ti];
+        prepared& p = *t.p;
+        const size_t nb = p.blocks.size();
+        const size_t b0 = nb * size_t(t.split) / size_t(p.n_splits), b1 = nb * size_t(t.split + 1) / size_t(p.n_splits);
+        head_query hq;
+        hq.n_rows = p.n_rows;
+        hq.group = G;
+        hq.head_dim = D;
+        const size_t qoff = size_t(t.head) * p.nq;
+        hq.q = &p.q[qoff * D];
+        hq.q_sum = &p.q_sum[qoff];
+        if (cfg_.query_int8) {
+            hq.q8 = &p.q8[qoff * D];
+            hq.q8_scale = &p.q8_scale[qoff];
+            hq.q8_sum = &p.q8_sum[qoff];
+        }
+        hq.row_pos = p.row_pos.data();
+        const size_t soff = (size_t(t.split) * H + size_t(t.head)) * p.nq;
+        head_state st{&p.m[soff], &p.l[soff], &p.z[soff], &p.acc[soff * D]};
+        const score_sink sink{&p.scores[qoff * p.n_after], p.n_after};
+        for (size_t b = b0; b < b1; ++b)
+            kernel(*p.layouts[b], cfg_.mode, p.blocks[b], t.head, hq, st, sink, scratch[size_t(thread)].data());
+    });
+
+    // Merge the splits and write the outputs.
+    for (prepared& p : batch) {
+        for (int h = 0; h < H; ++h)
+            for (int qi = 0; qi < p.nq; ++qi) {
+                const size_t s0 = size_t(h) * p.nq + size_t(qi);
+                const size_t stride = size_t(H) * p.nq;
+                float M = -std::numeric_limits<float>::infinity();
+                for (int s = 0; s < p.n_splits; ++s) M = std::max(M, p.m[s0 + s * stride]);
+                float L = 0.f, Z = 0.f;
+                float* out = p.req->out + (size_t(p.row0 + qi / G) * cfg_.n_q_heads + size_t(h) * G + qi % G) * D;
+                std::fill(out, out + D, 0.f);
+                for (int s = 0; s < p.n_splits; ++s) {
+                    const size_t si = s0 + s * stride;
+                    if (p.l[si] == 0.f) continue;
+                    const float w = std::exp(p.m[si] - M);
+                    L += w * p.l[si];
+                    Z += w * p.z[si];
+                    const float* acc = &p.acc[si * D];
+                    for (int d = 0; d < D; ++d) out[d] += w * acc[d];
+                }
+                for (int d = 0; d < D; ++d) out[d] = (out[d] + Z) / L;
+                // keep the merged max and sum in split 0 for the importance pass
+                p.m[s0] = M;
+                p.l[s0] = L;
+            }
+    }
+}
+
+void cpu_engine::update_importance(const attend_request& req, layer_store& ls, prepared& p) {
+    const int H = cfg_.n_kv_heads, G = cfg_.n_q_heads / cfg_.n_kv_heads;
+    const float gamma = cfg_.gamma, inv_heads = 1.f / float(cfg_.n_q_heads);
+    const size_t chunk = 4096, n = p.n_after;
+    const size_t n_tasks = (n + chunk - 1) / chunk;
+    pool_.parallel_for(n_tasks, [&](size_t ti, int) {
+        const size_t j0 = ti * chunk, j1 = std::min(n, j0 + chunk);
+        for (size_t j = j0; j < j1; ++j) {
+            const int32_t pos = p.slot_pos[j];
+            float imp = ls.importance(size_t(pos));
+            for (int r = 0; r < p.n_rows; ++r) {
+                float a = 0.f;
+                for (int h = 0; h < H; ++h)
+                    for (int g = 0; g < G; ++g) {
+                        const size_t qi = size_t(h) * p.nq + size_t(r) * G + g;
+                        a += std::exp(p.scores[qi * n + j] - p.m[qi]) / p.l[qi];
+                    }
+                a *= inv_heads;
+                imp = gamma * imp + (1.f - gamma) * a;
+                if (req.probs) req.probs[size_t(p.row0 + r) * n + size_t(pos)] = a;
+            }
+            ls.importance(size_t(pos)) = imp;
+        }
+    });
+}
+
+void cpu_engine::attend(const attend_request* requests, size_t n_requests) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // Validate everything and check memory before the first append.
+    size_t growth = 0;
+    std::vector<layer_store*> stores(n_requests);
+    for (size_t i = 0; i < n_requests; ++i) {
+        const attend_request& r = requests[i];
+        stores[i] = &get_layer(r.seq, r.layer);
+        if (r.n_rows <= 0) fail(error_code::invalid_argument, "request " + std::to_string(i) + ": n_rows must be positive");
+        if (!r.q || !r.k_new || !r.v_new || !r.out)
+            fail(error_code::invalid_argument, "request " + std::to_string(i) + ": q, k_new, v_new and out are required");
+        for (size_t j = 0; j < i; ++j)
+            if (stores[j] == stores[i])
+                fail(error_code::invalid_argument, "sequence " + std::to_string(r.seq) + " layer " +
+                                                       std::to_string(r.layer) + " appears twice in one batch");
+        growth += stores[i]->growth_for_append(r.n_rows);
+    }
+    check_memory(growth);
+    for (size_t i = 0; i < n_requests; ++i) stores[i]->append(requests[i].n_rows, requests[i].k_new, requests[i].v_new);
+
+    // Rows per wave so that scores stay under max_score_floats per request.
+    std::vector<int> done(n_requests, 0);
+    for (;;) {
+        std::vector<prepared> wave;
+        std::vector<size_t> owner;
+        for (size_t i = 0; i < n_requests; ++i) {
+            const attend_request& r = requests[i];
+            if (done[i] >= r.n_rows) continue;
+            prepared p;
+            p.req = &r;
+            p.ls = stores[i];
+            p.n_after = stores[i]->size();
+            const size_t per_row = size_t(cfg_.n_q_heads) * p.n_after;
+            const int max_rows = int(std::max<size_t>(1, max_score_floats / per_row));
+            p.row0 = done[i];
+            p.n_rows = std::min(r.n_rows - done[i], max_rows);
+            p.nq = p.n_rows * (cfg_.n_q_heads / cfg_.n_kv_heads);
+            done[i] += p.n_rows;
+            wave.push_back(std::move(p));
+            owner.push_back(i);
+        }
+        if (wave.empty()) break;
+        for (prepared& p : wave) {
+            prepare_queries(*p.req, p);
+            build_blocks(*p.ls, p);
+        }
+        run_attention(wave);
+        for (prepared& p : wave) update_importance(*p.req, *p.ls, p);
+    }
+    for (size_t i = 0; i < n_requests; ++i) stores[i]->flush_kivi_groups();
+}
+
+}  // namespace smartkv

@@ -1,0 +1,118 @@
+// Dense decode attention (see dense-attention.h). One task per
+// (kv-head, context split); each task keeps an online-softmax state for the
+// group of q-heads that share the kv-head, so every K and V element is loaded
+// and converted once and used by the whole group.
+#include "dense-attention.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../cpu/thread-pool.h"
+
+namespace smartkv {
+
+namespace {
+
+constexpr int tile = 16;      // tokens per softmax update
+constexpr int max_group = 16;
+
+template <bool F16>
+inline __m512 load16(const void* base, size_t i) {
+    if constexpr (F16) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const uint16_t*>(base) + i)));
+    } else {
+        return _mm512_loadu_ps(static_cast<const float*>(base) + i);
+    }
+}
+
+struct split_state {
+    float m[max_group], l[max_group];
+    std::vector<float> acc;  // [group][head_dim]
+};
+
+template <bool F16>
+void dense_task(const dense_problem& p, int head, int t0, int t1, split_state& st) {
+    const int G = p.n_q_heads / p.n_kv_heads, D = p.head_dim;
+    const float scale = 1.f / std::sqrt(float(D));
+    const size_t head_off = size_t(head) * p.n_ctx * D;
+    std::vector<float> q(size_t(G) * D);
+    for (int g = 0; g < G; ++g)
+        for (int d = 0; d < D; ++d) q[size_t(g) * D + d] = p.q[(size_t(head) * G + g) * D + d] * scale;
+    st.acc.assign(size_t(G) * D, 0.f);
+    for (int g = 0; g < G; ++g) st.m[g] = -std::numeric_limits<float>::infinity(), st.l[g] = 0.f;
+    alignas(64) float s[max_group][tile];
+    for (int t = t0; t < t1; t += tile) {
+        const int n = std::min(tile, t1 - t);
+        for (int i = 0; i < n; ++i) {
+            __m512 dot[max_group];
+            for (int g = 0; g < G; ++g) dot[g] = _mm512_setzero_ps();
+            const size_t row = head_off + size_t(t + i) * D;
+            for (int d = 0; d < D; d += 16) {
+                const __m512 k = load16<F16>(p.k, row + d);
+                for (int g = 0; g < G; ++g) dot[g] = _mm512_fmadd_ps(k, _mm512_loadu_ps(&q[size_t(g) * D + d]), dot[g]);
+            }
+            for (int g = 0; g < G; ++g) s[g][i] = _mm512_reduce_add_ps(dot[g]);
+        }
+        for (int g = 0; g < G; ++g) {
+            float mx = st.m[g];
+            for (int i = 0; i < n; ++i) mx = std::max(mx, s[g][i]);
+            const float alpha = std::exp(st.m[g] - mx);
+            st.m[g] = mx;
+            st.l[g] *= alpha;
+            float* acc = &st.acc[size_t(g) * D];
+            for (int d = 0; d < D; ++d) acc[d] *= alpha;
+            for (int i = 0; i < n; ++i) {
+                s[g][i] = std::exp(s[g][i] - mx);
+                st.l[g] += s[g][i];
+            }
+        }
+        for (int i = 0; i < n; ++i) {
+            const size_t row = head_off + size_t(t + i) * D;
+            for (int d = 0; d < D; d += 16) {
+                const __m512 v = load16<F16>(p.v, row + d);
+                for (int g = 0; g < G; ++g) {
+                    float* a = &st.acc[size_t(g) * D + d];
+                    _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_set1_ps(s[g][i]), v, _mm512_loadu_ps(a)));
+                }
+            }
+        }
+    }
+}
+
+template <bool F16>
+void dense_attention(const dense_problem& p, thread_pool& pool) {
+    const int H = p.n_kv_heads, G = p.n_q_heads / p.n_kv_heads, D = p.head_dim;
+    const int want = pool.size() * 4;
+    const int splits = std::max(1, std::min((want + H - 1) / H, p.n_ctx / 256));
+    std::vector<split_state> states(size_t(H) * splits);
+    pool.parallel_for(size_t(H) * splits, [&](size_t task, int) {
+        const int head = int(task) / splits, s = int(task) % splits;
+        const int t0 = int(int64_t(p.n_ctx) * s / splits), t1 = int(int64_t(p.n_ctx) * (s + 1) / splits);
+        dense_task<F16>(p, head, t0, t1, states[task]);
+    });
+    for (int h = 0; h < H; ++h)
+        for (int g = 0; g < G; ++g) {
+            float M = -std::numeric_limits<float>::infinity(), L = 0.f;
+            for (int s = 0; s < splits; ++s) M = std::max(M, states[size_t(h) * splits + s].m[g]);
+            float* out = p.out + (size_t(h) * G + g) * D;
+            std::fill(out, out + D, 0.f);
+            for (int s = 0; s < splits; ++s) {
+                const split_state& st = states[size_t(h) * splits + s];
+                const float w = std::exp(st.m[g] - M);
+                L += w * st.l[g];
+                for (int d = 0; d < D; ++d) out[d] += w * st.acc[size_t(g) * D + d];
+            }
+            for (int d = 0; d < D; ++d) out[d] /= L;
+        }
+}
+
+}  // namespace
+
+void dense_attention_f32(const dense_problem& p, thread_pool& pool) { dense_attention<false>(p, pool); }
+void dense_attention_f16(const dense_problem& p, thread_pool& pool) { dense_attention<true>(p, pool); }
+
+}  // namespace smartkv
