@@ -116,4 +116,11 @@ void validate_config(const engine_config& cfg);
 
 std::unique_ptr<kv_backend> make_cpu_backend(const engine_config& cfg);
 
+// Backend choice for a cache service: `auto_select` takes CUDA when the build
+// has it and a device is present, the CPU otherwise (backend-select.cc).
+enum class device_choice { cpu, cuda, auto_select };
+bool cuda_backend_compiled();
+bool cuda_device_present();
+std::unique_ptr<kv_backend> make_backend(const engine_config& cfg, device_choice choice);
+
 }  // namespace smartkv
