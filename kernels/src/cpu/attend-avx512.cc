@@ -1,13 +1,240 @@
-// Placeholder until the vectorised path lands: the reference.
+// AVX-512 fast path for one block of attention (contract in attend-kernels.h).
+//
+// Quantised keys use integer dot products: the query is int8 (q8), the key
+// codes are unpacked to u8 lanes and vpdpbusd multiplies and sums 4 pairs per
+// 32-bit lane, so a 128-dim key costs two instructions per query head:
+//   q.k = s_q * (s_k * sum_d q8_d*code_d + z_k * sum_d q8_d)
+// Values are unpacked 16 codes at a time to floats and accumulated with FMA as
+// acc += (p*s_v) * code, with the zero point folded into the z accumulator.
+// Queries are handled in tiles of up to 16 (q-heads of a group x rows), so a
+// GQA group unpacks each K and V row once for all its heads.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
 #include "attend-kernels.h"
+#include "simd-math.h"
+#include "smartkv/kivi.h"
 
 namespace smartkv {
 
-bool fast_path_available(int) { return false; }
+namespace {
 
-void attend_block_fast(const block_layout& layout, quant_mode mode, const block_ref& blk, int head,
-                       const head_query& q, head_state& st, const score_sink& sink, float* scratch) {
-    attend_block_ref(layout, mode, blk, head, q, st, sink, scratch);
+constexpr int max_tile = 16;
+
+struct tile_view {
+    int q0, n;  // queries [q0, q0+n) of the head_query
+};
+
+// Online-softmax update for one query over the block's scores s[0..n_valid):
+// rescales the state and turns s into the weights p (in place). Returns false
+// when every score is masked (nothing to add).
+template <int D>
+inline bool softmax_update(float* s, int n_valid, head_state& st, int qi) {
+    __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    int t = 0;
+    for (; t + 16 <= n_valid; t += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + t));
+    float block_max = _mm512_reduce_max_ps(mx);
+    for (; t < n_valid; ++t) block_max = std::max(block_max, s[t]);
+    if (block_max == -std::numeric_limits<float>::infinity()) return false;
+    const float m_new = std::max(st.m[qi], block_max);
+    const float alpha = std::exp(st.m[qi] - m_new);
+    st.m[qi] = m_new;
+    const __m512 vm = _mm512_set1_ps(m_new);
+    __m512 sum = _mm512_setzero_ps();
+    for (t = 0; t < n_valid; t += 16) {
+        const __mmask16 k = n_valid - t >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n_valid - t)) - 1);
+        const __m512 p = _mm512_maskz_mov_ps(k, simd::exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + t), vm)));
+        _mm512_mask_storeu_ps(s + t, k, p);
+        sum = _mm512_add_ps(sum, p);
+    }
+    st.l[qi] = st.l[qi] * alpha + _mm512_reduce_add_ps(sum);
+    st.z[qi] *= alpha;
+    if (alpha != 1.f) {
+        const __m512 va = _mm512_set1_ps(alpha);
+        float* acc = st.acc + size_t(qi) * D;
+        for (int d = 0; d < D; d += 16) _mm512_storeu_ps(acc + d, _mm512_mul_ps(_mm512_loadu_ps(acc + d), va));
+    }
+    return true;
+}
+
+// acc[qi] += sum_t w[qi][t] * codes_t  for the tile, 16 dims at a time.
+// w: [tile][T] weights already multiplied by each token's value scale.
+template <int D, int B>
+void accumulate_values(const uint8_t* v_rows, int row_stride, int n_valid, const float* w, int T, const tile_view& tv,
+                       head_state& st) {
+    for (int c = 0; c < D / 16; ++c) {
+        __m512 acc[max_tile];
+        for (int i = 0; i < tv.n; ++i) acc[i] = _mm512_loadu_ps(st.acc + size_t(tv.q0 + i) * D + 16 * c);
+        for (int t = 0; t < n_valid; ++t) {
+            __m512 v;
+            if constexpr (B == 16) {
+                v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v_rows + size_t(t) * row_stride + 32 * c)));
+            } else {
+                v = simd::codes16_as_float<D, B>(v_rows + size_t(t) * row_stride, c);
+            }
+            for (int i = 0; i < tv.n; ++i) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(w[i * T + t]), v, acc[i]);
+        }
+        for (int i = 0; i < tv.n; ++i) _mm512_storeu_ps(st.acc + size_t(tv.q0 + i) * D + 16 * c, acc[i]);
+    }
+}
+
+// Scores of a quantised block for a tile of queries: s[i][t] (pre-softmax).
+template <int D, int B>
+void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
+                      const tile_view& tv, float* s, int T) {
+    constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
+    const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
+    const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.k_params + L.param_offset(head, 0));
+    constexpr int C = D / 64;
+    __m512i q8[max_tile][C];
+    for (int i = 0; i < tv.n; ++i)
+        for (int c = 0; c < C; ++c) q8[i][c] = _mm512_loadu_si512(q.q8 + size_t(tv.q0 + i) * D + 64 * c);
+    for (int t = 0; t < blk.n_valid; ++t) {
+        __m512i k[C];
+        for (int c = 0; c < C; ++c) k[c] = simd::codes64<D, B>(rows + size_t(t) * L.row, c);
+        const dequant_params kp = read_params(F, mode, params + size_t(t) * L.n_params);
+        for (int i = 0; i < tv.n; ++i) {
+            __m512i dot = _mm512_setzero_si512();
+            for (int c = 0; c < C; ++c) dot = _mm512_dpbusd_epi32(dot, k[c], q8[i][c]);
+            const int qi = tv.q0 + i;
+            s[i * T + t] = q.q8_scale[qi] * (kp.scale * float(_mm512_reduce_add_epi32(dot)) + kp.zero * float(q.q8_sum[qi]));
+        }
+    }
+}
+
+// Scores against fp16 keys (the protected window and sinks), with the causal mask.
+template <int D>
+void fp16_scores(const block_layout& L, const block_ref& blk, int head, const head_query& q, const tile_view& tv,
+                 float* s, int T) {
+    const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
+    const int32_t* pos = reinterpret_cast<const int32_t*>(blk.data + L.pos);
+    for (int t = 0; t < blk.n_valid; ++t) {
+        __m512 k[D / 16];
+        for (int c = 0; c < D / 16; ++c)
+            k[c] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + size_t(t) * L.row + 32 * c)));
+        for (int i = 0; i < tv.n; ++i) {
+            const int qi = tv.q0 + i;
+            if (blk.needs_mask && pos[t] > q.row_pos[qi / q.group]) {
+                s[i * T + t] = -std::numeric_limits<float>::infinity();
+                continue;
+            }
+            __m512 dot = _mm512_setzero_ps();
+            for (int c = 0; c < D / 16; ++c) dot = _mm512_fmadd_ps(k[c], _mm512_loadu_ps(q.q + size_t(qi) * D + 16 * c), dot);
+            s[i * T + t] = _mm512_reduce_add_ps(dot);
+        }
+    }
+}
+
+// Scores against a KIVI group: per-channel key parameters fold into the query.
+template <int D, int B>
+void kivi_scores(const block_layout& L, const block_ref& blk, int head, const head_query& q, const tile_view& tv,
+                 float* s, int T, float* qs /*[D]*/) {
+    const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
+    const half_bits* ch = reinterpret_cast<const half_bits*>(blk.data + L.k_params) + size_t(head) * D * 2;
+    for (int i = 0; i < tv.n; ++i) {
+        const float* qv = q.q + size_t(tv.q0 + i) * D;
+        float bias = 0.f;
+        for (int d = 0; d < D; ++d) {
+            qs[d] = qv[d] * half_to_float(ch[2 * d]);
+            bias += qv[d] * half_to_float(ch[2 * d + 1]);
+        }
+        for (int t = 0; t < blk.n_valid; ++t) {
+            __m512 dot = _mm512_setzero_ps();
+            for (int c = 0; c < D / 16; ++c)
+                dot = _mm512_fmadd_ps(simd::codes16_as_float<D, B>(rows + size_t(t) * L.row, c), _mm512_loadu_ps(qs + 16 * c), dot);
+            s[i * T + t] = _mm512_reduce_add_ps(dot) + bias;
+        }
+    }
+}
+
+template <int D, int B>
+void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
+                 head_state& st, const score_sink& sink, const tile_view& tv, float* scratch) {
+    const int T = L.block_tokens;
+    float* s = scratch;                    // [tile][T] scores, then weights
+    float* w = scratch + max_tile * T;     // [tile][T] weights times value scale
+    float* qs = scratch + 2 * max_tile * T;  // [D] KIVI scaled query
+    if (blk.kind == block_kind::fp16) {
+        fp16_scores<D>(L, blk, head, q, tv, s, T);
+    } else if (blk.kind == block_kind::kivi) {
+        kivi_scores<D, B>(L, blk, head, q, tv, s, T, qs);
+    } else {
+        quantized_scores<D, B>(L, mode, blk, head, q, tv, s, T);
+    }
+    const quant_mode vmode = blk.kind == block_kind::kivi ? quant_mode::asymmetric : mode;
+    constexpr kv_format F = B == 16 ? kv_format::fp16 : B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
+    const half_bits* vparams = reinterpret_cast<const half_bits*>(blk.data + L.v_params + L.param_offset(head, 0));
+    int active = 0;
+    for (int i = 0; i < tv.n; ++i) {
+        const int qi = tv.q0 + i;
+        float* si = s + i * T;
+        if (sink.scores) std::copy(si, si + blk.n_valid, sink.scores + size_t(qi) * sink.stride + blk.slot_base);
+        float* wi = w + i * T;
+        if (!softmax_update<D>(si, blk.n_valid, st, qi)) {
+            std::fill(wi, wi + blk.n_valid, 0.f);
+            continue;
+        }
+        ++active;
+        float zsum = 0.f, psum = 0.f;
+        for (int t = 0; t < blk.n_valid; ++t) {
+            if constexpr (B == 16) {
+                wi[t] = si[t];
+            } else {
+                const dequant_params vp = read_params(F, vmode, vparams + size_t(t) * L.n_params);
+                wi[t] = si[t] * vp.scale;
+                zsum += si[t] * vp.zero;
+            }
+            psum += si[t];
+        }
+        (void)psum;
+        st.z[qi] += zsum;
+    }
+    if (active == 0) return;
+    const uint8_t* v_rows = blk.data + L.v_codes + L.code_offset(head, 0);
+    accumulate_values<D, B>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+}
+
+template <int D>
+void attend_block_d(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
+                    head_state& st, const score_sink& sink, float* scratch) {
+    for (int q0 = 0; q0 < q.nq(); q0 += max_tile) {
+        const tile_view tv{q0, std::min(max_tile, q.nq() - q0)};
+        if (blk.kind == block_kind::fp16) {
+            attend_tile<D, 16>(L, mode, blk, head, q, st, sink, tv, scratch);
+            continue;
+        }
+        switch (blk.fmt) {
+            case kv_format::int8: attend_tile<D, 8>(L, mode, blk, head, q, st, sink, tv, scratch); break;
+            case kv_format::int4: attend_tile<D, 4>(L, mode, blk, head, q, st, sink, tv, scratch); break;
+            default: attend_tile<D, 2>(L, mode, blk, head, q, st, sink, tv, scratch); break;
+        }
+    }
+}
+
+}  // namespace
+
+bool fast_path_available(int head_dim) {
+    static const bool cpu_ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+                               __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+    return cpu_ok && (head_dim == 64 || head_dim == 128 || head_dim == 256);
+}
+
+size_t attend_scratch_floats(int head_dim, int block_tokens) {
+    return size_t(2 * max_tile * block_tokens + 2 * head_dim + 4 * block_tokens + 64);
+}
+
+void attend_block_fast(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
+                       head_state& st, const score_sink& sink, float* scratch) {
+    // Quantised keys need the int8 query; without it the reference path runs.
+    if (blk.kind == block_kind::quantized && !q.q8) return attend_block_ref(L, mode, blk, head, q, st, sink, scratch);
+    switch (L.head_dim) {
+        case 64: return attend_block_d<64>(L, mode, blk, head, q, st, sink, scratch);
+        case 128: return attend_block_d<128>(L, mode, blk, head, q, st, sink, scratch);
+        case 256: return attend_block_d<256>(L, mode, blk, head, q, st, sink, scratch);
+        default: return attend_block_ref(L, mode, blk, head, q, st, sink, scratch);
+    }
 }
 
 }  // namespace smartkv

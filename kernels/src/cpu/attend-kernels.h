@@ -57,7 +57,7 @@ struct score_sink {
     size_t stride = 0;
 };
 
-// scratch: at least (2*head_dim + 4*block_tokens) floats per call site.
+// scratch: attend_scratch_floats(head_dim, block_tokens) floats per thread.
 void attend_block_ref(const block_layout& layout, quant_mode mode, const block_ref& blk, int head,
                       const head_query& q, head_state& st, const score_sink& sink, float* scratch);
 void attend_block_fast(const block_layout& layout, quant_mode mode, const block_ref& blk, int head,
@@ -65,5 +65,6 @@ void attend_block_fast(const block_layout& layout, quant_mode mode, const block_
 
 // True when attend_block_fast has a vectorised path for this shape on this CPU.
 bool fast_path_available(int head_dim);
+size_t attend_scratch_floats(int head_dim, int block_tokens);
 
 }  // namespace smartkv

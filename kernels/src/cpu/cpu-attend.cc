@@ -119,7 +119,7 @@ void cpu_engine::run_attention(std::vector<prepared>& batch) {
         for (int h = 0; h < H; ++h)
             for (int s = 0; s < p.n_splits; ++s) tasks.push_back({&p, h, s});
     }
-    const size_t scratch_floats = size_t(2 * D + 4 * std::max(cfg_.block_tokens, kivi_group) + 64);
+    const size_t scratch_floats = attend_scratch_floats(D, std::max(cfg_.block_tokens, kivi_group));
     std::vector<std::vector<float>> scratch(size_t(pool_.size()), std::vector<float>(scratch_floats));
     const auto kernel = use_fast_ ? attend_block_fast : attend_block_ref;
 

@@ -1,0 +1,74 @@
+// Small AVX-512 helpers shared by the fast attention paths.
+#pragma once
+#include <immintrin.h>
+
+namespace smartkv::simd {
+
+// e^x for 16 floats, relative error ~2e-7; x <= -87.3 gives exactly 0 (so
+// masked scores of -inf contribute nothing).
+inline __m512 exp16(__m512 x) {
+    const __m512 too_small = _mm512_set1_ps(-87.3f);
+    const __mmask16 zero = _mm512_cmp_ps_mask(x, too_small, _CMP_LT_OQ);
+    x = _mm512_max_ps(x, too_small);
+    x = _mm512_min_ps(x, _mm512_set1_ps(88.3f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // r = x - n*ln2 in two parts for accuracy
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+    return _mm512_maskz_mov_ps(~zero, _mm512_scalef_ps(p, n));
+}
+
+// 16 codes of b bits as floats: dims [16c, 16c+16) of a planar-packed row of
+// head_dim D (formats.h). Plane p holds dims [p*P, (p+1)*P), P = D*b/8 bytes.
+template <int D, int B>
+inline __m512 codes16_as_float(const uint8_t* row, int c) {
+    constexpr int P = D * B / 8;  // bytes per row = dims per plane
+    const int first = 16 * c, plane = first / P, byte = first % P;
+    __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + byte)));
+    if constexpr (B < 8) {
+        x = _mm512_and_si512(_mm512_srlv_epi32(x, _mm512_set1_epi32(B * plane)), _mm512_set1_epi32((1 << B) - 1));
+    }
+    return _mm512_cvtepi32_ps(x);
+}
+
+// 64 codes of b bits as u8 lanes: dims [64c, 64c+64) of a planar-packed row.
+template <int D, int B>
+inline __m512i codes64(const uint8_t* row, int c) {
+    constexpr int P = D * B / 8;
+    const __m512i mask = _mm512_set1_epi8(char((1 << B) - 1));
+    if constexpr (B == 8) {
+        return _mm512_loadu_si512(row + 64 * c);
+    } else if constexpr (P >= 64) {
+        const int first = 64 * c, plane = first / P, byte = first % P;
+        const __m512i x = _mm512_loadu_si512(row + byte);
+        return _mm512_and_si512(_mm512_srl_epi16(x, _mm_cvtsi32_si128(B * plane)), mask);  // 16-bit shifts; the mask drops the spill
+    } else if constexpr (P == 32) {
+        // two planes per 64 dims: [plane 2c | plane 2c+1] from the same 32 bytes
+        const __m256i y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row));
+        const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(y), y, 1);
+        const int s = B * 2 * c;
+        const __m512i shifts = _mm512_inserti64x4(_mm512_set1_epi16(short(s)), _mm256_set1_epi16(short(s + B)), 1);
+        return _mm512_and_si512(_mm512_srlv_epi16(x, shifts), mask);
+    } else {
+        static_assert(P == 16, "rows of 16 bytes hold four planes of 16 dims");
+        const __m512i x = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+        const int s = B * 4 * c;
+        const __m512i shifts = _mm512_set_epi16(
+            short(s + 3 * B), short(s + 3 * B), short(s + 3 * B), short(s + 3 * B), short(s + 3 * B), short(s + 3 * B),
+            short(s + 3 * B), short(s + 3 * B), short(s + 2 * B), short(s + 2 * B), short(s + 2 * B), short(s + 2 * B),
+            short(s + 2 * B), short(s + 2 * B), short(s + 2 * B), short(s + 2 * B), short(s + B), short(s + B),
+            short(s + B), short(s + B), short(s + B), short(s + B), short(s + B), short(s + B), short(s), short(s),
+            short(s), short(s), short(s), short(s), short(s), short(s));
+        return _mm512_and_si512(_mm512_srlv_epi16(x, shifts), mask);
+    }
+}
+
+}  // namespace smartkv::simd
