@@ -125,11 +125,11 @@ SKV_HD void quantize_vector(kv_format f, quant_mode m, const float* x, int head_
     const int max_code = format_max_code(f);
     float lo = x[0], hi = x[0];
     for (int d = 1; d < head_dim; ++d) {
-        lo = fminf(lo, x[d]);
-        hi = fmaxf(hi, x[d]);
+        lo = x[d] < lo ? x[d] : lo;  // plain compares: fminf is a libm call on the host
+        hi = x[d] > hi ? x[d] : hi;
     }
     if (m == quant_mode::symmetric) {
-        const float absmax = fmaxf(fabsf(lo), fabsf(hi));
+        const float absmax = -lo > hi ? -lo : hi;
         // levels ±(k+1/2)·scale for k < 2^(b-1): absmax maps to the outermost level
         params[0] = float_to_half(absmax > 0.f ? absmax / (0.5f * float(max_code)) : 1.f);
     } else {
@@ -141,7 +141,7 @@ SKV_HD void quantize_vector(kv_format f, quant_mode m, const float* x, int head_
     for (int i = 0; i < row_bytes(f, head_dim); ++i) row[i] = 0;
     for (int d = 0; d < head_dim; ++d) {
         float c = rintf((x[d] - p.zero) * inv);
-        c = fminf(fmaxf(c, 0.f), float(max_code));
+        c = c < 0.f ? 0.f : (c > float(max_code) ? float(max_code) : c);
         set_code(f, row, head_dim, d, int(c));
     }
 }

@@ -22,6 +22,13 @@ namespace {
 
 constexpr int max_tile = 16;
 
+// read_params with the F16C conversion instruction instead of bit twiddling.
+inline dequant_params fast_params(kv_format f, quant_mode mode, const half_bits* p) {
+    const float scale = _cvtsh_ss(p[0]);
+    if (mode == quant_mode::asymmetric) return {scale, _cvtsh_ss(p[1])};
+    return {scale, -scale * 0.5f * float(format_max_code(f))};
+}
+
 struct tile_view {
     int q0, n;  // queries [q0, q0+n) of the head_query
 };
@@ -93,7 +100,7 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
     for (int t = 0; t < blk.n_valid; ++t) {
         __m512i k[C];
         for (int c = 0; c < C; ++c) k[c] = simd::codes64<D, B>(rows + size_t(t) * L.row, c);
-        const dequant_params kp = read_params(F, mode, params + size_t(t) * L.n_params);
+        const dequant_params kp = fast_params(F, mode, params + size_t(t) * L.n_params);
         for (int i = 0; i < tv.n; ++i) {
             __m512i dot = _mm512_setzero_si512();
             for (int c = 0; c < C; ++c) dot = _mm512_dpbusd_epi32(dot, k[c], q8[i][c]);
@@ -148,10 +155,102 @@ void kivi_scores(const block_layout& L, const block_ref& blk, int head, const he
     }
 }
 
+// One query per kv-head (MHA decode): scores for 16 tokens at a time, with
+// one transpose-reduction for the 16 integer dot products.
+template <int D, int B>
+void quantized_scores_1(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
+                        int qi, float* s) {
+    constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
+    constexpr int C = D / 64;
+    const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
+    const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.k_params + L.param_offset(head, 0));
+    __m512i q8[C];
+    for (int c = 0; c < C; ++c) q8[c] = _mm512_loadu_si512(q.q8 + size_t(qi) * D + 64 * c);
+    const float sq = q.q8_scale[qi], qsum = float(q.q8_sum[qi]);
+    for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
+        const int n = std::min(16, blk.n_valid - t0);
+        __m512i dot[16];
+        for (int i = 0; i < 16; ++i) {
+            dot[i] = _mm512_setzero_si512();
+            if (i >= n) continue;
+            const uint8_t* row = rows + size_t(t0 + i) * L.row;
+            for (int c = 0; c < C; ++c) dot[i] = _mm512_dpbusd_epi32(dot[i], simd::codes64<D, B>(row, c), q8[c]);
+        }
+        const __m512 sums = _mm512_cvtepi32_ps(simd::reduce16_epi32(dot));
+        const __mmask16 k = n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+        if (mode == quant_mode::symmetric) {
+            const __m512 scale = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, params + t0));
+            const float mid = -0.5f * float(format_max_code(F));
+            // s = sq * scale * (dot - mid_offset * qsum)
+            const __m512 v = _mm512_mul_ps(_mm512_mul_ps(scale, _mm512_set1_ps(sq)),
+                                           _mm512_fmadd_ps(_mm512_set1_ps(mid), _mm512_set1_ps(qsum), sums));
+            _mm512_mask_storeu_ps(s + t0, k, v);
+        } else {
+            alignas(64) float tmp[16];
+            _mm512_store_ps(tmp, sums);
+            for (int i = 0; i < n; ++i) {
+                const dequant_params kp = fast_params(F, mode, params + size_t(t0 + i) * L.n_params);
+                s[t0 + i] = sq * (kp.scale * tmp[i] + kp.zero * qsum);
+            }
+        }
+    }
+}
+
+// acc += sum_t p_t * (scale_t*code_t + zero_t) for one query. For 2- and
+// 4-bit codes each token gets a 16-entry table of its possible values (one
+// FMA), and every 16 dims cost a permute and an add: no int->float converts.
+template <int D, int B>
+void accumulate_values_1(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const float* p,
+                         float* acc_out) {
+    constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
+    constexpr int P = D * B / 8;  // bytes per row
+    const uint8_t* rows = blk.data + L.v_codes + L.code_offset(head, 0);
+    const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.v_params + L.param_offset(head, 0));
+    __m512 acc[D / 16];
+    for (int c = 0; c < D / 16; ++c) acc[c] = _mm512_loadu_ps(acc_out + 16 * c);
+    for (int t = 0; t < blk.n_valid; ++t) {
+        if (p[t] == 0.f) continue;
+        const dequant_params vp = fast_params(F, mode, params + size_t(t) * L.n_params);
+        const uint8_t* row = rows + size_t(t) * L.row;
+        if constexpr (B == 8) {
+            const __m512 w = _mm512_set1_ps(p[t] * vp.scale), z = _mm512_set1_ps(p[t] * vp.zero);
+            for (int c = 0; c < D / 16; ++c) {
+                const __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * c))));
+                acc[c] = _mm512_add_ps(acc[c], _mm512_fmadd_ps(w, x, z));
+            }
+        } else {
+            const __m512 table = _mm512_fmadd_ps(simd::code_pattern<B>(), _mm512_set1_ps(p[t] * vp.scale), _mm512_set1_ps(p[t] * vp.zero));
+            for (int j = 0; j < P / 16; ++j) {
+                const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * j)));
+                for (int plane = 0; plane < 8 / B; ++plane) {
+                    const __m512i idx = plane == 0 ? x : _mm512_srli_epi32(x, B * plane);
+                    const int c = plane * (P / 16) + j;
+                    acc[c] = _mm512_add_ps(acc[c], _mm512_permutexvar_ps(idx, table));
+                }
+            }
+        }
+    }
+    for (int c = 0; c < D / 16; ++c) _mm512_storeu_ps(acc_out + 16 * c, acc[c]);
+}
+
+// The whole block for a single query against quantised keys.
+template <int D, int B>
+void attend_quantized_1(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
+                        head_state& st, const score_sink& sink, int qi, float* s) {
+    quantized_scores_1<D, B>(L, mode, blk, head, q, qi, s);
+    if (sink.scores) std::copy(s, s + blk.n_valid, sink.scores + size_t(qi) * sink.stride + blk.slot_base);
+    if (!softmax_update<D>(s, blk.n_valid, st, qi)) return;
+    accumulate_values_1<D, B>(L, mode, blk, head, s, st.acc + size_t(qi) * D);
+}
+
 template <int D, int B>
 void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
                  head_state& st, const score_sink& sink, const tile_view& tv, float* scratch) {
     const int T = L.block_tokens;
+    if constexpr (B != 16) {
+        if (tv.n == 1 && blk.kind == block_kind::quantized)
+            return attend_quantized_1<D, B>(L, mode, blk, head, q, st, sink, tv.q0, scratch);
+    }
     float* s = scratch;                    // [tile][T] scores, then weights
     float* w = scratch + max_tile * T;     // [tile][T] weights times value scale
     float* qs = scratch + 2 * max_tile * T;  // [D] KIVI scaled query
@@ -181,7 +280,7 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
             if constexpr (B == 16) {
                 wi[t] = si[t];
             } else {
-                const dequant_params vp = read_params(F, vmode, vparams + size_t(t) * L.n_params);
+                const dequant_params vp = fast_params(F, vmode, vparams + size_t(t) * L.n_params);
                 wi[t] = si[t] * vp.scale;
                 zsum += si[t] * vp.zero;
             }
@@ -219,6 +318,19 @@ bool fast_path_available(int head_dim) {
                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
                                __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
     return cpu_ok && (head_dim == 64 || head_dim == 128 || head_dim == 256);
+}
+
+void add_probabilities(const float* scores, size_t n, float m, float w, float* out) {
+    static const bool vec = fast_path_available(64);
+    size_t j = 0;
+    if (vec) {
+        const __m512 vm = _mm512_set1_ps(m), vw = _mm512_set1_ps(w);
+        for (; j + 16 <= n; j += 16) {
+            const __m512 p = simd::exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + j), vm));
+            _mm512_storeu_ps(out + j, _mm512_fmadd_ps(p, vw, _mm512_loadu_ps(out + j)));
+        }
+    }
+    for (; j < n; ++j) out[j] += std::exp(scores[j] - m) * w;
 }
 
 size_t attend_scratch_floats(int head_dim, int block_tokens) {

@@ -65,6 +65,9 @@ void attend_block_fast(const block_layout& layout, quant_mode mode, const block_
 
 // True when attend_block_fast has a vectorised path for this shape on this CPU.
 bool fast_path_available(int head_dim);
+
+// out[j] += exp(scores[j] - m) * w for j < n (the importance pass).
+void add_probabilities(const float* scores, size_t n, float m, float w, float* out);
 size_t attend_scratch_floats(int head_dim, int block_tokens);
 
 }  // namespace smartkv

@@ -15,21 +15,6 @@
 
 namespace smartkv {
 
-struct cpu_engine::prepared {
-    const attend_request* req = nullptr;
-    layer_store* ls = nullptr;
-    int row0 = 0, n_rows = 0, nq = 0;  // rows [row0, row0+n_rows) of the request; nq = n_rows*group
-    size_t n_after = 0;                // tokens after the append
-    int n_splits = 1;
-    std::vector<float> q, q_sum, q8_scale;        // [H][nq][D], [H][nq], [H][nq]
-    std::vector<int8_t> q8;                        // [H][nq][D]
-    std::vector<int32_t> q8_sum, row_pos;          // [H][nq], [n_rows]
-    std::vector<block_ref> blocks;                 // every block of every bucket
-    std::vector<const block_layout*> layouts;      // [blocks]
-    std::vector<int32_t> slot_pos;                 // [n_after] position of each score column
-    std::vector<float> m, l, z, acc;               // [S][H][nq], acc [S][H][nq][D]
-    std::vector<float> scores;                     // [H][nq][n_after]
-};
 
 namespace {
 [[noreturn]] void fail(error_code c, const std::string& msg) { throw engine_error(c, msg); }
@@ -98,14 +83,17 @@ void cpu_engine::build_blocks(const layer_store& ls, prepared& p) const {
     }
 }
 
-void cpu_engine::run_attention(std::vector<prepared>& batch) {
+void cpu_engine::run_attention(std::vector<prepared>& wave, size_t n_wave) {
+    prepared* const batch_begin = wave.data();
+    prepared* const batch_end = wave.data() + n_wave;
     const int H = cfg_.n_kv_heads, G = cfg_.n_q_heads / cfg_.n_kv_heads, D = cfg_.head_dim;
     // Split long contexts so there are a few tasks per thread even for one sequence.
     const size_t want_tasks = size_t(pool_.size()) * 4;
-    size_t base_tasks = batch.size() * size_t(H);
+    size_t base_tasks = n_wave * size_t(H);
     struct task { prepared* p; int head, split; };
     std::vector<task> tasks;
-    for (prepared& p : batch) {
+    for (prepared* pp = batch_begin; pp != batch_end; ++pp) {
+        prepared& p = *pp;
         const size_t nb = p.blocks.size();
         size_t splits = base_tasks >= want_tasks ? 1 : (want_tasks + base_tasks - 1) / base_tasks;
         splits = std::max<size_t>(1, std::min(splits, nb / 8));
@@ -120,7 +108,9 @@ void cpu_engine::run_attention(std::vector<prepared>& batch) {
             for (int s = 0; s < p.n_splits; ++s) tasks.push_back({&p, h, s});
     }
     const size_t scratch_floats = attend_scratch_floats(D, std::max(cfg_.block_tokens, kivi_group));
-    std::vector<std::vector<float>> scratch(size_t(pool_.size()), std::vector<float>(scratch_floats));
+    scratch_.resize(size_t(pool_.size()));
+    for (auto& s : scratch_) s.resize(scratch_floats);
+    auto& scratch = scratch_;
     const auto kernel = use_fast_ ? attend_block_fast : attend_block_ref;
 
     pool_.parallel_for(tasks.size(), [&](size_t ti, int thread) {
@@ -149,7 +139,8 @@ void cpu_engine::run_attention(std::vector<prepared>& batch) {
     });
 
     // Merge the splits and write the outputs.
-    for (prepared& p : batch) {
+    for (prepared* pp = batch_begin; pp != batch_end; ++pp) {
+        prepared& p = *pp;
         for (int h = 0; h < H; ++h)
             for (int qi = 0; qi < p.nq; ++qi) {
                 const size_t s0 = size_t(h) * p.nq + size_t(qi);
@@ -179,23 +170,27 @@ void cpu_engine::run_attention(std::vector<prepared>& batch) {
 void cpu_engine::update_importance(const attend_request& req, layer_store& ls, prepared& p) {
     const int H = cfg_.n_kv_heads, G = cfg_.n_q_heads / cfg_.n_kv_heads;
     const float gamma = cfg_.gamma, inv_heads = 1.f / float(cfg_.n_q_heads);
-    const size_t chunk = 4096, n = p.n_after;
+    const size_t chunk = 2048, n = p.n_after;
     const size_t n_tasks = (n + chunk - 1) / chunk;
-    pool_.parallel_for(n_tasks, [&](size_t ti, int) {
-        const size_t j0 = ti * chunk, j1 = std::min(n, j0 + chunk);
+    prob_bufs_.resize(size_t(pool_.size()));
+    auto& bufs = prob_bufs_;
+    pool_.parallel_for(n_tasks, [&](size_t ti, int thread) {
+        const size_t j0 = ti * chunk, j1 = std::min(n, j0 + chunk), len = j1 - j0;
+        std::vector<float>& a = bufs[size_t(thread)];  // [n_rows][len] probabilities averaged over q-heads
+        a.assign(size_t(p.n_rows) * len, 0.f);
+        for (int r = 0; r < p.n_rows; ++r)
+            for (int h = 0; h < H; ++h)
+                for (int g = 0; g < G; ++g) {
+                    const size_t qi = size_t(h) * p.nq + size_t(r) * G + g;
+                    add_probabilities(&p.scores[qi * n + j0], len, p.m[qi], inv_heads / p.l[qi], &a[size_t(r) * len]);
+                }
         for (size_t j = j0; j < j1; ++j) {
             const int32_t pos = p.slot_pos[j];
             float imp = ls.importance(size_t(pos));
             for (int r = 0; r < p.n_rows; ++r) {
-                float a = 0.f;
-                for (int h = 0; h < H; ++h)
-                    for (int g = 0; g < G; ++g) {
-                        const size_t qi = size_t(h) * p.nq + size_t(r) * G + g;
-                        a += std::exp(p.scores[qi * n + j] - p.m[qi]) / p.l[qi];
-                    }
-                a *= inv_heads;
-                imp = gamma * imp + (1.f - gamma) * a;
-                if (req.probs) req.probs[size_t(p.row0 + r) * n + size_t(pos)] = a;
+                const float ar = a[size_t(r) * len + (j - j0)];
+                imp = gamma * imp + (1.f - gamma) * ar;
+                if (req.probs) req.probs[size_t(p.row0 + r) * n + size_t(pos)] = ar;
             }
             ls.importance(size_t(pos)) = imp;
         }
@@ -225,12 +220,12 @@ void cpu_engine::attend(const attend_request* requests, size_t n_requests) {
     // Rows per wave so that scores stay under max_score_floats per request.
     std::vector<int> done(n_requests, 0);
     for (;;) {
-        std::vector<prepared> wave;
-        std::vector<size_t> owner;
+        size_t n_wave = 0;
         for (size_t i = 0; i < n_requests; ++i) {
             const attend_request& r = requests[i];
             if (done[i] >= r.n_rows) continue;
-            prepared p;
+            if (wave_.size() <= n_wave) wave_.emplace_back();
+            prepared& p = wave_[n_wave++];
             p.req = &r;
             p.ls = stores[i];
             p.n_after = stores[i]->size();
@@ -240,16 +235,14 @@ void cpu_engine::attend(const attend_request* requests, size_t n_requests) {
             p.n_rows = std::min(r.n_rows - done[i], max_rows);
             p.nq = p.n_rows * (cfg_.n_q_heads / cfg_.n_kv_heads);
             done[i] += p.n_rows;
-            wave.push_back(std::move(p));
-            owner.push_back(i);
         }
-        if (wave.empty()) break;
-        for (prepared& p : wave) {
-            prepare_queries(*p.req, p);
-            build_blocks(*p.ls, p);
+        if (n_wave == 0) break;
+        for (size_t w = 0; w < n_wave; ++w) {
+            prepare_queries(*wave_[w].req, wave_[w]);
+            build_blocks(*wave_[w].ls, wave_[w]);
         }
-        run_attention(wave);
-        for (prepared& p : wave) update_importance(*p.req, *p.ls, p);
+        run_attention(wave_, n_wave);
+        for (size_t w = 0; w < n_wave; ++w) update_importance(*wave_[w].req, *wave_[w].ls, wave_[w]);
     }
     for (size_t i = 0; i < n_requests; ++i) stores[i]->flush_kivi_groups();
 }

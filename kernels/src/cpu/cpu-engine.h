@@ -13,6 +13,23 @@
 
 namespace smartkv {
 
+// Per-request scratch of one attend call (filled in cpu-attend.cc).
+struct attend_prepared {
+    const attend_request* req = nullptr;
+    layer_store* ls = nullptr;
+    int row0 = 0, n_rows = 0, nq = 0;  // rows [row0, row0+n_rows) of the request; nq = n_rows*group
+    size_t n_after = 0;                // tokens after the append
+    int n_splits = 1;
+    std::vector<float> q, q_sum, q8_scale;        // [H][nq][D], [H][nq], [H][nq]
+    std::vector<int8_t> q8;                        // [H][nq][D]
+    std::vector<int32_t> q8_sum, row_pos;          // [H][nq], [n_rows]
+    std::vector<block_ref> blocks;                 // every block of every bucket
+    std::vector<const block_layout*> layouts;      // [blocks]
+    std::vector<int32_t> slot_pos;                 // [n_after] position of each score column
+    std::vector<float> m, l, z, acc;               // [S][H][nq], acc [S][H][nq][D]
+    std::vector<float> scores;                     // [H][nq][n_after]
+};
+
 struct cpu_sequence {
     storage_kind kind;
     std::vector<std::unique_ptr<layer_store>> layers;
@@ -38,7 +55,7 @@ public:
     void read_kv(uint32_t seq, int layer, float* k, float* v) const override;
 
 private:
-    struct prepared;  // per-request scratch of one attend call (cpu-attend.cc)
+    using prepared = attend_prepared;
 
     cpu_sequence& get(uint32_t seq);
     const cpu_sequence& get(uint32_t seq) const;
@@ -50,7 +67,7 @@ private:
     // cpu-attend.cc
     void prepare_queries(const attend_request& req, prepared& p) const;
     void build_blocks(const layer_store& ls, prepared& p) const;
-    void run_attention(std::vector<prepared>& batch);
+    void run_attention(std::vector<prepared>& wave, size_t n_wave);
     void update_importance(const attend_request& req, layer_store& ls, prepared& p);
 
     engine_config cfg_;
@@ -59,6 +76,9 @@ private:
     std::map<uint32_t, cpu_sequence> seqs_;
     uint32_t next_id_ = 1;
     bool use_fast_;
+    std::vector<prepared> wave_;                  // reused across calls: no allocation per step
+    std::vector<std::vector<float>> scratch_;     // [threads][attend_scratch_floats]
+    std::vector<std::vector<float>> prob_bufs_;   // [threads] importance pass
 };
 
 }  // namespace smartkv
