@@ -86,30 +86,6 @@ void accumulate_values(const uint8_t* v_rows, int row_stride, int n_valid, const
     }
 }
 
-// Scores of a quantised block for a tile of queries: s[i][t] (pre-softmax).
-template <int D, int B>
-void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
-                      const tile_view& tv, float* s, int T) {
-    constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
-    const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
-    const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.k_params + L.param_offset(head, 0));
-    constexpr int C = D / 64;
-    __m512i q8[max_tile][C];
-    for (int i = 0; i < tv.n; ++i)
-        for (int c = 0; c < C; ++c) q8[i][c] = _mm512_loadu_si512(q.q8 + size_t(tv.q0 + i) * D + 64 * c);
-    for (int t = 0; t < blk.n_valid; ++t) {
-        __m512i k[C];
-        for (int c = 0; c < C; ++c) k[c] = simd::codes64<D, B>(rows + size_t(t) * L.row, c);
-        const dequant_params kp = fast_params(F, mode, params + size_t(t) * L.n_params);
-        for (int i = 0; i < tv.n; ++i) {
-            __m512i dot = _mm512_setzero_si512();
-            for (int c = 0; c < C; ++c) dot = _mm512_dpbusd_epi32(dot, k[c], q8[i][c]);
-            const int qi = tv.q0 + i;
-            s[i * T + t] = q.q8_scale[qi] * (kp.scale * float(_mm512_reduce_add_epi32(dot)) + kp.zero * float(q.q8_sum[qi]));
-        }
-    }
-}
-
 // Scores against fp16 keys (the protected window and sinks), with the causal mask.
 template <int D>
 void fp16_scores(const block_layout& L, const block_ref& blk, int head, const head_query& q, const tile_view& tv,
@@ -155,43 +131,44 @@ void kivi_scores(const block_layout& L, const block_ref& blk, int head, const he
     }
 }
 
-// One query per kv-head (MHA decode): scores for 16 tokens at a time, with
-// one transpose-reduction for the 16 integer dot products.
+// Scores of a quantised block for a tile of queries: s[i][t] (pre-softmax).
+// Tokens go 16 at a time: their key codes are unpacked once into kbuf, then
+// each query takes 16 integer dot products and one transpose-reduction.
 template <int D, int B>
-void quantized_scores_1(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
-                        int qi, float* s) {
+void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
+                      const tile_view& tv, float* s, int T) {
     constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
     constexpr int C = D / 64;
     const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
     const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.k_params + L.param_offset(head, 0));
-    __m512i q8[C];
-    for (int c = 0; c < C; ++c) q8[c] = _mm512_loadu_si512(q.q8 + size_t(qi) * D + 64 * c);
-    const float sq = q.q8_scale[qi], qsum = float(q.q8_sum[qi]);
+    __m512i kbuf[16][C];  // unpacked u8 codes of 16 tokens
+    alignas(64) float kscale[16], kzero[16];
     for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
         const int n = std::min(16, blk.n_valid - t0);
-        __m512i dot[16];
-        for (int i = 0; i < 16; ++i) {
-            dot[i] = _mm512_setzero_si512();
-            if (i >= n) continue;
-            const uint8_t* row = rows + size_t(t0 + i) * L.row;
-            for (int c = 0; c < C; ++c) dot[i] = _mm512_dpbusd_epi32(dot[i], simd::codes64<D, B>(row, c), q8[c]);
+        for (int i = 0; i < 16; ++i)
+            for (int c = 0; c < C; ++c)
+                kbuf[i][c] = i < n ? simd::codes64<D, B>(rows + size_t(t0 + i) * L.row, c) : _mm512_setzero_si512();
+        for (int i = 0; i < n; ++i) {
+            const dequant_params kp = fast_params(F, mode, params + size_t(t0 + i) * L.n_params);
+            kscale[i] = kp.scale;
+            kzero[i] = kp.zero;
         }
-        const __m512 sums = _mm512_cvtepi32_ps(simd::reduce16_epi32(dot));
         const __mmask16 k = n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
-        if (mode == quant_mode::symmetric) {
-            const __m512 scale = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, params + t0));
-            const float mid = -0.5f * float(format_max_code(F));
-            // s = sq * scale * (dot - mid_offset * qsum)
-            const __m512 v = _mm512_mul_ps(_mm512_mul_ps(scale, _mm512_set1_ps(sq)),
-                                           _mm512_fmadd_ps(_mm512_set1_ps(mid), _mm512_set1_ps(qsum), sums));
-            _mm512_mask_storeu_ps(s + t0, k, v);
-        } else {
-            alignas(64) float tmp[16];
-            _mm512_store_ps(tmp, sums);
-            for (int i = 0; i < n; ++i) {
-                const dequant_params kp = fast_params(F, mode, params + size_t(t0 + i) * L.n_params);
-                s[t0 + i] = sq * (kp.scale * tmp[i] + kp.zero * qsum);
+        const __m512 vscale = _mm512_maskz_load_ps(k, kscale), vzero = _mm512_maskz_load_ps(k, kzero);
+        for (int j = 0; j < tv.n; ++j) {
+            const int qi = tv.q0 + j;
+            __m512i q8[C];
+            for (int c = 0; c < C; ++c) q8[c] = _mm512_loadu_si512(q.q8 + size_t(qi) * D + 64 * c);
+            __m512i dot[16];
+            for (int i = 0; i < 16; ++i) {
+                dot[i] = _mm512_setzero_si512();
+                for (int c = 0; c < C; ++c) dot[i] = _mm512_dpbusd_epi32(dot[i], kbuf[i][c], q8[c]);
             }
+            const __m512 sums = _mm512_cvtepi32_ps(simd::reduce16_epi32(dot));
+            // s = s_q * (s_k * dot + z_k * sum(q8))
+            const __m512 v = _mm512_mul_ps(_mm512_set1_ps(q.q8_scale[qi]),
+                                           _mm512_fmadd_ps(vscale, sums, _mm512_mul_ps(vzero, _mm512_set1_ps(float(q.q8_sum[qi])))));
+            _mm512_mask_storeu_ps(s + size_t(j) * T + t0, k, v);
         }
     }
 }
@@ -237,7 +214,7 @@ void accumulate_values_1(const block_layout& L, quant_mode mode, const block_ref
 template <int D, int B>
 void attend_quantized_1(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
                         head_state& st, const score_sink& sink, int qi, float* s) {
-    quantized_scores_1<D, B>(L, mode, blk, head, q, qi, s);
+    quantized_scores<D, B>(L, mode, blk, head, q, tile_view{qi, 1}, s, L.block_tokens);
     if (sink.scores) std::copy(s, s + blk.n_valid, sink.scores + size_t(qi) * sink.stride + blk.slot_base);
     if (!softmax_update<D>(s, blk.n_valid, st, qi)) return;
     accumulate_values_1<D, B>(L, mode, blk, head, s, st.acc + size_t(qi) * D);
