@@ -1,0 +1,114 @@
+// Loads smartkv_native.node (built by `npm run build:native` into
+// native/build/Release) and types its raw surface. Everything here trusts its
+// input; KvEngine and bench-native.ts are the checked API.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** Engine config as the addon reads it: numbers and booleans only. */
+export interface NativeConfig {
+  layers: number;
+  qHeads: number;
+  kvHeads: number;
+  headDim: number;
+  blockTokens?: number;
+  quant: number; // 0 symmetric, 1 asymmetric
+  gamma?: number;
+  masterCopy?: boolean;
+  queryInt8?: boolean;
+  fastPath?: boolean;
+  memoryLimitBytes?: number;
+  threads?: number;
+  kiviResidual?: number;
+  device: number; // 0 cpu, 1 cuda, 2 auto
+}
+
+export interface NativeAttendRequest {
+  seq: number;
+  layer: number;
+  rows: number;
+  q: Float32Array; // [rows][qHeads][headDim] f32
+  kNew: Float32Array; // [rows][kvHeads][headDim] f32
+  vNew: Float32Array; // [rows][kvHeads][headDim] f32
+  out: Float32Array; // [rows][qHeads][headDim] f32, written
+  probs: Float32Array | null; // [rows][nAfter] f32, written
+}
+
+export interface NativeStats {
+  payload: number;
+  params: number;
+  metadata: number;
+  fp16Equivalent: number;
+  master: number;
+  tokens: number;
+  kiviTokens: number;
+  tokensByFormat: number[]; // [4] by kv_format code
+}
+
+export interface NativeEngine {
+  backendName(): string;
+  createSequence(kind: number): Promise<number>;
+  freeSequence(seq: number): Promise<void>;
+  append(seq: number, layer: number, rows: number, k: Float32Array, v: Float32Array): Promise<void>;
+  attend(requests: NativeAttendRequest[]): Promise<void>;
+  applyPlan(
+    seq: number,
+    layer: number,
+    positions: Uint32Array,
+    formats: Uint8Array,
+  ): Promise<{ tokensChanged: number; bytesMoved: number }>;
+  report(
+    seq: number,
+    layer: number,
+    importance: Float32Array | null, // [n] f32
+    format: Uint8Array | null, // [n] u8 kv_format
+    sqError: Float32Array | null, // [n][3] f32
+  ): Promise<void>;
+  stats(seq: number): Promise<NativeStats>;
+  readKv(seq: number, layer: number, k: Float32Array, v: Float32Array): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface NativeDenseProblem {
+  qHeads: number;
+  kvHeads: number;
+  headDim: number;
+  nCtx: number;
+  q: Float32Array; // [qHeads][headDim] f32
+  k: Float32Array | Uint16Array; // [kvHeads][nCtx][headDim] f32 or fp16 bits
+  v: Float32Array | Uint16Array; // [kvHeads][nCtx][headDim] f32 or fp16 bits
+  out: Float32Array; // [qHeads][headDim] f32, written
+}
+
+export interface NativeAddon {
+  NativeEngine: new (config: NativeConfig) => NativeEngine;
+  cudaCompiled: boolean; // the build has the CUDA backend
+  cudaDevicePresent(): boolean; // ... and a device is visible now
+  denseAttention(f16: boolean, threads: number, problems: NativeDenseProblem[]): Promise<void>;
+  memoryBandwidth(bytes: number, threads: number, reps: number): Promise<number>;
+  fillGaussian(array: Float32Array | Uint16Array, seed: number, sigma: number, threads: number): Promise<void>;
+}
+
+const ADDON = join('native', 'build', 'Release', 'smartkv_native.node');
+
+/** The addon path: $SMARTKV_NATIVE, else the first native/build/Release/…
+ * above this file (works from native/ and from dist/native/). */
+function locateAddon(): string {
+  if (process.env.SMARTKV_NATIVE) return resolve(process.env.SMARTKV_NATIVE);
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const candidate = join(dir, ADDON);
+    if (existsSync(candidate)) return candidate;
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error(`${ADDON} not found; run \`npm run build:native\``);
+    dir = parent;
+  }
+}
+
+let addon: NativeAddon | undefined;
+
+export function loadAddon(): NativeAddon {
+  addon ??= createRequire(import.meta.url)(locateAddon()) as NativeAddon;
+  return addon;
+}

@@ -1,0 +1,38 @@
+// KV formats as the engine numbers them (smartkv::kv_format), and the byte
+// cost of a token in each, mirrored from kernels/include/smartkv/block-layout.h
+// so that an allocator can budget bytes without touching the engine.
+
+export const FORMATS = ['fp16', 'int8', 'int4', 'int2'] as const;
+export type KvFormat = (typeof FORMATS)[number];
+export const FORMAT_CODE: Readonly<Record<KvFormat, number>> = { fp16: 0, int8: 1, int4: 2, int2: 3 };
+export const FORMAT_BITS: readonly number[] = [16, 8, 4, 2]; // by code
+
+export type QuantMode = 'symmetric' | 'asymmetric';
+
+export interface LayoutShape {
+  headDim: number;
+  kvHeads: number;
+  blockTokens: number;
+  quant: QuantMode;
+}
+
+const align64 = (n: number): number => Math.ceil(n / 64) * 64;
+
+/** Bytes of one storage block of `code` (block-layout.h): packed K and V rows,
+ * their scales (and minima), and the slots' positions, each section 64-aligned. */
+export function blockBytes(code: number, s: LayoutShape): number {
+  const row = (s.headDim * FORMAT_BITS[code]) / 8;
+  const nParams = code === 0 ? 0 : s.quant === 'symmetric' ? 1 : 2;
+  const codes = s.kvHeads * s.blockTokens * row;
+  const params = s.kvHeads * s.blockTokens * nParams * 2;
+  return 2 * align64(codes) + 2 * align64(params) + align64(s.blockTokens * 4);
+}
+
+/** Bytes per token in each format ([4] by code), for full blocks. The engine
+ * also holds 8 bytes per token of bookkeeping (slot map and importance). */
+export function tokenBytes(s: LayoutShape): number[] {
+  return FORMATS.map((_, code) => blockBytes(code, s) / s.blockTokens);
+}
+
+/** Bookkeeping bytes per token that do not depend on the format. */
+export const TOKEN_META_BYTES = 8;

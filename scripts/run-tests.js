@@ -1,0 +1,41 @@
+#!/usr/bin/env node
+// `npm test`: the kernels' C++ checks (built with the addon by
+// `npm run build:native`), then node's test runner over the compiled
+// TypeScript tests. Both always run; the exit code is non-zero if either fails.
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const checkExe = join(root, 'native', 'build', 'kernels', 'smartkv-kernel-check');
+const testDir = join(root, 'dist', 'test');
+
+function run(title, cmd, args) {
+  process.stdout.write(`\n== ${title}\n`);
+  const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit' });
+  if (r.error) process.stderr.write(`${title}: ${r.error.message}\n`);
+  return r.status === 0;
+}
+
+function missing(what, hint) {
+  process.stderr.write(`${what} is missing; ${hint}\n`);
+  return false;
+}
+
+const cppOk = existsSync(checkExe)
+  ? run('C++ kernel checks', checkExe, [])
+  : missing(checkExe, 'run `npm run build:native` (or `npm install`)');
+
+const tests = existsSync(testDir)
+  ? readdirSync(testDir, { recursive: true })
+      .filter((f) => f.endsWith('.test.js'))
+      .sort()
+      .map((f) => join(testDir, f))
+  : [];
+const jsOk = tests.length
+  ? run(`node --test (${tests.length} files)`, process.execPath, ['--test', ...tests])
+  : missing('dist/test/**/*.test.js', 'run `npm run build:ts` (or `npm install`)');
+
+process.stdout.write(`\n== C++ checks: ${cppOk ? 'passed' : 'FAILED'}; node tests: ${jsOk ? 'passed' : 'FAILED'}\n`);
+process.exit(cppOk && jsOk ? 0 : 1);

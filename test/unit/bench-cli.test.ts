@@ -1,0 +1,48 @@
+// Smoke test of `smartkv bench attention --quick --json`: it runs end to end
+// and every row has the documented structure.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { dirname, join } from 'node:path';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const cli = join(root, 'bin', 'smartkv.js');
+const smartkv = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { cwd: root, encoding: 'utf8', timeout: 300_000 });
+
+const VARIANTS = ['fp16-dense', 'fp32-dense', 'int8', 'int4', 'int2', 'kivi-2', 'kivi-4', 'smartkv-0.25', 'smartkv-0.33', 'smartkv-0.5'];
+
+describe('smartkv CLI', () => {
+  it('bench attention --quick --json prints one well-formed row per line', () => {
+    const r = smartkv('bench', 'attention', '--quick', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /\[1\/\d+\] mha/); // progress goes to stderr
+    const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const dense = rows.some((x) => x.variant === 'fp16-dense'); // absent without AVX-512
+    assert.equal(rows.length, 2 * 2 * (dense ? 10 : 8));
+    for (const row of rows) {
+      assert.ok(row.shape === 'mha' || row.shape === 'gqa');
+      assert.ok(VARIANTS.includes(row.variant as string), String(row.variant));
+      for (const k of ['n', 'batch', 'achieved_beta', 'us', 'bytes', 'gbps', 'bandwidth_gbps', 'pct_bandwidth'])
+        assert.ok(typeof row[k] === 'number' && (row[k] as number) > 0, `${k} = ${String(row[k])}`);
+      const smart = (row.variant as string).startsWith('smartkv');
+      assert.equal(row.target_beta === null, !smart);
+      if (smart) assert.equal(row.target_beta, Number((row.variant as string).slice(8)));
+      if (dense) assert.ok(typeof row.speedup_vs_fp16 === 'number' && row.speedup_vs_fp16 > 0);
+      if (row.variant === 'fp16-dense') assert.equal(row.speedup_vs_fp16, 1);
+    }
+    const beta = (shape: string, n: number, v: string) => rows.find((x) => x.shape === shape && x.n === n && x.variant === v)!.achieved_beta as number;
+    for (const shape of ['mha', 'gqa']) {
+      assert.ok(beta(shape, 384, 'int2') < beta(shape, 384, 'int4') && beta(shape, 384, 'int4') < beta(shape, 384, 'int8'));
+      assert.ok(beta(shape, 384, 'int8') < 1);
+    }
+  });
+
+  it('prints usage for no command and rejects unknown ones', () => {
+    assert.equal(smartkv().status, 2);
+    const r = smartkv('bench', 'nothing');
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /unknown command/);
+    assert.equal(smartkv('bench', 'attention', '--fast').status, 2);
+  });
+});

@@ -1,0 +1,101 @@
+// Accounting: the engine's byte counts add up, match the block layout that
+// native/formats.ts mirrors, and β drops below 1 once tokens are quantised.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { blockBytes, FORMATS, TOKEN_META_BYTES } from '../../native/formats.js';
+import { KvEngine, type KvEngineConfig, type KvStats } from '../../native/kv-engine.js';
+import { gaussian } from '../helpers/random.js';
+
+const CONFIG: KvEngineConfig = { layers: 2, qHeads: 8, kvHeads: 2, headDim: 128, quant: 'symmetric', threads: 2 };
+const KV = 2 * 128;
+
+/** Block bytes the engine must hold for these per-format token counts (one layer's worth summed). */
+function blockTotal(st: KvStats, cfg: KvEngineConfig, perLayerCounts: number[][]): number {
+  const shape = { headDim: cfg.headDim, kvHeads: cfg.kvHeads, blockTokens: 32, quant: cfg.quant };
+  let total = 0;
+  for (const counts of perLayerCounts) counts.forEach((c, f) => (total += Math.ceil(c / 32) * blockBytes(f, shape)));
+  return total;
+}
+
+describe('accounting', () => {
+  it('held = payload + params + metadata; counts add up over layers and formats', async () => {
+    const eng = new KvEngine(CONFIG);
+    const seq = await eng.createSequence();
+    await eng.append(seq, 0, gaussian(300 * KV, 1), gaussian(300 * KV, 2));
+    await eng.append(seq, 1, gaussian(77 * KV, 3), gaussian(77 * KV, 4));
+    const positions = Uint32Array.from({ length: 200 }, (_, i) => i + 10);
+    const formats = Uint8Array.from({ length: 200 }, (_, i) => 1 + (i % 3));
+    const moved = await eng.applyPlan(seq, 0, positions, formats);
+    assert.equal(moved.tokensChanged, 200);
+    const st = await eng.stats(seq);
+    assert.equal(st.heldBytes, st.payloadBytes + st.paramBytes + st.metadataBytes);
+    assert.equal(st.tokens, 377);
+    assert.equal(Object.values(st.tokensByFormat).reduce((a, b) => a + b, 0), 377);
+    assert.deepEqual(st.tokensByFormat, { fp16: 100 + 77, int8: 67, int4: 67, int2: 66 });
+    assert.equal(st.fp16Bytes, 377 * 2 * KV * 2);
+    assert.equal(st.beta, st.heldBytes / st.fp16Bytes);
+    assert.equal(st.masterBytes, 0);
+    // Whole blocks per bucket, as block-layout.h lays them out; positions in
+    // blocks count as metadata, so compare payload+params+block metadata.
+    const want = blockTotal(st, CONFIG, [
+      [100, 67, 67, 66],
+      [77, 0, 0, 0],
+    ]);
+    const blocks = Math.ceil(100 / 32) + 3 * Math.ceil(67 / 32) + Math.ceil(77 / 32);
+    assert.equal(st.payloadBytes + st.paramBytes + blocks * 128, want);
+    assert.ok(st.metadataBytes >= 377 * TOKEN_META_BYTES);
+    await eng.close();
+  });
+
+  it('β < 1 after quantising, and it falls with the bit-width', async () => {
+    const eng = new KvEngine(CONFIG);
+    const betas: number[] = [];
+    for (const f of ['int8', 'int4', 'int2'] as const) {
+      const seq = await eng.createSequence();
+      await eng.append(seq, 0, gaussian(4096 * KV, 1), gaussian(4096 * KV, 2));
+      assert.ok((await eng.stats(seq)).beta > 1, 'fp16 plus metadata is above 1');
+      const positions = Uint32Array.from({ length: 4096 }, (_, i) => i);
+      await eng.applyPlan(seq, 0, positions, new Array(4096).fill(f));
+      const st = await eng.stats(seq);
+      assert.equal(st.tokensByFormat[f], 4096);
+      betas.push(st.beta);
+      await eng.freeSequence(seq);
+    }
+    assert.ok(betas[0] < 0.6 && betas[1] < 0.35 && betas[2] < 0.2, `betas ${betas}`);
+    assert.ok(betas[0] > betas[1] && betas[1] > betas[2]);
+    await eng.close();
+  });
+
+  it('the master copy is reported apart from β and lets a plan raise precision', async () => {
+    const eng = new KvEngine({ ...CONFIG, masterCopy: true });
+    const seq = await eng.createSequence();
+    await eng.append(seq, 0, gaussian(64 * KV, 1), gaussian(64 * KV, 2));
+    await eng.applyPlan(seq, 0, Uint32Array.of(1, 2), ['int2', 'int2']);
+    const before = (await eng.readKv(seq, 0)).k;
+    await eng.applyPlan(seq, 0, Uint32Array.of(1), ['int8']);
+    const st = await eng.stats(seq);
+    assert.ok(st.masterBytes >= 64 * KV * 2 * 2);
+    assert.equal(st.heldBytes, st.payloadBytes + st.paramBytes + st.metadataBytes);
+    const after = (await eng.readKv(seq, 0)).k;
+    const orig = gaussian(64 * KV, 1);
+    const err = (x: Float32Array) => Math.abs(x[KV + 5] - orig[KV + 5]); // token 1, element 5
+    assert.ok(err(after) < err(before) || err(before) < 1e-3, 'int8 from the master is closer than int2');
+    await eng.close();
+  });
+
+  it('tokenBytes() gives the per-token cost of a full block in each format', async () => {
+    const eng = new KvEngine({ ...CONFIG, layers: 1 });
+    const costs = eng.tokenBytes();
+    assert.equal(costs.length, FORMATS.length);
+    for (const [code, f] of FORMATS.entries()) {
+      const seq = await eng.createSequence();
+      await eng.append(seq, 0, gaussian(64 * KV, 1), gaussian(64 * KV, 2));
+      if (code > 0) await eng.applyPlan(seq, 0, Uint32Array.from({ length: 64 }, (_, i) => i), new Array(64).fill(f));
+      const st = await eng.stats(seq);
+      assert.equal(st.payloadBytes + st.paramBytes + 2 * 128, 64 * costs[code], f); // 2 blocks' positions
+      await eng.freeSequence(seq);
+    }
+    await eng.close();
+  });
+});
