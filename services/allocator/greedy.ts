@@ -42,8 +42,9 @@ export function greedyAllocate(input: GreedyInput): GreedyPlan {
     if (isProtected(i, n, sinks, window)) continue;
     formats[i] = INT2;
     used += tokenBytes[INT2];
-    heap.push(i, gain(input, i, INT2));
+    heap.add(i, gain(input, i, INT2));
   }
+  heap.heapify();
   const fits = used <= input.budgetBytes;
   let left = input.budgetBytes - used;
   const cheapest = tokenBytes[INT4] - tokenBytes[INT2];
@@ -61,9 +62,9 @@ export function greedyAllocate(input: GreedyInput): GreedyPlan {
 
 /** importance × error removed per extra byte, for moving token i up from `from`. */
 function gain(input: GreedyInput, i: number, from: number): number {
-  const err = (code: number) => input.sqError[3 * i + (code - INT8)];
+  const e = input.sqError, at = 3 * i - INT8; // e[at + code]: error at that format
   const bytes = input.tokenBytes[from - 1] - input.tokenBytes[from];
-  return (input.importance[i] * (err(from) - err(from - 1))) / bytes;
+  return (input.importance[i] * (e[at + from] - e[at + from - 1])) / bytes;
 }
 
 export interface BudgetInput {
@@ -103,6 +104,16 @@ class UpgradeHeap {
     this.keys = new Float64Array(Math.max(1, capacity));
   }
 
+  /** Appends without ordering; call heapify() before the first pop. */
+  add(id: number, key: number): void {
+    this.ids[this.size] = id;
+    this.keys[this.size++] = key;
+  }
+
+  heapify(): void {
+    for (let i = (this.size >> 1) - 1; i >= 0; i--) this.siftDown(i, this.ids[i], this.keys[i]);
+  }
+
   push(id: number, key: number): void {
     let i = this.size++;
     while (i > 0) {
@@ -118,9 +129,13 @@ class UpgradeHeap {
 
   pop(): number {
     const top = this.ids[0];
-    const id = this.ids[--this.size];
-    const key = this.keys[this.size];
-    let i = 0;
+    this.size--;
+    if (this.size > 0) this.siftDown(0, this.ids[this.size], this.keys[this.size]);
+    return top;
+  }
+
+  /** Places (id, key) at slot i or below, moving larger children up. */
+  private siftDown(i: number, id: number, key: number): void {
     for (;;) {
       let child = 2 * i + 1;
       if (child >= this.size) break;
@@ -132,6 +147,5 @@ class UpgradeHeap {
     }
     this.ids[i] = id;
     this.keys[i] = key;
-    return top;
   }
 }

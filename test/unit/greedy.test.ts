@@ -68,13 +68,27 @@ describe('greedy allocator', () => {
     assert.ok(objective(inp, greedyAllocate(inp).formats) < objective(inp, uniform));
   });
 
-  it('plans 32K tokens in a few milliseconds', () => {
+  it('plans 32K tokens in O(n log n) time', () => {
     const inp = instance(32768, 7, 32748 * 130);
-    greedyAllocate(inp); // warm-up
-    const t0 = performance.now();
-    greedyAllocate(inp);
-    const ms = performance.now() - t0;
-    assert.ok(ms < 50, `${ms.toFixed(2)} ms`); // target ≈1 ms; the bound leaves room for a shared CI machine
+    const best = (fn: () => void) => {
+      let ms = Infinity;
+      for (let i = 0; i < 5; i++) {
+        const t0 = performance.now();
+        fn();
+        ms = Math.min(ms, performance.now() - t0);
+      }
+      return ms;
+    };
+    const greedyMs = best(() => greedyAllocate(inp));
+    // Against a sort of as many keys, measured here: an absolute bound would
+    // flake on a shared CI machine, a relative one still catches O(n²).
+    const keys = new Float64Array(32768);
+    const sortMs = best(() => {
+      keys.set(inp.importance);
+      keys.sort();
+    });
+    // The heap does up to 2n pops in JS against one native sort: ~10x here; O(n²) would be ~1000x.
+    assert.ok(greedyMs < 40 * sortMs + 2, `greedy ${greedyMs.toFixed(2)} ms, sort ${sortMs.toFixed(2)} ms`);
   });
 
   it("applied through the engine, the achieved β stays within the target", async () => {
