@@ -196,3 +196,34 @@ describe('batched attention', () => {
     await eng.close();
   });
 });
+
+describe('buffers and plans', () => {
+  it('typed arrays are used in place: subarray views, caller-owned out', async () => {
+    const eng = engineFor({ qHeads: 4, kvHeads: 2, headDim: 32, prefix: 0, rows: 1 });
+    const kv = 2 * 32;
+    const big = gaussian(30 * kv, 1), bigV = gaussian(30 * kv, 2);
+    const a = await eng.createSequence(), b = await eng.createSequence();
+    await eng.append(a, 0, big.subarray(10 * kv, 20 * kv), bigV.subarray(10 * kv, 20 * kv)); // views at an offset
+    await eng.append(b, 0, big.slice(10 * kv, 20 * kv), bigV.slice(10 * kv, 20 * kv)); // copies
+    assert.deepEqual(await eng.readKv(a, 0), await eng.readKv(b, 0));
+    const out = new Float32Array(4 * 32);
+    const [got] = await eng.attend([{ seq: a, layer: 0, q: gaussian(4 * 32, 3), kNew: gaussian(kv, 4), vNew: gaussian(kv, 5), out }]);
+    assert.equal(got, out);
+    assert.ok(out.some((x) => x !== 0));
+    await eng.close();
+  });
+
+  it("a plan for 'all' layers moves the tokens of every layer", async () => {
+    const eng = engineFor({ qHeads: 4, kvHeads: 2, headDim: 64, prefix: 0, rows: 1 });
+    const seq = await eng.createSequence();
+    const kv = 2 * 64;
+    await eng.append(seq, 0, gaussian(40 * kv, 1), gaussian(40 * kv, 2));
+    await eng.append(seq, 1, gaussian(50 * kv, 3), gaussian(50 * kv, 4));
+    const r = await eng.applyPlan(seq, 'all', Uint32Array.of(0, 1, 39), ['int8', 'int4', 'int2']);
+    assert.equal(r.tokensChanged, 6);
+    const st = await eng.stats(seq);
+    assert.deepEqual(st.tokensByFormat, { fp16: 84, int8: 2, int4: 2, int2: 2 });
+    for (const layer of [0, 1]) assert.deepEqual([...(await eng.exportImportance(seq, layer)).format.slice(0, 2)], [1, 2]);
+    await eng.close();
+  });
+});
