@@ -1,0 +1,60 @@
+// One batched attention launch over GPU stores: host descriptors, device
+// scratch, and the four kernels (query prep, partials, merge, probabilities).
+//
+//   build()    block lists (formats interleaved so context splits carry equal
+//              bytes), work items, split counts; uploads them and the queries
+//   run()      the kernels, asynchronously, on the stream
+//   finish()   outputs and probabilities back to the host; waits
+//
+// The engine builds one per wave of rows; the benchmark builds one and calls
+// run() under CUDA events.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <vector>
+
+#include "device-pool.h"
+#include "gpu-store.h"
+#include "gpu-types.h"
+
+namespace smartkv::cuda {
+
+struct attend_input {
+    const gpu_store* store = nullptr;
+    const float* q = nullptr;   // host [n_rows][Hq][D] f32
+    int n_rows = 0;
+    int pos0 = 0;               // position of row 0
+    float* out = nullptr;       // host [n_rows][Hq][D] f32
+    float* probs = nullptr;     // host [n_rows][store size] f32, or null
+    bool importance = true;     // fold probabilities into the store's importance
+};
+
+class attend_batch {
+public:
+    attend_batch(const engine_config& cfg, int n_sms) : cfg_(cfg), n_sms_(n_sms) {}
+    void build(const std::vector<attend_input>& inputs, cudaStream_t stream);
+    void run(cudaStream_t stream);
+    void finish(cudaStream_t stream);
+
+    // What one run() reads and writes, for bandwidth figures.
+    size_t kv_bytes() const { return kv_bytes_; }          // the stored KV it reads
+    size_t score_bytes() const { return score_bytes_; }    // raw scores written (read again by the probs pass)
+    int n_ctas() const { return args_.n_work; }
+    int q_tile() const { return q_tile_; }
+
+private:
+    void build_blocks(const gpu_store& s, std::vector<gpu_block>& out, uint32_t& n_cols);
+
+    const engine_config& cfg_;
+    int n_sms_;
+    std::vector<attend_input> inputs_;
+    attend_args args_;
+    int q_tile_ = 1, max_slots_ = 0, max_n_after_ = 0, n_qv_ = 0;
+    size_t kv_bytes_ = 0, score_bytes_ = 0;
+    std::vector<size_t> out_off_, probs_off_;  // per input, floats into out_ / probs_
+    size_t out_floats_ = 0, probs_floats_ = 0;
+    device_buffer reqs_, blocks_, work_, q_, qf_, q8_, q8s_, q8sum_, qsum_;
+    device_buffer part_m_, part_l_, part_z_, part_acc_, scores_, cols_, out_, fin_m_, fin_l_, probs_;
+};
+
+}  // namespace smartkv::cuda

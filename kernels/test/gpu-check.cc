@@ -1,0 +1,574 @@
+// smartkv-gpu-check: the CUDA backend against the CPU reference, then timings.
+//
+//   smartkv-gpu-check [--json FILE] [--quick] [filter]
+//
+// CPU-side sanity checks of the layout the kernels assume run everywhere.
+// With a CUDA device: the write kernels must match the CPU bit for bit, and
+// the engine must match the CPU engine (scalar reference kernel) on a grid of
+// shapes, formats, bit mixes, batches and context lengths; then the timings
+// (gpu-bench.cc). Without one, the GPU part is reported as skipped and the
+// run still passes. The last line is "N passed, N failed".
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "check.h"
+#include "gpu-report.h"
+#include "device-pool.h"
+#include "gpu-types.h"
+#include "kernels.h"
+#include "reference.h"
+#include "smartkv/engine.h"
+#include "smartkv/kivi.h"
+
+using namespace smartkv;
+using namespace smartkv::testing;
+
+namespace smartkv::testing {
+std::vector<test_case>& registry() {
+    static std::vector<test_case> r;
+    return r;
+}
+static int g_failures = 0;
+void record_failure(const char* file, int line, const std::string& what) {
+    if (++g_failures <= 40) std::fprintf(stderr, "  FAIL %s:%d: %s\n", file, line, what.c_str());
+}
+std::vector<std::string>& json_records(const char* section) {
+    static std::vector<std::string> checks, timings;
+    return std::strcmp(section, "timings") == 0 ? timings : checks;
+}
+}  // namespace smartkv::testing
+
+namespace {
+
+bool g_have_gpu = false;
+bool g_quick = false;
+const kv_format k_quantized[3] = {kv_format::int8, kv_format::int4, kv_format::int2};
+
+// Fast normal-ish values (sum of uniforms), deterministic per seed.
+std::vector<float> randn(size_t n, uint32_t seed, float sigma = 1.f) {
+    std::vector<float> x(n);
+    uint64_t s = 0x9e3779b97f4a7c15ull * (seed + 1);
+    for (float& v : x) {
+        float acc = 0.f;
+        for (int i = 0; i < 4; ++i) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            acc += float(s >> 40) * (1.f / 16777216.f);
+        }
+        v = (acc - 2.f) * 1.732f * sigma;
+    }
+    return x;
+}
+
+double max_rel(const float* got, const float* want, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        num = std::max(num, std::fabs(double(got[i]) - double(want[i])));
+        den = std::max(den, std::fabs(double(want[i])));
+    }
+    return num / std::max(den, 1e-30);
+}
+
+double nmse(const float* got, const double* want, size_t n) {
+    double e = 0.0, p = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        e += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+        p += want[i] * want[i];
+    }
+    return e / std::max(p, 1e-30);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// CPU-side sanity: the packing and layout facts the kernels are built on.
+
+TEST(planar_words_feed_dp4a) {
+    std::mt19937 rng(3);
+    for (kv_format f : k_quantized)
+        for (int D : {64, 128, 256}) {
+            const int bits = format_bits(f), R = row_bytes(f, D);
+            const uint32_t mask = bits == 8 ? 0xffffffffu : bits == 4 ? 0x0f0f0f0fu : 0x03030303u;
+            std::vector<uint8_t> row(size_t(R), 0);
+            for (int d = 0; d < D; ++d) set_code(f, row.data(), D, d, int(rng() % (format_max_code(f) + 1)));
+            for (int c = 0; c < R / 16; ++c)
+                for (int w = 0; w < 4; ++w)
+                    for (int s = 0; s < 8 / bits; ++s) {
+                        uint32_t word;
+                        std::memcpy(&word, &row[size_t(16 * c + 4 * w)], 4);
+                        const uint32_t cw = (word >> (bits * s)) & mask;
+                        for (int k = 0; k < 4; ++k)
+                            CHECK(int((cw >> (8 * k)) & 0xff) == code_at(f, row.data(), D, s * R + 16 * c + 4 * w + k));
+                    }
+        }
+}
+
+TEST(value_lanes_read_one_plane) {
+    std::mt19937 rng(4);
+    for (kv_format f : k_quantized)
+        for (int D : {64, 128, 256}) {
+            const int bits = format_bits(f), R = row_bytes(f, D), DPL = D / 32;
+            std::vector<uint8_t> row(size_t(R), 0);
+            for (int d = 0; d < D; ++d) set_code(f, row.data(), D, d, int(rng() % (format_max_code(f) + 1)));
+            for (int lane = 0; lane < 32; ++lane) {
+                const int d0 = lane * DPL, s = d0 / R, off = d0 % R;
+                CHECK(off % DPL == 0 && off + DPL <= R);  // one aligned load of DPL bytes
+                for (int i = 0; i < DPL; ++i)
+                    CHECK(((row[size_t(off + i)] >> (bits * s)) & ((1 << bits) - 1)) == code_at(f, row.data(), D, d0 + i));
+            }
+        }
+}
+
+TEST(block_sections_allow_vector_loads) {
+    for (int f = 0; f < n_formats; ++f)
+        for (quant_mode m : {quant_mode::symmetric, quant_mode::asymmetric})
+            for (int D : {64, 128, 256})
+                for (int T : {16, 32, 48, 64})
+                    for (bool kivi : {false, true}) {
+                        if (kivi && (f == 0 || T != 32)) continue;
+                        const block_layout L = make_block_layout(kv_format(f), m, D, 3, T, kivi);
+                        CHECK(L.k_codes % 64 == 0 && L.v_codes % 64 == 0 && L.k_params % 64 == 0);
+                        CHECK(L.v_params % 64 == 0 && L.pos % 64 == 0 && L.bytes % 64 == 0);
+                        CHECK(L.row % 16 == 0);  // uint4 loads of key rows
+                    }
+}
+
+TEST(code_to_float_bit_trick_is_exact) {
+    for (uint32_t c = 0; c < 256; ++c) {
+        const uint32_t bits = 0x4b000000u | c;
+        float f;
+        std::memcpy(&f, &bits, 4);
+        CHECK(f - 8388608.f == float(c));
+    }
+}
+
+TEST(splits_cover_every_block_once) {
+    for (int nb : {1, 3, 7, 64, 1025})
+        for (int splits = 1; splits <= std::min(nb, 40); ++splits) {
+            int covered = 0, prev_end = 0;
+            for (int s = 0; s < splits; ++s) {
+                const int b0 = int(int64_t(nb) * s / splits), b1 = int(int64_t(nb) * (s + 1) / splits);
+                CHECK(b0 == prev_end && b1 >= b0);
+                covered += b1 - b0;
+                prev_end = b1;
+            }
+            CHECK(covered == nb);
+        }
+}
+
+// ---------------------------------------------------------------------------
+// GPU: write kernels, bit for bit.
+
+TEST(gpu_convert_matches_cpu_bit_for_bit) {
+    if (!g_have_gpu) return;
+    for (int D : {64, 128, 256})
+        for (quant_mode m : {quant_mode::symmetric, quant_mode::asymmetric}) {
+            const int n = 96;  // vectors
+            const auto x = randn(size_t(n) * D, 11 + D, 2.f);
+            float* dx = nullptr;
+            uint8_t* drows = nullptr;
+            cuda::convert_item* ditems = nullptr;
+            const size_t rb = size_t(2) * D, pb = 8;  // room for any row (fp16) and params
+            cudaMalloc(&dx, x.size() * 4);
+            cudaMalloc(&drows, size_t(n) * 4 * (rb + pb));  // [4 stages][n][row + params]
+            cudaMalloc(&ditems, size_t(n) * sizeof(cuda::convert_item));
+            cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice);
+            for (kv_format f0 : {kv_format::fp16, kv_format::int8, kv_format::int4, kv_format::int2}) {
+                // stage 0: f32 -> f0; stage 1: f0 -> each lower format in turn (a "move down")
+                for (kv_format f1 : k_quantized) {
+                    if (format_bits(f1) > format_bits(f0)) continue;
+                    std::vector<cuda::convert_item> items(static_cast<size_t>(n));
+                    auto at = [&](int stage, int i) { return drows + (size_t(stage) * n + size_t(i)) * (rb + pb); };
+                    for (int i = 0; i < n; ++i) {
+                        cuda::convert_item& it = items[size_t(i)];
+                        it.src = dx + size_t(i) * D;
+                        it.dst_row = at(0, i);
+                        it.dst_params = reinterpret_cast<half_bits*>(at(0, i) + rb);
+                        it.dst_fmt = uint8_t(f0);
+                        it.dst_mode = uint8_t(m);
+                    }
+                    cudaMemcpy(ditems, items.data(), items.size() * sizeof(items[0]), cudaMemcpyHostToDevice);
+                    cuda::convert_vectors(ditems, n, D, nullptr);
+                    for (int i = 0; i < n; ++i) {
+                        cuda::convert_item& it = items[size_t(i)];
+                        it.src = at(0, i);
+                        it.src_params = reinterpret_cast<half_bits*>(at(0, i) + rb);
+                        it.src_fmt = uint8_t(f0);
+                        it.src_mode = uint8_t(m);
+                        it.dst_row = at(1, i);
+                        it.dst_params = reinterpret_cast<half_bits*>(at(1, i) + rb);
+                        it.dst_fmt = uint8_t(f1);
+                    }
+                    cudaMemcpy(ditems, items.data(), items.size() * sizeof(items[0]), cudaMemcpyHostToDevice);
+                    cuda::convert_vectors(ditems, n, D, nullptr);
+                    std::vector<uint8_t> got(size_t(n) * 4 * (rb + pb));
+                    CHECK(cudaMemcpy(got.data(), drows, got.size(), cudaMemcpyDeviceToHost) == cudaSuccess);
+                    int bad = 0;
+                    for (int i = 0; i < n; ++i) {
+                        std::vector<uint8_t> r0(rb, 0), r1(rb, 0);
+                        half_bits p0[2] = {0, 0}, p1[2] = {0, 0};
+                        std::vector<float> y(static_cast<size_t>(D));
+                        quantize_vector(f0, m, &x[size_t(i) * D], D, r0.data(), p0);
+                        dequantize_vector(f0, m, r0.data(), p0, D, y.data());
+                        quantize_vector(f1, m, y.data(), D, r1.data(), p1);
+                        const uint8_t* g0 = &got[size_t(i) * (rb + pb)];
+                        const uint8_t* g1 = &got[(size_t(n) + size_t(i)) * (rb + pb)];
+                        const size_t np0 = size_t(params_per_vector(f0, m)) * 2, np1 = size_t(params_per_vector(f1, m)) * 2;
+                        if (std::memcmp(g0, r0.data(), size_t(row_bytes(f0, D))) || std::memcmp(g0 + rb, p0, np0) ||
+                            std::memcmp(g1, r1.data(), size_t(row_bytes(f1, D))) || std::memcmp(g1 + rb, p1, np1))
+                            ++bad;
+                    }
+                    CHECK_MSG(bad == 0, "convert D=" + std::to_string(D) + " " + k_format_traits[int(f0)].name + "->" +
+                                            k_format_traits[int(f1)].name + ": " + std::to_string(bad) + " vectors differ");
+                }
+            }
+            cudaFree(dx);
+            cudaFree(drows);
+            cudaFree(ditems);
+        }
+    CHECK(cudaDeviceSynchronize() == cudaSuccess);
+}
+
+// ---------------------------------------------------------------------------
+// GPU engine vs CPU engine (scalar reference kernel) on a grid.
+
+namespace {
+
+enum mix_kind { mix_random = 0, mix_fp16, mix_int8, mix_int4, mix_int2, mix_beta25, mix_none };
+
+struct grid_case {
+    const char* name;
+    int hq, hkv, D, n_prefix, n_rows, batch;
+    storage_kind kind = storage_kind::mixed;
+    mix_kind mix = mix_random;
+    bool int8q = true;
+    quant_mode mode = quant_mode::symmetric;
+    int block_tokens = 32;
+    bool master = false;
+};
+
+// Plan over n tokens: sinks (4) and the newest 64 stay fp16.
+void make_plan(mix_kind mix, size_t n, uint32_t seed, std::vector<uint32_t>& pos, std::vector<uint8_t>& fmt) {
+    pos.clear();
+    fmt.clear();
+    if (mix == mix_none) return;
+    std::mt19937 rng(seed);
+    for (size_t i = 4; i + 64 < n; ++i) {
+        uint8_t f;
+        switch (mix) {
+            case mix_fp16: continue;
+            case mix_int8: f = 1; break;
+            case mix_int4: f = 2; break;
+            case mix_int2: f = 3; break;
+            case mix_beta25: {
+                const uint32_t u = rng() % 100;  // 12 % int8, 48 % int4, 40 % int2
+                f = u < 12 ? 1 : u < 60 ? 2 : 3;
+                break;
+            }
+            default: f = uint8_t(1 + rng() % 3);
+        }
+        pos.push_back(uint32_t(i));
+        fmt.push_back(f);
+    }
+}
+
+engine_config case_config(const grid_case& c) {
+    engine_config cfg;
+    cfg.n_layers = 1;
+    cfg.n_q_heads = c.hq;
+    cfg.n_kv_heads = c.hkv;
+    cfg.head_dim = c.D;
+    cfg.block_tokens = c.block_tokens;
+    cfg.mode = c.mode;
+    cfg.query_int8 = c.int8q;
+    cfg.master_copy = c.master;
+    cfg.fast_path = false;  // the scalar reference kernel
+    return cfg;
+}
+
+struct step_result {
+    double out_err = 0, probs_err = 0;
+};
+
+// One attention step on both engines; returns the worst errors over the batch.
+step_result attend_both(kv_backend& cpu, kv_backend& gpu, const std::vector<uint32_t>& cs, const std::vector<uint32_t>& gs,
+                        const grid_case& c, int n_rows, uint32_t seed, std::vector<float>* out0, std::vector<float>* q0) {
+    const size_t qn = size_t(n_rows) * c.hq * c.D, kvn = size_t(n_rows) * c.hkv * c.D;
+    std::vector<std::vector<float>> q, k, v, oc, og, pc, pg;
+    std::vector<attend_request> rc, rg;
+    for (size_t b = 0; b < cs.size(); ++b) {
+        q.push_back(randn(qn, seed + 7 * uint32_t(b)));
+        k.push_back(randn(kvn, seed + 7 * uint32_t(b) + 1));
+        v.push_back(randn(kvn, seed + 7 * uint32_t(b) + 2));
+        const size_t n_after = cpu.sequence_length(cs[b], 0) + size_t(n_rows);
+        oc.emplace_back(qn);
+        og.emplace_back(qn);
+        pc.emplace_back(size_t(n_rows) * n_after);
+        pg.emplace_back(size_t(n_rows) * n_after);
+    }
+    for (size_t b = 0; b < cs.size(); ++b) {
+        rc.push_back({cs[b], 0, n_rows, q[b].data(), k[b].data(), v[b].data(), oc[b].data(), pc[b].data()});
+        rg.push_back({gs[b], 0, n_rows, q[b].data(), k[b].data(), v[b].data(), og[b].data(), pg[b].data()});
+    }
+    cpu.attend(rc.data(), rc.size());
+    gpu.attend(rg.data(), rg.size());
+    step_result r;
+    for (size_t b = 0; b < cs.size(); ++b) {
+        r.out_err = std::max(r.out_err, max_rel(og[b].data(), oc[b].data(), qn));
+        r.probs_err = std::max(r.probs_err, max_rel(pg[b].data(), pc[b].data(), pc[b].size()));
+    }
+    if (out0) *out0 = og[0];
+    if (q0) *q0 = q[0];
+    return r;
+}
+
+void run_case(const grid_case& c, uint32_t seed) {
+    const engine_config cfg = case_config(c);
+    auto cpu = make_cpu_backend(cfg);
+    auto gpu = make_backend(cfg, device_choice::cuda);
+    std::vector<uint32_t> cs, gs;
+    const size_t kvn = size_t(c.n_prefix) * c.hkv * c.D;
+    std::vector<float> k0, v0;  // batch 0's prefix, for the float64 reference
+    for (int b = 0; b < c.batch; ++b) {
+        cs.push_back(cpu->create_sequence(c.kind));
+        gs.push_back(gpu->create_sequence(c.kind));
+        if (c.n_prefix == 0) continue;
+        auto k = randn(kvn, seed + 100 + uint32_t(b)), v = randn(kvn, seed + 200 + uint32_t(b));
+        for (size_t i = 0; i < k.size(); i += 3) k[i] += 2.f;  // an outlier-ish channel pattern
+        cpu->append(cs.back(), 0, c.n_prefix, k.data(), v.data());
+        gpu->append(gs.back(), 0, c.n_prefix, k.data(), v.data());
+        if (b == 0) k0 = k, v0 = v;
+        if (c.kind == storage_kind::mixed) {
+            std::vector<uint32_t> pos;
+            std::vector<uint8_t> fmt;
+            make_plan(c.mix, size_t(c.n_prefix), seed + 300 + uint32_t(b), pos, fmt);
+            const move_result mc = cpu->apply_plan(cs.back(), 0, pos.data(), fmt.data(), pos.size());
+            const move_result mg = gpu->apply_plan(gs.back(), 0, pos.data(), fmt.data(), pos.size());
+            CHECK(mc.tokens_changed == mg.tokens_changed && mc.bytes_moved == mg.bytes_moved);
+        }
+    }
+    std::vector<float> out0, q0;
+    const step_result s1 = attend_both(*cpu, *gpu, cs, gs, c, c.n_rows, seed + 400, &out0, &q0);
+    // The KV as stored (bit-exact), importance, accounting.
+    const size_t n_ctx = size_t(c.n_prefix) + size_t(c.n_rows);
+    std::vector<float> kc(n_ctx * c.hkv * c.D), vc(kc.size()), kg(kc.size()), vg(kc.size());
+    cpu->read_kv(cs[0], 0, kc.data(), vc.data());
+    gpu->read_kv(gs[0], 0, kg.data(), vg.data());
+    const bool kv_exact = std::memcmp(kc.data(), kg.data(), kc.size() * 4) == 0 &&
+                          std::memcmp(vc.data(), vg.data(), vc.size() * 4) == 0;
+    std::vector<float> ic(n_ctx), ig(n_ctx), ec(n_ctx * 3), eg(n_ctx * 3);
+    std::vector<uint8_t> fc(n_ctx), fg(n_ctx);
+    cpu->report(cs[0], 0, {ic.data(), fc.data(), ec.data()});
+    gpu->report(gs[0], 0, {ig.data(), fg.data(), eg.data()});
+    const double imp_err = max_rel(ig.data(), ic.data(), n_ctx), sq_err = max_rel(eg.data(), ec.data(), eg.size());
+    const memory_stats mc = cpu->stats(cs[0]), mg = gpu->stats(gs[0]);
+    bool stats_ok = mc.payload == mg.payload && mc.params == mg.params && mc.tokens == mg.tokens &&
+                    mc.kivi_tokens == mg.kivi_tokens && mc.fp16_equivalent == mg.fp16_equivalent;
+    for (int f = 0; f < n_formats; ++f) stats_ok = stats_ok && mc.tokens_by_format[f] == mg.tokens_by_format[f];
+    // A second, decode step over the updated state.
+    const step_result s2 = attend_both(*cpu, *gpu, cs, gs, c, 1, seed + 500, nullptr, nullptr);
+
+    // Against float64 on the original (unquantised) values: the format's own error.
+    double ref_nmse = -1.0;
+    const double work = double(n_ctx) * c.hq * c.D * c.n_rows;
+    if (c.n_prefix > 0 && work < 4e8) {
+        std::vector<float> kk(k0), vv(v0);
+        auto kn = randn(size_t(c.n_rows) * c.hkv * c.D, seed + 400 + 1), vn = randn(kn.size(), seed + 400 + 2);
+        kk.insert(kk.end(), kn.begin(), kn.end());
+        vv.insert(vv.end(), vn.begin(), vn.end());
+        ref_problem rp{c.n_rows, c.hq, c.hkv, c.D, int(n_ctx), q0.data(), nullptr, nullptr, kk.data(), vv.data()};
+        std::vector<double> want, want_probs;
+        reference_attention(rp, want, want_probs);
+        ref_nmse = nmse(out0.data(), want.data(), want.size());
+    }
+    const double tol = 2e-4;  // float32 vs float32, different summation orders and exp
+    const bool pass = s1.out_err <= tol && s1.probs_err <= tol && s2.out_err <= tol && s2.probs_err <= tol &&
+                      imp_err <= tol && sq_err <= 1e-5 && kv_exact && stats_ok && fc == fg;
+    char msg[400];
+    std::snprintf(msg, sizeof msg,
+                  "%s: out %.1e/%.1e probs %.1e/%.1e importance %.1e sq_error %.1e kv_exact %d stats %d formats %d",
+                  c.name, s1.out_err, s2.out_err, s1.probs_err, s2.probs_err, imp_err, sq_err, int(kv_exact),
+                  int(stats_ok), int(fc == fg));
+    CHECK_MSG(pass, msg);
+    json_record r;
+    r.str("check", "engine_parity").str("case", c.name).num("hq", c.hq).num("hkv", c.hkv).num("head_dim", c.D);
+    r.num("n_prefix", c.n_prefix).num("n_rows", c.n_rows).num("batch", c.batch).num("kind", int(c.kind));
+    r.num("mix", int(c.mix)).boolean("query_int8", c.int8q).num("block_tokens", c.block_tokens);
+    r.num("out_rel_err", std::max(s1.out_err, s2.out_err)).num("probs_rel_err", std::max(s1.probs_err, s2.probs_err));
+    r.num("importance_rel_err", imp_err).num("sq_error_rel_err", sq_err).boolean("kv_bit_exact", kv_exact);
+    r.boolean("stats_equal", stats_ok).num("nmse_vs_float64_unquantised", ref_nmse);
+    r.num("metadata_cpu", double(mc.metadata)).num("metadata_gpu", double(mg.metadata)).num("beta_gpu", mg.beta());
+    r.boolean("pass", pass);
+    add_record("checks", r);
+    std::printf("  %-28s out %.1e probs %.1e imp %.1e nmse(f64) %.1e beta %.3f %s\n", c.name,
+                std::max(s1.out_err, s2.out_err), std::max(s1.probs_err, s2.probs_err), imp_err, ref_nmse, mg.beta(),
+                pass ? "ok" : "FAIL");
+}
+
+}  // namespace
+
+TEST(gpu_engine_matches_cpu_engine) {
+    if (!g_have_gpu) return;
+    std::vector<grid_case> grid = {
+        {"mha_d64_n1", 4, 4, 64, 0, 1, 1},
+        {"mha_d64_n100_b4", 8, 8, 64, 100, 1, 4},
+        {"gqa4_d128_n1000_b32", 32, 8, 128, 1000, 1, 32},
+        {"gqa8_d128_n4000_b8", 16, 2, 128, 4000, 1, 8},
+        {"gqa7_d128_n3000_b4", 28, 4, 128, 3000, 1, 4},
+        {"gqa3_d64_n2000_b2", 12, 4, 64, 2000, 1, 2},
+        {"gqa4_d256_n500_b4", 8, 2, 256, 500, 1, 4},
+        {"prefill_gqa4_d64", 8, 2, 64, 300, 64, 2},
+        {"prefill_gqa4_d128", 32, 8, 128, 2000, 100, 1},
+        {"prefill_d256_rows17", 8, 2, 256, 300, 17, 1},
+        {"uniform_fp16", 32, 8, 128, 4096, 1, 4, storage_kind::mixed, mix_fp16},
+        {"uniform_int8", 32, 8, 128, 4096, 1, 4, storage_kind::mixed, mix_int8},
+        {"uniform_int4", 32, 8, 128, 4096, 1, 4, storage_kind::mixed, mix_int4},
+        {"uniform_int2", 32, 8, 128, 4096, 1, 4, storage_kind::mixed, mix_int2},
+        {"beta25_d128_n8192", 32, 8, 128, 8192, 1, 4, storage_kind::mixed, mix_beta25},
+        {"kivi2_d128", 32, 8, 128, 5000, 1, 4, storage_kind::kivi2, mix_none},
+        {"kivi4_d64_prefill", 8, 2, 64, 400, 40, 1, storage_kind::kivi4, mix_none},
+        {"float_queries", 8, 2, 128, 1000, 1, 4, storage_kind::mixed, mix_random, false},
+        {"asymmetric", 8, 2, 128, 1000, 3, 2, storage_kind::mixed, mix_random, true, quant_mode::asymmetric},
+        {"block16", 8, 2, 64, 700, 1, 3, storage_kind::mixed, mix_random, true, quant_mode::symmetric, 16},
+        {"block64", 8, 2, 128, 700, 5, 3, storage_kind::mixed, mix_random, true, quant_mode::symmetric, 64},
+        {"n64k_gqa4_d128", 32, 8, 128, 65535, 1, 1, storage_kind::mixed, mix_beta25},
+    };
+    if (g_quick) grid.resize(8);
+    uint32_t seed = 1000;
+    for (const grid_case& c : grid) {
+        try {
+            run_case(c, seed += 1000);
+        } catch (const std::exception& e) {
+            record_failure(__FILE__, __LINE__, std::string(c.name) + " threw: " + e.what());
+            add_record("checks", json_record().str("check", "engine_parity").str("case", c.name).str("error", e.what()).boolean("pass", false));
+        }
+    }
+}
+
+TEST(gpu_moves_up_and_down_with_master_copy) {
+    if (!g_have_gpu) return;
+    grid_case c{"master", 8, 2, 128, 517, 1, 1};
+    c.master = true;
+    const engine_config cfg = case_config(c);
+    auto cpu = make_cpu_backend(cfg);
+    auto gpu = make_backend(cfg, device_choice::cuda);
+    const uint32_t sc = cpu->create_sequence(storage_kind::mixed), sg = gpu->create_sequence(storage_kind::mixed);
+    const int n = c.n_prefix;
+    auto k = randn(size_t(n) * 256, 1), v = randn(size_t(n) * 256, 2);
+    cpu->append(sc, 0, n, k.data(), v.data());
+    gpu->append(sg, 0, n, k.data(), v.data());
+    std::mt19937 rng(3);
+    bool same_moves = true;
+    for (int round = 0; round < 20; ++round) {
+        std::vector<uint32_t> pos;
+        std::vector<uint8_t> fmt;
+        for (int i = 0; i < 100; ++i) {  // duplicates included: they must act in order
+            pos.push_back(rng() % uint32_t(n));
+            fmt.push_back(uint8_t(rng() % 4));
+        }
+        const move_result a = cpu->apply_plan(sc, 0, pos.data(), fmt.data(), pos.size());
+        const move_result b = gpu->apply_plan(sg, 0, pos.data(), fmt.data(), pos.size());
+        same_moves = same_moves && a.tokens_changed == b.tokens_changed && a.bytes_moved == b.bytes_moved;
+    }
+    CHECK(same_moves);
+    std::vector<float> kc(size_t(n) * 256), vc(kc.size()), kg(kc.size()), vg(kc.size());
+    cpu->read_kv(sc, 0, kc.data(), vc.data());
+    gpu->read_kv(sg, 0, kg.data(), vg.data());
+    CHECK_MSG(std::memcmp(kc.data(), kg.data(), kc.size() * 4) == 0 && std::memcmp(vc.data(), vg.data(), vc.size() * 4) == 0,
+              "moves with master copy: stored KV differs from the CPU's");
+    const memory_stats a = cpu->stats(sc), b = gpu->stats(sg);
+    CHECK(a.payload == b.payload && a.params == b.params && a.master == b.master);
+    for (int f = 0; f < n_formats; ++f) CHECK(a.tokens_by_format[f] == b.tokens_by_format[f]);
+    add_record("checks", json_record().str("check", "moves_with_master").boolean("pass", same_moves));
+}
+
+TEST(gpu_limits_are_errors_not_crashes) {
+    if (!g_have_gpu) return;
+    engine_config c = case_config({"limits", 4, 2, 64, 0, 1, 1});
+    c.memory_limit_bytes = 60000;
+    auto eng = make_backend(c, device_choice::cuda);
+    const uint32_t s = eng->create_sequence(storage_kind::mixed);
+    auto k = randn(100 * 128, 1), v = randn(100 * 128, 2);
+    eng->append(s, 0, 32, k.data(), v.data());
+    const size_t held = eng->total_held_bytes();
+    auto code_of = [&](auto&& fn) {
+        try {
+            fn();
+        } catch (const engine_error& e) {
+            return int(e.code);
+        }
+        return -1;
+    };
+    CHECK(code_of([&] { eng->append(s, 0, 100, k.data(), v.data()); }) == int(error_code::resource_exhausted));
+    CHECK(eng->total_held_bytes() == held && eng->sequence_length(s, 0) == 32);
+    CHECK(code_of([&] { eng->stats(999); }) == int(error_code::not_found));
+    // Real device exhaustion: a block bigger than any card.
+    cuda::device_pool pool(nullptr);
+    CHECK(code_of([&] { pool.reserve(size_t(1) << 46, 1); }) == int(error_code::resource_exhausted));
+    eng->append(s, 0, 1, k.data(), v.data());  // the engine still works afterwards
+    CHECK(eng->sequence_length(s, 0) == 33);
+    engine_config bad = c;
+    bad.head_dim = 96;
+    CHECK(code_of([&] { make_backend(bad, device_choice::cuda); }) == int(error_code::invalid_argument));
+}
+
+int main(int argc, char** argv) {
+    const char* filter = "";
+    const char* json_path = nullptr;
+    for (int i = 1; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+        else if (!std::strcmp(argv[i], "--quick")) g_quick = true;
+        else filter = argv[i];
+    }
+    g_have_gpu = cuda_device_present();
+    cudaDeviceProp prop{};
+    std::string device = "none";
+    if (g_have_gpu && cudaGetDeviceProperties(&prop, 0) == cudaSuccess) device = prop.name;
+    std::printf("smartkv-gpu-check: CUDA backend %s, device: %s\n", cuda_backend_compiled() ? "compiled" : "absent",
+                device.c_str());
+    if (!g_have_gpu) std::printf("no CUDA device: GPU checks and timings skipped (CPU-side checks only)\n");
+    int passed = 0, failed = 0;
+    for (const test_case& t : registry()) {
+        if (*filter && !std::strstr(t.name, filter)) continue;
+        const int before = g_failures;
+        try {
+            t.fn();
+        } catch (const std::exception& e) {
+            record_failure(__FILE__, __LINE__, std::string(t.name) + " threw: " + e.what());
+        }
+        const bool ok = g_failures == before;
+        std::printf("%s %s%s\n", ok ? "ok  " : "FAIL", t.name,
+                    (!g_have_gpu && std::strncmp(t.name, "gpu_", 4) == 0) ? " (skipped: no GPU)" : "");
+        (ok ? passed : failed)++;
+    }
+    if (g_have_gpu && (!*filter || std::strstr("timings", filter))) {
+        try {
+            run_gpu_benchmarks(g_quick);
+        } catch (const std::exception& e) {
+            std::printf("FAIL timings threw: %s\n", e.what());
+            add_record("timings", json_record().str("error", e.what()));
+            ++failed;
+        }
+    }
+    std::printf("%d passed, %d failed\n", passed, failed);
+    if (json_path) {
+        if (FILE* f = std::fopen(json_path, "w")) {
+            std::fprintf(f, "{\n\"device\": \"%s\",\n\"gpu_present\": %s,\n\"passed\": %d,\n\"failed\": %d,\n", device.c_str(),
+                         g_have_gpu ? "true" : "false", passed, failed);
+            for (const char* sec : {"checks", "timings"}) {
+                std::fprintf(f, "\"%s\": [\n", sec);
+                const auto& recs = json_records(sec);
+                for (size_t i = 0; i < recs.size(); ++i)
+                    std::fprintf(f, "  %s%s\n", recs[i].c_str(), i + 1 < recs.size() ? "," : "");
+                std::fprintf(f, "]%s\n", std::strcmp(sec, "checks") == 0 ? "," : "");
+            }
+            std::fprintf(f, "}\n");
+            std::fclose(f);
+        }
+    }
+    return failed ? 1 : 0;
+}
