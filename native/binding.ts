@@ -70,6 +70,39 @@ export interface NativeEngine {
   close(): Promise<void>;
 }
 
+/** A tensor in a memory-mapped safetensors file (services/orchestrator/model/weights.ts checks it). */
+export interface NativeTensorRef {
+  file: number; // index into NativeModelSpec.files
+  offset: number; // absolute byte offset of the data
+  dtype: number; // 0 f32, 1 f16, 2 bf16
+  rows: number;
+  cols: number;
+}
+
+export interface NativeModelSpec {
+  config: {
+    layers: number; dModel: number; heads: number; kvHeads: number; headDim: number;
+    dFf: number; vocab: number; rmsEps: number;
+    ropeInvFreq: Float32Array; // [headDim/2]
+  };
+  files: string[];
+  weights: {
+    embed: NativeTensorRef; finalNorm: NativeTensorRef; lmHead: NativeTensorRef;
+    layers: Record<string, NativeTensorRef | null>[];
+  };
+  threads?: number;
+}
+
+/** The dense forward; every method runs on a worker thread. */
+export interface NativeModel {
+  embed(tokens: Uint32Array, x: Float32Array): Promise<void>; // x: [n][dModel]
+  preAttention(layer: number, x: Float32Array, positions: Uint32Array, q: Float32Array, k: Float32Array, v: Float32Array): Promise<void>;
+  postAttention(layer: number, attn: Float32Array, n: number, x: Float32Array): Promise<void>;
+  logits(x: Float32Array, n: number, out: Float32Array): Promise<void>;
+  /** In-process step: tokens [sum rows], positions [sum rows]; logits [b][vocab] or [sum rows][vocab] with allRows. */
+  step(engine: NativeEngine, seqs: Uint32Array, rows: Uint32Array, tokens: Uint32Array, positions: Uint32Array, logits: Float32Array, allRows: boolean): Promise<void>;
+}
+
 export interface NativeDenseProblem {
   qHeads: number;
   kvHeads: number;
@@ -83,6 +116,7 @@ export interface NativeDenseProblem {
 
 export interface NativeAddon {
   NativeEngine: new (config: NativeConfig) => NativeEngine;
+  NativeModel: new (spec: NativeModelSpec) => NativeModel;
   cudaCompiled: boolean; // the build has the CUDA backend
   cudaDevicePresent(): boolean; // ... and a device is visible now
   denseAttention(f16: boolean, threads: number, problems: NativeDenseProblem[]): Promise<void>;

@@ -241,6 +241,24 @@ export class KvEngine {
     await this.queue('close', () => native.close());
   }
 
+  /**
+   * Runs a native operation that appends `rows` tokens to every layer of each
+   * listed sequence (an in-process model step: NativeModel.step). The lengths
+   * KvEngine tracks grow with it and are rolled back if it fails.
+   */
+  async runModelStep(batch: readonly { seq: number; rows: number }[], fn: (native: NativeEngine) => Promise<void>): Promise<void> {
+    const states = batch.map((b) => ({ s: this.sequence(b.seq), rows: b.rows }));
+    if (new Set(batch.map((b) => b.seq)).size !== batch.length) throw invalid('model step: a sequence appears twice in one batch');
+    const native = this.open();
+    for (const { s, rows } of states) for (let l = 0; l < s.lengths.length; l++) s.lengths[l] += rows;
+    try {
+      await this.queue('modelStep', () => fn(native));
+    } catch (err) {
+      for (const { s, rows } of states) for (let l = 0; l < s.lengths.length; l++) s.lengths[l] -= rows;
+      throw err;
+    }
+  }
+
   // -------------------------------------------------------------------------
 
   /** Runs fn after every earlier operation has settled; native errors become KvEngineErrors. */

@@ -44,6 +44,10 @@ std::shared_ptr<kv_backend> engine_wrap::backend(Napi::Env env) const {
     return backend_;
 }
 
+std::shared_ptr<kv_backend> engine_wrap::backend_of(const Napi::Object& engine) {
+    return Unwrap(engine)->backend(engine.Env());
+}
+
 Napi::Value engine_wrap::backend_name(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), backend(info.Env())->name());
 }

@@ -14,6 +14,8 @@ class engine_wrap : public Napi::ObjectWrap<engine_wrap> {
 public:
     static void define(Napi::Env env, Napi::Object exports);
     explicit engine_wrap(const Napi::CallbackInfo& info);
+    // The backend behind a NativeEngine object (for NativeModel.step); throws once closed.
+    static std::shared_ptr<smartkv::kv_backend> backend_of(const Napi::Object& engine);
 
 private:
     std::shared_ptr<smartkv::kv_backend> backend(Napi::Env env) const;  // throws once closed
