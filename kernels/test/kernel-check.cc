@@ -7,6 +7,7 @@
 
 #include "check.h"
 #include "cpu/bucket.h"
+#include "cpu/quantize-fast.h"
 #include "reference.h"
 #include "smartkv/engine.h"
 #include "smartkv/kivi.h"
@@ -68,6 +69,25 @@ TEST(quantize_error_within_half_step) {
                 const float bound = 0.5f * dp.scale * 1.002f + absmax * 2e-3f;
                 for (int d = 0; d < D; ++d) CHECK_MSG(std::fabs(x[d] - y[d]) <= bound, std::string(k_format_traits[int(f)].name));
             }
+}
+
+TEST(fast_quantize_is_bit_identical_to_reference) {
+    if (!quantize_fast_available()) return;
+    for (quant_mode m : {quant_mode::symmetric, quant_mode::asymmetric})
+        for (kv_format f : {kv_format::fp16, kv_format::int8, kv_format::int4, kv_format::int2})
+            for (int D : {64, 128, 256})
+                for (int trial = 0; trial < 20; ++trial) {
+                    auto x = gaussian(size_t(D), 500 + trial, 0.3f + 0.5f * trial);
+                    std::vector<uint8_t> r1(size_t(D) * 2, 0), r2(size_t(D) * 2, 0);
+                    half_bits p1[2] = {0, 0}, p2[2] = {0, 0};
+                    quantize_vector(f, m, x.data(), D, r1.data(), p1);
+                    quantize_vector_fast(f, m, x.data(), D, r2.data(), p2);
+                    CHECK(r1 == r2 && p1[0] == p2[0] && p1[1] == p2[1]);
+                    std::vector<float> y1(static_cast<size_t>(D)), y2(static_cast<size_t>(D));
+                    dequantize_vector(f, m, r1.data(), p1, D, y1.data());
+                    dequantize_vector_fast(f, m, r1.data(), p1, D, y2.data());
+                    CHECK(y1 == y2);
+                }
 }
 
 TEST(fp16_rows_round_trip) {

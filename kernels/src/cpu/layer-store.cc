@@ -4,6 +4,7 @@
 #include <cstring>
 #include <new>
 
+#include "quantize-fast.h"
 #include "smartkv/kivi.h"
 
 namespace smartkv {
@@ -44,8 +45,8 @@ void layer_store::write_fp16_slot(uint32_t slot, const float* k, const float* v)
     bucket& b = buckets_[int(kv_format::fp16)];
     const int D = cfg_.head_dim;
     for (int h = 0; h < cfg_.n_kv_heads; ++h) {
-        quantize_vector(kv_format::fp16, cfg_.mode, k + size_t(h) * D, D, b.k_row(slot, h), nullptr);
-        quantize_vector(kv_format::fp16, cfg_.mode, v + size_t(h) * D, D, b.v_row(slot, h), nullptr);
+        quantize_row(kv_format::fp16, cfg_.mode, k + size_t(h) * D, D, b.k_row(slot, h), nullptr);
+        quantize_row(kv_format::fp16, cfg_.mode, v + size_t(h) * D, D, b.v_row(slot, h), nullptr);
     }
 }
 
@@ -98,8 +99,8 @@ void layer_store::read(size_t pos, int head, float* k, float* v) const {
     }
     const slot_ref s = where(pos);
     const bucket& b = buckets_[int(s.fmt)];
-    dequantize_vector(s.fmt, cfg_.mode, b.k_row(s.slot, head), b.k_params(s.slot, head), D, k);
-    dequantize_vector(s.fmt, cfg_.mode, b.v_row(s.slot, head), b.v_params(s.slot, head), D, v);
+    dequantize_row(s.fmt, cfg_.mode, b.k_row(s.slot, head), b.k_params(s.slot, head), D, k);
+    dequantize_row(s.fmt, cfg_.mode, b.v_row(s.slot, head), b.v_params(s.slot, head), D, v);
 }
 
 bool layer_store::can_move(size_t pos, kv_format to) const {
@@ -129,8 +130,8 @@ size_t layer_store::move(size_t pos, kv_format to) {
     for (int h = 0; h < H; ++h) {
         if (upgrade) read_master(pos, h, k, v);
         else read(pos, h, k, v);
-        quantize_vector(to, cfg_.mode, k, D, dst.k_row(slot, h), dst.k_params(slot, h));
-        quantize_vector(to, cfg_.mode, v, D, dst.v_row(slot, h), dst.v_params(slot, h));
+        quantize_row(to, cfg_.mode, k, D, dst.k_row(slot, h), dst.k_params(slot, h));
+        quantize_row(to, cfg_.mode, v, D, dst.v_row(slot, h), dst.v_params(slot, h));
     }
     dst.position(slot) = int32_t(pos);
     slot_of_[pos] = encode_slot(to, slot);
