@@ -5,16 +5,60 @@
 //
 //   8-bit: 1 plane    4-bit: 2 planes (low nibbles, high nibbles)
 //   2-bit: 4 planes   -> each masked word feeds one dp4a with 4 s8 q codes.
+//
+// The row helpers also compile as plain C++ (SKV_DEV, host stand-ins for the
+// intrinsics) so smartkv-gpu-check can check their index math on any machine.
 #pragma once
-#include <cuda_fp16.h>
-
 #include <cstdint>
+#include <cstring>
 
 #include "smartkv/formats.h"
+
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#define SKV_DEV __device__ __forceinline__
+#else
+#include <vector_types.h>  // uint4, float4, ... (host-compatible CUDA header)
+#define SKV_DEV inline
+#endif
 
 namespace smartkv::cuda {
 
 #define SKV_NEG_INF (-__int_as_float(0x7f800000))  // -infinity, on the device
+
+// Intrinsics with host stand-ins (same results).
+template <typename T>
+SKV_DEV T ldg(const T* p) {
+#if defined(__CUDA_ARCH__)
+    return ldg(p);
+#else
+    return *p;
+#endif
+}
+
+SKV_DEV uint32_t byte_perm(uint32_t x, uint32_t y, uint32_t sel) {
+#if defined(__CUDA_ARCH__)
+    return __byte_perm(x, y, sel);
+#else
+    const uint64_t v = (uint64_t(y) << 32) | x;
+    uint32_t r = 0;
+    for (int i = 0; i < 4; ++i) r |= uint32_t((v >> (8 * ((sel >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+#endif
+}
+
+// Two halves (low, high) of a 32-bit word -> floats.
+struct float_pair {
+    float x, y;
+};
+SKV_DEV float_pair halves_to_floats(uint32_t w) {
+#if defined(__CUDA_ARCH__)
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
+    return {f.x, f.y};
+#else
+    return {half_to_float(half_bits(w & 0xffff)), half_to_float(half_bits(w >> 16))};
+#endif
+}
 
 template <int BITS>
 struct plane_bits {
@@ -22,21 +66,33 @@ struct plane_bits {
     static constexpr uint32_t mask = BITS == 8 ? 0xffffffffu : BITS == 4 ? 0x0f0f0f0fu : 0x03030303u;
 };
 
-__device__ __forceinline__ float h2f(half_bits h) { return __half2float(__ushort_as_half(h)); }
+SKV_DEV float h2f(half_bits h) {
+#if defined(__CUDA_ARCH__)
+    return __half2float(__ushort_as_half(h));
+#else
+    return half_to_float(h);
+#endif
+}
 
 // 4 u8 codes (bytes of w) -> floats, exactly: bits 0x4b0000cc are 2^23 + cc.
-__device__ __forceinline__ void codes_to_floats(uint32_t w, float f[4]) {
+SKV_DEV void codes_to_floats(uint32_t w, float f[4]) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) f[i] = __uint_as_float(__byte_perm(w, 0x4b000000u, 0x7540u + i)) - 8388608.f;
+    for (int i = 0; i < 4; ++i) f[i] = bits_to_float(byte_perm(w, 0x4b000000u, 0x7540u + i)) - 8388608.f;
 }
 
 // u8 codes x s8 query codes, 4 at a time.
-__device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
+SKV_DEV int dp4a_us(uint32_t a, int b, int c) {
+#if defined(__CUDA_ARCH__)
     int d;
     asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
+#else
+    for (int i = 0; i < 4; ++i) c += int((a >> (8 * i)) & 0xff) * int(int8_t((uint32_t(b) >> (8 * i)) & 0xff));
+    return c;
+#endif
 }
 
+#if defined(__CUDACC__)
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -47,10 +103,11 @@ __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+#endif
 
 // Parameters of a stored vector with the hardware half conversion (the same
 // values as read_params in formats.h).
-__device__ __forceinline__ dequant_params load_params(kv_format f, quant_mode m, const half_bits* p) {
+SKV_DEV dequant_params load_params(kv_format f, quant_mode m, const half_bits* p) {
     const float scale = h2f(p[0]);
     if (m == quant_mode::asymmetric) return {scale, h2f(p[1])};
     return {scale, -scale * (0.5f * float(format_max_code(f)))};
@@ -59,12 +116,12 @@ __device__ __forceinline__ dequant_params load_params(kv_format f, quant_mode m,
 // Integer dot of one packed key row with QT s8 queries: acc[j] += sum_d code_d * q8[j][d].
 // q8w: shared [QT][D/4] words.
 template <int D, int BITS, int QT>
-__device__ __forceinline__ void dot_codes_int(const uint8_t* row, const int* q8w, int acc[QT]) {
+SKV_DEV void dot_codes_int(const uint8_t* row, const int* q8w, int acc[QT]) {
     constexpr int R = D * BITS / 8;
     const uint4* r4 = reinterpret_cast<const uint4*>(row);
 #pragma unroll 4  // 64 bytes of a row in flight per step: bounds the registers
     for (int c = 0; c < R / 16; ++c) {
-        const uint4 v = __ldg(r4 + c);
+        const uint4 v = ldg(r4 + c);
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int wi = 0; wi < 4; ++wi)
@@ -81,12 +138,12 @@ __device__ __forceinline__ void dot_codes_int(const uint8_t* row, const int* q8w
 // Float dot of one packed key row (codes as floats) with QT weight vectors.
 // w: shared [QT][D] f32.
 template <int D, int BITS, int QT>
-__device__ __forceinline__ void dot_codes_float(const uint8_t* row, const float* w, float acc[QT]) {
+SKV_DEV void dot_codes_float(const uint8_t* row, const float* w, float acc[QT]) {
     constexpr int R = D * BITS / 8;
     const uint4* r4 = reinterpret_cast<const uint4*>(row);
 #pragma unroll 4  // 64 bytes of a row in flight per step: bounds the registers
     for (int c = 0; c < R / 16; ++c) {
-        const uint4 v = __ldg(r4 + c);
+        const uint4 v = ldg(r4 + c);
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int wi = 0; wi < 4; ++wi)
@@ -106,15 +163,15 @@ __device__ __forceinline__ void dot_codes_float(const uint8_t* row, const float*
 
 // Float dot of one fp16 key row with QT queries.
 template <int D, int QT>
-__device__ __forceinline__ void dot_fp16(const uint8_t* row, const float* w, float acc[QT]) {
+SKV_DEV void dot_fp16(const uint8_t* row, const float* w, float acc[QT]) {
     const uint4* r4 = reinterpret_cast<const uint4*>(row);
 #pragma unroll 4
     for (int c = 0; c < D / 8; ++c) {
-        const uint4 v = __ldg(r4 + c);
+        const uint4 v = ldg(r4 + c);
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int wi = 0; wi < 4; ++wi) {
-            const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&words[wi]));
+            const float_pair f = halves_to_floats(words[wi]);
             const int d0 = 8 * c + 2 * wi;
 #pragma unroll
             for (int j = 0; j < QT; ++j) {
@@ -128,7 +185,7 @@ __device__ __forceinline__ void dot_fp16(const uint8_t* row, const float* w, flo
 // The DPL = D/32 consecutive dims a lane owns in the value accumulator,
 // dims lane*DPL .. +DPL-1, from a packed value row (codes as floats).
 template <int D, int BITS>
-__device__ __forceinline__ void value_codes(const uint8_t* row, int lane, float v[D / 32]) {
+SKV_DEV void value_codes(const uint8_t* row, int lane, float v[D / 32]) {
     constexpr int R = D * BITS / 8, DPL = D / 32;
     const int d0 = lane * DPL, s = d0 / R, off = d0 % R;
     const int shift = BITS * s;
@@ -138,35 +195,33 @@ __device__ __forceinline__ void value_codes(const uint8_t* row, int lane, float 
         codes_to_floats((w >> shift) & plane_bits<BITS>::mask, f);
         v[0] = f[0], v[1] = f[1];
     } else if constexpr (DPL == 4) {
-        const uint32_t w = __ldg(reinterpret_cast<const unsigned int*>(row + off));
+        const uint32_t w = ldg(reinterpret_cast<const unsigned int*>(row + off));
         codes_to_floats((w >> shift) & plane_bits<BITS>::mask, v);
     } else {
         static_assert(DPL == 8, "head_dim 64, 128 or 256");
-        const uint2 w = __ldg(reinterpret_cast<const uint2*>(row + off));
+        const uint2 w = ldg(reinterpret_cast<const uint2*>(row + off));
         codes_to_floats((w.x >> shift) & plane_bits<BITS>::mask, v);
         codes_to_floats((w.y >> shift) & plane_bits<BITS>::mask, v + 4);
     }
 }
 
 template <int D>
-__device__ __forceinline__ void value_fp16(const uint8_t* row, int lane, float v[D / 32]) {
+SKV_DEV void value_fp16(const uint8_t* row, int lane, float v[D / 32]) {
     constexpr int DPL = D / 32;
     const uint8_t* p = row + size_t(lane) * DPL * 2;
     if constexpr (DPL == 2) {
-        const uint32_t w = __ldg(reinterpret_cast<const unsigned int*>(p));
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
+        const float_pair f = halves_to_floats(ldg(reinterpret_cast<const unsigned int*>(p)));
         v[0] = f.x, v[1] = f.y;
     } else if constexpr (DPL == 4) {
-        const uint2 w = __ldg(reinterpret_cast<const uint2*>(p));
-        const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&w.x));
-        const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&w.y));
+        const uint2 w = ldg(reinterpret_cast<const uint2*>(p));
+        const float_pair a = halves_to_floats(w.x), b = halves_to_floats(w.y);
         v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
     } else {
-        const uint4 w = __ldg(reinterpret_cast<const uint4*>(p));
+        const uint4 w = ldg(reinterpret_cast<const uint4*>(p));
         const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&words[i]));
+            const float_pair f = halves_to_floats(words[i]);
             v[2 * i] = f.x, v[2 * i + 1] = f.y;
         }
     }

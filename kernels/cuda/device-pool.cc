@@ -1,13 +1,42 @@
 #include "device-pool.h"
 
+#include <cstdlib>
+#include <cstring>
+
 #include "cuda-check.h"
 #include "gpu-types.h"
 
 namespace smartkv::cuda {
 
 device_pool::~device_pool() {
-    cudaStreamSynchronize(stream_);
-    for (void* s : slabs_) cudaFree(s);
+    if (!host_) cudaStreamSynchronize(stream_);
+    for (void* s : slabs_) raw_free(s);
+}
+
+void* device_pool::raw_alloc(size_t bytes) {
+    if (host_) {
+        void* p = std::aligned_alloc(256, (bytes + 255) & ~size_t(255));
+        if (!p) throw engine_error(error_code::resource_exhausted, "host test pool: out of memory");
+        return p;
+    }
+    void* p = nullptr;
+    SKV_CUDA_CHECK(cudaMalloc(&p, bytes));
+    return p;
+}
+
+void device_pool::raw_free(void* p) {
+    if (host_) std::free(p);
+    else cudaFree(p);
+}
+
+void device_pool::raw_zero(void* p, size_t bytes) {
+    if (host_) std::memset(p, 0, bytes);
+    else SKV_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+}
+
+void device_pool::raw_copy(void* dst, const void* src, size_t bytes) {
+    if (host_) std::memcpy(dst, src, bytes);
+    else SKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
 }
 
 void device_pool::grow(size_t bytes, size_t min_blocks) {
@@ -15,8 +44,7 @@ void device_pool::grow(size_t bytes, size_t min_blocks) {
     size_t n = slab_target / bytes;
     if (n < min_blocks) n = min_blocks;
     if (n == 0) n = 1;
-    void* mem = nullptr;
-    SKV_CUDA_CHECK(cudaMalloc(&mem, n * bytes));
+    void* mem = raw_alloc(n * bytes);
     slabs_.push_back(mem);
     reserved_ += n * bytes;
     std::vector<uint8_t*>& list = free_[bytes];
@@ -36,7 +64,7 @@ uint8_t* device_pool::get(size_t bytes) {
     std::vector<uint8_t*>& l = free_[bytes];
     uint8_t* b = l.back();
     l.pop_back();
-    SKV_CUDA_CHECK(cudaMemsetAsync(b, 0, bytes, stream_));
+    raw_zero(b, bytes);
     return b;
 }
 

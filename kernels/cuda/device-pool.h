@@ -9,6 +9,10 @@
 // is never cleared under a queued reader. reserve() grows the free lists up
 // front: out of device memory throws engine_error(resource_exhausted)
 // before any bookkeeping changes.
+//
+// A pool built with host_memory = true hands out host memory instead, so the
+// bookkeeping above it (gpu-store) can be checked without a GPU: the work
+// items it emits are then run by host_execute() (gpu-check).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -21,7 +25,7 @@ namespace smartkv::cuda {
 
 class device_pool {
 public:
-    explicit device_pool(cudaStream_t stream) : stream_(stream) {}
+    explicit device_pool(cudaStream_t stream, bool host_memory = false) : stream_(stream), host_(host_memory) {}
     ~device_pool();
     device_pool(const device_pool&) = delete;
     device_pool& operator=(const device_pool&) = delete;
@@ -31,11 +35,19 @@ public:
     void put(uint8_t* block, size_t bytes);    // pending until commit()
     void commit();
     size_t reserved_bytes() const { return reserved_; }  // all slabs
+    bool host_memory() const { return host_; }
+
+    // Plain buffers outside the block lists (importance arrays), same memory kind.
+    void* raw_alloc(size_t bytes);
+    void raw_free(void* p);
+    void raw_zero(void* p, size_t bytes);
+    void raw_copy(void* dst, const void* src, size_t bytes);
 
 private:
     void grow(size_t bytes, size_t min_blocks);
 
     cudaStream_t stream_;
+    bool host_;
     std::map<size_t, std::vector<uint8_t*>> free_;
     std::vector<std::pair<uint8_t*, size_t>> pending_;
     std::vector<void*> slabs_;

@@ -101,22 +101,20 @@ gpu_store::~gpu_store() {
     for (uint8_t* g : groups_) pool_.put(g, group_layout_.bytes);
     pool_.commit();
     if (importance_) {
-        cudaStreamSynchronize(stream_);
-        cudaFree(importance_);
+        if (!pool_.host_memory()) cudaStreamSynchronize(stream_);
+        pool_.raw_free(importance_);
     }
 }
 
 void gpu_store::ensure_importance(size_t n) {
     const size_t cap = importance_pages(n) * k_importance_page;
     if (cap <= importance_cap_) return;
-    float* mem = nullptr;
-    SKV_CUDA_CHECK(cudaMalloc(&mem, cap * sizeof(float)));
-    SKV_CUDA_CHECK(cudaMemsetAsync(mem, 0, cap * sizeof(float), stream_));
+    float* mem = static_cast<float*>(pool_.raw_alloc(cap * sizeof(float)));
+    pool_.raw_zero(mem, cap * sizeof(float));
     if (importance_) {
-        SKV_CUDA_CHECK(cudaMemcpyAsync(mem, importance_, importance_cap_ * sizeof(float), cudaMemcpyDeviceToDevice,
-                                       stream_));
-        SKV_CUDA_CHECK(cudaStreamSynchronize(stream_));
-        SKV_CUDA_CHECK(cudaFree(importance_));
+        pool_.raw_copy(mem, importance_, importance_cap_ * sizeof(float));
+        if (!pool_.host_memory()) SKV_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        pool_.raw_free(importance_);
     }
     importance_ = mem;
     importance_cap_ = cap;

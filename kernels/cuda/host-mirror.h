@@ -5,6 +5,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstring>
 #include <unordered_map>
 #include <vector>
 
@@ -16,13 +17,14 @@ namespace smartkv::cuda {
 
 class host_mirror {
 public:
-    host_mirror(const gpu_store& s, const engine_config& cfg, cudaStream_t stream) : s_(s), cfg_(cfg) {
+    host_mirror(const gpu_store& s, const engine_config& cfg, cudaStream_t stream, bool host_memory = false)
+        : s_(s), cfg_(cfg), host_memory_(host_memory) {
         for (int f = 0; f < n_formats; ++f) {
             const gpu_bucket& b = s.bucket_of(kv_format(f));
             for (size_t i = 0; i < b.n_blocks(); ++i) fetch(b.block(i), b.layout().bytes, stream);
         }
         for (size_t g = 0; g < s.n_groups(); ++g) fetch(s.group(g), s.group_layout().bytes, stream);
-        SKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        if (!host_memory_) SKV_CUDA_CHECK(cudaStreamSynchronize(stream));
     }
 
     // Dequantised key and value of one token for one head (layer_store::read).
@@ -56,7 +58,8 @@ private:
     void fetch(const uint8_t* block, size_t bytes, cudaStream_t stream) {
         std::vector<uint8_t>& h = blocks_[block];
         h.resize(bytes);
-        SKV_CUDA_CHECK(cudaMemcpyAsync(h.data(), block, bytes, cudaMemcpyDeviceToHost, stream));
+        if (host_memory_) std::memcpy(h.data(), block, bytes);  // a host test pool's blocks
+        else SKV_CUDA_CHECK(cudaMemcpyAsync(h.data(), block, bytes, cudaMemcpyDeviceToHost, stream));
     }
     const uint8_t* host(const uint8_t* block) const { return blocks_.at(block).data(); }
     const half_bits* param_ptr(slot_ref r, int head, bool key) const {
@@ -69,6 +72,7 @@ private:
 
     const gpu_store& s_;
     const engine_config& cfg_;
+    bool host_memory_;
     std::unordered_map<const uint8_t*, std::vector<uint8_t>> blocks_;
 };
 

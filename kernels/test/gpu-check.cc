@@ -13,12 +13,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <random>
 #include <string>
 
+#include "attend-device.cuh"
 #include "check.h"
 #include "gpu-report.h"
+#include "cpu/layer-store.h"
 #include "device-pool.h"
+#include "gpu-store.h"
+#include "host-mirror.h"
 #include "gpu-types.h"
 #include "kernels.h"
 #include "reference.h"
@@ -158,6 +163,216 @@ TEST(splits_cover_every_block_once) {
             }
             CHECK(covered == nb);
         }
+}
+
+namespace {
+
+// The attention kernel's row helpers, run on the host: every unpack and dot
+// against code_at / half_to_float.
+template <int D, int BITS>
+void check_row_helpers(uint32_t seed) {
+    constexpr int QT = 4, DPL = D / 32;
+    const kv_format f = BITS == 8 ? kv_format::int8 : BITS == 4 ? kv_format::int4 : kv_format::int2;
+    std::mt19937 rng(seed);
+    alignas(16) uint8_t row[2 * D] = {};
+    alignas(16) int8_t q8[QT * D];
+    alignas(16) float w[QT * D];
+    for (int d = 0; d < D; ++d) set_code(f, row, D, d, int(rng() % (format_max_code(f) + 1)));
+    for (int i = 0; i < QT * D; ++i) q8[i] = int8_t(int(rng() % 255) - 127), w[i] = float(int(rng() % 2001) - 1000) / 512.f;
+    int dot[QT] = {0, 0, 0, 0};
+    float fdot[QT] = {0, 0, 0, 0};
+    cuda::dot_codes_int<D, BITS, QT>(row, reinterpret_cast<const int*>(q8), dot);
+    cuda::dot_codes_float<D, BITS, QT>(row, w, fdot);
+    for (int j = 0; j < QT; ++j) {
+        int want = 0;
+        double fwant = 0.0;
+        for (int d = 0; d < D; ++d) {
+            want += int(q8[j * D + d]) * code_at(f, row, D, d);
+            fwant += double(w[j * D + d]) * code_at(f, row, D, d);
+        }
+        CHECK_MSG(dot[j] == want, "dot_codes_int D=" + std::to_string(D) + " bits=" + std::to_string(BITS));
+        CHECK_MSG(std::fabs(fdot[j] - fwant) <= 1e-3 * (1.0 + std::fabs(fwant)), "dot_codes_float D=" + std::to_string(D));
+    }
+    for (int lane = 0; lane < 32; ++lane) {
+        float v[DPL];
+        cuda::value_codes<D, BITS>(row, lane, v);
+        for (int i = 0; i < DPL; ++i) CHECK(v[i] == float(code_at(f, row, D, lane * DPL + i)));
+    }
+    // fp16 rows
+    alignas(16) uint8_t hrow[2 * D];
+    half_bits* h = reinterpret_cast<half_bits*>(hrow);
+    for (int d = 0; d < D; ++d) h[d] = float_to_half(float(int(rng() % 4001) - 2000) / 256.f);
+    float hdot[QT] = {0, 0, 0, 0};
+    cuda::dot_fp16<D, QT>(hrow, w, hdot);
+    for (int j = 0; j < QT; ++j) {
+        double want = 0.0;
+        for (int d = 0; d < D; ++d) want += double(w[j * D + d]) * half_to_float(h[d]);
+        CHECK_MSG(std::fabs(hdot[j] - want) <= 1e-3 * (1.0 + std::fabs(want)), "dot_fp16 D=" + std::to_string(D));
+    }
+    for (int lane = 0; lane < 32; ++lane) {
+        float v[DPL];
+        cuda::value_fp16<D>(hrow, lane, v);
+        for (int i = 0; i < DPL; ++i) CHECK(v[i] == half_to_float(h[lane * DPL + i]));
+    }
+    for (int t = 0; t < 64; ++t) {  // the s8 x u8 dot of one word
+        const uint32_t a = uint32_t(rng()), b = uint32_t(rng());
+        int want = 7;
+        for (int i = 0; i < 4; ++i) want += int((a >> (8 * i)) & 0xff) * int(int8_t(b >> (8 * i)));
+        CHECK(cuda::dp4a_us(a, int(b), 7) == want);
+    }
+}
+
+}  // namespace
+
+TEST(attention_row_helpers_match_reference_on_host) {
+    check_row_helpers<64, 8>(1), check_row_helpers<64, 4>(2), check_row_helpers<64, 2>(3);
+    check_row_helpers<128, 8>(4), check_row_helpers<128, 4>(5), check_row_helpers<128, 2>(6);
+    check_row_helpers<256, 8>(7), check_row_helpers<256, 4>(8), check_row_helpers<256, 2>(9);
+}
+
+// ---------------------------------------------------------------------------
+// GPU bookkeeping on the host: gpu_store over a host-memory pool, its work
+// items run by a host executor, against the CPU's layer_store.
+
+namespace {
+
+// What the write kernels do, on the host (same shared functions).
+void host_execute(cuda::gpu_ops& ops, const engine_config& cfg) {
+    const int D = cfg.head_dim, H = cfg.n_kv_heads;
+    std::vector<float> x(static_cast<size_t>(D)), keys(size_t(kivi_group) * D);
+    for (const cuda::convert_item& it : ops.converts) {
+        if (it.src_fmt == cuda::k_src_f32) std::memcpy(x.data(), it.src, size_t(D) * 4);
+        else dequantize_vector(kv_format(it.src_fmt), quant_mode(it.src_mode), static_cast<const uint8_t*>(it.src),
+                               it.src_params, D, x.data());
+        quantize_vector(kv_format(it.dst_fmt), quant_mode(it.dst_mode), x.data(), D, it.dst_row, it.dst_params);
+        if (it.dst_pos) *it.dst_pos = it.pos;
+    }
+    const block_layout L16 = make_block_layout(kv_format::fp16, cfg.mode, D, H, cfg.block_tokens);
+    for (const cuda::kivi_group_item& it : ops.kivi) {
+        const kv_format f = kv_format(it.fmt);
+        const block_layout KL = make_block_layout(f, quant_mode::asymmetric, D, H, kivi_group, true);
+        for (int h = 0; h < H; ++h) {
+            for (int t = 0; t < kivi_group; ++t)
+                dequantize_vector(kv_format::fp16, cfg.mode, it.src_block[t] + L16.k_codes + L16.code_offset(h, it.src_slot[t]),
+                                  nullptr, D, &keys[size_t(t) * D]);
+            kivi_quantize_keys(f, keys.data(), D, it.dst_group + KL.k_codes + KL.code_offset(h, 0), KL.row,
+                               reinterpret_cast<half_bits*>(it.dst_group + KL.k_params) + size_t(h) * D * 2);
+            for (int t = 0; t < kivi_group; ++t) {
+                dequantize_vector(kv_format::fp16, cfg.mode, it.src_block[t] + L16.v_codes + L16.code_offset(h, it.src_slot[t]),
+                                  nullptr, D, x.data());
+                quantize_vector(f, quant_mode::asymmetric, x.data(), D, it.dst_group + KL.v_codes + KL.code_offset(h, t),
+                                reinterpret_cast<half_bits*>(it.dst_group + KL.v_params + KL.param_offset(h, t)));
+            }
+        }
+        for (int t = 0; t < kivi_group; ++t) reinterpret_cast<int32_t*>(it.dst_group + KL.pos)[t] = it.pos0 + t;
+    }
+    for (const cuda::slot_copy_item& it : ops.copies) {
+        const block_layout L = make_block_layout(kv_format(it.fmt), cfg.mode, D, H, cfg.block_tokens);
+        const size_t pb = size_t(L.n_params) * 2;
+        for (int h = 0; h < H; ++h) {
+            std::memcpy(it.dst_block + L.k_codes + L.code_offset(h, it.dst_slot), it.src_block + L.k_codes + L.code_offset(h, it.src_slot), size_t(L.row));
+            std::memcpy(it.dst_block + L.v_codes + L.code_offset(h, it.dst_slot), it.src_block + L.v_codes + L.code_offset(h, it.src_slot), size_t(L.row));
+            if (pb) {
+                std::memcpy(it.dst_block + L.k_params + L.param_offset(h, it.dst_slot), it.src_block + L.k_params + L.param_offset(h, it.src_slot), pb);
+                std::memcpy(it.dst_block + L.v_params + L.param_offset(h, it.dst_slot), it.src_block + L.v_params + L.param_offset(h, it.src_slot), pb);
+            }
+        }
+        reinterpret_cast<int32_t*>(it.dst_block + L.pos)[it.dst_slot] = reinterpret_cast<const int32_t*>(it.src_block + L.pos)[it.src_slot];
+    }
+    ops.converts.clear(), ops.kivi.clear(), ops.copies.clear();
+}
+
+// Every token reads back bit-identical, sits where the map says, and the
+// slot's stored position agrees.
+void compare_stores(const layer_store& cl, const cuda::gpu_store& gs, const engine_config& cfg, const char* what) {
+    CHECK_MSG(cl.size() == gs.size(), what);
+    const cuda::host_mirror mirror(gs, cfg, nullptr, /*host_memory=*/true);
+    const int D = cfg.head_dim;
+    std::vector<float> k1(static_cast<size_t>(D)), v1(k1.size()), k2(k1.size()), v2(k1.size());
+    int bad_values = 0, bad_map = 0;
+    for (size_t pos = 0; pos < cl.size(); ++pos) {
+        if (cl.where(pos).fmt != gs.where(pos).fmt || cl.in_group(pos) != gs.in_group(pos)) ++bad_map;
+        if (!gs.in_group(pos)) {
+            const slot_ref r = gs.where(pos);
+            const cuda::gpu_bucket& b = gs.bucket_of(r.fmt);
+            if (r.slot >= b.size() || b.position(r.slot) != int32_t(pos) || *b.pos_word(r.slot) != int32_t(pos)) ++bad_map;
+        }
+        for (int h = 0; h < cfg.n_kv_heads; ++h) {
+            cl.read(pos, h, k1.data(), v1.data());
+            mirror.read(pos, h, k2.data(), v2.data());
+            if (std::memcmp(k1.data(), k2.data(), k1.size() * 4) || std::memcmp(v1.data(), v2.data(), v1.size() * 4)) ++bad_values;
+        }
+    }
+    CHECK_MSG(bad_values == 0 && bad_map == 0, std::string(what) + ": " + std::to_string(bad_values) + " values, " +
+                                                   std::to_string(bad_map) + " map entries differ");
+    const held_split a = cl.held(), b = gs.held();
+    CHECK_MSG(a.payload == b.payload && a.params == b.params && a.master == b.master, std::string(what) + ": held bytes");
+    for (int f = 0; f < n_formats; ++f) CHECK(cl.bucket_of(kv_format(f)).size() == gs.bucket_of(kv_format(f)).size());
+}
+
+}  // namespace
+
+TEST(store_bookkeeping_matches_layer_store_on_host) {
+    engine_config cfg;
+    cfg.n_layers = 1, cfg.n_q_heads = 4, cfg.n_kv_heads = 2, cfg.head_dim = 64, cfg.master_copy = true;
+    cuda::device_pool pool(nullptr, /*host_memory=*/true);
+    {  // appends and moves, duplicates included, in rounds as the engine runs them
+        layer_store cl(cfg, storage_kind::mixed);
+        cuda::gpu_store gs(cfg, storage_kind::mixed, pool, nullptr);
+        cuda::gpu_ops ops;
+        const int n = 517;
+        auto k = randn(size_t(n) * 128, 1), v = randn(size_t(n) * 128, 2);
+        cl.append(n, k.data(), v.data());
+        gs.append(n, k.data(), v.data(), k.data(), v.data(), ops);
+        host_execute(ops, cfg);
+        pool.commit();
+        std::mt19937 rng(3);
+        for (int round = 0; round < 30; ++round) {
+            std::vector<std::pair<uint32_t, kv_format>> plan;
+            for (int i = 0; i < 120; ++i) plan.emplace_back(rng() % uint32_t(n), kv_format(rng() % 4));
+            for (const auto& [p, f] : plan) cl.move(p, f);
+            std::map<uint32_t, size_t> seen;
+            std::vector<std::vector<std::pair<uint32_t, kv_format>>> rounds;
+            for (const auto& e : plan) {
+                const size_t r = seen[e.first]++;
+                if (rounds.size() <= r) rounds.resize(r + 1);
+                rounds[r].push_back(e);
+            }
+            for (const auto& r : rounds) {
+                const std::vector<half_bits> master = gs.master_rows(r);
+                gs.move_round(r, master.data(), ops);
+                host_execute(ops, cfg);
+                pool.commit();
+            }
+            if (round % 10 == 9) {
+                auto k2 = randn(size_t(7) * 128, 10 + round), v2 = randn(size_t(7) * 128, 20 + round);
+                cl.append(7, k2.data(), v2.data());
+                gs.append(7, k2.data(), v2.data(), k2.data(), v2.data(), ops);
+                host_execute(ops, cfg);
+            }
+        }
+        compare_stores(cl, gs, cfg, "moves");
+    }
+    for (storage_kind kind : {storage_kind::kivi2, storage_kind::kivi4}) {  // KIVI groups, token by token
+        engine_config kc = cfg;
+        kc.master_copy = false;
+        layer_store cl(kc, kind);
+        cuda::gpu_store gs(kc, kind, pool, nullptr);
+        cuda::gpu_ops ops;
+        auto k = randn(size_t(400) * 128, 5), v = randn(size_t(400) * 128, 6);
+        for (int i = 0; i < 400; i += (i < 300 ? 1 : 37)) {
+            const int rows = i < 300 ? 1 : std::min(37, 400 - i);
+            cl.append(rows, &k[size_t(i) * 128], &v[size_t(i) * 128]);
+            cl.flush_kivi_groups();
+            gs.append(rows, &k[size_t(i) * 128], &v[size_t(i) * 128], &k[size_t(i) * 128], &v[size_t(i) * 128], ops);
+            host_execute(ops, kc);
+            gs.flush_kivi_groups(ops);
+            host_execute(ops, kc);
+            pool.commit();
+        }
+        CHECK(cl.n_groups() == gs.n_groups());
+        compare_stores(cl, gs, kc, kind == storage_kind::kivi2 ? "kivi2" : "kivi4");
+    }
 }
 
 // ---------------------------------------------------------------------------
