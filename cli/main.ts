@@ -1,17 +1,21 @@
 // The `smartkv` command line. Subcommands register here; this issue has
 // `bench attention` (later: generate, eval, …).
 import { benchAttention } from './bench-attention.js';
+import { benchModel } from './bench-model.js';
 
 const USAGE = `usage: smartkv <command>
 
 commands:
   bench attention [--json] [--quick]   decode attention: dense fp32/fp16, uniform int8/int4/int2,
                                        KIVI-2/4 and SmartKV mixes (β = 0.25, 0.33, 0.5)
+  bench model [--json] [--quick] [--model DIR]
+                                       the reference model in-process: prefill and decode tokens/s
 `;
 
 async function main(argv: string[]): Promise<number> {
   const flags = new Set(argv.filter((a) => a.startsWith('--')));
-  const words = argv.filter((a) => !a.startsWith('--'));
+  // words: the command; a value after --model belongs to the option
+  const words = argv.filter((a, i) => !a.startsWith('--') && argv[i - 1] !== '--model');
   if (flags.has('--help') || words.length === 0) {
     process.stdout.write(USAGE);
     return words.length === 0 && !flags.has('--help') ? 2 : 0;
@@ -25,7 +29,22 @@ async function main(argv: string[]): Promise<number> {
     );
     return 0;
   }
+  if (words[0] === 'bench' && words[1] === 'model') {
+    const model = optionValue(argv, '--model');
+    const unknown = [...flags].filter((f) => !['--json', '--quick', '--model'].includes(f));
+    if (unknown.length) return usageError(`unknown option ${unknown[0]}`);
+    await benchModel(
+      { json: flags.has('--json'), quick: flags.has('--quick'), model },
+      { out: (l) => process.stdout.write(`${l}\n`), progress: (l) => process.stderr.write(`${l}\n`) },
+    );
+    return 0;
+  }
   return usageError(`unknown command: ${words.join(' ')}`);
+}
+
+function optionValue(argv: string[], name: string): string | undefined {
+  const i = argv.indexOf(name);
+  return i >= 0 ? argv[i + 1] : undefined;
 }
 
 function usageError(msg: string): number {
