@@ -379,6 +379,7 @@ __global__ void __launch_bounds__(k_threads, D * QT <= 512 ? 3 : 1) attend_parti
     write_partials<D, QT>(a, r, w, smem, st, warp, lane);
 }
 
+#if defined(__CUDACC__)  // launchers: nvcc only (gpu-emulate.cc runs the kernel bodies on the host)
 template <int D, int QT>
 void launch_attend(const attend_args& a, cudaStream_t stream) {
     const size_t smem = smem_plan<D, QT>::bytes;
@@ -401,5 +402,7 @@ void launch_attend_d(const attend_args& a, int qt, cudaStream_t stream) {
         default: return launch_attend<D, 8>(a, stream);
     }
 }
+
+#endif  // __CUDACC__
 
 }  // namespace smartkv::cuda::attend_detail

@@ -73,6 +73,7 @@ __global__ void score_probabilities_kernel(const __grid_constant__ attend_args a
     if (r.importance) r.importance[pos] = imp;
 }
 
+#if defined(__CUDACC__)  // launchers: nvcc only (gpu-emulate.cc runs the kernels on the host)
 void launch_merge(const attend_args& a, int max_slots, cudaStream_t stream) {
     const dim3 grid(unsigned(max_slots), unsigned(a.n_reqs));
     merge_partials_kernel<<<grid, a.head_dim, 0, stream>>>(a);
@@ -86,8 +87,11 @@ void launch_probs(const attend_args& a, int max_n_after, cudaStream_t stream) {
     SKV_CUDA_CHECK_LAUNCH();
 }
 
+#endif  // __CUDACC__
+
 }  // namespace
 
+#if defined(__CUDACC__)
 void merge_partials(const attend_args& a, int max_slots, cudaStream_t stream) {
     if (a.n_reqs <= 0 || max_slots <= 0) return;
     launch_merge(a, max_slots, stream);
@@ -97,5 +101,7 @@ void score_probabilities(const attend_args& a, int max_n_after, cudaStream_t str
     if (a.n_reqs <= 0 || max_n_after <= 0) return;
     launch_probs(a, max_n_after, stream);
 }
+
+#endif  // __CUDACC__
 
 }  // namespace smartkv::cuda

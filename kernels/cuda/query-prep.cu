@@ -41,6 +41,7 @@ __global__ void prepare_queries_kernel(const float* q, int n_qv, int D, float in
     }
 }
 
+#if defined(__CUDACC__)  // launchers: nvcc only (gpu-emulate.cc runs the kernels on the host)
 void launch_prepare(const float* q, int n_qv, int D, float inv_sqrt_d, bool int8, float* qf, int8_t* q8,
                     float* q8_scale, int32_t* q8_sum, float* q_sum, cudaStream_t stream) {
     constexpr int threads = 256;
@@ -50,12 +51,17 @@ void launch_prepare(const float* q, int n_qv, int D, float inv_sqrt_d, bool int8
     SKV_CUDA_CHECK_LAUNCH();
 }
 
+#endif  // __CUDACC__
+
 }  // namespace
 
+#if defined(__CUDACC__)
 void prepare_queries(const float* q, int n_qv, int head_dim, float inv_sqrt_d, bool int8, float* qf, int8_t* q8,
                      float* q8_scale, int32_t* q8_sum, float* q_sum, cudaStream_t stream) {
     if (n_qv <= 0) return;
     launch_prepare(q, n_qv, head_dim, inv_sqrt_d, int8, qf, q8, q8_scale, q8_sum, q_sum, stream);
 }
+
+#endif  // __CUDACC__
 
 }  // namespace smartkv::cuda

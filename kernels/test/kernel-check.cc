@@ -241,7 +241,10 @@ TEST(kivi_attention_matches_reference_for_grouped_tokens) {
     // Prefix long enough that groups exist before the call: 400 tokens, residual
     // 128 -> 8 groups (256 tokens) formed at append time.
     for (storage_kind kind : {storage_kind::kivi2, storage_kind::kivi4})
-        for (bool fast : {false, true}) check_attention({4, 2, 64, 400, 1, kind}, fast, true, 77);
+        for (bool fast : {false, true}) {
+            check_attention({4, 2, 64, 400, 1, kind}, fast, true, 77);   // GQA: query tiles of 2
+            check_attention({4, 4, 128, 300, 1, kind}, fast, true, 78);  // MHA: the single-query path
+        }
 }
 
 TEST(fast_path_equals_scalar_reference) {

@@ -115,13 +115,20 @@ void kivi_scores(const block_layout& L, const block_ref& blk, int head, const he
                  float* s, int T, float* qs /*[D]*/) {
     const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
     const half_bits* ch = reinterpret_cast<const half_bits*>(blk.data + L.k_params) + size_t(head) * D * 2;
+    // Per-channel (scale, minimum) pairs as two float vectors of 16 channels.
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     for (int i = 0; i < tv.n; ++i) {
         const float* qv = q.q + size_t(tv.q0 + i) * D;
-        float bias = 0.f;
-        for (int d = 0; d < D; ++d) {
-            qs[d] = qv[d] * half_to_float(ch[2 * d]);
-            bias += qv[d] * half_to_float(ch[2 * d + 1]);
+        __m512 vbias = _mm512_setzero_ps();
+        for (int d = 0; d < D; d += 16) {
+            const __m512 a = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 2 * d)));
+            const __m512 b = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 2 * d + 16)));
+            const __m512 qd = _mm512_loadu_ps(qv + d);
+            _mm512_storeu_ps(qs + d, _mm512_mul_ps(qd, _mm512_permutex2var_ps(a, even, b)));
+            vbias = _mm512_fmadd_ps(qd, _mm512_permutex2var_ps(a, odd, b), vbias);
         }
+        const float bias = _mm512_reduce_add_ps(vbias);
         for (int t = 0; t < blk.n_valid; ++t) {
             __m512 dot = _mm512_setzero_ps();
             for (int c = 0; c < D / 16; ++c)
@@ -227,6 +234,15 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
     if constexpr (B != 16) {
         if (tv.n == 1 && blk.kind == block_kind::quantized)
             return attend_quantized_1<D, B>(L, mode, blk, head, q, st, sink, tv.q0, scratch);
+        if (tv.n == 1 && blk.kind == block_kind::kivi) {
+            // KIVI values are per-token asymmetric rows: the single-query table path applies.
+            float* s1 = scratch;
+            kivi_scores<D, B>(L, blk, head, q, tv, s1, T, scratch + 2 * max_tile * T);
+            if (sink.scores) std::copy(s1, s1 + blk.n_valid, sink.scores + size_t(tv.q0) * sink.stride + blk.slot_base);
+            if (softmax_update<D>(s1, blk.n_valid, st, tv.q0))
+                accumulate_values_1<D, B>(L, quant_mode::asymmetric, blk, head, s1, st.acc + size_t(tv.q0) * D);
+            return;
+        }
     }
     float* s = scratch;                    // [tile][T] scores, then weights
     float* w = scratch + max_tile * T;     // [tile][T] weights times value scale
