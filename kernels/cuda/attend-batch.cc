@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "cuda-check.h"
 #include "kernels.h"
@@ -15,6 +16,24 @@ T* grab(device_buffer& b, size_t n) {
     return static_cast<T*>(b.ensure(std::max<size_t>(n, 1) * sizeof(T)));
 }
 }  // namespace
+
+attend_batch::attend_batch(const engine_config& cfg, int n_sms, bool host_memory)
+    : cfg_(cfg), n_sms_(n_sms), host_(host_memory) {
+    if (!host_) return;
+    for (device_buffer* b : {&reqs_, &blocks_, &work_, &q_, &qf_, &q8_, &q8s_, &q8sum_, &qsum_, &part_m_, &part_l_,
+                             &part_z_, &part_acc_, &scores_, &cols_, &out_, &fin_m_, &fin_l_, &probs_})
+        b->use_host_memory();
+}
+
+void attend_batch::copy_in(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+    if (host_) std::memcpy(dst, src, bytes);
+    else SKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+}
+
+void attend_batch::copy_out(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
+    if (host_) std::memcpy(dst, src, bytes);
+    else SKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream));
+}
 
 // Blocks of every bucket, interleaved by relative index so that a contiguous
 // range (one context split) holds each format in proportion.
@@ -170,10 +189,11 @@ void attend_batch::build(const std::vector<attend_input>& inputs, cudaStream_t s
     a.reqs = upload(reqs_, reqs, stream);
     a.blocks = upload(blocks_, blocks, stream);
     a.work = upload(work_, work, stream);
-    if (!q.empty()) SKV_CUDA_CHECK(cudaMemcpyAsync(qraw, q.data(), q.size() * sizeof(float), cudaMemcpyHostToDevice, stream));
+    if (!q.empty()) copy_in(qraw, q.data(), q.size() * sizeof(float), stream);
 }
 
 void attend_batch::run(cudaStream_t stream) {
+    if (host_) return;  // the host checks run the kernels themselves
     attend_args& a = args_;
     const int D = cfg_.head_dim;
     prepare_queries(static_cast<const float*>(q_.data()), n_qv_, D, 1.f / std::sqrt(float(D)), a.use_q8 != 0,
@@ -190,14 +210,10 @@ void attend_batch::finish(cudaStream_t stream) {
     const float* probs = static_cast<const float*>(probs_.data());
     for (size_t i = 0; i < inputs_.size(); ++i) {
         const attend_input& in = inputs_[i];
-        SKV_CUDA_CHECK(cudaMemcpyAsync(in.out, out + out_off_[i], size_t(in.n_rows) * per_row * sizeof(float),
-                                       cudaMemcpyDeviceToHost, stream));
-        if (in.probs)
-            SKV_CUDA_CHECK(cudaMemcpyAsync(in.probs, probs + probs_off_[i],
-                                           size_t(in.n_rows) * in.store->size() * sizeof(float),
-                                           cudaMemcpyDeviceToHost, stream));
+        copy_out(in.out, out + out_off_[i], size_t(in.n_rows) * per_row * sizeof(float), stream);
+        if (in.probs) copy_out(in.probs, probs + probs_off_[i], size_t(in.n_rows) * in.store->size() * sizeof(float), stream);
     }
-    SKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (!host_) SKV_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 }  // namespace smartkv::cuda

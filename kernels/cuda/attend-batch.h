@@ -31,7 +31,9 @@ struct attend_input {
 
 class attend_batch {
 public:
-    attend_batch(const engine_config& cfg, int n_sms) : cfg_(cfg), n_sms_(n_sms) {}
+    // host_memory: scratch in host memory and no launches in run(); the host
+    // checks run the kernels on their emulator over args() (gpu-emulate.cc).
+    attend_batch(const engine_config& cfg, int n_sms, bool host_memory = false);
     void build(const std::vector<attend_input>& inputs, cudaStream_t stream);
     void run(cudaStream_t stream);
     void finish(cudaStream_t stream);
@@ -41,12 +43,21 @@ public:
     size_t score_bytes() const { return score_bytes_; }    // raw scores written (read again by the probs pass)
     int n_ctas() const { return args_.n_work; }
     int q_tile() const { return q_tile_; }
+    const attend_args& args() const { return args_; }
+    int max_slots() const { return max_slots_; }
+    int max_n_after() const { return max_n_after_; }
+    int n_query_vectors() const { return n_qv_; }
+    float* raw_queries() const { return static_cast<float*>(q_.data()); }
 
 private:
     void build_blocks(const gpu_store& s, std::vector<gpu_block>& out, uint32_t& n_cols);
 
+    void copy_in(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+    void copy_out(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+
     const engine_config& cfg_;
     int n_sms_;
+    bool host_;
     std::vector<attend_input> inputs_;
     attend_args args_;
     int q_tile_ = 1, max_slots_ = 0, max_n_after_ = 0, n_qv_ = 0;

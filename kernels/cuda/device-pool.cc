@@ -76,13 +76,21 @@ void device_pool::commit() {
 }
 
 device_buffer::~device_buffer() {
-    if (ptr_) cudaFree(ptr_);
+    if (ptr_ && host_) std::free(ptr_);
+    else if (ptr_) cudaFree(ptr_);
 }
 
 void* device_buffer::ensure(size_t bytes) {
     if (bytes <= cap_) return ptr_;
     size_t cap = cap_ ? cap_ : 4096;
     while (cap < bytes) cap *= 2;
+    if (host_) {
+        std::free(ptr_);
+        ptr_ = std::aligned_alloc(256, cap);
+        if (!ptr_) throw engine_error(error_code::resource_exhausted, "host test buffer: out of memory");
+        cap_ = cap;
+        return ptr_;
+    }
     void* mem = nullptr;
     SKV_CUDA_CHECK(cudaMalloc(&mem, cap));  // allocate first: a failure leaves the old buffer in place
     if (ptr_) {
@@ -98,7 +106,8 @@ template <typename T>
 T* upload(device_buffer& buf, const std::vector<T>& v, cudaStream_t stream) {
     if (v.empty()) return nullptr;
     T* d = static_cast<T*>(buf.ensure(v.size() * sizeof(T)));
-    SKV_CUDA_CHECK(cudaMemcpyAsync(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice, stream));
+    if (buf.host_memory()) std::memcpy(d, v.data(), v.size() * sizeof(T));
+    else SKV_CUDA_CHECK(cudaMemcpyAsync(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice, stream));
     return d;
 }
 

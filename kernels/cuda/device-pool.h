@@ -54,10 +54,13 @@ private:
     size_t reserved_ = 0;
 };
 
-// A grow-only device buffer for staging and scratch (never shrinks).
+// A grow-only device buffer for staging and scratch (never shrinks); host
+// memory instead after use_host_memory() (host checks of attend_batch).
 class device_buffer {
 public:
     device_buffer() = default;
+    void use_host_memory() { host_ = true; }
+    bool host_memory() const { return host_; }
     ~device_buffer();
     device_buffer(const device_buffer&) = delete;
     device_buffer& operator=(const device_buffer&) = delete;
@@ -68,6 +71,7 @@ public:
 private:
     void* ptr_ = nullptr;
     size_t cap_ = 0;
+    bool host_ = false;
 };
 
 // Uploads a host vector into a device_buffer on `stream` (pageable copy:

@@ -16,7 +16,7 @@ namespace smartkv::cuda {
 
 namespace {
 
-constexpr int k_threads = 128;
+constexpr int k_kivi_threads = 128;
 
 __device__ void load_rows(const kivi_group_item& it, const block_layout& L16, size_t section, int head, int D,
                           float* x) {
@@ -28,7 +28,7 @@ __device__ void load_rows(const kivi_group_item& it, const block_layout& L16, si
     }
 }
 
-__global__ void __launch_bounds__(k_threads) kivi_groups_kernel(const kivi_group_item* items, block_layout L16) {
+__global__ void __launch_bounds__(k_kivi_threads) kivi_groups_kernel(const kivi_group_item* items, block_layout L16) {
     extern __shared__ float smem[];
     const kivi_group_item& it = items[blockIdx.x];
     const kv_format fmt = kv_format(it.fmt);
@@ -78,18 +78,24 @@ __global__ void __launch_bounds__(k_threads) kivi_groups_kernel(const kivi_group
     }
 }
 
+#if defined(__CUDACC__)  // launchers: nvcc only (gpu-emulate.cc runs the kernels on the host)
 void launch_kivi(const kivi_group_item* items, int n_items, const block_layout& L16, cudaStream_t stream) {
     const size_t smem = size_t(kivi_group) * (L16.head_dim + 1) * sizeof(float) + size_t(kivi_group) * L16.head_dim;
     const dim3 grid(unsigned(n_items), unsigned(L16.n_kv_heads));
-    kivi_groups_kernel<<<grid, k_threads, smem, stream>>>(items, L16);
+    kivi_groups_kernel<<<grid, k_kivi_threads, smem, stream>>>(items, L16);
     SKV_CUDA_CHECK_LAUNCH();
 }
 
+#endif  // __CUDACC__
+
 }  // namespace
 
+#if defined(__CUDACC__)
 void form_kivi_groups(const kivi_group_item* items, int n_items, const block_layout& fp16_layout, cudaStream_t stream) {
     if (n_items <= 0) return;
     launch_kivi(items, n_items, fp16_layout, stream);
 }
+
+#endif  // __CUDACC__
 
 }  // namespace smartkv::cuda

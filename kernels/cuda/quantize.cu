@@ -12,9 +12,9 @@ namespace smartkv::cuda {
 
 namespace {
 
-constexpr int k_threads = 32;
+constexpr int k_convert_threads = 32;
 
-__global__ void __launch_bounds__(k_threads) convert_vectors_kernel(const convert_item* items, int n_items,
+__global__ void __launch_bounds__(k_convert_threads) convert_vectors_kernel(const convert_item* items, int n_items,
                                                                     int head_dim) {
     extern __shared__ float smem[];
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -32,18 +32,24 @@ __global__ void __launch_bounds__(k_threads) convert_vectors_kernel(const conver
     if (it.dst_pos) *it.dst_pos = it.pos;
 }
 
+#if defined(__CUDACC__)  // launchers: nvcc only (gpu-emulate.cc runs the kernels on the host)
 void launch_convert(const convert_item* items, int n_items, int head_dim, cudaStream_t stream) {
-    const size_t smem = size_t(k_threads) * size_t(head_dim + 1) * sizeof(float);
-    const int grid = (n_items + k_threads - 1) / k_threads;
-    convert_vectors_kernel<<<grid, k_threads, smem, stream>>>(items, n_items, head_dim);
+    const size_t smem = size_t(k_convert_threads) * size_t(head_dim + 1) * sizeof(float);
+    const int grid = (n_items + k_convert_threads - 1) / k_convert_threads;
+    convert_vectors_kernel<<<grid, k_convert_threads, smem, stream>>>(items, n_items, head_dim);
     SKV_CUDA_CHECK_LAUNCH();
 }
 
+#endif  // __CUDACC__
+
 }  // namespace
 
+#if defined(__CUDACC__)
 void convert_vectors(const convert_item* items, int n_items, int head_dim, cudaStream_t stream) {
     if (n_items <= 0) return;
     launch_convert(items, n_items, head_dim, stream);
 }
+
+#endif  // __CUDACC__
 
 }  // namespace smartkv::cuda

@@ -39,6 +39,7 @@ __global__ void copy_slots_kernel(const slot_copy_item* items, int n_items, layo
             reinterpret_cast<const int32_t*>(it.src_block + L.pos)[it.src_slot];
 }
 
+#if defined(__CUDACC__)  // launchers: nvcc only (gpu-emulate.cc runs the kernels on the host)
 void launch_copy_slots(const slot_copy_item* items, int n_items, const layouts4& l, cudaStream_t stream) {
     constexpr int threads = 128;
     const int grid = (n_items * 32 + threads - 1) / threads;
@@ -46,13 +47,18 @@ void launch_copy_slots(const slot_copy_item* items, int n_items, const layouts4&
     SKV_CUDA_CHECK_LAUNCH();
 }
 
+#endif  // __CUDACC__
+
 }  // namespace
 
+#if defined(__CUDACC__)
 void copy_slots(const slot_copy_item* items, int n_items, const block_layout* layouts, cudaStream_t stream) {
     if (n_items <= 0) return;
     layouts4 l;
     for (int f = 0; f < 4; ++f) l.l[f] = layouts[f];
     launch_copy_slots(items, n_items, l, stream);
 }
+
+#endif  // __CUDACC__
 
 }  // namespace smartkv::cuda

@@ -122,18 +122,32 @@ alignas(16) uint8_t smem[65536];  // dynamic shared memory of the one CTA runnin
 }
 }  // namespace smartkv::cuda
 
+namespace smartkv::cuda {
+namespace {
+alignas(16) float smem[16384];  // dynamic shared memory of quantize.cu and kivi.cu kernels
+}
+}  // namespace smartkv::cuda
+
 // The kernels themselves.
 #include "../cuda/attend-impl.cuh"
 #include "../cuda/attend-merge.cu"
+#include "../cuda/kivi.cu"
+#include "../cuda/quantize.cu"
 #include "../cuda/query-prep.cu"
+#include "../cuda/slot-copy.cu"
 
 // ---------------------------------------------------------------------------
 // The check: descriptors over CPU layer stores (same block layout), the four
 // kernels emulated, against float64.
 
 #include "check.h"
+#include "attend-batch.h"
 #include "cpu/layer-store.h"
+#include "gpu-report.h"
+#include "gpu-store.h"
+#include "host-mirror.h"
 #include "reference.h"
+#include "smartkv/engine.h"
 #include "smartkv/kivi.h"
 
 using namespace smartkv;
@@ -307,6 +321,7 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
 }  // namespace
 
 TEST(attention_kernels_emulated_on_host) {
+    if (!emulation_wanted()) return;
     const emu_case cases[] = {
         {8, 2, 64, 300, 1, 3, 32, 2, storage_kind::mixed, true, quant_mode::symmetric},     // GQA-4 decode, splits
         {4, 4, 128, 200, 1, 2, 32, 1, storage_kind::mixed, true, quant_mode::symmetric},    // MHA
@@ -318,4 +333,166 @@ TEST(attention_kernels_emulated_on_host) {
     };
     uint32_t seed = 900;
     for (const emu_case& c : cases) run_emu_case(c, seed += 17);
+}
+
+// ---------------------------------------------------------------------------
+// The whole pipeline under emulation: gpu_store over a host pool, its work
+// items run by the emulated write kernels, attend_batch's descriptors, the
+// emulated attention kernels; against the CPU engine (scalar reference).
+
+namespace {
+
+void emu_execute(gpu_ops& ops, const engine_config& cfg) {
+    const int D = cfg.head_dim, H = cfg.n_kv_heads;
+    if (!ops.converts.empty()) {
+        const int n = int(ops.converts.size());
+        emu::launch(dim3(unsigned((n + 31) / 32)), dim3(32), [&] { convert_vectors_kernel(ops.converts.data(), n, D); });
+    }
+    if (!ops.kivi.empty()) {
+        const block_layout l16 = make_block_layout(kv_format::fp16, cfg.mode, D, H, cfg.block_tokens);
+        emu::launch(dim3(unsigned(ops.kivi.size()), unsigned(H)), dim3(128), [&] { kivi_groups_kernel(ops.kivi.data(), l16); });
+    }
+    if (!ops.copies.empty()) {
+        layouts4 l;
+        for (int f = 0; f < n_formats; ++f) l.l[f] = make_block_layout(kv_format(f), cfg.mode, D, H, cfg.block_tokens);
+        const int n = int(ops.copies.size());
+        emu::launch(dim3(unsigned((n * 32 + 127) / 128)), dim3(128), [&] { copy_slots_kernel(ops.copies.data(), n, l); });
+    }
+    ops.converts.clear(), ops.kivi.clear(), ops.copies.clear();
+}
+
+void emu_attend(attend_batch& batch, const engine_config& cfg) {
+    const attend_args& a = batch.args();
+    const int D = cfg.head_dim, n_qv = batch.n_query_vectors();
+    const float inv = 1.f / std::sqrt(float(D));
+    emu::launch(dim3(unsigned((n_qv * 32 + 255) / 256)), dim3(256), [&] {
+        prepare_queries_kernel(batch.raw_queries(), n_qv, D, inv, a.use_q8 != 0, const_cast<float*>(a.qf),
+                               const_cast<int8_t*>(a.q8), const_cast<float*>(a.q8_scale), const_cast<int32_t*>(a.q8_sum),
+                               const_cast<float*>(a.q_sum));
+    });
+    if (D == 64) run_partials_qt<64>(a, batch.q_tile());
+    else if (D == 128) run_partials_qt<128>(a, batch.q_tile());
+    else run_partials_qt<256>(a, batch.q_tile());
+    emu::launch(dim3(unsigned(batch.max_slots()), unsigned(a.n_reqs)), dim3(unsigned(D)), [&] { merge_partials_kernel(a); });
+    emu::launch(dim3(unsigned((batch.max_n_after() + 255) / 256), unsigned(a.n_reqs)), dim3(256),
+                [&] { score_probabilities_kernel(a); });
+}
+
+struct pipe_case {
+    int hq, hkv, D, n_prefix, rows, batch;
+    storage_kind kind;
+    bool master;
+};
+
+void run_pipe_case(const pipe_case& c, uint32_t seed) {
+    engine_config cfg;
+    cfg.n_layers = 1, cfg.n_q_heads = c.hq, cfg.n_kv_heads = c.hkv, cfg.head_dim = c.D;
+    cfg.master_copy = c.master, cfg.fast_path = false;
+    auto cpu = make_cpu_backend(cfg);
+    device_pool pool(nullptr, /*host_memory=*/true);
+    std::vector<std::unique_ptr<gpu_store>> stores;
+    std::vector<uint32_t> ids;
+    gpu_ops ops;
+    const size_t kvn = size_t(c.n_prefix) * c.hkv * c.D;
+    std::mt19937 rng(seed);
+    for (int b = 0; b < c.batch; ++b) {
+        ids.push_back(cpu->create_sequence(c.kind));
+        stores.emplace_back(new gpu_store(cfg, c.kind, pool, nullptr));
+        gpu_store& s = *stores.back();
+        auto k = normal(kvn, seed + 10 * b), v = normal(kvn, seed + 10 * b + 1);
+        cpu->append(ids.back(), 0, c.n_prefix, k.data(), v.data());
+        s.append(c.n_prefix, k.data(), v.data(), k.data(), v.data(), ops);
+        emu_execute(ops, cfg);
+        s.flush_kivi_groups(ops);
+        emu_execute(ops, cfg);
+        pool.commit();
+        if (c.kind != storage_kind::mixed) continue;
+        for (int round = 0; round < (c.master ? 3 : 1); ++round) {  // with the master copy: down, then some up again
+            std::vector<uint32_t> pos;
+            std::vector<uint8_t> fmt;
+            for (int p = 4; p + 16 < c.n_prefix; ++p) {
+                if (round > 0 && rng() % 3) continue;
+                pos.push_back(uint32_t(p));
+                fmt.push_back(uint8_t(round == 0 ? 1 + rng() % 3 : rng() % 4));
+            }
+            cpu->apply_plan(ids.back(), 0, pos.data(), fmt.data(), pos.size());
+            std::vector<std::pair<uint32_t, kv_format>> moves;
+            for (size_t i = 0; i < pos.size(); ++i) moves.emplace_back(pos[i], kv_format(fmt[i]));
+            const std::vector<half_bits> master = s.master_rows(moves);
+            s.move_round(moves, master.data(), ops);
+            emu_execute(ops, cfg);
+            pool.commit();
+        }
+    }
+    // One attention step: CPU engine vs the emulated GPU pipeline.
+    const size_t qn = size_t(c.rows) * c.hq * c.D, rn = size_t(c.rows) * c.hkv * c.D;
+    std::vector<std::vector<float>> q, kn, vn, oc, og, pc, pg;
+    std::vector<attend_request> reqs;
+    std::vector<attend_input> inputs;
+    for (int b = 0; b < c.batch; ++b) {
+        q.push_back(normal(qn, seed + 100 + b));
+        kn.push_back(normal(rn, seed + 200 + b));
+        vn.push_back(normal(rn, seed + 300 + b));
+        const size_t n_after = size_t(c.n_prefix + c.rows);
+        oc.emplace_back(qn), og.emplace_back(qn), pc.emplace_back(c.rows * n_after), pg.emplace_back(c.rows * n_after);
+    }
+    for (int b = 0; b < c.batch; ++b) {
+        reqs.push_back({ids[b], 0, c.rows, q[b].data(), kn[b].data(), vn[b].data(), oc[b].data(), pc[b].data()});
+        gpu_store& s = *stores[size_t(b)];
+        s.append(c.rows, kn[b].data(), vn[b].data(), kn[b].data(), vn[b].data(), ops);
+        emu_execute(ops, cfg);
+        attend_input in;
+        in.store = &s, in.q = q[b].data(), in.n_rows = c.rows, in.pos0 = int(s.size()) - c.rows;
+        in.out = og[b].data(), in.probs = pg[b].data();
+        inputs.push_back(in);
+    }
+    cpu->attend(reqs.data(), reqs.size());
+    attend_batch batch(cfg, /*n_sms=*/3, /*host_memory=*/true);
+    batch.build(inputs, nullptr);
+    emu_attend(batch, cfg);
+    batch.finish(nullptr);
+    for (auto& s : stores) s->flush_kivi_groups(ops), emu_execute(ops, cfg);
+    pool.commit();
+
+    double out_err = 0, probs_err = 0, imp_err = 0;
+    int kv_bad = 0;
+    for (int b = 0; b < c.batch; ++b) {
+        double num = 0, den = 0;
+        for (size_t i = 0; i < qn; ++i) num = std::max(num, double(std::fabs(og[b][i] - oc[b][i]))), den = std::max(den, double(std::fabs(oc[b][i])));
+        out_err = std::max(out_err, num / std::max(den, 1e-30));
+        for (size_t i = 0; i < pc[b].size(); ++i) probs_err = std::max(probs_err, double(std::fabs(pg[b][i] - pc[b][i])));
+        const gpu_store& s = *stores[size_t(b)];
+        std::vector<float> imp(s.size());
+        cpu->report(ids[b], 0, {imp.data(), nullptr, nullptr});
+        for (size_t p = 0; p < s.size(); ++p) imp_err = std::max(imp_err, double(std::fabs(imp[p] - s.importance()[p])));
+        std::vector<float> kc(s.size() * c.hkv * c.D), vc(kc.size());
+        cpu->read_kv(ids[b], 0, kc.data(), vc.data());
+        const host_mirror mirror(s, cfg, nullptr, /*host_memory=*/true);
+        std::vector<float> k(static_cast<size_t>(c.D)), v(k.size());
+        for (size_t p = 0; p < s.size(); ++p)
+            for (int h = 0; h < c.hkv; ++h) {
+                mirror.read(p, h, k.data(), v.data());
+                const size_t o = (p * c.hkv + h) * c.D;
+                if (std::memcmp(k.data(), &kc[o], k.size() * 4) || std::memcmp(v.data(), &vc[o], v.size() * 4)) ++kv_bad;
+            }
+    }
+    char msg[300];
+    std::snprintf(msg, sizeof msg, "pipeline hq=%d hkv=%d D=%d n=%d rows=%d batch=%d kind=%d master=%d: out %.1e probs %.1e importance %.1e, %d vectors differ",
+                  c.hq, c.hkv, c.D, c.n_prefix, c.rows, c.batch, int(c.kind), int(c.master), out_err, probs_err, imp_err, kv_bad);
+    CHECK_MSG(out_err <= 2e-4 && probs_err <= 1e-5 && imp_err <= 1e-6 && kv_bad == 0, msg);
+}
+
+}  // namespace
+
+TEST(pipeline_emulated_matches_cpu_engine) {
+    if (!emulation_wanted()) return;
+    const pipe_case cases[] = {
+        {8, 2, 64, 300, 1, 3, storage_kind::mixed, false},
+        {8, 2, 64, 250, 7, 2, storage_kind::mixed, true},
+        {4, 4, 128, 200, 2, 2, storage_kind::mixed, true},
+        {8, 2, 64, 400, 1, 2, storage_kind::kivi2, false},
+        {4, 2, 128, 330, 3, 1, storage_kind::kivi4, false},
+    };
+    uint32_t seed = 4000;
+    for (const pipe_case& c : cases) run_pipe_case(c, seed += 31);
 }

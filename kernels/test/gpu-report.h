@@ -38,6 +38,10 @@ private:
 std::vector<std::string>& json_records(const char* section);  // "checks" or "timings"
 inline void add_record(const char* section, const json_record& r) { json_records(section).push_back(r.text()); }
 
+// Whether the host emulation of the kernels runs (gpu-emulate.cc): always
+// without a GPU, with one only on --emulate (the real kernels are checked).
+bool emulation_wanted();
+
 // Implemented in gpu-bench.cc: the timings (decode at n = 32K, batch 16,
 // beta = 0.25 mix vs FP16, copy bandwidth, write-path kernels).
 void run_gpu_benchmarks(bool quick);
