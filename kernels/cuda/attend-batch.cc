@@ -164,9 +164,8 @@ void attend_batch::build(const std::vector<attend_input>& inputs, cudaStream_t s
     a = attend_args();
     for (int f = 0; f < n_formats; ++f)
         a.layout[f] = make_block_layout(kv_format(f), cfg_.mode, D, H, cfg_.block_tokens);
-    a.kivi_layout = make_block_layout(kv_format::int2, quant_mode::asymmetric, D, H, kivi_group, true);
-    for (const attend_input& in : inputs)
-        if (in.store->kind() != storage_kind::mixed) a.kivi_layout = in.store->group_layout();
+    for (int f = 1; f < n_formats; ++f)  // a batch may mix KIVI-2 and KIVI-4 sequences
+        a.kivi_layout[f] = make_block_layout(kv_format(f), quant_mode::asymmetric, D, H, kivi_group, true);
     a.head_dim = D;
     a.n_q_heads = Hq;
     a.n_kv_heads = H;

@@ -162,7 +162,7 @@ template <int D, int QT, uint8_t KIND, int BITS>
 __device__ void fold_block(const cta_ctx& c, const gpu_block& blk, warp_state<D, QT>& st) {
     constexpr int DPL = D / 32;
     constexpr int R = KIND == blk_fp16 ? 2 * D : D * BITS / 8;
-    const block_layout& L = KIND == blk_kivi ? c.a->kivi_layout : c.a->layout[blk.fmt];
+    const block_layout& L = KIND == blk_kivi ? c.a->kivi_layout[blk.fmt] : c.a->layout[blk.fmt];
     const head_rows h = rows_of(L, blk.data, c.head);
     if constexpr (KIND == blk_kivi) kivi_weights<D, QT>(c, L, blk.data);
     const quant_mode vmode = KIND == blk_kivi ? quant_mode::asymmetric : quant_mode(c.a->mode);

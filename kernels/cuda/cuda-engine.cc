@@ -132,7 +132,15 @@ void cuda_engine::append_rows(std::vector<gpu_store*>& stores, const std::vector
     for (int r : rows) total += size_t(r) * hd;
     float* kd = static_cast<float*>(stage_k_.ensure(total * sizeof(float)));
     float* vd = static_cast<float*>(stage_v_.ensure(total * sizeof(float)));
-    for (size_t i = 0; i < stores.size(); ++i) stores[i]->reserve_for_append(rows[i]);  // may throw: nothing changed yet
+    // Device memory first, for all the stores together (they share block
+    // sizes): running out throws before anything changed.
+    size_t blocks = 0;
+    for (size_t i = 0; i < stores.size(); ++i) {
+        const gpu_bucket& b = stores[i]->bucket_of(kv_format::fp16);
+        blocks += b.blocks_for(b.size() + size_t(rows[i])) - b.n_blocks();
+    }
+    if (!stores.empty()) pool_->reserve(stores[0]->bucket_of(kv_format::fp16).layout().bytes, blocks);
+    for (size_t i = 0; i < stores.size(); ++i) stores[i]->reserve_for_append(rows[i]);
     gpu_ops ops;
     size_t off = 0;
     for (size_t i = 0; i < stores.size(); ++i) {

@@ -88,7 +88,7 @@ struct gpu_work {                  // one CTA of the attention launch
 
 struct attend_args {
     block_layout layout[4];        // per kv_format, for quantized and fp16 blocks
-    block_layout kivi_layout;      // KIVI group blocks
+    block_layout kivi_layout[4];   // KIVI group blocks, by kv_format (int4 and int2 used)
     int head_dim = 0, n_q_heads = 0, n_kv_heads = 0, group = 0;
     uint8_t mode = 0;              // quant_mode of quantized blocks
     uint8_t use_q8 = 1;            // integer dot products for quantized keys

@@ -264,8 +264,8 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
     std::vector<float> pm(n_part), pl(n_part), pz(n_part), pacc(n_part * size_t(D));
     attend_args a;
     for (int f = 0; f < n_formats; ++f) a.layout[f] = make_block_layout(kv_format(f), c.mode, D, H, c.block_tokens);
-    a.kivi_layout = make_block_layout(c.kind == storage_kind::kivi4 ? kv_format::int4 : kv_format::int2,
-                                      quant_mode::asymmetric, D, H, kivi_group, true);
+    for (int f = 1; f < n_formats; ++f)
+        a.kivi_layout[f] = make_block_layout(kv_format(f), quant_mode::asymmetric, D, H, kivi_group, true);
     a.head_dim = D, a.n_q_heads = Hq, a.n_kv_heads = H, a.group = G, a.mode = uint8_t(c.mode);
     a.use_q8 = c.int8q, a.gamma = 0.9f, a.reqs = reqs.data(), a.blocks = blocks.data(), a.work = work.data();
     a.n_work = int(work.size()), a.n_reqs = c.n_req;
@@ -382,6 +382,7 @@ struct pipe_case {
     int hq, hkv, D, n_prefix, rows, batch;
     storage_kind kind;
     bool master;
+    bool mixed_kinds = false;  // alternate kivi2 / kivi4 / mixed sequences in one batch
 };
 
 void run_pipe_case(const pipe_case& c, uint32_t seed) {
@@ -395,9 +396,11 @@ void run_pipe_case(const pipe_case& c, uint32_t seed) {
     gpu_ops ops;
     const size_t kvn = size_t(c.n_prefix) * c.hkv * c.D;
     std::mt19937 rng(seed);
+    const storage_kind kinds[3] = {storage_kind::kivi2, storage_kind::kivi4, storage_kind::mixed};
     for (int b = 0; b < c.batch; ++b) {
-        ids.push_back(cpu->create_sequence(c.kind));
-        stores.emplace_back(new gpu_store(cfg, c.kind, pool, nullptr));
+        const storage_kind kind = c.mixed_kinds ? kinds[b % 3] : c.kind;
+        ids.push_back(cpu->create_sequence(kind));
+        stores.emplace_back(new gpu_store(cfg, kind, pool, nullptr));
         gpu_store& s = *stores.back();
         auto k = normal(kvn, seed + 10 * b), v = normal(kvn, seed + 10 * b + 1);
         cpu->append(ids.back(), 0, c.n_prefix, k.data(), v.data());
@@ -406,7 +409,7 @@ void run_pipe_case(const pipe_case& c, uint32_t seed) {
         s.flush_kivi_groups(ops);
         emu_execute(ops, cfg);
         pool.commit();
-        if (c.kind != storage_kind::mixed) continue;
+        if (kind != storage_kind::mixed) continue;
         for (int round = 0; round < (c.master ? 3 : 1); ++round) {  // with the master copy: down, then some up again
             std::vector<uint32_t> pos;
             std::vector<uint8_t> fmt;
@@ -492,6 +495,7 @@ TEST(pipeline_emulated_matches_cpu_engine) {
         {4, 4, 128, 200, 2, 2, storage_kind::mixed, true},
         {8, 2, 64, 400, 1, 2, storage_kind::kivi2, false},
         {4, 2, 128, 330, 3, 1, storage_kind::kivi4, false},
+        {8, 2, 64, 420, 2, 3, storage_kind::mixed, false, true},  // KIVI-2, KIVI-4 and mixed in one batch
     };
     uint32_t seed = 4000;
     for (const pipe_case& c : cases) run_pipe_case(c, seed += 31);
