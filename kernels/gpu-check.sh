@@ -60,4 +60,5 @@ timeout "$LEFT" "$BUILD/cuda/smartkv-gpu-check" "${ARGS[@]}" 2>&1 | tee -a "$LOG
 RC=${PIPESTATUS[0]}
 echo "== exit $RC after $(( $(date +%s) - START )) s" >> "$LOG"
 [ -s "$JSON" ] || fail_json "run (exit $RC)" "$LOG"
+echo "gpu-check: results in $JSON (log: $LOG)"
 exit "$RC"

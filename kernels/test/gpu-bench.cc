@@ -16,6 +16,7 @@
 #include "attend-batch.h"
 #include "cuda-engine.h"
 #include "gpu-report.h"
+#include "kernels.h"
 #include "smartkv/engine.h"
 
 using namespace smartkv;
@@ -95,7 +96,7 @@ std::vector<uint32_t> fill(cuda::cuda_engine& eng, const shape& s, const std::ve
 }
 
 struct timing {
-    float ms = 0, ms_no_importance = 0;
+    float ms = 0, ms_no_importance = 0, ms_partials = 0;  // whole run() with/without importance; partials kernel alone
     double kv_bytes = 0, score_bytes = 0, beta = 0;
 };
 
@@ -128,6 +129,8 @@ timing time_attention(cuda::cuda_engine& eng, const shape& s, const std::vector<
             t.score_bytes = double(batch.score_bytes());
         } else {
             t.ms_no_importance = ms;
+            t.ms_partials = best_ms([&] { cuda::attend_partials(batch.args(), batch.q_tile(), eng.stream()); },
+                                    eng.stream(), 2, reps);
         }
         t.kv_bytes = double(batch.kv_bytes());
     }
@@ -142,7 +145,8 @@ void record_timing(const shape& s, const timing& t, double copy_gbs) {
     r.str("bench", "attention").str("shape", s.name).num("hq", s.hq).num("hkv", s.hkv).num("head_dim", s.D);
     r.num("n", s.n).num("batch", s.batch).num("rows", s.rows).str("kv", s.mix ? "beta25_mix" : "fp16");
     r.num("beta", t.beta).num("kv_bytes", t.kv_bytes).num("score_bytes", t.score_bytes);
-    r.num("ms_outputs_only", t.ms_no_importance).num("ms_with_importance", t.ms);
+    r.num("ms_outputs_only", t.ms_no_importance).num("ms_with_importance", t.ms).num("ms_partials_kernel", t.ms_partials);
+    r.num("gbs_partials_kernel", t.kv_bytes / (double(t.ms_partials) * 1e-3) / 1e9);
     r.num("gbs_kv_read", gbs).num("fraction_of_copy_bw", copy_gbs > 0 ? gbs / copy_gbs : 0.0);
     r.num("gbs_with_importance_traffic", gbs_imp);
     add_record("timings", r);
