@@ -23,9 +23,14 @@ function missing(what, hint) {
   return false;
 }
 
+const gpuCheckExe = join(root, 'native', 'build', 'kernels', 'cuda', 'smartkv-gpu-check');
+
 const cppOk = existsSync(checkExe)
   ? run('C++ kernel checks', checkExe, [])
   : missing(checkExe, 'run `npm run build:native` (or `npm install`)');
+// Built only when nvcc was found; without a GPU it runs its host-side half
+// (layout checks and the kernels on a host emulator) and skips the rest.
+const gpuOk = existsSync(gpuCheckExe) ? run('CUDA checks (host half without a GPU)', gpuCheckExe, []) : true;
 
 const tests = existsSync(testDir)
   ? readdirSync(testDir, { recursive: true })
@@ -37,5 +42,5 @@ const jsOk = tests.length
   ? run(`node --test (${tests.length} files)`, process.execPath, ['--test', ...tests])
   : missing('dist/test/**/*.test.js', 'run `npm run build:ts` (or `npm install`)');
 
-process.stdout.write(`\n== C++ checks: ${cppOk ? 'passed' : 'FAILED'}; node tests: ${jsOk ? 'passed' : 'FAILED'}\n`);
-process.exit(cppOk && jsOk ? 0 : 1);
+process.stdout.write(`\n== C++ checks: ${cppOk && gpuOk ? 'passed' : 'FAILED'}; node tests: ${jsOk ? 'passed' : 'FAILED'}\n`);
+process.exit(cppOk && gpuOk && jsOk ? 0 : 1);
