@@ -1,0 +1,83 @@
+#!/usr/bin/env node
+// Data preparation for the SmartKV reference model.
+//
+//   node training/prepare-data.mjs --out training/out [--passkey-train 40000] [--passkey-eval-per-cell 25]
+//
+// Writes (UTF-8, documents separated by one blank line):
+//   train.txt              training documents
+//   heldout.txt            held-out documents (never trained on)
+//   split.json             split rule + held-out document names + sizes
+//   passkey-train.jsonl    pass-key samples, seeds TRAIN_SEED_BASE + i, filler from train.txt
+//   passkey-eval.jsonl     evaluation grid (context bytes x depth), seeds from
+//                          EVAL_SEED_BASE (disjoint from training), filler from heldout.txt
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  loadDocuments, splitDocuments, HELDOUT_EVERY, makePasskeySamples, makePasskeySample,
+  mulberry32, TRAIN_SEED_BASE, EVAL_SEED_BASE, PASSKEY_TEMPLATE,
+} from './corpus.mjs';
+
+function parseArgs(argv) {
+  const o = { out: 'training/out', passkeyTrain: 40000, evalPerCell: 25 };
+  for (let i = 2; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--out') o.out = argv[++i];
+    else if (a === '--passkey-train') o.passkeyTrain = Number(argv[++i]);
+    else if (a === '--passkey-eval-per-cell') o.evalPerCell = Number(argv[++i]);
+    else if (a === '-h' || a === '--help') {
+      console.log('usage: node training/prepare-data.mjs --out DIR [--passkey-train N] [--passkey-eval-per-cell N]');
+      process.exit(0);
+    } else throw new Error(`unknown argument ${a}`);
+  }
+  return o;
+}
+
+export const EVAL_LENGTHS = [256, 512, 768, 1024];
+export const EVAL_DEPTHS = [0, 0.25, 0.5, 0.75, 1.0];
+
+function main() {
+  const args = parseArgs(process.argv);
+  fs.mkdirSync(args.out, { recursive: true });
+  const docs = loadDocuments();
+  const { train, heldout } = splitDocuments(docs);
+  const join = ds => ds.map(d => d.text).join('\n\n') + '\n';
+  const trainText = join(train);
+  const heldText = join(heldout);
+  fs.writeFileSync(path.join(args.out, 'train.txt'), trainText);
+  fs.writeFileSync(path.join(args.out, 'heldout.txt'), heldText);
+  const split = {
+    rule: `Sort all document names (brown/<file>, nlp-corpus/doc-<n>) in string order; the document at sorted index i is held out iff i % ${HELDOUT_EVERY} == ${HELDOUT_EVERY - 1}.`,
+    n_documents: docs.length,
+    n_train: train.length,
+    n_heldout: heldout.length,
+    train_bytes: Buffer.byteLength(trainText),
+    heldout_bytes: Buffer.byteLength(heldText),
+    heldout: heldout.map(d => d.name),
+  };
+  fs.writeFileSync(path.join(args.out, 'split.json'), JSON.stringify(split, null, 2) + '\n');
+
+  // Training pass-key samples: filler from training text only.
+  const pk = makePasskeySamples({ count: args.passkeyTrain, baseSeed: TRAIN_SEED_BASE, fillerText: trainText });
+  fs.writeFileSync(
+    path.join(args.out, 'passkey-train.jsonl'),
+    pk.map(s => JSON.stringify({ text: s.text, passkey: s.passkey })).join('\n') + '\n',
+  );
+
+  // Evaluation grid: held-out filler, seeds disjoint from training.
+  const evalLines = [];
+  let k = 0;
+  for (const L of EVAL_LENGTHS) {
+    for (const depth of EVAL_DEPTHS) {
+      for (let j = 0; j < args.evalPerCell; j++, k++) {
+        const seed = EVAL_SEED_BASE + k;
+        const s = makePasskeySample({ rng: mulberry32(seed), totalBytes: L, depth, fillerText: heldText });
+        evalLines.push(JSON.stringify({ seed, context_bytes: L, depth, passkey: s.passkey, prompt: s.promptText, text: s.text }));
+      }
+    }
+  }
+  fs.writeFileSync(path.join(args.out, 'passkey-eval.jsonl'), evalLines.join('\n') + '\n');
+  fs.writeFileSync(path.join(args.out, 'passkey-template.json'), JSON.stringify(PASSKEY_TEMPLATE, null, 2) + '\n');
+  console.log(JSON.stringify({ ...split, heldout: `${heldout.length} names`, passkey_train: pk.length, passkey_eval: evalLines.length }));
+}
+
+main();

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Train the SmartKV byte-level reference model (Llama architecture) on CPU.
+
+  node training/prepare-data.mjs --out training/out
+  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE /usr/bin/python3 training/train.py \
+      --data training/out --out models/smartkv-ref --steps 1200 --max-minutes 58
+
+Each training sequence is T+1 = 1025 tokens starting with BOS (256):
+  * plain text:  BOS + 1024 bytes of train.txt from a random offset;
+  * pass-key (probability --passkey-frac): BOS + sample + EOS + BOS + train.txt
+    bytes filling the rest. The 5 answer digits get loss weight --answer-weight.
+The LR schedule (linear warm-up, cosine to --min-lr-frac) runs on
+progress = max(step / steps, elapsed / max_minutes), so the run always anneals
+fully and stops within the time budget.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+# Environment for this machine: the OPENBLAS_CORETYPE/L2_SIZE overrides make OpenBLAS ~30x
+# slower, and glibc returning large buffers to the OS (mmap/munmap) makes every big tensor
+# allocation page-fault again (~30x slower elementwise ops here). Re-exec once with a fixed env.
+_WANT = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+if __name__ == "__main__" and (any(os.environ.get(k) != v for k, v in _WANT.items())
+                               or "OPENBLAS_CORETYPE" in os.environ or "OPENBLAS_L2_SIZE" in os.environ):
+    _env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    _env.update(_WANT)
+    os.execve(sys.executable, [sys.executable] + sys.argv, _env)
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model import BOS, EOS, Config, LlamaForCausalLM, export_state_f16, save_safetensors  # noqa: E402
+
+
+def log(msg, fh=None):
+    line = time.strftime("%H:%M:%S ") + msg
+    print(line, flush=True)
+    if fh:
+        fh.write(line + "\n")
+        fh.flush()
+
+
+class Data:
+    def __init__(self, d, seed):
+        with open(os.path.join(d, "train.txt"), "rb") as f:
+            self.train = np.frombuffer(f.read(), dtype=np.uint8)
+        with open(os.path.join(d, "heldout.txt"), "rb") as f:
+            self.held = np.frombuffer(f.read(), dtype=np.uint8)
+        self.pk = []
+        self.pk_copy = {}  # id(sample) -> start offsets of the predictable key copies
+        with open(os.path.join(d, "passkey-train.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                o = json.loads(line)
+                b = o["text"].encode("utf-8")
+                arr = np.frombuffer(b, dtype=np.uint8)
+                self.pk.append(arr)
+                # key occurrences: needle (unpredictable), 'Remember it. KEY' (copy), answer (copy)
+                k = o["passkey"].encode()
+                first = b.index(b"The pass key is " + k)
+                second = b.index(b"Remember it. " + k, first) + len(b"Remember it. ")
+                self.pk_copy[id(arr)] = [second, len(b) - 6]
+        self.pk_eval = []
+        with open(os.path.join(d, "passkey-eval.jsonl"), encoding="utf-8") as f:
+            for line in f:
+                self.pk_eval.append(json.loads(line))
+        self.rng = np.random.default_rng(seed)
+        self._pk_by_T = {}
+        self.weight_copy = False
+
+    def text_window(self, n):
+        o = int(self.rng.integers(0, len(self.train) - n))
+        return self.train[o:o + n].astype(np.int64)
+
+    def batch(self, B, T, pk_frac, answer_weight):
+        if T not in self._pk_by_T:
+            self._pk_by_T[T] = [s for s in self.pk if len(s) <= T]
+        x = np.empty((B, T + 1), dtype=np.int64)
+        w = np.ones((B, T), dtype=np.float32)
+        n_pk = 0
+        for b in range(B):
+            if self.rng.random() < pk_frac:
+                n_pk += 1
+                pool = self._pk_by_T[T]  # samples that fit: BOS + sample <= T + 1 tokens
+                raw = pool[int(self.rng.integers(0, len(pool)))]
+                s = raw.astype(np.int64)
+                seq = [np.array([BOS]), s]
+                rest = T + 1 - 1 - len(s)
+                if rest >= 2:
+                    seq.append(np.array([EOS, BOS]))
+                    rest -= 2
+                    if rest > 0:
+                        seq.append(self.text_window(rest))
+                elif rest == 1:
+                    seq.append(np.array([EOS]))
+                x[b] = np.concatenate(seq)[:T + 1]
+                # targets are x[1:]; answer digits are bytes len(s)-6 .. len(s)-2 of the sample
+                # at sequence positions 1+len(s)-6 .. 1+len(s)-2 -> target index (pos - 1)
+                # the byte at sample offset o is predicted at target index o
+                for o in self.pk_copy[id(raw)] if self.weight_copy else [len(s) - 6]:
+                    w[b, o:o + 5] = answer_weight
+            else:
+                x[b, 0] = BOS
+                x[b, 1:] = self.text_window(T)
+        return torch.from_numpy(x), torch.from_numpy(w), n_pk
+
+
+def _dev(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def heldout_bpb(model, held, T=1024, max_windows=None):
+    """Bits per byte over held-out text in non-overlapping windows of BOS + (T-1) bytes."""
+    model.eval()
+    n = T - 1
+    starts = list(range(0, len(held), n))
+    if max_windows:
+        idx = np.linspace(0, len(starts) - 1, max_windows).astype(int)
+        starts = [starts[i] for i in idx]
+    tot_nll, tot_bytes = 0.0, 0
+    bs = 8
+    for i in range(0, len(starts), bs):
+        chunk = [held[s:s + n].astype(np.int64) for s in starts[i:i + bs]]
+        L = max(len(c) for c in chunk)
+        same = [c for c in chunk if len(c) == L]
+        other = [c for c in chunk if len(c) != L]
+        for group in ([same] if same else []) + [[c] for c in other]:
+            ids = torch.tensor(np.stack([np.concatenate([[BOS], c]) for c in group]), device=_dev(model))
+            logits = model(ids[:, :-1])
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+            tot_nll += nll.item()
+            tot_bytes += ids[:, 1:].numel()
+    model.train()
+    return tot_nll / math.log(2) / tot_bytes
+
+
+@torch.no_grad()
+def passkey_acc(model, samples, bs=8):
+    """Greedy 5-digit decode after the prompt. Because greedy decoding of the
+    first k digits is correct iff the teacher-forced argmax is correct at every
+    step, one forward pass over prompt + answer digits is exactly equivalent."""
+    model.eval()
+    ok = 0
+    for i in range(0, len(samples), bs):
+        group = samples[i:i + bs]
+        seqs = [[BOS] + list(s["prompt"].encode("utf-8")) + list(s["passkey"].encode()) for s in group]
+        L = max(len(q) for q in seqs)
+        # lengths can differ by a few bytes; pad at the end (causal: padding never affects earlier positions)
+        ids = torch.tensor([q + [EOS] * (L - len(q)) for q in seqs], device=_dev(model))
+        logits = model(ids)
+        for j, (q, s) in enumerate(zip(seqs, group)):
+            p0 = len(q) - 5  # index of first digit
+            pred = logits[j, p0 - 1:p0 + 4].argmax(-1).tolist()
+            ok += int(pred == q[p0:p0 + 5])
+    model.train()
+    return ok / max(1, len(samples))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="training/out")
+    ap.add_argument("--out", default="models/smartkv-ref")
+    ap.add_argument("--ckpt", default="training/cache/ckpt.pt")
+    ap.add_argument("--log", default="training/cache/train.log")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=100000, help="step cap (the time budget usually ends the run)")
+    ap.add_argument("--max-minutes", type=float, default=55.0, help="training time budget (evals excluded)")
+    ap.add_argument("--batch", type=int, default=4, help="sequences per step at --seq")
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--short-seq", type=int, default=256, help="sequence length of the first phase")
+    ap.add_argument("--short-frac", type=float, default=0.5,
+                    help="fraction of progress trained at --short-seq (same tokens per step)")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--min-lr-frac", type=float, default=0.1)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--wd", type=float, default=0.1)
+    ap.add_argument("--passkey-frac", type=float, default=0.3)
+    ap.add_argument("--answer-weight", type=float, default=4.0)
+    ap.add_argument("--weight-copy", action="store_true",
+                    help="also give --answer-weight to the key copy after 'Remember it. '")
+    ap.add_argument("--stop-at-step", type=int, default=0,
+                    help="stop (without annealing) after this step; used to cut stage 1")
+    ap.add_argument("--init", default=None, help="start from the weights of this checkpoint (stage 2)")
+    ap.add_argument("--eval-every", type=int, default=150)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu (the committed run) or e.g. cuda")
+    ap.add_argument("--no-export", action="store_true")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    os.makedirs(os.path.dirname(args.ckpt), exist_ok=True)
+    fh = open(args.log, "a")
+    log(f"args {vars(args)}", fh)
+    log(f"torch {torch.__version__} OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}", fh)
+
+    data = Data(args.data, args.seed)
+    data.weight_copy = args.weight_copy
+    cfg = Config(num_hidden_layers=args.layers, max_position_embeddings=args.seq)
+    model = LlamaForCausalLM(cfg)
+    if args.init:
+        ck = torch.load(args.init, map_location="cpu")
+        model.load_state_dict(ck["model"])
+        log(f"init from {args.init} (step {ck['step']}, tokens {ck['tokens']})", fh)
+    model.to(args.device)
+    nparams = sum(p.numel() for p in model.parameters())
+    log(f"params {nparams} train_bytes {len(data.train)} heldout_bytes {len(data.held)} pk_samples {len(data.pk)}", fh)
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+
+    pk_1024 = [s for s in data.pk_eval if s["context_bytes"] == 1024][::6][:16]
+    t0 = time.time()
+    t_start = t0
+    max_s = args.max_minutes * 60
+    tokens = 0
+    step = 0
+    ema = None
+    hist = []
+    while True:
+        elapsed = time.time() - t0
+        prog = max(step / args.steps, elapsed / max_s)
+        if prog >= 1.0 or (args.stop_at_step and step >= args.stop_at_step):
+            break
+        if step < args.warmup:
+            lr = args.lr * (step + 1) / args.warmup
+        else:
+            lr = args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, prog))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if prog < args.short_frac:
+            T = args.short_seq
+            B = args.batch * args.seq // args.short_seq
+        else:
+            T, B = args.seq, args.batch
+        x, w, npk = data.batch(B, T, args.passkey_frac, args.answer_weight)
+        x, w = x.to(args.device), w.to(args.device)
+        logits = model(x[:, :-1])
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
+        loss = (nll * w.reshape(-1)).sum() / w.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        tokens += x[:, :-1].numel()
+        plain = nll.mean().item() / math.log(2)
+        ema = plain if ema is None else 0.95 * ema + 0.05 * plain
+        if step % 10 == 0 or step == 1:
+            el = time.time() - t0
+            tps = tokens / el
+            prog = max(step / args.steps, el / max_s)
+            eta = el / max(prog, 1e-9) - el
+            log(f"step {step} T {T} loss(bits/tok) {plain:.3f} ema {ema:.3f} lr {lr:.2e} gn {gn:.2f} "
+                f"tok/s {tps:.0f} tokens {tokens} elapsed {el/60:.1f}m eta {eta/60:.1f}m", fh)
+        if step % args.eval_every == 0:
+            te = time.time()
+            bpb = heldout_bpb(model, data.held, args.seq, max_windows=8)
+            acc = passkey_acc(model, pk_1024)
+            hist.append({"step": step, "heldout_bpb_16win": bpb, "passkey_1024_acc20": acc})
+            log(f"EVAL step {step} heldout_bpb(8 windows) {bpb:.3f} passkey@1024 {acc:.2f} ({time.time()-te:.0f}s)", fh)
+            torch.save({"model": model.state_dict(), "step": step, "tokens": tokens}, args.ckpt)
+            t0 += time.time() - te  # eval time does not count against the training budget
+
+    wall = time.time() - t0
+    total_wall = time.time() - t_start
+    log(f"done steps {step} tokens {tokens} train_wall_s {wall:.0f} total_wall_s_incl_evals {total_wall:.0f}", fh)
+    torch.save({"model": model.state_dict(), "step": step, "tokens": tokens}, args.ckpt)
+    summary = {"steps": step, "tokens_seen": tokens, "train_wall_seconds_excluding_evals": round(wall, 1),
+               "total_wall_seconds_including_evals": round(total_wall, 1),
+               "params": nparams, "args": vars(args), "history": hist}
+    with open(os.path.join(os.path.dirname(args.ckpt), "train-summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    if not args.no_export:
+        os.makedirs(args.out, exist_ok=True)
+        save_safetensors(os.path.join(args.out, "model.safetensors"), export_state_f16(model.cpu()), {"format": "pt"})
+        with open(os.path.join(args.out, "config.json"), "w") as f:
+            json.dump(cfg.hf_dict(), f, indent=2)
+            f.write("\n")
+        with open(os.path.join(args.out, "tokenizer_config.json"), "w") as f:
+            json.dump({"tokenizer_class": "SmartKVByteTokenizer", "bos_token_id": BOS, "eos_token_id": EOS,
+                       "byte_level": True, "vocab_size": 258, "add_bos_token": True,
+                       "model_max_length": args.seq}, f, indent=2)
+            f.write("\n")
+        with open(os.path.join(args.out, "training-summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+            f.write("\n")
+        log(f"exported to {args.out}", fh)
+
+
+if __name__ == "__main__":
+    main()
