@@ -19,6 +19,21 @@ namespace smartkv {
 namespace {
 [[noreturn]] void fail(error_code c, const std::string& msg) { throw engine_error(c, msg); }
 constexpr size_t max_score_floats = size_t(1) << 24;  // 64 MiB of scores per request wave
+constexpr size_t prefetch_distance = 2;                // blocks ahead
+
+void prefetch_range(const uint8_t* p, size_t bytes) {
+    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+}
+
+// The bytes attention reads for one kv-head of a block.
+void prefetch_head(const block_layout& L, const block_ref& blk, int head) {
+    const size_t rows = size_t(blk.n_valid) * size_t(L.row);
+    prefetch_range(blk.data + L.k_codes + L.code_offset(head, 0), rows);
+    prefetch_range(blk.data + L.v_codes + L.code_offset(head, 0), rows);
+    const size_t params = size_t(blk.n_valid) * size_t(L.n_params) * sizeof(half_bits);
+    if (blk.kind != block_kind::kivi) prefetch_range(blk.data + L.k_params + L.param_offset(head, 0), params);
+    prefetch_range(blk.data + L.v_params + L.param_offset(head, 0), params);
+}
 }  // namespace
 
 void cpu_engine::prepare_queries(const attend_request& req, prepared& p) const {
@@ -134,8 +149,13 @@ void cpu_engine::run_attention(std::vector<prepared>& wave, size_t n_wave) {
         const size_t soff = (size_t(t.split) * H + size_t(t.head)) * p.nq;
         head_state st{&p.m[soff], &p.l[soff], &p.z[soff], &p.acc[soff * D]};
         const score_sink sink{&p.scores[qoff * p.n_after], p.n_after};
-        for (size_t b = b0; b < b1; ++b)
+        for (size_t b = b0; b < b1; ++b) {
+            // One kv-head's slice of a block is a few short runs (K rows, V rows,
+            // their parameters) far from the previous block's: too short for the
+            // hardware prefetcher to ramp up, so fetch two blocks ahead by hand.
+            if (b + prefetch_distance < b1) prefetch_head(*p.layouts[b + prefetch_distance], p.blocks[b + prefetch_distance], t.head);
             kernel(*p.layouts[b], cfg_.mode, p.blocks[b], t.head, hq, st, sink, scratch[size_t(thread)].data());
+        }
     });
 
     // Merge the splits and write the outputs.
