@@ -38,6 +38,17 @@ describe('smartkv CLI', () => {
     }
   });
 
+  it('bench model --quick --json reports prefill and decode throughput of the reference model', () => {
+    const r = smartkv('bench', 'model', '--quick', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.deepEqual(rows.map((x) => [x.phase, x.batch]), [['prefill', 1], ['decode', 1], ['decode', 8]]);
+    for (const row of rows) {
+      assert.equal(row.mode, 'in-process');
+      assert.ok(typeof row.tokens_per_s === 'number' && row.tokens_per_s > 0);
+    }
+  });
+
   it('prints usage for no command and rejects unknown ones', () => {
     assert.equal(smartkv().status, 2);
     const r = smartkv('bench', 'nothing');
