@@ -165,12 +165,15 @@ double max_rel_error(const std::vector<float>& got, const std::vector<double>& w
 struct scenario {
     int hq, hkv, D, n_prefix, n_rows;
     storage_kind kind;
+    quant_mode mode = quant_mode::symmetric;
 };
 
 // Fills a sequence with n_prefix tokens, applies a random plan, then attends
 // n_rows new rows; compares with the float64 reference on the dequantised KV.
 void check_attention(const scenario& sc, bool fast, bool int8q, uint32_t seed) {
-    auto eng = make_cpu_backend(small_config(sc.hq, sc.hkv, sc.D, fast, int8q));
+    engine_config cfg = small_config(sc.hq, sc.hkv, sc.D, fast, int8q);
+    cfg.mode = sc.mode;
+    auto eng = make_cpu_backend(cfg);
     const uint32_t seq = eng->create_sequence(sc.kind);
     const size_t kv = size_t(sc.hkv) * sc.D;
     auto k0 = gaussian(size_t(sc.n_prefix) * kv, seed, 1.f), v0 = gaussian(size_t(sc.n_prefix) * kv, seed + 1, 1.f);
@@ -232,6 +235,18 @@ TEST(attention_matches_float64_reference) {
         {32, 8, 128, 200, 1, storage_kind::mixed},
     };
     uint32_t seed = 10;
+    for (const scenario& sc : grid)
+        for (bool int8q : {false, true})
+            for (bool fast : {false, true}) check_attention(sc, fast, int8q, seed += 10);
+}
+
+TEST(asymmetric_attention_matches_float64_reference) {
+    const scenario grid[] = {
+        {4, 4, 128, 150, 1, storage_kind::mixed, quant_mode::asymmetric},  // single-query path
+        {8, 2, 64, 77, 1, storage_kind::mixed, quant_mode::asymmetric},    // query tiles
+        {4, 2, 64, 70, 9, storage_kind::mixed, quant_mode::asymmetric},    // prefill rows
+    };
+    uint32_t seed = 900;
     for (const scenario& sc : grid)
         for (bool int8q : {false, true})
             for (bool fast : {false, true}) check_attention(sc, fast, int8q, seed += 10);

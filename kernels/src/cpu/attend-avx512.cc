@@ -29,6 +29,25 @@ inline dequant_params fast_params(kv_format f, quant_mode mode, const half_bits*
     return {scale, -scale * 0.5f * float(format_max_code(f))};
 }
 
+// Scales and zero points of 16 consecutive slots [t0, t0+n) as vectors.
+// Parameters are [T][n_params] halves: one (symmetric) or two (asymmetric).
+inline void params16(kv_format f, quant_mode mode, const half_bits* params, int t0, int n, __m512& scale, __m512& zero) {
+    const __mmask16 k = n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+    if (mode == quant_mode::symmetric) {
+        scale = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, params + t0));
+        zero = _mm512_mul_ps(scale, _mm512_set1_ps(-0.5f * float(format_max_code(f))));
+        return;
+    }
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    const __mmask16 lo = n >= 8 ? __mmask16(0xffff) : __mmask16((1u << (2 * n)) - 1);
+    const __mmask16 hi = n > 8 ? __mmask16((1u << (2 * (n - 8))) - 1) : __mmask16(0);
+    const __m512 a = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lo, params + 2 * t0));
+    const __m512 b = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(hi, params + 2 * t0 + 16));
+    scale = _mm512_permutex2var_ps(a, even, b);
+    zero = _mm512_permutex2var_ps(a, odd, b);
+}
+
 struct tile_view {
     int q0, n;  // queries [q0, q0+n) of the head_query
 };
@@ -149,19 +168,14 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
     const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
     const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.k_params + L.param_offset(head, 0));
     __m512i kbuf[16][C];  // unpacked u8 codes of 16 tokens
-    alignas(64) float kscale[16], kzero[16];
     for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
         const int n = std::min(16, blk.n_valid - t0);
         for (int i = 0; i < 16; ++i)
             for (int c = 0; c < C; ++c)
                 kbuf[i][c] = i < n ? simd::codes64<D, B>(rows + size_t(t0 + i) * L.row, c) : _mm512_setzero_si512();
-        for (int i = 0; i < n; ++i) {
-            const dequant_params kp = fast_params(F, mode, params + size_t(t0 + i) * L.n_params);
-            kscale[i] = kp.scale;
-            kzero[i] = kp.zero;
-        }
         const __mmask16 k = n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
-        const __m512 vscale = _mm512_maskz_load_ps(k, kscale), vzero = _mm512_maskz_load_ps(k, kzero);
+        __m512 vscale, vzero;
+        params16(F, mode, params, t0, n, vscale, vzero);
         for (int j = 0; j < tv.n; ++j) {
             const int qi = tv.q0 + j;
             __m512i q8[C];
@@ -192,18 +206,26 @@ void accumulate_values_1(const block_layout& L, quant_mode mode, const block_ref
     const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.v_params + L.param_offset(head, 0));
     __m512 acc[D / 16];
     for (int c = 0; c < D / 16; ++c) acc[c] = _mm512_loadu_ps(acc_out + 16 * c);
+    alignas(64) float ws[1024], zs[1024];  // [n_valid] p*scale and p*zero of each token (block_tokens <= 1024)
+    for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
+        const int n = std::min(16, blk.n_valid - t0);
+        __m512 scale, zero;
+        params16(F, mode, params, t0, n, scale, zero);
+        const __m512 pv = _mm512_maskz_loadu_ps(n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), p + t0);
+        _mm512_store_ps(ws + t0, _mm512_mul_ps(pv, scale));
+        _mm512_store_ps(zs + t0, _mm512_mul_ps(pv, zero));
+    }
     for (int t = 0; t < blk.n_valid; ++t) {
         if (p[t] == 0.f) continue;
-        const dequant_params vp = fast_params(F, mode, params + size_t(t) * L.n_params);
         const uint8_t* row = rows + size_t(t) * L.row;
         if constexpr (B == 8) {
-            const __m512 w = _mm512_set1_ps(p[t] * vp.scale), z = _mm512_set1_ps(p[t] * vp.zero);
+            const __m512 w = _mm512_set1_ps(ws[t]), z = _mm512_set1_ps(zs[t]);
             for (int c = 0; c < D / 16; ++c) {
                 const __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * c))));
                 acc[c] = _mm512_add_ps(acc[c], _mm512_fmadd_ps(w, x, z));
             }
         } else {
-            const __m512 table = _mm512_fmadd_ps(simd::code_pattern<B>(), _mm512_set1_ps(p[t] * vp.scale), _mm512_set1_ps(p[t] * vp.zero));
+            const __m512 table = _mm512_fmadd_ps(simd::code_pattern<B>(), _mm512_set1_ps(ws[t]), _mm512_set1_ps(zs[t]));
             for (int j = 0; j < P / 16; ++j) {
                 const __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 16 * j)));
                 for (int plane = 0; plane < 8 / B; ++plane) {
