@@ -22,13 +22,6 @@ namespace {
 
 constexpr int max_tile = 16;
 
-// read_params with the F16C conversion instruction instead of bit twiddling.
-inline dequant_params fast_params(kv_format f, quant_mode mode, const half_bits* p) {
-    const float scale = _cvtsh_ss(p[0]);
-    if (mode == quant_mode::asymmetric) return {scale, _cvtsh_ss(p[1])};
-    return {scale, -scale * 0.5f * float(format_max_code(f))};
-}
-
 // Scales and zero points of 16 consecutive slots [t0, t0+n) as vectors.
 // Parameters are [T][n_params] halves: one (symmetric) or two (asymmetric).
 inline void params16(kv_format f, quant_mode mode, const half_bits* params, int t0, int n, __m512& scale, __m512& zero) {
@@ -290,19 +283,22 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
             continue;
         }
         ++active;
-        float zsum = 0.f, psum = 0.f;
-        for (int t = 0; t < blk.n_valid; ++t) {
-            if constexpr (B == 16) {
-                wi[t] = si[t];
-            } else {
-                const dequant_params vp = fast_params(F, vmode, vparams + size_t(t) * L.n_params);
-                wi[t] = si[t] * vp.scale;
-                zsum += si[t] * vp.zero;
+        if constexpr (B == 16) {
+            std::copy(si, si + blk.n_valid, wi);
+        } else {
+            // w = p * scale per token; the zero points go to z (common to all dims)
+            __m512 zsum = _mm512_setzero_ps();
+            for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
+                const int n = std::min(16, blk.n_valid - t0);
+                const __mmask16 k = n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+                __m512 scale, zero;
+                params16(F, vmode, vparams, t0, n, scale, zero);
+                const __m512 pv = _mm512_maskz_loadu_ps(k, si + t0);
+                _mm512_mask_storeu_ps(wi + t0, k, _mm512_mul_ps(pv, scale));
+                zsum = _mm512_fmadd_ps(pv, zero, zsum);
             }
-            psum += si[t];
+            st.z[qi] += _mm512_reduce_add_ps(zsum);
         }
-        (void)psum;
-        st.z[qi] += zsum;
     }
     if (active == 0) return;
     const uint8_t* v_rows = blk.data + L.v_codes + L.code_offset(head, 0);
