@@ -82,6 +82,18 @@ describe('Hugging Face checkpoint loading', () => {
     await engine.close();
   });
 
+  it('rejects bad step input with INVALID_ARGUMENT and leaves the sequence as it was', async () => {
+    const m = Model.load(tiny());
+    const engine = engineFor(m);
+    const seq = await engine.createSequence();
+    await m.step(engine, [{ seq, tokens: [0, 5] }]);
+    for (const tokens of [[], [TINY.vocab], [-1], [1.5]])
+      await assert.rejects(m.step(engine, [{ seq, tokens }]), (e: { code?: string }) => e.code === 'INVALID_ARGUMENT');
+    await assert.rejects(m.step(engine, [{ seq, tokens: new Array(255).fill(3) }]), /exceed the model's 256 positions/);
+    assert.equal(engine.length(seq, 0), 2);
+    await engine.close();
+  });
+
   it('names the file for a missing config or weights', () => {
     const d1 = tiny();
     unlinkSync(join(d1, 'config.json'));

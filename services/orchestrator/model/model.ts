@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { loadAddon, type NativeModel, type NativeTensorRef } from '../../../native/binding.js';
+import { invalid } from '../../../native/errors.js';
 import type { KvEngine } from '../../../native/kv-engine.js';
 import { parseModelConfig, type ModelConfig } from './config.js';
 import { ModelLoadError } from './model-error.js';
@@ -69,15 +70,15 @@ export class Model {
     const positions = new Uint32Array(total); // [sum rows]
     let r = 0;
     for (const b of batch) {
-      if (b.tokens.length === 0) throw new ModelLoadError(this.folder, `step: sequence ${b.seq} has no tokens`);
+      if (b.tokens.length === 0) throw invalid(`step: sequence ${b.seq} has no tokens`);
       const start = engine.length(b.seq, 0);
       if (start + b.tokens.length > maxPositions) {
-        throw Object.assign(new Error(`sequence ${b.seq} would exceed the model's ${maxPositions} positions`), { code: 'INVALID_ARGUMENT' });
+        throw invalid(`step: sequence ${b.seq} would exceed the model's ${maxPositions} positions`);
       }
       for (let i = 0; i < b.tokens.length; i++, r++) {
         const t = b.tokens[i];
         if (!Number.isInteger(t) || t < 0 || t >= vocab) {
-          throw Object.assign(new Error(`token id ${t} is outside the vocabulary [0, ${vocab})`), { code: 'INVALID_ARGUMENT' });
+          throw invalid(`step: token id ${t} is outside the vocabulary [0, ${vocab})`);
         }
         tokens[r] = t;
         positions[r] = start + i;
