@@ -15,6 +15,13 @@ struct test_case {
 std::vector<test_case>& registry();
 void record_failure(const char* file, int line, const std::string& what);
 
+struct run_counts {
+    int passed = 0, failed = 0;
+};
+// Runs every registered test whose name contains `filter`, printing one
+// ok/FAIL line each; `note(name)` may return a suffix for that line.
+run_counts run_registered(const char* filter, const std::function<const char*(const char*)>& note = nullptr);
+
 struct registrar {
     registrar(const char* name, std::function<void()> fn) { registry().push_back({name, std::move(fn)}); }
 };

@@ -34,14 +34,6 @@ using namespace smartkv;
 using namespace smartkv::testing;
 
 namespace smartkv::testing {
-std::vector<test_case>& registry() {
-    static std::vector<test_case> r;
-    return r;
-}
-static int g_failures = 0;
-void record_failure(const char* file, int line, const std::string& what) {
-    if (++g_failures <= 40) std::fprintf(stderr, "  FAIL %s:%d: %s\n", file, line, what.c_str());
-}
 std::vector<std::string>& json_records(const char* section) {
     static std::vector<std::string> checks, timings;
     return std::strcmp(section, "timings") == 0 ? timings : checks;
@@ -751,22 +743,12 @@ int main(int argc, char** argv) {
     std::printf("smartkv-gpu-check: CUDA backend %s, device: %s\n", cuda_backend_compiled() ? "compiled" : "absent",
                 device.c_str());
     if (!g_have_gpu) std::printf("no CUDA device: GPU checks and timings skipped (CPU-side checks only)\n");
-    int passed = 0, failed = 0;
-    for (const test_case& t : registry()) {
-        if (*filter && !std::strstr(t.name, filter)) continue;
-        const int before = g_failures;
-        try {
-            t.fn();
-        } catch (const std::exception& e) {
-            record_failure(__FILE__, __LINE__, std::string(t.name) + " threw: " + e.what());
-        }
-        const bool ok = g_failures == before;
-        const char* note = (!g_have_gpu && std::strncmp(t.name, "gpu_", 4) == 0) ? " (skipped: no GPU)"
-                           : (!g_emulate && std::strstr(t.name, "emulated"))    ? " (skipped: GPU present; --emulate runs it)"
-                                                                                : "";
-        std::printf("%s %s%s\n", ok ? "ok  " : "FAIL", t.name, note);
-        (ok ? passed : failed)++;
-    }
+    const run_counts counts = run_registered(filter, [](const char* name) {
+        if (!g_have_gpu && std::strncmp(name, "gpu_", 4) == 0) return " (skipped: no GPU)";
+        if (!g_emulate && std::strstr(name, "emulated")) return " (skipped: GPU present; --emulate runs it)";
+        return "";
+    });
+    int passed = counts.passed, failed = counts.failed;
     if (g_have_gpu && (!*filter || std::strstr("timings", filter))) {
         try {
             run_gpu_benchmarks(g_quick);

@@ -15,16 +15,6 @@
 using namespace smartkv;
 using namespace smartkv::testing;
 
-namespace smartkv::testing {
-std::vector<test_case>& registry() {
-    static std::vector<test_case> r;
-    return r;
-}
-static int g_failures = 0;
-void record_failure(const char* file, int line, const std::string& what) {
-    if (++g_failures <= 20) std::fprintf(stderr, "  FAIL %s:%d: %s\n", file, line, what.c_str());
-}
-}  // namespace smartkv::testing
 
 namespace {
 
@@ -430,20 +420,7 @@ TEST(importance_is_ema_of_probabilities) {
 }
 
 int main(int argc, char** argv) {
-    const char* filter = argc > 1 ? argv[1] : "";
-    int passed = 0, failed = 0;
-    for (const test_case& t : registry()) {
-        if (*filter && !std::strstr(t.name, filter)) continue;
-        const int before = g_failures;
-        try {
-            t.fn();
-        } catch (const std::exception& e) {
-            record_failure(__FILE__, __LINE__, std::string(t.name) + " threw: " + e.what());
-        }
-        const bool ok = g_failures == before;
-        std::printf("%s %s\n", ok ? "ok  " : "FAIL", t.name);
-        (ok ? passed : failed)++;
-    }
-    std::printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    const run_counts c = run_registered(argc > 1 ? argv[1] : "");
+    std::printf("%d passed, %d failed\n", c.passed, c.failed);
+    return c.failed ? 1 : 0;
 }
