@@ -114,20 +114,25 @@ model_wrap::model_wrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<model_
     runtime_ = std::make_shared<model_runtime>(cfg, mw, threads > 0 ? threads : int(std::thread::hardware_concurrency()));
 }
 
+Napi::Value model_wrap::run_locked(Napi::Env env, const char* name, std::function<void(model_runtime&)> fn,
+                                   const std::vector<Napi::Value>& keep_alive) {
+    auto rt = runtime_;
+    auto lock = lock_;
+    return promise_worker::start(
+        env, name,
+        [rt, lock, fn = std::move(fn)] {
+            std::lock_guard<std::mutex> g(*lock);
+            fn(*rt);
+        },
+        nullptr, keep_alive);
+}
+
 // embed(tokens: Int32Array[n], x: Float32Array[n*d])
 Napi::Value model_wrap::embed(const Napi::CallbackInfo& info) {
     size_t n = 0;
     const int32_t* tok = reinterpret_cast<const int32_t*>(typed_data<uint32_t>(info[0], "tokens", false, &n));
     float* x = typed_data<float>(info[1], "x");
-    auto rt = runtime_;
-    auto lock = lock_;
-    return promise_worker::start(
-        info.Env(), "embed",
-        [rt, lock, tok, n, x] {
-            std::lock_guard<std::mutex> g(*lock);
-            rt->embed(tok, int(n), x);
-        },
-        nullptr, {info[0], info[1], info.This()});
+    return run_locked(info.Env(), "embed", [=](model_runtime& rt) { rt.embed(tok, int(n), x); }, {info[0], info[1], info.This()});
 }
 
 // preAttention(layer, x[n*d], positions: Uint32Array[n], q, k, v)
@@ -139,15 +144,7 @@ Napi::Value model_wrap::pre_attention(const Napi::CallbackInfo& info) {
     float* q = typed_data<float>(info[3], "q");
     float* k = typed_data<float>(info[4], "k");
     float* v = typed_data<float>(info[5], "v");
-    auto rt = runtime_;
-    auto lock = lock_;
-    return promise_worker::start(
-        info.Env(), "preAttention",
-        [=] {
-            std::lock_guard<std::mutex> g(*lock);
-            rt->pre_attention(layer, x, pos, int(n), q, k, v);
-        },
-        nullptr, {info[1], info[2], info[3], info[4], info[5], info.This()});
+    return run_locked(info.Env(), "preAttention", [=](model_runtime& rt) { rt.pre_attention(layer, x, pos, int(n), q, k, v); }, {info[1], info[2], info[3], info[4], info[5], info.This()});
 }
 
 // postAttention(layer, attn[n*Hq*D], n, x[n*d])
@@ -156,15 +153,7 @@ Napi::Value model_wrap::post_attention(const Napi::CallbackInfo& info) {
     const float* attn = typed_data<float>(info[1], "attn");
     const int n = i32_arg(info[2], "n");
     float* x = typed_data<float>(info[3], "x");
-    auto rt = runtime_;
-    auto lock = lock_;
-    return promise_worker::start(
-        info.Env(), "postAttention",
-        [=] {
-            std::lock_guard<std::mutex> g(*lock);
-            rt->post_attention(layer, attn, n, x);
-        },
-        nullptr, {info[1], info[3], info.This()});
+    return run_locked(info.Env(), "postAttention", [=](model_runtime& rt) { rt.post_attention(layer, attn, n, x); }, {info[1], info[3], info.This()});
 }
 
 // logits(x[n*d], n, out[n*vocab])
@@ -172,15 +161,7 @@ Napi::Value model_wrap::logits(const Napi::CallbackInfo& info) {
     const float* x = typed_data<float>(info[0], "x");
     const int n = i32_arg(info[1], "n");
     float* out = typed_data<float>(info[2], "out");
-    auto rt = runtime_;
-    auto lock = lock_;
-    return promise_worker::start(
-        info.Env(), "logits",
-        [=] {
-            std::lock_guard<std::mutex> g(*lock);
-            rt->logits(x, n, out);
-        },
-        nullptr, {info[0], info[2], info.This()});
+    return run_locked(info.Env(), "logits", [=](model_runtime& rt) { rt.logits(x, n, out); }, {info[0], info[2], info.This()});
 }
 
 // step(engine, seqs: Uint32Array[b], rows: Uint32Array[b], tokens: Uint32Array[sum rows],
@@ -198,12 +179,10 @@ Napi::Value model_wrap::step(const Napi::CallbackInfo& info) {
     const int32_t* pos = reinterpret_cast<const int32_t*>(typed_data<uint32_t>(info[4], "positions"));
     float* out = typed_data<float>(info[5], "logits");
     const bool all_rows = info.Length() > 6 && info[6].ToBoolean().Value();
-    auto rt = runtime_;
-    auto lock = lock_;
-    return promise_worker::start(
+    return run_locked(
         info.Env(), "step",
-        [=] {
-            std::lock_guard<std::mutex> g(*lock);
+        [=](model_runtime& runtime) {
+            model_runtime* rt = &runtime;
             const model_config& c = rt->config();
             const size_t n = total;
             // [n][d], [n][Hq*D], [n][Hkv*D] x2, [n][Hq*D]
@@ -230,7 +209,7 @@ Napi::Value model_wrap::step(const Napi::CallbackInfo& info) {
             }
             rt->logits(last.data(), int(b), out);
         },
-        nullptr, {info[0], info[1], info[2], info[3], info[4], info[5], info.This()});
+        {info[0], info[1], info[2], info[3], info[4], info[5], info.This()});
 }
 
 }  // namespace smartkv_node

@@ -5,6 +5,7 @@
 #pragma once
 #include <napi.h>
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -30,6 +31,10 @@ private:
     Napi::Value post_attention(const Napi::CallbackInfo& info);
     Napi::Value logits(const Napi::CallbackInfo& info);
     Napi::Value step(const Napi::CallbackInfo& info);
+    // Runs fn(runtime) on a worker thread under the runtime's lock, keeping
+    // `keep_alive` (the typed arrays it reads and writes) referenced until then.
+    Napi::Value run_locked(Napi::Env env, const char* name,
+                           std::function<void(smartkv::model_runtime&)> fn, const std::vector<Napi::Value>& keep_alive);
 
     // One worker at a time uses the runtime (its scratch is shared).
     std::shared_ptr<std::mutex> lock_ = std::make_shared<std::mutex>();
