@@ -2,10 +2,15 @@
 // `bench attention` (later: generate, eval, …).
 import { benchAttention } from './bench-attention.js';
 import { benchModel } from './bench-model.js';
+import { generate, GENERATE_OPTIONS } from './generate.js';
+import { usage as optionsUsage, UsageError } from '../services/common/args.js';
 
 const USAGE = `usage: smartkv <command>
 
 commands:
+  generate "prompt" [--server ADDR] [--max-tokens N] [--policy P] [--budget β] …
+                                       stream a generation from a running server (npm start);
+                                       \`smartkv generate --help\` lists the options
   bench attention [--json] [--quick]   decode attention: dense fp32/fp16, uniform int8/int4/int2,
                                        KIVI-2/4 and SmartKV mixes (β = 0.25, 0.33, 0.5)
   bench model [--json] [--quick] [--model DIR]
@@ -13,6 +18,18 @@ commands:
 `;
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'generate') {
+    if (argv.includes('--help')) {
+      process.stdout.write(optionsUsage('smartkv generate "prompt" [options]', GENERATE_OPTIONS));
+      return 0;
+    }
+    try {
+      return await generate(argv.slice(1), (s) => process.stdout.write(s), (s) => process.stderr.write(s));
+    } catch (e) {
+      if (e instanceof UsageError) return usageError(e.message);
+      throw e;
+    }
+  }
   const flags = new Set(argv.filter((a) => a.startsWith('--')));
   // words: the command; a value after --model belongs to the option
   const words = argv.filter((a, i) => !a.startsWith('--') && argv[i - 1] !== '--model');

@@ -1,0 +1,77 @@
+// What the orchestrator needs from a cache shard, whether it lives in this
+// process (CacheCore) or in a cache service (GrpcCacheShard). Plain numbers
+// and typed arrays; the gRPC layer converts to and from protobuf.
+import type { StorageKind } from '../../native/kv-engine.js';
+
+export interface ShardAttendItem {
+  seq: number;
+  rows: number;
+  q: Float32Array; // [rows][qHeads][headDim] f32, RoPE applied
+  kNew: Float32Array; // [rows][kvHeads][headDim] f32
+  vNew: Float32Array; // [rows][kvHeads][headDim] f32
+}
+
+export interface ShardAttendResult {
+  out: Float32Array[]; // per item [rows][qHeads][headDim] f32
+  engineUs: number;
+}
+
+export interface ImportanceReport {
+  tokens: number; // per layer
+  layers: number;
+  importance: Float32Array; // [layers][tokens] f32
+  formats: Uint8Array; // [layers][tokens] u8 format code
+  sqError: Float32Array; // [layers][tokens][3] f32 at int8, int4, int2
+}
+
+export interface Bytes {
+  payloadBytes: number;
+  paramBytes: number;
+  metadataBytes: number;
+  heldBytes: number;
+  fp16Bytes: number;
+  masterBytes: number;
+  tokens: number;
+  tokensByFormat: number[]; // [4] fp16, int8, int4, int2
+  kiviTokens: number;
+}
+
+export interface PlanApplied {
+  tokensChanged: number;
+  bytesMoved: number;
+  applyUs: number;
+  bytes: Bytes;
+}
+
+export interface ShardStats {
+  bytes: Bytes;
+  sequences: number;
+  reservedBytes: number;
+  memoryLimitBytes: number;
+  backend: string;
+  gamma: number;
+  masterCopy: boolean;
+  blockTokens: number;
+}
+
+export interface CreatedSequence {
+  seq: number;
+  tokenBytes: number[]; // [4] bytes per token and layer by format code
+}
+
+export interface CacheShard {
+  /** Refused with RESOURCE_EXHAUSTED when reserveBytes does not fit the shard's memory limit. */
+  createSequence(storage: StorageKind, reserveBytes: number): Promise<CreatedSequence>;
+  freeSequence(seq: number): Promise<void>;
+  attend(layer: number, items: ShardAttendItem[]): Promise<ShardAttendResult>;
+  exportImportance(seq: number): Promise<ImportanceReport>;
+  /** layer -1: the same plan for every layer. */
+  applyPlan(seq: number, layer: number, positions: Uint32Array, formats: Uint8Array): Promise<PlanApplied>;
+  /** seq undefined: the whole shard. */
+  stats(seq?: number): Promise<ShardStats>;
+}
+
+export const EMPTY_BYTES: Bytes = {
+  payloadBytes: 0, paramBytes: 0, metadataBytes: 0, heldBytes: 0, fp16Bytes: 0, masterBytes: 0,
+  tokens: 0, tokensByFormat: [0, 0, 0, 0], kiviTokens: 0,
+};

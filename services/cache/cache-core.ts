@@ -1,0 +1,143 @@
+// The cache service's state: one KvEngine (the native buckets) plus the
+// admission bookkeeping around it — reservations against the memory limit and
+// which owner (orchestrator connection) holds each sequence, so that a
+// vanished owner's sequences can be freed. In-process mode uses it directly.
+import { KvEngine, KvEngineError, type KvEngineConfig, type KvStats, type StorageKind } from '../../native/kv-engine.js';
+import { FORMATS } from '../../native/formats.js';
+import { checkInt } from '../../native/validate.js';
+import type { Bytes, CacheShard, CreatedSequence, ImportanceReport, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from './cache-api.js';
+import { EMPTY_BYTES } from './cache-api.js';
+
+interface Held {
+  reserveBytes: number;
+  owner: string;
+}
+
+export class CacheCore implements CacheShard {
+  readonly engine: KvEngine;
+  private readonly held = new Map<number, Held>();
+  private reserved = 0;
+
+  constructor(
+    config: KvEngineConfig,
+    readonly memoryLimitBytes = 0,
+  ) {
+    // The engine enforces the same limit on every append: reservations gate
+    // admission, the engine guarantees no allocation past the limit.
+    this.engine = new KvEngine({ ...config, memoryLimitBytes });
+  }
+
+  get sequenceIds(): number[] {
+    return [...this.held.keys()];
+  }
+
+  async createSequence(storage: StorageKind, reserveBytes: number, owner = ''): Promise<CreatedSequence> {
+    checkInt('reserve_bytes', reserveBytes, 0);
+    if (this.memoryLimitBytes > 0 && this.reserved + reserveBytes > this.memoryLimitBytes) {
+      throw new KvEngineError(
+        'RESOURCE_EXHAUSTED',
+        `cache memory limit: ${this.reserved} of ${this.memoryLimitBytes} bytes reserved, the sequence needs ${reserveBytes} more`,
+      );
+    }
+    const seq = await this.engine.createSequence({ storage });
+    this.held.set(seq, { reserveBytes, owner });
+    this.reserved += reserveBytes;
+    return { seq, tokenBytes: this.engine.tokenBytes() };
+  }
+
+  async freeSequence(seq: number): Promise<void> {
+    await this.engine.freeSequence(seq); // NOT_FOUND for an unknown id, before any change here
+    const h = this.held.get(seq);
+    if (h) this.reserved -= h.reserveBytes;
+    this.held.delete(seq);
+  }
+
+  /** Frees every sequence `owner` holds; returns how many. */
+  async freeOwner(owner: string): Promise<number> {
+    const mine = [...this.held].filter(([, h]) => h.owner === owner).map(([s]) => s);
+    for (const s of mine) await this.freeSequence(s);
+    return mine.length;
+  }
+
+  async attend(layer: number, items: ShardAttendItem[]): Promise<ShardAttendResult> {
+    const t0 = performance.now();
+    const out = await this.engine.attend(items.map((it) => ({ seq: it.seq, layer, rows: it.rows, q: it.q, kNew: it.kNew, vNew: it.vNew })));
+    return { out, engineUs: Math.round((performance.now() - t0) * 1000) };
+  }
+
+  async exportImportance(seq: number): Promise<ImportanceReport> {
+    const L = this.engine.config.layers;
+    const n = this.engine.length(seq, 0);
+    const importance = new Float32Array(L * n); // [layers][n]
+    const formats = new Uint8Array(L * n); // [layers][n]
+    const sqError = new Float32Array(L * n * 3); // [layers][n][3]
+    for (let l = 0; l < L; l++) {
+      const r = await this.engine.exportImportance(seq, l);
+      if (r.importance.length !== n) throw new KvEngineError('INTERNAL', `layer ${l} holds ${r.importance.length} tokens, layer 0 ${n}`);
+      importance.set(r.importance, l * n);
+      formats.set(r.format, l * n);
+      sqError.set(r.sqError, l * n * 3);
+    }
+    return { tokens: n, layers: L, importance, formats, sqError };
+  }
+
+  async applyPlan(seq: number, layer: number, positions: Uint32Array, formats: Uint8Array): Promise<PlanApplied> {
+    checkInt('layer', layer, -1, this.engine.config.layers - 1);
+    for (let i = 0; i < formats.length; i++) checkInt(`formats[${i}]`, formats[i], 0, FORMATS.length - 1);
+    const t0 = performance.now();
+    const r = await this.engine.applyPlan(seq, layer === -1 ? 'all' : layer, positions, formats);
+    const applyUs = Math.round((performance.now() - t0) * 1000);
+    return { ...r, applyUs, bytes: toBytes(await this.engine.stats(seq)) };
+  }
+
+  async stats(seq?: number): Promise<ShardStats> {
+    const c = this.engine.config;
+    const base = {
+      sequences: this.held.size,
+      reservedBytes: this.reserved,
+      memoryLimitBytes: this.memoryLimitBytes,
+      backend: this.engine.backendName,
+      gamma: c.gamma,
+      masterCopy: c.masterCopy,
+      blockTokens: c.blockTokens,
+    };
+    if (seq !== undefined) return { ...base, bytes: toBytes(await this.engine.stats(seq)) };
+    let total: Bytes = { ...EMPTY_BYTES, tokensByFormat: [0, 0, 0, 0] };
+    for (const s of this.held.keys()) total = addBytes(total, toBytes(await this.engine.stats(s)));
+    return { ...base, bytes: total };
+  }
+
+  async close(): Promise<void> {
+    this.held.clear();
+    this.reserved = 0;
+    await this.engine.close();
+  }
+}
+
+export function toBytes(s: KvStats): Bytes {
+  return {
+    payloadBytes: s.payloadBytes,
+    paramBytes: s.paramBytes,
+    metadataBytes: s.metadataBytes,
+    heldBytes: s.heldBytes,
+    fp16Bytes: s.fp16Bytes,
+    masterBytes: s.masterBytes,
+    tokens: s.tokens,
+    tokensByFormat: FORMATS.map((f) => s.tokensByFormat[f]),
+    kiviTokens: s.kiviTokens,
+  };
+}
+
+function addBytes(a: Bytes, b: Bytes): Bytes {
+  return {
+    payloadBytes: a.payloadBytes + b.payloadBytes,
+    paramBytes: a.paramBytes + b.paramBytes,
+    metadataBytes: a.metadataBytes + b.metadataBytes,
+    heldBytes: a.heldBytes + b.heldBytes,
+    fp16Bytes: a.fp16Bytes + b.fp16Bytes,
+    masterBytes: a.masterBytes + b.masterBytes,
+    tokens: a.tokens + b.tokens,
+    tokensByFormat: a.tokensByFormat.map((x, i) => x + b.tokensByFormat[i]),
+    kiviTokens: a.kiviTokens + b.kiviTokens,
+  };
+}

@@ -1,0 +1,154 @@
+// The cache service's gRPC handlers over a CacheCore. Sequences belong to the
+// owner named in the `smartkv-owner` header; when the last attend stream of
+// an owner closes (the orchestrator stopped or died), its sequences are freed.
+import * as grpc from '@grpc/grpc-js';
+import { create } from '@bufbuild/protobuf';
+
+import {
+  ApplyPlanResponseSchema,
+  AttendResponseSchema,
+  CreateSequenceResponseSchema,
+  ExportImportanceResponseSchema,
+  FreeSequenceResponseSchema,
+  StatsResponseSchema,
+  type ApplyPlanRequest,
+  type AttendRequest,
+  type AttendResponse,
+  type CreateSequenceRequest,
+  type ExportImportanceRequest,
+  type FreeSequenceRequest,
+  type StatsRequest,
+} from '../../gen/smartkv/v1/cache_pb.js';
+import { bytesOf, f32, invalidArgument, statusOf, toServiceError, u32 } from '../common/rpc.js';
+import type { ShardAttendItem } from './cache-api.js';
+import type { CacheCore } from './cache-core.js';
+import { bytesToPb, OWNER_HEADER, storageFromPb } from './cache-proto.js';
+
+type Unary<I, O> = (call: grpc.ServerUnaryCall<I, O>, cb: grpc.sendUnaryData<O>) => void;
+
+function unary<I, O>(fn: (req: I, call: grpc.ServerUnaryCall<I, O>) => Promise<O>): Unary<I, O> {
+  return (call, cb) => {
+    fn(call.request, call).then(
+      (res) => cb(null, res),
+      (err) => cb(toServiceError(err)),
+    );
+  };
+}
+
+function ownerOf(call: { metadata: grpc.Metadata }): string {
+  return String(call.metadata.get(OWNER_HEADER)[0] ?? '');
+}
+
+export interface CacheLog {
+  (line: string): void;
+}
+
+export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServiceImplementation {
+  const { qHeads, kvHeads, headDim } = core.engine.config;
+  const streamsByOwner = new Map<string, number>();
+
+  function items(req: AttendRequest): ShardAttendItem[] {
+    if (req.items.length === 0) throw invalidArgument('items: the batch is empty');
+    return req.items.map((it, i) => {
+      const rows = it.rows;
+      const want = (name: string, b: Uint8Array, heads: number) => {
+        if (b.byteLength !== rows * heads * headDim * 4)
+          throw invalidArgument(`items[${i}].${name} has ${b.byteLength} bytes, expected rows ${rows} × ${heads} heads × ${headDim} × 4`);
+        return f32(b);
+      };
+      if (rows < 1) throw invalidArgument(`items[${i}].rows must be ≥ 1`);
+      return { seq: it.sequenceId, rows, q: want('q', it.q, qHeads), kNew: want('k_new', it.kNew, kvHeads), vNew: want('v_new', it.vNew, kvHeads) };
+    });
+  }
+
+  async function attend(req: AttendRequest): Promise<AttendResponse> {
+    const r = await core.attend(req.layer, items(req));
+    return create(AttendResponseSchema, { id: req.id, out: r.out.map(bytesOf), engineUs: BigInt(r.engineUs) });
+  }
+
+  return {
+    createSequence: unary(async (req: CreateSequenceRequest, call) => {
+      const storage = storageFromPb(req.storage);
+      if (!storage) throw invalidArgument(`storage: unknown storage kind ${req.storage}`);
+      const r = await core.createSequence(storage, Number(req.reserveBytes), ownerOf(call));
+      return create(CreateSequenceResponseSchema, { sequenceId: r.seq, tokenBytes: r.tokenBytes });
+    }),
+    freeSequence: unary(async (req: FreeSequenceRequest) => {
+      await core.freeSequence(req.sequenceId);
+      return create(FreeSequenceResponseSchema, {});
+    }),
+    attend: unary(attend),
+    attendStream: (call: grpc.ServerDuplexStream<AttendRequest, AttendResponse>) => {
+      const owner = ownerOf(call);
+      streamsByOwner.set(owner, (streamsByOwner.get(owner) ?? 0) + 1);
+      let closed = false;
+      const close = () => {
+        if (closed) return;
+        closed = true;
+        const left = (streamsByOwner.get(owner) ?? 1) - 1;
+        if (left > 0) return void streamsByOwner.set(owner, left);
+        streamsByOwner.delete(owner);
+        if (owner === '') return; // anonymous streams (tools) own nothing
+        core.freeOwner(owner).then(
+          (n) => n > 0 && log(`owner ${owner} went away: freed ${n} sequence(s)`),
+          (e) => log(`freeing ${owner}'s sequences failed: ${(e as Error).message}`),
+        );
+      };
+      call.on('data', (req: AttendRequest) => {
+        attend(req).then(
+          (res) => !call.destroyed && call.write(res),
+          (err) => {
+            const code = statusOf(err);
+            if (code === grpc.status.INTERNAL) log(`internal error: ${(err as Error)?.stack ?? err}`);
+            const msg = err instanceof Error ? err.message : String(err);
+            if (!call.destroyed) call.write(create(AttendResponseSchema, { id: req.id, errorCode: code, errorMessage: msg }));
+          },
+        );
+      });
+      call.on('end', () => {
+        call.end();
+        close();
+      });
+      call.on('cancelled', close);
+      call.on('error', close);
+      call.on('close', close);
+    },
+    exportImportance: unary(async (req: ExportImportanceRequest) => {
+      const r = await core.exportImportance(req.sequenceId);
+      return create(ExportImportanceResponseSchema, {
+        tokens: r.tokens,
+        layers: r.layers,
+        importance: bytesOf(r.importance),
+        formats: r.formats,
+        sqError: bytesOf(r.sqError),
+      });
+    }),
+    applyPlan: unary(async (req) => {
+      const r = req as ApplyPlanRequest;
+      if (r.positions.byteLength % 4 !== 0) throw invalidArgument(`positions has ${r.positions.byteLength} bytes, not a multiple of 4`);
+      const positions = u32(r.positions);
+      if (positions.length !== r.formats.length)
+        throw invalidArgument(`positions names ${positions.length} tokens but formats has ${r.formats.length}`);
+      const a = await core.applyPlan(r.sequenceId, r.layer, positions, new Uint8Array(r.formats));
+      return create(ApplyPlanResponseSchema, {
+        tokensChanged: BigInt(a.tokensChanged),
+        bytesMoved: BigInt(a.bytesMoved),
+        applyUs: BigInt(a.applyUs),
+        bytes: bytesToPb(a.bytes),
+      });
+    }),
+    stats: unary(async (req: StatsRequest) => {
+      const s = await core.stats(req.sequenceId);
+      return create(StatsResponseSchema, {
+        bytes: bytesToPb(s.bytes),
+        sequences: s.sequences,
+        reservedBytes: BigInt(s.reservedBytes),
+        memoryLimitBytes: BigInt(s.memoryLimitBytes),
+        backend: s.backend,
+        gamma: s.gamma,
+        masterCopy: s.masterCopy,
+        blockTokens: s.blockTokens,
+      });
+    }),
+  };
+}

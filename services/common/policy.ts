@@ -1,0 +1,30 @@
+// Policy names as users write them (CLI, JSON) and as the protos number them.
+import { CachePolicy } from '../../gen/smartkv/v1/common_pb.js';
+
+export const POLICY_NAMES = ['fp16', 'uniform-8', 'uniform-4', 'uniform-2', 'kivi-2', 'kivi-4', 'random', 'tiered', 'smartkv'] as const;
+export type PolicyName = (typeof POLICY_NAMES)[number];
+
+const BY_PB: ReadonlyArray<[CachePolicy, PolicyName]> = [
+  [CachePolicy.FP16, 'fp16'],
+  [CachePolicy.UNIFORM_8, 'uniform-8'],
+  [CachePolicy.UNIFORM_4, 'uniform-4'],
+  [CachePolicy.UNIFORM_2, 'uniform-2'],
+  [CachePolicy.KIVI_2, 'kivi-2'],
+  [CachePolicy.KIVI_4, 'kivi-4'],
+  [CachePolicy.RANDOM, 'random'],
+  [CachePolicy.TIERED, 'tiered'],
+  [CachePolicy.SMARTKV, 'smartkv'],
+];
+
+/** undefined for UNSPECIFIED and unknown numbers. */
+export function policyFromPb(p: CachePolicy): PolicyName | undefined {
+  return BY_PB.find(([pb]) => pb === p)?.[1];
+}
+
+export function policyToPb(name: PolicyName): CachePolicy {
+  return BY_PB.find(([, n]) => n === name)![0];
+}
+
+export function isPolicyName(s: string): s is PolicyName {
+  return (POLICY_NAMES as readonly string[]).includes(s);
+}

@@ -1,0 +1,84 @@
+// `npm start`: SmartKV on this machine as separate processes (allocator,
+// cache service(s), orchestrator) with the bundled reference model. Ctrl-C or
+// SIGTERM stops all of them cleanly. A cache service or the allocator that
+// dies is started again on its port; if the orchestrator dies, all stop.
+import { parseOptions, usage, UsageError, type OptionSpec } from '../common/args.js';
+import { Cluster, type ServiceProcess } from './cluster.js';
+
+const OPTIONS: Record<string, OptionSpec> = {
+  host: { kind: 'string', default: '127.0.0.1', help: 'address the services listen on' },
+  port: { kind: 'int', default: 50051, help: "the orchestrator's port" },
+  'cache-shards': { kind: 'int', default: 1, help: 'cache services to start' },
+  model: { kind: 'string', help: 'model folder (default: the bundled reference model)' },
+  'memory-limit': { kind: 'int', default: 0, help: 'KV bytes each cache service may hold (0: no limit)' },
+  policy: { kind: 'string', help: 'default cache policy (fp16, uniform-8/4/2, kivi-2/4, random, tiered, smartkv)' },
+  budget: { kind: 'number', help: 'default budget β' },
+  help: { kind: 'bool', help: 'print this help' },
+};
+
+async function main(): Promise<number> {
+  const o = parseOptions(process.argv.slice(2), OPTIONS);
+  if (o.help) {
+    process.stdout.write(usage('npm start -- [options]', OPTIONS));
+    return 0;
+  }
+  const shards = o['cache-shards'] as number;
+  if (shards < 1 || shards > 64) throw new UsageError(`--cache-shards must be in [1, 64], got ${shards}`);
+  const orchestratorArgs: string[] = [];
+  if (o.policy) orchestratorArgs.push('--policy', o.policy as string);
+  if (o.budget !== undefined) orchestratorArgs.push('--budget', String(o.budget));
+  process.stderr.write(`starting the allocator, ${shards} cache service(s) and the orchestrator …\n`);
+  const t0 = Date.now();
+  const cluster = await Cluster.start({
+    host: o.host as string,
+    port: o.port as number,
+    cacheShards: shards,
+    model: o.model as string | undefined,
+    cacheArgs: ['--memory-limit', String(o['memory-limit'])],
+    orchestratorArgs,
+  });
+  process.stdout.write(
+    `\nSmartKV is serving on ${cluster.address} (ready in ${((Date.now() - t0) / 1000).toFixed(1)} s)\n` +
+      `  cache services: ${cluster.caches.map((c) => c.address).join(', ')}; allocator: ${cluster.allocator.address}\n` +
+      `  try: npx smartkv generate "The old man said" --server ${cluster.address}\n` +
+      `  Ctrl-C stops everything.\n\n`,
+  );
+  let stopping = false;
+  const stop = async (why: string, code: number) => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(`\n${why}: stopping …\n`);
+    await cluster.stop();
+    process.stderr.write('all services stopped\n');
+    process.exit(code);
+  };
+  process.on('SIGINT', () => void stop('SIGINT', 0));
+  process.on('SIGTERM', () => void stop('SIGTERM', 0));
+  cluster.orchestrator.exited.then((c) => void stop(`the orchestrator exited (${c})`, 1));
+  const supervise = (p: ServiceProcess, restart: () => Promise<void>) => {
+    p.exited.then(async (c) => {
+      if (stopping) return;
+      process.stderr.write(`${p.name} exited (${c}); starting it again on ${p.address}\n`);
+      await new Promise((r) => setTimeout(r, 1000));
+      try {
+        await restart();
+        supervise(p, restart);
+      } catch (e) {
+        await stop(`${p.name} could not be restarted: ${(e as Error).message}`, 1);
+      }
+    });
+  };
+  cluster.caches.forEach((c, i) => supervise(c, () => cluster.restartCache(i)));
+  supervise(cluster.allocator, async () => {
+    await cluster.allocator.start(60_000);
+  });
+  return -1; // keep running
+}
+
+main().then(
+  (code) => code >= 0 && process.exit(code),
+  (e) => {
+    process.stderr.write(`smartkv start: ${e instanceof UsageError ? `${e.message}\n\n${usage('npm start -- [options]', OPTIONS)}` : (e as Error).message}\n`);
+    process.exit(2);
+  },
+);

@@ -1,0 +1,147 @@
+// A cache service seen through gRPC, as a CacheShard. Attention goes over one
+// long-lived bidirectional stream per shard (AttendStream), requests matched
+// to responses by id; everything else is unary. When the service goes away,
+// pending and later calls fail with UNAVAILABLE and the next call reconnects.
+import * as grpc from '@grpc/grpc-js';
+import { create } from '@bufbuild/protobuf';
+
+import {
+  ApplyPlanRequestSchema,
+  AttendItemSchema,
+  AttendRequestSchema,
+  CacheService,
+  CreateSequenceRequestSchema,
+  ExportImportanceRequestSchema,
+  FreeSequenceRequestSchema,
+  StatsRequestSchema,
+  type ApplyPlanResponse,
+  type AttendRequest,
+  type AttendResponse,
+  type CreateSequenceResponse,
+  type ExportImportanceResponse,
+  type StatsResponse,
+} from '../../gen/smartkv/v1/cache_pb.js';
+import type { StorageKind } from '../../native/kv-engine.js';
+import type { CacheShard, CreatedSequence, ImportanceReport, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from '../cache/cache-api.js';
+import { bytesFromPb, OWNER_HEADER, storageToPb } from '../cache/cache-proto.js';
+import { bytesOf, callUnary, f32, makeClient, RpcError } from '../common/rpc.js';
+
+interface Pending {
+  resolve: (r: AttendResponse) => void;
+  reject: (e: Error) => void;
+}
+
+export class GrpcCacheShard implements CacheShard {
+  private readonly client: grpc.Client;
+  private stream: grpc.ClientDuplexStream<AttendRequest, AttendResponse> | null = null;
+  private readonly pending = new Map<bigint, Pending>();
+  private nextId = 1n;
+
+  constructor(
+    readonly address: string,
+    private readonly owner: string,
+  ) {
+    this.client = makeClient(CacheService, address, { 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 1000 });
+  }
+
+  private metadata(): grpc.Metadata {
+    const md = new grpc.Metadata();
+    md.set(OWNER_HEADER, this.owner);
+    return md;
+  }
+
+  private unary<O>(method: string, req: unknown, deadlineMs = 30_000): Promise<O> {
+    return callUnary<O>(this.client, method, req, { deadlineMs, metadata: this.metadata() }).catch((e) => {
+      throw this.wrap(e);
+    });
+  }
+
+  /** Errors from this shard name it, and keep their gRPC code. */
+  private wrap(e: unknown): RpcError {
+    const se = e as grpc.ServiceError;
+    const code = typeof se?.code === 'number' ? se.code : grpc.status.UNAVAILABLE;
+    return new RpcError(code, `cache shard ${this.address}: ${se?.details ?? se?.message ?? String(e)}`);
+  }
+
+  private openStream(): grpc.ClientDuplexStream<AttendRequest, AttendResponse> {
+    if (this.stream) return this.stream;
+    const fn = (this.client as unknown as Record<string, (md: grpc.Metadata) => grpc.ClientDuplexStream<AttendRequest, AttendResponse>>).attendStream;
+    const s = fn.call(this.client, this.metadata());
+    this.stream = s;
+    const fail = (e: Error) => {
+      if (this.stream === s) this.stream = null;
+      const err = this.wrap(e);
+      for (const p of this.pending.values()) p.reject(err);
+      this.pending.clear();
+    };
+    s.on('data', (res: AttendResponse) => {
+      const p = this.pending.get(res.id);
+      if (!p) return;
+      this.pending.delete(res.id);
+      if (res.errorCode !== 0) p.reject(new RpcError(res.errorCode, `cache shard ${this.address}: ${res.errorMessage}`));
+      else p.resolve(res);
+    });
+    s.on('error', fail);
+    s.on('end', () => fail(Object.assign(new Error('attend stream ended'), { code: grpc.status.UNAVAILABLE })));
+    return s;
+  }
+
+  async createSequence(storage: StorageKind, reserveBytes: number): Promise<CreatedSequence> {
+    const req = create(CreateSequenceRequestSchema, { storage: storageToPb(storage), reserveBytes: BigInt(reserveBytes) });
+    this.openStream(); // the owner's stream must exist for the service to tie the sequence to it
+    const r = await this.unary<CreateSequenceResponse>('createSequence', req);
+    return { seq: r.sequenceId, tokenBytes: r.tokenBytes };
+  }
+
+  async freeSequence(seq: number): Promise<void> {
+    await this.unary('freeSequence', create(FreeSequenceRequestSchema, { sequenceId: seq }));
+  }
+
+  async attend(layer: number, items: ShardAttendItem[]): Promise<ShardAttendResult> {
+    const id = this.nextId++;
+    const req = create(AttendRequestSchema, {
+      id,
+      layer,
+      items: items.map((it) =>
+        create(AttendItemSchema, { sequenceId: it.seq, rows: it.rows, q: bytesOf(it.q), kNew: bytesOf(it.kNew), vNew: bytesOf(it.vNew) }),
+      ),
+    });
+    const s = this.openStream();
+    const res = await new Promise<AttendResponse>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      s.write(req);
+    });
+    return { out: res.out.map(f32), engineUs: Number(res.engineUs) };
+  }
+
+  async exportImportance(seq: number): Promise<ImportanceReport> {
+    const r = await this.unary<ExportImportanceResponse>('exportImportance', create(ExportImportanceRequestSchema, { sequenceId: seq }));
+    return { tokens: r.tokens, layers: r.layers, importance: f32(r.importance), formats: r.formats, sqError: f32(r.sqError) };
+  }
+
+  async applyPlan(seq: number, layer: number, positions: Uint32Array, formats: Uint8Array): Promise<PlanApplied> {
+    const req = create(ApplyPlanRequestSchema, { sequenceId: seq, layer, positions: bytesOf(positions), formats });
+    const r = await this.unary<ApplyPlanResponse>('applyPlan', req);
+    return { tokensChanged: Number(r.tokensChanged), bytesMoved: Number(r.bytesMoved), applyUs: Number(r.applyUs), bytes: bytesFromPb(r.bytes) };
+  }
+
+  async stats(seq?: number, deadlineMs = 30_000): Promise<ShardStats> {
+    const r = await this.unary<StatsResponse>('stats', create(StatsRequestSchema, { sequenceId: seq }), deadlineMs);
+    return {
+      bytes: bytesFromPb(r.bytes),
+      sequences: r.sequences,
+      reservedBytes: Number(r.reservedBytes),
+      memoryLimitBytes: Number(r.memoryLimitBytes),
+      backend: r.backend,
+      gamma: r.gamma,
+      masterCopy: r.masterCopy,
+      blockTokens: r.blockTokens,
+    };
+  }
+
+  close(): void {
+    this.stream?.end();
+    this.stream = null;
+    this.client.close();
+  }
+}

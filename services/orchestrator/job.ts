@@ -1,0 +1,88 @@
+// One request inside the scheduler: its spec, where its KV lives, how far it
+// got, and the cache statistics its summary reports. Events go to a sink
+// (the gRPC handler); the scheduler drives every transition.
+import type { Bytes, CacheShard } from '../cache/cache-api.js';
+import type { JobSpec } from './settings.js';
+import type { SequenceLayout } from './reallocate.js';
+
+export type FinishReason = 'length' | 'eos' | 'stop' | 'context';
+
+export interface JobSink {
+  /** A generated token: id, the text it completes (may be ''), log-probability. */
+  token?(id: number, text: string, logprob: number): void;
+  /** Scoring: log p(token at position pos) for a run of consecutive positions starting at pos. */
+  logprobs?(pos: number, values: number[]): void;
+}
+
+export interface CacheReport {
+  reallocations: number;
+  allocateUs: number;
+  applyUs: number;
+  tokensChanged: number;
+  bytesMoved: number;
+  maxBeta: number; // largest β right after a plan, once the budget was reachable
+  budgetMissed: number; // plans that could not meet the budget (too few tokens yet)
+  bytes: Bytes | null; // at the end
+}
+
+export interface JobOutcome {
+  promptTokens: number;
+  generated: number[];
+  trailingText: string;
+  finish: FinishReason;
+  prefillUs: number;
+  decodeUs: number;
+  cache: CacheReport;
+  shard: number;
+}
+
+export class Job {
+  shardIndex = -1;
+  shard: CacheShard | null = null;
+  seq = -1;
+  layout: SequenceLayout | null = null;
+  metadataBytes = 0; // all layers, as last reported by the engine
+  cached = 0; // tokens in the cache
+  fed = 0; // tokens of `input` fed so far
+  readonly input: number[]; // the tokens to feed: prompt (+ forced tokens when scoring)
+  readonly generated: number[] = [];
+  trailingText = ''; // text held back (a possible stop-string start) when generation ended
+  stepsSincePlan = 0;
+  cancelled: Error | null = null;
+  finish: FinishReason | null = null;
+  readonly admittedAt = performance.now();
+  firstTokenAt = 0;
+  readonly report: CacheReport = {
+    reallocations: 0, allocateUs: 0, applyUs: 0, tokensChanged: 0, bytesMoved: 0, maxBeta: 0, budgetMissed: 0, bytes: null,
+  };
+  readonly done: Promise<JobOutcome>;
+  resolve!: (o: JobOutcome) => void;
+  reject!: (e: Error) => void;
+
+  constructor(
+    readonly id: number,
+    readonly spec: JobSpec,
+    readonly sink: JobSink,
+  ) {
+    this.input = spec.kind === 'generate' ? spec.prompt : spec.tokens;
+    this.done = new Promise<JobOutcome>((res, rej) => {
+      this.resolve = res;
+      this.reject = rej;
+    });
+    this.done.catch(() => undefined); // the handler observes it; never an unhandled rejection
+  }
+
+  get promptLength(): number {
+    return this.spec.kind === 'generate' ? this.spec.prompt.length : this.spec.prefillTokens;
+  }
+
+  /** Still feeding the prompt in chunks. */
+  get prefilling(): boolean {
+    return this.fed < this.promptLength;
+  }
+
+  /** Cancel from outside (client gone, deadline, shutdown); takes effect between steps. */
+  cancel(reason: Error): void {
+    this.cancelled ??= reason;
+  }
+}

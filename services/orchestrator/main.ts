@@ -1,0 +1,83 @@
+// The orchestrator process: `node dist/services/orchestrator/main.js --cache A[,B] --allocator C [--port N]`
+// or `--in-process` (one process, local cache and allocator).
+import { GenerationService } from '../../gen/smartkv/v1/generation_pb.js';
+import { isPolicyName } from '../common/policy.js';
+import { parseOptions, usage, UsageError, type OptionSpec } from '../common/args.js';
+import { LISTEN, log, runService, SERVED, type ListenOptions } from '../common/service-app.js';
+import { generationHandlers } from './generation-server.js';
+import { defaultModelDir } from './model/paths.js';
+import { Orchestrator } from './orchestrator.js';
+import { DEFAULTS, type ServerDefaults } from './settings.js';
+
+const D = DEFAULTS;
+export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
+  host: { kind: 'string', default: '127.0.0.1', help: 'address to listen on' },
+  port: { kind: 'int', default: 50051, help: 'port (0: any free port, printed on the READY line)' },
+  model: { kind: 'string', help: 'model folder (default: the bundled reference model)' },
+  cache: { kind: 'list', help: 'cache service addresses, comma-separated' },
+  allocator: { kind: 'string', help: 'allocator service address' },
+  'in-process': { kind: 'bool', default: false, help: 'run the cache and the allocator in this process' },
+  policy: { kind: 'string', default: D.cache.policy, help: 'default cache policy' },
+  budget: { kind: 'number', default: D.cache.beta, help: 'default budget β' },
+  'realloc-interval': { kind: 'int', default: D.cache.reallocInterval, help: 'default decode steps between reallocations' },
+  sinks: { kind: 'int', default: D.cache.sinks, help: 'default sink tokens kept at 16 bits' },
+  window: { kind: 'int', default: D.cache.window, help: 'default recent tokens kept at 16 bits' },
+  'max-batch': { kind: 'int', default: D.maxBatch, help: 'most sequences in one step' },
+  'prefill-chunk': { kind: 'int', default: D.prefillChunk, help: 'prompt tokens per prefill chunk' },
+  threads: { kind: 'int', default: 0, help: 'model threads (0: all cores)' },
+  'memory-limit': { kind: 'int', default: 0, help: 'in-process: KV bytes the cache may hold' },
+  gamma: { kind: 'number', default: 0.9, help: 'in-process: importance EMA factor γ' },
+  'master-copy': { kind: 'bool', default: false, help: 'in-process: keep FP16 originals for upgrades' },
+  'grace-ms': { kind: 'int', default: 10000, help: 'how long running requests may finish on shutdown' },
+  help: { kind: 'bool', help: 'print this help' },
+};
+
+export function defaultsFrom(o: Record<string, unknown>): ServerDefaults {
+  const policy = o.policy as string;
+  if (!isPolicyName(policy)) throw new UsageError(`--policy: unknown policy ${policy}`);
+  const beta = o.budget as number;
+  if (!(beta > 0 && beta <= 1)) throw new UsageError(`--budget must be in (0, 1], got ${beta}`);
+  return {
+    ...DEFAULTS,
+    cache: { policy, beta, gamma: o.gamma as number, reallocInterval: o['realloc-interval'] as number, sinks: o.sinks as number, window: o.window as number },
+    maxBatch: o['max-batch'] as number,
+    prefillChunk: o['prefill-chunk'] as number,
+  };
+}
+
+async function main(): Promise<void> {
+  const o = parseOptions(process.argv.slice(2), ORCHESTRATOR_OPTIONS);
+  if (o.help) return void process.stdout.write(usage('smartkv orchestrator', ORCHESTRATOR_OPTIONS));
+  const inProcess = o['in-process'] as boolean;
+  if (!inProcess && !(o.cache as string[] | undefined)?.length) throw new UsageError('give --cache ADDRESS[,ADDRESS…] and --allocator ADDRESS, or --in-process');
+  const modelDir = (o.model as string | undefined) ?? defaultModelDir();
+  const say = (l: string) => log('orchestrator', l);
+  const orch = await Orchestrator.create({
+    modelDir,
+    defaults: defaultsFrom(o),
+    modelThreads: o.threads as number,
+    cacheAddresses: o.cache as string[] | undefined,
+    allocatorAddress: o.allocator as string | undefined,
+    local: inProcess ? { engine: { quant: 'symmetric', gamma: o.gamma as number, masterCopy: o['master-copy'] as boolean }, memoryLimitBytes: o['memory-limit'] as number } : undefined,
+    log: say,
+  });
+  const graceMs = o['grace-ms'] as number;
+  const listen: ListenOptions = {
+    role: 'orchestrator',
+    host: o.host as string,
+    port: o.port as number,
+    graceMs,
+    beforeStop: () => orch.close(graceMs),
+  };
+  say(`model ${modelDir}; ${inProcess ? 'in-process cache and allocator' : `cache ${(o.cache as string[]).join(', ')}, allocator ${o.allocator}`}`);
+  await runService('orchestrator', [
+    { provide: LISTEN, useValue: listen },
+    { provide: SERVED, useValue: [{ service: GenerationService, implementation: generationHandlers(orch.context) }] },
+    { provide: Orchestrator, useValue: orch },
+  ]);
+}
+
+main().catch((e) => {
+  process.stderr.write(`smartkv-orchestrator: ${e instanceof UsageError ? e.message + '\n\n' + usage('smartkv orchestrator', ORCHESTRATOR_OPTIONS) : (e as Error).stack ?? e}\n`);
+  process.exit(2);
+});

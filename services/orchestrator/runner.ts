@@ -1,0 +1,114 @@
+// One model step for a batch of sequences with attention in cache shards:
+// the dense part of every layer runs here (NativeModel, off the main thread),
+// each layer's attention is one call per shard carrying that shard's part of
+// the batch. A shard that fails fails only its own sequences: rows do not
+// interact outside attention, so the others finish the step unchanged.
+import type { CacheShard } from '../cache/cache-api.js';
+import type { Model } from './model/model.js';
+
+export interface StepItem {
+  shard: CacheShard;
+  seq: number;
+  start: number; // position of the first new token (tokens already cached)
+  tokens: number[]; // new tokens: a prefill chunk or one decode token
+  allLogits: boolean; // logits for every row (scoring a chunk), else only the last
+}
+
+export interface StepResult {
+  /** Per item: [rows or 1][vocab] f32 logits, or the error that failed it. */
+  logits: (Float32Array | Error)[];
+  attendUs: number[]; // wall time of each per-layer attention round (all shards)
+}
+
+export async function runStep(model: Model, items: readonly StepItem[]): Promise<StepResult> {
+  const c = model.config, m = model.native;
+  const H = c.heads, KV = c.kvHeads, D = c.headDim;
+  const total = items.reduce((a, it) => a + it.tokens.length, 0);
+  const rowStart: number[] = [];
+  const tokens = new Uint32Array(total); // [total]
+  const positions = new Uint32Array(total); // [total]
+  let r = 0;
+  for (const it of items) {
+    rowStart.push(r);
+    it.tokens.forEach((t, i) => {
+      tokens[r] = t;
+      positions[r++] = it.start + i;
+    });
+  }
+  const x = new Float32Array(total * c.dModel); // [total][dModel] residual stream
+  const q = new Float32Array(total * H * D); // [total][H][D]
+  const k = new Float32Array(total * KV * D); // [total][KV][D]
+  const v = new Float32Array(total * KV * D); // [total][KV][D]
+  const o = new Float32Array(total * H * D); // [total][H*D] attention output
+  const failed: (Error | null)[] = items.map(() => null);
+  const attendUs: number[] = [];
+
+  await m.embed(tokens, x);
+  for (let l = 0; l < c.layers; l++) {
+    await m.preAttention(l, x, positions, q, k, v);
+    const byShard = new Map<CacheShard, number[]>();
+    items.forEach((it, i) => {
+      if (failed[i]) return;
+      const list = byShard.get(it.shard) ?? [];
+      list.push(i);
+      byShard.set(it.shard, list);
+    });
+    o.fill(0);
+    const t0 = performance.now();
+    await Promise.all(
+      [...byShard].map(async ([shard, idx]) => {
+        const part = idx.map((i) => {
+          const r0 = rowStart[i], rows = items[i].tokens.length;
+          return {
+            seq: items[i].seq,
+            rows,
+            q: q.subarray(r0 * H * D, (r0 + rows) * H * D),
+            kNew: k.subarray(r0 * KV * D, (r0 + rows) * KV * D),
+            vNew: v.subarray(r0 * KV * D, (r0 + rows) * KV * D),
+          };
+        });
+        try {
+          const res = await shard.attend(l, part);
+          idx.forEach((i, j) => o.set(res.out[j], rowStart[i] * H * D));
+        } catch (e) {
+          for (const i of idx) failed[i] = e as Error;
+        }
+      }),
+    );
+    attendUs.push(Math.round((performance.now() - t0) * 1000));
+    await m.postAttention(l, o, total, x);
+  }
+
+  // Logits only for the rows someone reads: the last row, or all for scoring.
+  const want: number[] = []; // row indices
+  items.forEach((it, i) => {
+    if (failed[i]) return;
+    const rows = it.tokens.length;
+    if (it.allLogits) for (let j = 0; j < rows; j++) want.push(rowStart[i] + j);
+    else want.push(rowStart[i] + rows - 1);
+  });
+  const xs = new Float32Array(want.length * c.dModel); // [want][dModel]
+  want.forEach((row, j) => xs.set(x.subarray(row * c.dModel, (row + 1) * c.dModel), j * c.dModel));
+  const logits = new Float32Array(want.length * c.vocab); // [want][vocab]
+  if (want.length > 0) await m.logits(xs, want.length, logits);
+
+  let w = 0;
+  const out = items.map((it, i) => {
+    const err = failed[i];
+    if (err) return err;
+    const n = it.allLogits ? it.tokens.length : 1;
+    const part = logits.subarray(w * c.vocab, (w + n) * c.vocab);
+    w += n;
+    return part;
+  });
+  return { logits: out, attendUs };
+}
+
+/** log softmax(logits)[token], in float64. */
+export function logProb(logits: Float32Array, token: number): number {
+  let max = -Infinity;
+  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
+  let sum = 0;
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i] - max);
+  return logits[token] - max - Math.log(sum);
+}

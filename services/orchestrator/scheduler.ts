@@ -1,0 +1,337 @@
+// Continuous batching: requests join and leave between steps. Each step runs
+// every active sequence at once — one prefill chunk in all (so decode latency
+// stays bounded while a long prompt is read) plus one token for each decoding
+// sequence — then samples, streams, and runs the reallocations that are due
+// (after each prefill chunk, and every R decode steps) before the next step,
+// so the budget holds while the cache grows.
+import * as grpc from '@grpc/grpc-js';
+
+import { isPlanPolicy } from '../allocator/policies.js';
+import type { CacheShard } from '../cache/cache-api.js';
+import type { StorageKind } from '../../native/kv-engine.js';
+import { RpcError } from '../common/rpc.js';
+import type { Allocator } from './allocator-client.js';
+import { Job, type JobOutcome, type JobSink } from './job.js';
+import type { Model } from './model/model.js';
+import { sample, seededRng } from './model/sampler.js';
+import { minimumBeta, reallocate } from './reallocate.js';
+import { logProb, runStep, type StepItem } from './runner.js';
+import type { JobSpec, ServerDefaults } from './settings.js';
+import { StopText } from './stop-text.js';
+
+export interface ShardHandle {
+  shard: CacheShard & { stats(seq?: number, deadlineMs?: number): ReturnType<CacheShard['stats']> };
+  address: string;
+}
+
+export interface SchedulerOptions {
+  model: Model;
+  shards: ShardHandle[];
+  allocator: Allocator;
+  defaults: ServerDefaults;
+  blockTokens: number; // the cache engines' storage block
+  upgrades: boolean; // the cache engines keep a master copy
+  log: (line: string) => void;
+}
+
+/** Per-job state only the scheduler touches. */
+interface Running {
+  job: Job;
+  rng: () => number;
+  stop: StopText | null; // generation only: what text may be streamed yet
+}
+
+export interface StepObserver {
+  (info: { batch: number; rows: number; stepUs: number; attendUs: number[] }): void;
+}
+
+export class Scheduler {
+  private readonly queue: Job[] = [];
+  private readonly active: Running[] = [];
+  private loopRunning = false;
+  private nextId = 1;
+  private closing: Error | null = null;
+  private idle: Promise<void> = Promise.resolve();
+  onStep: StepObserver | null = null;
+
+  constructor(private readonly o: SchedulerOptions) {}
+
+  get load(): { queued: number; active: number } {
+    return { queued: this.queue.length, active: this.active.length };
+  }
+
+  submit(spec: JobSpec, sink: JobSink): Job {
+    const job = new Job(this.nextId++, spec, sink);
+    if (this.closing) {
+      job.reject(this.closing);
+      return job;
+    }
+    this.queue.push(job);
+    this.kick();
+    return job;
+  }
+
+  /** Stops admitting; lets running jobs finish for up to graceMs, then cancels them. */
+  async drain(graceMs: number): Promise<void> {
+    this.closing = new RpcError(grpc.status.UNAVAILABLE, 'the server is shutting down');
+    for (const j of this.queue) j.cancel(this.closing);
+    const timer = setTimeout(() => {
+      for (const r of this.active) r.job.cancel(new RpcError(grpc.status.CANCELLED, 'the server shut down before the request finished'));
+    }, graceMs);
+    await this.idle;
+    clearTimeout(timer);
+  }
+
+  private kick(): void {
+    if (this.loopRunning) return;
+    this.loopRunning = true;
+    this.idle = this.loop()
+      .catch((e) => this.o.log(`scheduler loop failed: ${(e as Error).stack ?? e}`))
+      .finally(() => {
+        this.loopRunning = false;
+        if (this.queue.length || this.active.length) this.kick();
+      });
+  }
+
+  private async loop(): Promise<void> {
+    while (this.queue.length || this.active.length) {
+      await this.retire((r) => r.job.cancelled !== null);
+      await this.admit();
+      if (this.active.length === 0) continue;
+      await this.step();
+      await this.retire((r) => r.job.finish !== null || r.job.cancelled !== null);
+    }
+  }
+
+  // --- admission -----------------------------------------------------------
+
+  private async admit(): Promise<void> {
+    while (this.queue.length && this.active.length < this.o.defaults.maxBatch) {
+      const job = this.queue.shift()!;
+      if (job.cancelled) {
+        job.reject(job.cancelled);
+        continue;
+      }
+      try {
+        await this.place(job);
+        const seed = job.spec.kind === 'generate' ? job.spec.sampling.seed : 0;
+        const stop = job.spec.kind === 'generate' ? new StopText(job.spec.stop) : null;
+        this.active.push({ job, rng: seededRng(seed), stop });
+      } catch (e) {
+        job.reject(e as Error);
+      }
+    }
+  }
+
+  /** The shard holding the fewest bytes (held + reserved) among those that answer. */
+  private async place(job: Job): Promise<void> {
+    const loads = await Promise.all(
+      this.o.shards.map((h) =>
+        h.shard.stats(undefined, 2000).then(
+          (s) => s.bytes.heldBytes + s.reservedBytes,
+          () => Infinity,
+        ),
+      ),
+    );
+    let best = -1;
+    loads.forEach((l, i) => {
+      if (l < Infinity && (best < 0 || l < loads[best])) best = i;
+    });
+    if (best < 0) throw new RpcError(grpc.status.UNAVAILABLE, `no cache shard answers (${this.o.shards.map((s) => s.address).join(', ')})`);
+    const c = this.o.model.config, cache = job.spec.cache;
+    const shard = this.o.shards[best].shard;
+    const storage: StorageKind = cache.policy === 'kivi-2' || cache.policy === 'kivi-4' ? cache.policy : 'mixed';
+    const total = job.input.length + (job.spec.kind === 'generate' ? job.spec.maxTokens : 0);
+    const fp16TokenBytes = 2 * c.kvHeads * c.headDim * 2;
+    const planned = isPlanPolicy(cache.policy);
+    // What the sequence may hold at most: its budget, plus a prefill chunk and
+    // the protected tokens at 16 bits, plus bookkeeping.
+    const beta = planned ? cache.beta : 1;
+    const perLayer = beta * total * fp16TokenBytes + (this.o.defaults.prefillChunk + cache.sinks + cache.window + cache.reallocInterval) * fp16TokenBytes * 1.05 + 64 * 1024;
+    const created = await shard.createSequence(storage, Math.ceil(perLayer * c.layers));
+    job.shard = shard;
+    job.shardIndex = best;
+    job.seq = created.seq;
+    job.layout = { layers: c.layers, fp16TokenBytes, tokenBytes: created.tokenBytes, blockTokens: this.o.blockTokens };
+    if (planned) {
+      // Below this no length of sequence can meet the budget. Above it, a
+      // short sequence may still miss it (its protected tokens alone exceed
+      // β); plans are then best effort and the summary counts them.
+      const min = minimumBeta(job.layout);
+      if (cache.beta < min) {
+        await this.free(job);
+        throw new RpcError(
+          grpc.status.INVALID_ARGUMENT,
+          `cache.budget ${cache.beta} is below ${min.toFixed(3)}, what storing every token at 2 bits takes (scales and bookkeeping included)`,
+        );
+      }
+    }
+    const st = await shard.stats(job.seq);
+    job.metadataBytes = st.bytes.metadataBytes;
+  }
+
+  // --- one step ------------------------------------------------------------
+
+  private async step(): Promise<void> {
+    const items: StepItem[] = [];
+    const who: Running[] = [];
+    let prefillLeft = this.o.defaults.prefillChunk;
+    for (const r of this.active) {
+      const j = r.job;
+      if (j.finish || j.cancelled) continue;
+      let tokens: number[];
+      if (j.prefilling) {
+        const n = Math.min(j.promptLength - j.fed, prefillLeft);
+        if (n === 0) continue;
+        prefillLeft -= n;
+        tokens = j.input.slice(j.fed, j.fed + n);
+      } else if (j.spec.kind === 'generate') {
+        tokens = [j.generated[j.generated.length - 1]];
+      } else {
+        tokens = [j.input[j.fed]];
+      }
+      items.push({ shard: j.shard!, seq: j.seq, start: j.cached, tokens, allLogits: j.prefilling && j.spec.kind === 'score' });
+      who.push(r);
+    }
+    if (items.length === 0) return;
+    const t0 = performance.now();
+    const res = await runStep(this.o.model, items);
+    this.onStep?.({ batch: items.length, rows: items.reduce((a, it) => a + it.tokens.length, 0), stepUs: Math.round((performance.now() - t0) * 1000), attendUs: res.attendUs });
+
+    const plans: Promise<void>[] = [];
+    who.forEach((r, i) => {
+      const out = res.logits[i];
+      const j = r.job;
+      if (out instanceof Error) {
+        j.cancel(out);
+        return;
+      }
+      const rows = items[i].tokens.length;
+      const wasPrefill = j.prefilling;
+      j.cached += rows;
+      if (j.spec.kind === 'score') this.scored(j, out, rows, wasPrefill);
+      else if (wasPrefill) j.fed += rows;
+      if (j.spec.kind === 'generate' && !j.prefilling) this.sampled(r, out);
+      // Reallocate between prefill chunks, right after prefill, and every R decode steps.
+      let ahead = 0;
+      if (wasPrefill) ahead = j.prefilling ? Math.min(this.o.defaults.prefillChunk, j.promptLength - j.fed) : j.spec.cache.reallocInterval;
+      else if (++j.stepsSincePlan >= j.spec.cache.reallocInterval) ahead = j.spec.cache.reallocInterval;
+      if (ahead > 0 && !j.finish && isPlanPolicy(j.spec.cache.policy)) plans.push(this.reallocate(j, ahead));
+    });
+    await Promise.all(plans);
+  }
+
+  private scored(j: Job, logits: Float32Array, rows: number, wasPrefill: boolean): void {
+    const V = this.o.model.config.vocab;
+    const first = j.fed; // position of the first row fed
+    const values: number[] = [];
+    for (let k = 0; k < rows; k++) {
+      const target = first + k + 1;
+      if (target >= j.input.length) break;
+      values.push(logProb(logits.subarray(k * V, (k + 1) * V), j.input[target]));
+    }
+    j.fed += rows;
+    if (!wasPrefill && j.firstTokenAt === 0) j.firstTokenAt = performance.now();
+    j.sink.logprobs?.(first + 1, values);
+    if (j.fed >= j.input.length - 1) j.finish = 'length';
+  }
+
+  private sampled(r: Running, logits: Float32Array): void {
+    const j = r.job;
+    if (j.spec.kind !== 'generate') return;
+    const c = this.o.model.config, tok = this.o.model.tokenizer;
+    const id = sample(logits, j.spec.sampling, r.rng);
+    const lp = logProb(logits, id);
+    if (j.firstTokenAt === 0) j.firstTokenAt = performance.now();
+    if (tok.eosIds.includes(id)) {
+      j.finish = 'eos';
+      return;
+    }
+    j.generated.push(id);
+    const { emit, stopped } = r.stop!.next(tok.decode(j.generated));
+    j.sink.token?.(id, emit, lp);
+    if (stopped) j.finish = 'stop';
+    else if (j.generated.length >= j.spec.maxTokens) j.finish = 'length';
+    else if (j.cached + 1 > c.maxPositions) j.finish = 'context';
+  }
+
+  private async reallocate(j: Job, ahead: number): Promise<void> {
+    const cache = j.spec.cache;
+    if (!isPlanPolicy(cache.policy)) return;
+    try {
+      const r = await reallocate(
+        j.shard!,
+        j.seq,
+        this.o.allocator,
+        j.layout!,
+        { policy: cache.policy, beta: cache.beta, sinks: cache.sinks, window: cache.window, ahead, seed: j.seq * 7919 + j.report.reallocations },
+        j.metadataBytes,
+        this.o.upgrades,
+      );
+      j.stepsSincePlan = 0;
+      const rep = j.report;
+      rep.reallocations++;
+      rep.allocateUs += r.allocateUs;
+      rep.applyUs += r.applyUs;
+      rep.tokensChanged += r.tokensChanged;
+      rep.bytesMoved += r.bytesMoved;
+      if (r.bytes) {
+        j.metadataBytes = r.bytes.metadataBytes;
+        if (r.fits) rep.maxBeta = Math.max(rep.maxBeta, r.bytes.heldBytes / r.bytes.fp16Bytes);
+      }
+      if (!r.fits) rep.budgetMissed++;
+    } catch (e) {
+      j.cancel(e as Error);
+    }
+  }
+
+  // --- leaving -------------------------------------------------------------
+
+  private async retire(pred: (r: Running) => boolean): Promise<void> {
+    const leaving = this.active.filter(pred);
+    if (leaving.length === 0) return;
+    for (const r of leaving) this.active.splice(this.active.indexOf(r), 1);
+    await Promise.all(leaving.map((r) => this.finishJob(r)));
+  }
+
+  private async finishJob(r: Running): Promise<void> {
+    const j = r.job;
+    if (!j.cancelled) {
+      try {
+        j.report.bytes = (await j.shard!.stats(j.seq)).bytes;
+      } catch {
+        // the summary goes without final bytes
+      }
+      if (r.stop) {
+        const rest = r.stop.flush(this.o.model.tokenizer.decode(j.generated));
+        if (rest && j.finish !== 'stop') j.trailingText = rest;
+      }
+    }
+    await this.free(j);
+    if (j.cancelled) return j.reject(j.cancelled);
+    const end = performance.now();
+    const outcome: JobOutcome = {
+      promptTokens: j.spec.kind === 'generate' ? j.spec.prompt.length : j.input.length,
+      generated: j.generated,
+      trailingText: j.trailingText,
+      finish: j.finish ?? 'length',
+      prefillUs: Math.round(((j.firstTokenAt || end) - j.admittedAt) * 1000),
+      decodeUs: Math.round((end - (j.firstTokenAt || end)) * 1000),
+      cache: j.report,
+      shard: j.shardIndex,
+    };
+    j.resolve(outcome);
+  }
+
+  private async free(j: Job): Promise<void> {
+    if (!j.shard || j.seq < 0) return;
+    const seq = j.seq;
+    j.seq = -1;
+    try {
+      await j.shard.freeSequence(seq);
+    } catch (e) {
+      // A shard that died took the sequence with it; anything else is worth a line.
+      if ((e as RpcError).code !== grpc.status.UNAVAILABLE) this.o.log(`freeing sequence ${seq}: ${(e as Error).message}`);
+    }
+  }
+}

@@ -1,0 +1,136 @@
+// Server defaults and the checked form of a request. Every field is checked
+// here, before anything is allocated, so a bad request fails with
+// INVALID_ARGUMENT naming the field and leaves nothing behind.
+import type { CacheSettings } from '../../gen/smartkv/v1/common_pb.js';
+import type { GenerateRequest, ScoreRequest } from '../../gen/smartkv/v1/generation_pb.js';
+import { invalidArgument } from '../common/rpc.js';
+import { policyFromPb, type PolicyName } from '../common/policy.js';
+import { CachePolicy } from '../../gen/smartkv/v1/common_pb.js';
+import type { ModelConfig } from './model/config.js';
+import type { TextTokenizer } from './model/tokenizer.js';
+
+export interface CacheChoice {
+  policy: PolicyName;
+  beta: number; // target bytes held / FP16 bytes
+  gamma: number;
+  reallocInterval: number; // decode steps between reallocations
+  sinks: number;
+  window: number;
+}
+
+export interface ServerDefaults {
+  cache: CacheChoice;
+  prefillChunk: number; // prompt tokens per prefill chunk
+  maxBatch: number; // sequences decoded together
+  maxStopStrings: number;
+  maxStopBytes: number;
+}
+
+export const DEFAULTS: ServerDefaults = {
+  cache: { policy: 'smartkv', beta: 0.5, gamma: 0.9, reallocInterval: 16, sinks: 4, window: 64 },
+  prefillChunk: 128,
+  maxBatch: 16,
+  maxStopStrings: 8,
+  maxStopBytes: 256,
+};
+
+export interface SamplingChoice {
+  temperature: number;
+  topK: number;
+  topP: number;
+  seed: number;
+}
+
+export interface GenerateJobSpec {
+  kind: 'generate';
+  prompt: number[];
+  maxTokens: number;
+  sampling: SamplingChoice;
+  stop: string[];
+  cache: CacheChoice;
+}
+
+export interface ScoreJobSpec {
+  kind: 'score';
+  tokens: number[];
+  prefillTokens: number; // fed as prefill chunks; the rest one at a time
+  cache: CacheChoice;
+}
+
+export type JobSpec = GenerateJobSpec | ScoreJobSpec;
+
+export function resolveCache(c: CacheSettings | undefined, d: ServerDefaults, engineGamma: number): CacheChoice {
+  const out = { ...d.cache };
+  if (!c) return out;
+  if (c.policy !== CachePolicy.UNSPECIFIED) {
+    const p = policyFromPb(c.policy);
+    if (!p) throw invalidArgument(`cache.policy: unknown policy ${c.policy}`);
+    out.policy = p;
+  }
+  if (c.budget !== undefined) {
+    if (!(c.budget > 0 && c.budget <= 1)) throw invalidArgument(`cache.budget must be in (0, 1], got ${c.budget}`);
+    out.beta = c.budget;
+  }
+  if (c.gamma !== undefined) {
+    if (!(c.gamma >= 0 && c.gamma < 1)) throw invalidArgument(`cache.gamma must be in [0, 1), got ${c.gamma}`);
+    // The EMA runs inside the cache service's engine with the γ it was started with.
+    if (Math.abs(c.gamma - engineGamma) > 1e-6)
+      throw invalidArgument(`cache.gamma: the cache services run with γ = ${engineGamma} (start them with --gamma); per-request γ is not supported`);
+    out.gamma = c.gamma;
+  }
+  if (c.reallocInterval !== undefined) {
+    if (c.reallocInterval < 1 || c.reallocInterval > 4096) throw invalidArgument(`cache.realloc_interval must be in [1, 4096], got ${c.reallocInterval}`);
+    out.reallocInterval = c.reallocInterval;
+  }
+  if (c.sinks !== undefined) {
+    if (c.sinks > 1024) throw invalidArgument(`cache.sinks must be ≤ 1024, got ${c.sinks}`);
+    out.sinks = c.sinks;
+  }
+  if (c.window !== undefined) {
+    if (c.window > 65536) throw invalidArgument(`cache.window must be ≤ 65536, got ${c.window}`);
+    out.window = c.window;
+  }
+  return out;
+}
+
+function promptTokens(text: string, ids: number[], cfg: ModelConfig, tok: TextTokenizer, field: string): number[] {
+  if (text.length > 0 && ids.length > 0) throw invalidArgument(`${field}: give either text or token_ids, not both`);
+  if (text.length === 0 && ids.length === 0) throw invalidArgument(`${field}: empty (give text or token_ids)`);
+  const tokens = ids.length > 0 ? [...ids] : tok.encode(text);
+  tokens.forEach((t, i) => {
+    if (t >= cfg.vocab) throw invalidArgument(`token_ids[${i}] = ${t} is outside the vocabulary [0, ${cfg.vocab})`);
+  });
+  return tokens;
+}
+
+export function generateSpec(req: GenerateRequest, cfg: ModelConfig, tok: TextTokenizer, d: ServerDefaults, engineGamma: number): GenerateJobSpec {
+  const prompt = promptTokens(req.prompt, req.tokenIds, cfg, tok, 'prompt');
+  if (req.maxTokens < 1) throw invalidArgument(`max_tokens must be ≥ 1, got ${req.maxTokens}`);
+  if (prompt.length + req.maxTokens > cfg.maxPositions)
+    throw invalidArgument(`max_tokens: ${prompt.length} prompt tokens + ${req.maxTokens} exceed the model's context of ${cfg.maxPositions}`);
+  if (!(req.temperature >= 0) || !Number.isFinite(req.temperature)) throw invalidArgument(`temperature must be ≥ 0, got ${req.temperature}`);
+  const topP = req.topP ?? 1;
+  if (!(topP > 0 && topP <= 1)) throw invalidArgument(`top_p must be in (0, 1], got ${topP}`);
+  if (req.stop.length > d.maxStopStrings) throw invalidArgument(`stop: ${req.stop.length} stop strings, at most ${d.maxStopStrings}`);
+  req.stop.forEach((s, i) => {
+    if (s.length === 0) throw invalidArgument(`stop[${i}] is empty`);
+    if (Buffer.byteLength(s) > d.maxStopBytes) throw invalidArgument(`stop[${i}] is longer than ${d.maxStopBytes} bytes`);
+  });
+  return {
+    kind: 'generate',
+    prompt,
+    maxTokens: req.maxTokens,
+    sampling: { temperature: req.temperature, topK: req.topK, topP, seed: Number(req.seed & 0xffffffffn) },
+    stop: [...req.stop],
+    cache: resolveCache(req.cache, d, engineGamma),
+  };
+}
+
+export function scoreSpec(req: ScoreRequest, cfg: ModelConfig, tok: TextTokenizer, d: ServerDefaults, engineGamma: number): ScoreJobSpec {
+  const tokens = promptTokens(req.text, req.tokenIds, cfg, tok, 'text');
+  if (tokens.length < 2) throw invalidArgument(`text: ${tokens.length} token(s); scoring needs at least 2`);
+  if (tokens.length > cfg.maxPositions) throw invalidArgument(`text: ${tokens.length} tokens exceed the model's context of ${cfg.maxPositions}`);
+  const prefillTokens = req.prefillTokens === 0 ? Math.min(tokens.length - 1, d.prefillChunk) : req.prefillTokens;
+  if (prefillTokens >= tokens.length) throw invalidArgument(`prefill_tokens must be below the ${tokens.length} tokens scored, got ${prefillTokens}`);
+  return { kind: 'score', tokens, prefillTokens, cache: resolveCache(req.cache, d, engineGamma) };
+}
