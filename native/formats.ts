@@ -29,7 +29,9 @@ export function blockBytes(code: number, s: LayoutShape): number {
 }
 
 /** Bytes per token in each format ([4] by code), for full blocks. The engine
- * also holds 8 bytes per token of bookkeeping (slot map and importance). */
+ * also holds 8 bytes per token of bookkeeping (slot map and importance), in
+ * pages of 128 tokens per (sequence, layer): under 1 KiB of page rounding,
+ * plus the page tables (8 bytes a page, doubling). */
 export function tokenBytes(s: LayoutShape): number[] {
   return FORMATS.map((_, code) => blockBytes(code, s) / s.blockTokens);
 }

@@ -8,8 +8,9 @@
 namespace smartkv::cuda {
 
 namespace {
-constexpr size_t k_importance_page = 4096;  // floats; the CPU's paged_array page
-size_t importance_pages(size_t n) { return (n + k_importance_page - 1) / k_importance_page; }
+// Device importance is one array (kernels index it by position), grown in the
+// CPU's bookkeeping pages so that both backends hold the same bytes for it.
+size_t importance_capacity(size_t n) { return paged_array<float>::pages_for(n) * meta_page_elems; }
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -44,8 +45,18 @@ int gpu_bucket::block_fill(size_t b) const {
     return int(left < size_t(layout_.block_tokens) ? left : size_t(layout_.block_tokens));
 }
 
+size_t gpu_bucket::growth_for_blocks(size_t n_blocks) const {
+    if (n_blocks <= blocks_.size()) return 0;
+    const size_t cap = doubled_capacity(n_blocks, blocks_.capacity());
+    return (n_blocks - blocks_.size()) * layout_.bytes + (cap - blocks_.capacity()) * sizeof(uint8_t*);
+}
+
 uint32_t gpu_bucket::push(int32_t pos) {
-    if (pos_.size() == blocks_.size() * size_t(layout_.block_tokens)) blocks_.push_back(pool_->get(layout_.bytes));
+    if (pos_.size() == blocks_.size() * size_t(layout_.block_tokens)) {
+        if (blocks_.size() == blocks_.capacity())
+            blocks_.reserve(doubled_capacity(blocks_.size() + 1, blocks_.capacity()));
+        blocks_.push_back(pool_->get(layout_.bytes));
+    }
     pos_.push_back(pos);
     return uint32_t(pos_.size() - 1);
 }
@@ -107,7 +118,7 @@ gpu_store::~gpu_store() {
 }
 
 void gpu_store::ensure_importance(size_t n) {
-    const size_t cap = importance_pages(n) * k_importance_page;
+    const size_t cap = importance_capacity(n);
     if (cap <= importance_cap_) return;
     float* mem = static_cast<float*>(pool_.raw_alloc(cap * sizeof(float)));
     pool_.raw_zero(mem, cap * sizeof(float));
@@ -123,12 +134,10 @@ void gpu_store::ensure_importance(size_t n) {
 size_t gpu_store::growth_for_append(int n_rows) const {
     const size_t n_after = n_ + size_t(n_rows);
     const gpu_bucket& b = buckets_[int(kv_format::fp16)];
-    const size_t need = b.blocks_for(b.size() + size_t(n_rows));
-    size_t g = need > b.n_blocks() ? (need - b.n_blocks()) * (b.layout().bytes + sizeof(void*)) : 0;
+    size_t g = b.growth_for_blocks(b.blocks_for(b.size() + size_t(n_rows)));
     g += slot_of_.held_bytes_if(n_after) - slot_of_.held_bytes();
-    g += (importance_pages(n_after) * k_importance_page > importance_cap_)
-             ? importance_pages(n_after) * k_importance_page * sizeof(float) - importance_cap_ * sizeof(float)
-             : 0;
+    const size_t cap = importance_capacity(n_after);
+    g += cap > importance_cap_ ? (cap - importance_cap_) * sizeof(float) : 0;
     if (cfg_.master_copy) {
         const size_t per = size_t(2) * cfg_.n_kv_heads * cfg_.head_dim;
         g += master_.held_bytes_if(n_after * per) - master_.held_bytes();
@@ -191,8 +200,7 @@ size_t gpu_store::growth_for_moves(const uint32_t* positions, const uint8_t* for
     size_t g = 0;  // sources shrink too, but only after the moves: count the peak
     for (int f = 0; f < n_formats; ++f) {
         const gpu_bucket& b = buckets_[f];
-        const size_t need = b.blocks_for(b.size() + extra[f]);
-        if (need > b.n_blocks()) g += (need - b.n_blocks()) * (b.layout().bytes + sizeof(void*));
+        g += b.growth_for_blocks(b.blocks_for(b.size() + extra[f]));
     }
     return g;
 }

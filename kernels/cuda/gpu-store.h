@@ -68,6 +68,8 @@ public:
     void remove_slots(const std::vector<uint32_t>& slots, gpu_ops& ops,
                       std::vector<std::pair<int32_t, uint32_t>>& relocated);
     size_t table_bytes() const { return blocks_.capacity() * sizeof(uint8_t*); }
+    // Block bytes plus table bytes that holding n_blocks blocks would add.
+    size_t growth_for_blocks(size_t n_blocks) const;
 
 private:
     void release();
@@ -75,8 +77,11 @@ private:
     block_layout layout_;
     kv_format fmt_ = kv_format::fp16;
     device_pool* pool_ = nullptr;
-    std::vector<uint8_t*> blocks_;  // device, each layout_.bytes
-    std::vector<int32_t> pos_;      // host mirror: position of each slot
+    std::vector<uint8_t*> blocks_;  // device, each layout_.bytes; the table (host) doubles, as on the CPU
+    // Host mirror of the positions in the blocks' pos sections. Not counted
+    // in held(): it copies bookkeeping the blocks already account for, and
+    // counting it would make the same tokens cost more here than on the CPU.
+    std::vector<int32_t> pos_;
 };
 
 class gpu_store {
@@ -128,7 +133,7 @@ private:
     size_t n_ = 0;
     gpu_bucket buckets_[n_formats];
     paged_array<uint32_t> slot_of_;
-    float* importance_ = nullptr;  // device, importance_cap_ floats (whole pages of k_importance_page)
+    float* importance_ = nullptr;  // device [importance_cap_] f32, whole pages of meta_page_elems
     size_t importance_cap_ = 0;
     paged_array<half_bits, 16384> master_;  // [n][2][H][D] when cfg_.master_copy
     kv_format kivi_fmt_ = kv_format::int2;

@@ -1,12 +1,16 @@
 // C++ checks of the CPU engine: formats, buckets, moves, accounting, and
 // attention against a float64 reference. Run: smartkv-kernel-check [filter]
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <random>
 #include <string>
 
 #include "check.h"
 #include "cpu/bucket.h"
+#include "cpu/layer-store.h"
 #include "cpu/quantize-fast.h"
 #include "reference.h"
 #include "smartkv/engine.h"
@@ -14,6 +18,39 @@
 
 using namespace smartkv;
 using namespace smartkv::testing;
+
+// Live bytes from operator new, so the accounting checks can compare what
+// stats() reports with what was really allocated. Each allocation carries its
+// size in a 16-byte header (which keeps malloc's 16-byte alignment). Storage
+// blocks come from aligned_alloc and are not seen here; the checks add them.
+static std::atomic<size_t> g_new_bytes{0};
+void* operator new(size_t n) {
+    void* p = std::malloc(n + 16);
+    if (!p) throw std::bad_alloc();
+    *static_cast<size_t*>(p) = n;
+    g_new_bytes += n;
+    return static_cast<char*>(p) + 16;
+}
+void* operator new(size_t n, const std::nothrow_t&) noexcept {
+    try {
+        return operator new(n);
+    } catch (...) {
+        return nullptr;
+    }
+}
+void* operator new[](size_t n) { return operator new(n); }
+void* operator new[](size_t n, const std::nothrow_t&) noexcept { return operator new(n, std::nothrow); }
+void operator delete(void* p) noexcept {
+    if (!p) return;
+    char* base = static_cast<char*>(p) - 16;
+    g_new_bytes -= *reinterpret_cast<size_t*>(base);
+    std::free(base);
+}
+void operator delete(void* p, size_t) noexcept { operator delete(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { operator delete(p); }
+void operator delete[](void* p) noexcept { operator delete(p); }
+void operator delete[](void* p, size_t) noexcept { operator delete(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { operator delete(p); }
 
 
 namespace {
@@ -336,6 +373,76 @@ TEST(accounting_matches_bucket_bytes) {
     CHECK(s.payload == payload && s.params == params);
     CHECK(s.fp16_equivalent == size_t(n) * 2 * 2 * 64 * 2);
     CHECK(s.metadata > 0 && s.beta() < 1.0);
+}
+
+// The reference model's shape, one layer: what the β budgets are set for.
+engine_config reference_layer_config() {
+    engine_config c = small_config(4, 2, 64, true, true);
+    c.n_layers = 1;
+    return c;
+}
+
+// Bookkeeping is proportional to the tokens held: per token a position (in
+// its block), a token-map entry and an importance (4 bytes each), plus tables
+// (8 bytes per 32-token block and per 128-entry page, at most twice that as
+// they double) and a partly used page or block: metadata <= 12.75 bytes/token
+// + 1.2 KiB (4097 tokens: the tables have just doubled). And it is exact:
+// payload + params + metadata == what was allocated.
+TEST(bookkeeping_is_small_and_exact) {
+    const engine_config c = reference_layer_config();
+    const block_layout F = make_block_layout(kv_format::fp16, c.mode, 64, 2, 32);
+    auto eng = make_cpu_backend(c);
+    for (const int n : {1, 100, 1000, 4097, 5000}) {
+        auto k = gaussian(size_t(n) * 128, 11), v = gaussian(size_t(n) * 128, 12);
+        const uint32_t seq = eng->create_sequence(storage_kind::mixed);
+        const size_t before = g_new_bytes;
+        eng->append(seq, 0, n, k.data(), v.data());
+        const size_t allocated = g_new_bytes - before;
+        const memory_stats s = eng->stats(seq);
+        const size_t blocks = (size_t(n) + 31) / 32;
+        CHECK_MSG(s.payload + s.params + s.metadata == allocated + blocks * F.bytes,
+                  "n=" + std::to_string(n) + ": held " + std::to_string(s.held()) + ", allocated " +
+                      std::to_string(allocated + blocks * F.bytes));
+        CHECK_MSG(s.metadata <= size_t(n) * 51 / 4 + 1200,
+                  "n=" + std::to_string(n) + ": metadata " + std::to_string(s.metadata));
+        if (n == 1) CHECK_MSG(s.metadata <= 2048, "1 token: metadata " + std::to_string(s.metadata));
+        if (n == 1000) {  // still exact after tokens move between buckets
+            std::vector<uint32_t> pos;
+            std::vector<uint8_t> fmt;
+            random_plan(size_t(n), 5, pos, fmt);
+            const size_t before_plan = g_new_bytes;
+            eng->apply_plan(seq, 0, pos.data(), fmt.data(), pos.size());
+            const size_t grown = g_new_bytes - before_plan;
+            const memory_stats m = eng->stats(seq);
+            size_t block_bytes = 0;
+            for (int f = 0; f < n_formats; ++f)
+                block_bytes += (m.tokens_by_format[f] + 31) / 32 *
+                               make_block_layout(kv_format(f), c.mode, 64, 2, 32).bytes;
+            CHECK(m.payload + m.params + m.metadata == allocated + grown + block_bytes);
+        }
+        eng->free_sequence(seq);
+    }
+}
+
+// growth_for_append() (the memory-limit check) predicts exactly what an
+// append adds, whatever the chunk sizes, with and without the master copy.
+TEST(append_growth_is_predicted_exactly) {
+    for (const bool master : {false, true}) {
+        engine_config c = reference_layer_config();
+        c.master_copy = master;
+        layer_store ls(c, storage_kind::mixed);
+        size_t n = 0;
+        for (const int rows : {1, 1, 30, 97, 1, 127, 128, 129, 1000, 3, 4096}) {
+            auto k = gaussian(size_t(rows) * 128, uint32_t(n)), v = gaussian(size_t(rows) * 128, uint32_t(n) + 1);
+            const size_t want = ls.growth_for_append(rows), held = ls.held().total();
+            ls.append(rows, k.data(), v.data());
+            n += size_t(rows);
+            CHECK_MSG(ls.held().total() - held == want, "after " + std::to_string(n) + " tokens, master " +
+                                                            std::to_string(master) + ": grew " +
+                                                            std::to_string(ls.held().total() - held) +
+                                                            ", predicted " + std::to_string(want));
+        }
+    }
 }
 
 TEST(kivi_group_holds_32_tokens) {

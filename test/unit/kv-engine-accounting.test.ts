@@ -48,6 +48,26 @@ describe('accounting', () => {
     await eng.close();
   });
 
+  it('bookkeeping grows with the tokens held: under 2 KiB for one token, ~12.75 bytes a token beyond', async () => {
+    // One layer of the reference model, whose β budgets the fixed overhead used to break.
+    const eng = new KvEngine({ layers: 1, qHeads: 4, kvHeads: 2, headDim: 64, quant: 'symmetric', threads: 1 });
+    const kv = 2 * 64;
+    for (const n of [1, 100, 1000, 4097, 5000]) {
+      const seq = await eng.createSequence();
+      await eng.append(seq, 0, gaussian(n * kv, 1), gaussian(n * kv, 2));
+      const st = await eng.stats(seq);
+      // Per token: a position in its block (4 bytes) and the slot map and importance.
+      const perToken = 4 + TOKEN_META_BYTES;
+      assert.ok(st.metadataBytes >= n * perToken, `${n} tokens: ${st.metadataBytes}`);
+      // Tables (block and page, up to 0.75 bytes a token as they double) and
+      // partly used pages and blocks (1.2 KiB) on top.
+      assert.ok(st.metadataBytes <= n * (perToken + 0.75) + 1200, `${n} tokens: ${st.metadataBytes}`);
+      if (n === 1) assert.ok(st.metadataBytes <= 2048, `1 token: ${st.metadataBytes}`);
+      await eng.freeSequence(seq);
+    }
+    await eng.close();
+  });
+
   it('β < 1 after quantising, and it falls with the bit-width', async () => {
     const eng = new KvEngine(CONFIG);
     const betas: number[] = [];

@@ -5,6 +5,8 @@
 #include <new>
 #include <utility>
 
+#include "paged-array.h"  // doubled_capacity
+
 namespace smartkv {
 
 bucket::~bucket() { release(); }
@@ -60,8 +62,16 @@ int32_t& bucket::position(uint32_t s) {
     return reinterpret_cast<int32_t*>(blocks_[s / t] + layout_.pos)[s % t];
 }
 
+size_t bucket::growth_for_blocks(size_t n_blocks) const {
+    if (n_blocks <= blocks_.size()) return 0;
+    const size_t cap = doubled_capacity(n_blocks, blocks_.capacity());
+    return (n_blocks - blocks_.size()) * layout_.bytes + (cap - blocks_.capacity()) * sizeof(uint8_t*);
+}
+
 uint32_t bucket::push() {
     if (size_ == blocks_.size() * size_t(layout_.block_tokens)) {
+        if (blocks_.size() == blocks_.capacity())
+            blocks_.reserve(doubled_capacity(blocks_.size() + 1, blocks_.capacity()));
         void* mem = std::aligned_alloc(64, layout_.bytes);
         if (!mem) throw std::bad_alloc();
         std::memset(mem, 0, layout_.bytes);

@@ -57,13 +57,15 @@ public:
     size_t blocks_for(size_t n) const { return (n + layout_.block_tokens - 1) / layout_.block_tokens; }
     size_t held_bytes() const { return blocks_.size() * layout_.bytes + table_bytes(); }
     size_t table_bytes() const { return blocks_.capacity() * sizeof(uint8_t*); }
+    // Block bytes plus table bytes that holding n_blocks blocks would add.
+    size_t growth_for_blocks(size_t n_blocks) const;
 
 private:
     void copy_slot(uint32_t from, uint32_t to);
     void release();
 
     block_layout layout_;
-    std::vector<uint8_t*> blocks_;  // each layout_.bytes, 64-byte aligned
+    std::vector<uint8_t*> blocks_;  // each layout_.bytes, 64-byte aligned; capacity doubles (push)
     uint32_t size_ = 0;
 };
 

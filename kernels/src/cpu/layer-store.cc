@@ -25,8 +25,7 @@ layer_store::~layer_store() {
 
 size_t layer_store::bucket_growth(kv_format f, size_t extra) const {
     const bucket& b = buckets_[int(f)];
-    const size_t need = b.blocks_for(b.size() + extra);
-    return need > b.n_blocks() ? (need - b.n_blocks()) * b.layout().bytes + (need - b.n_blocks()) * sizeof(void*) : 0;
+    return b.growth_for_blocks(b.blocks_for(b.size() + extra));
 }
 
 size_t layer_store::growth_for_append(int n_rows) const {

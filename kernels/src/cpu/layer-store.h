@@ -3,6 +3,8 @@
 //
 //   slot_of[pos]    : u32, (format << 28) | slot   where the token lives
 //   importance[pos] : f32, the EMA of attention received
+//                     (both paged-array.h, 128 entries a page: held bytes
+//                     follow the tokens, a short sequence holds ~1 KiB)
 //   master[pos]     : [2][H][D] f16, optional FP16 copy (K then V) for upgrades
 //
 // KIVI sequences use the same class: tokens enter the fp16 bucket (the
