@@ -82,6 +82,7 @@ export function summaryOf(o: JobOutcome, cache: CacheChoice): GenerationSummary 
     shard: Math.max(0, o.shard),
     trailingText: o.trailingText,
     budgetMissed: o.cache.budgetMissed,
+    peakBatch: o.peakBatch,
   });
 }
 

@@ -34,6 +34,7 @@ export interface JobOutcome {
   decodeUs: number;
   cache: CacheReport;
   shard: number;
+  peakBatch: number;
 }
 
 export class Job {
@@ -48,6 +49,7 @@ export class Job {
   readonly generated: number[] = [];
   trailingText = ''; // text held back (a possible stop-string start) when generation ended
   stepsSincePlan = 0;
+  peakBatch = 0; // most sequences in one step this job was part of
   cancelled: Error | null = null;
   finish: FinishReason | null = null;
   readonly admittedAt = performance.now();

@@ -34,7 +34,7 @@ export interface ReallocOutcome {
   tokensChanged: number;
   bytesMoved: number;
   bytes: Bytes | null; // after the plan (null: nothing changed, not applied)
-  fits: boolean;
+  fits: boolean; // the plan's exact bytes (protected tokens, blocks, bookkeeping) are within β
   formats: Uint8Array; // [n] the plan
 }
 
@@ -86,8 +86,12 @@ export async function reallocate(
   const n = report.tokens;
   const { importance, sqError, current } = combineLayers(report);
   const later = n + opt.ahead;
-  const allowed = opt.beta * later * lay.fp16TokenBytes; // per layer
-  const meta = metadataBytes / lay.layers + opt.ahead * TOKEN_META_BYTES;
+  // β must hold right after the plan (n tokens) and just before the next one
+  // (n + ahead): blocks round up, so the ahead tokens may cost nothing yet.
+  const allowedNow = opt.beta * n * lay.fp16TokenBytes; // per layer
+  const allowed = opt.beta * later * lay.fp16TokenBytes;
+  const metaNow = metadataBytes / lay.layers;
+  const meta = metaNow + opt.ahead * TOKEN_META_BYTES;
   const protectedNow = Math.min(n, opt.sinks + opt.window);
   let budget = allowed - meta - (protectedNow + opt.ahead) * lay.tokenBytes[0];
   const input: AllocationInput = {
@@ -102,13 +106,16 @@ export async function reallocate(
   };
   let allocateUs = 0;
   let plan;
+  let within = false;
   for (let round = 0; ; round++) {
     const r = await allocator.allocate(opt.policy, input);
     allocateUs += r.allocateUs;
     plan = r.allocation;
-    const counts = [opt.ahead, 0, 0, 0];
+    const counts = [0, 0, 0, 0];
     for (const f of plan.formats) counts[f]++;
-    const excess = layoutBytes(counts, lay) + meta - allowed;
+    const countsLater = [counts[0] + opt.ahead, counts[1], counts[2], counts[3]];
+    const excess = Math.max(layoutBytes(counts, lay) + metaNow - allowedNow, layoutBytes(countsLater, lay) + meta - allowed);
+    within = excess <= 0;
     if (excess <= 0 || !plan.fits || round === 3 || opt.policy.startsWith('uniform')) break;
     budget -= excess;
     input.budgetBytes = Math.max(0, budget);
@@ -116,7 +123,7 @@ export async function reallocate(
   // Send only the tokens whose format changes.
   const changed: number[] = [];
   for (let i = 0; i < n; i++) if (plan.formats[i] !== current[i]) changed.push(i);
-  const base = { allocateUs, fits: plan.fits, formats: plan.formats };
+  const base = { allocateUs, fits: within, formats: plan.formats };
   if (changed.length === 0) return { ...base, applyUs: 0, tokensChanged: 0, bytesMoved: 0, bytes: null };
   const positions = Uint32Array.from(changed);
   const formats = Uint8Array.from(changed, (i) => plan.formats[i]);

@@ -194,6 +194,7 @@ export class Scheduler {
       who.push(r);
     }
     if (items.length === 0) return;
+    for (const r of who) r.job.peakBatch = Math.max(r.job.peakBatch, items.length);
     const t0 = performance.now();
     const res = await runStep(this.o.model, items);
     this.onStep?.({ batch: items.length, rows: items.reduce((a, it) => a + it.tokens.length, 0), stepUs: Math.round((performance.now() - t0) * 1000), attendUs: res.attendUs });
@@ -319,6 +320,7 @@ export class Scheduler {
       decodeUs: Math.round((end - (j.firstTokenAt || end)) * 1000),
       cache: j.report,
       shard: j.shardIndex,
+      peakBatch: j.peakBatch,
     };
     j.resolve(outcome);
   }
