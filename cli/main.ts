@@ -2,6 +2,7 @@
 // `bench attention` (later: generate, eval, …).
 import { benchAttention } from './bench-attention.js';
 import { benchModel } from './bench-model.js';
+import { benchE2e } from './bench-e2e.js';
 import { generate, GENERATE_OPTIONS } from './generate.js';
 import { usage as optionsUsage, UsageError } from '../services/common/args.js';
 
@@ -13,6 +14,9 @@ commands:
                                        \`smartkv generate --help\` lists the options
   bench attention [--json] [--quick]   decode attention: dense fp32/fp16, uniform int8/int4/int2,
                                        KIVI-2/4 and SmartKV mixes (β = 0.25, 0.33, 0.5)
+  bench e2e [--json] [--quick] [--policy P] [--budget β]
+                                       decode tokens/s split into processes vs in-process (batch 1, 8)
+                                       and the per-layer attend round trip (p50, p99)
   bench model [--json] [--quick] [--model DIR]
                                        the reference model in-process: prefill and decode tokens/s
 `;
@@ -32,7 +36,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const flags = new Set(argv.filter((a) => a.startsWith('--')));
   // words: the command; a value after --model belongs to the option
-  const words = argv.filter((a, i) => !a.startsWith('--') && argv[i - 1] !== '--model');
+  const words = argv.filter((a, i) => !a.startsWith('--') && !['--model', '--policy', '--budget'].includes(argv[i - 1]));
   if (flags.has('--help') || words.length === 0) {
     process.stdout.write(USAGE);
     return words.length === 0 && !flags.has('--help') ? 2 : 0;
@@ -42,6 +46,17 @@ async function main(argv: string[]): Promise<number> {
     if (unknown.length) return usageError(`unknown option ${unknown[0]}`);
     await benchAttention(
       { json: flags.has('--json'), quick: flags.has('--quick') },
+      { out: (l) => process.stdout.write(`${l}\n`), progress: (l) => process.stderr.write(`${l}\n`) },
+    );
+    return 0;
+  }
+  if (words[0] === 'bench' && words[1] === 'e2e') {
+    const known = ['--json', '--quick', '--model', '--policy', '--budget'];
+    const unknown = [...flags].filter((f) => !known.includes(f));
+    if (unknown.length) return usageError(`unknown option ${unknown[0]}`);
+    const budget = optionValue(argv, '--budget');
+    await benchE2e(
+      { json: flags.has('--json'), quick: flags.has('--quick'), model: optionValue(argv, '--model'), policy: optionValue(argv, '--policy'), budget: budget === undefined ? undefined : Number(budget) },
       { out: (l) => process.stdout.write(`${l}\n`), progress: (l) => process.stderr.write(`${l}\n`) },
     );
     return 0;

@@ -1,0 +1,136 @@
+// `smartkv bench e2e`: decode throughput of the reference model with the cache
+// and the allocator in this process vs in their own processes over gRPC, at
+// batch 1 and 8, and the per-layer attend round trip (all shards of a step,
+// from the orchestrator's side). The orchestrator's scheduler runs in this
+// process in both modes, so the only difference is the local adapters vs the
+// gRPC clients; the public API layer is not in the loop.
+import { ServiceProcess } from '../services/launcher/cluster.js';
+import { waitHealthy } from '../services/common/health-client.js';
+import { Orchestrator } from '../services/orchestrator/orchestrator.js';
+import { defaultModelDir } from '../services/orchestrator/model/paths.js';
+import { DEFAULTS, type GenerateJobSpec } from '../services/orchestrator/settings.js';
+import { isPolicyName, type PolicyName } from '../services/common/policy.js';
+
+export interface BenchE2eOptions {
+  json: boolean;
+  quick: boolean;
+  model?: string;
+  policy?: string;
+  budget?: number;
+}
+
+interface Io {
+  out: (line: string) => void;
+  progress: (line: string) => void;
+}
+
+export interface E2eRow {
+  mode: 'in-process' | 'split';
+  batch: number;
+  policy: PolicyName;
+  tokens_per_s: number;
+  step_p50_us: number;
+  attend_p50_us: number;
+  attend_p99_us: number;
+  steps: number;
+}
+
+function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : 0;
+}
+
+async function measure(orch: Orchestrator, mode: E2eRow['mode'], batch: number, o: { tokens: number; policy: PolicyName; beta: number }): Promise<E2eRow> {
+  const attend: number[] = [];
+  const steps: number[] = [];
+  let decodeStart = 0, decodeEnd = 0, decodeTokens = 0;
+  orch.scheduler.onStep = (s) => {
+    if (s.rows !== batch || s.batch !== batch) return; // prefill steps and ramp-up excluded
+    const now = performance.now();
+    if (decodeStart === 0) decodeStart = now - s.stepUs / 1000;
+    decodeEnd = now;
+    decodeTokens += batch;
+    steps.push(s.stepUs);
+    attend.push(...s.attendUs);
+  };
+  const prompt = (i: number) => [256, ...Buffer.from(`Benchmark prompt ${i}: the committee met on Tuesday and said that`)];
+  const jobs = Array.from({ length: batch }, (_, i) => {
+    const spec: GenerateJobSpec = {
+      kind: 'generate',
+      prompt: prompt(i),
+      maxTokens: o.tokens,
+      sampling: { temperature: 0, topK: 0, topP: 1, seed: i },
+      stop: [],
+      cache: { ...DEFAULTS.cache, policy: o.policy, beta: o.beta },
+    };
+    return orch.scheduler.submit(spec, {}).done;
+  });
+  await Promise.all(jobs);
+  orch.scheduler.onStep = null;
+  return {
+    mode,
+    batch,
+    policy: o.policy,
+    tokens_per_s: decodeTokens > 0 ? (decodeTokens * 1000) / (decodeEnd - decodeStart) : 0,
+    step_p50_us: percentile(steps, 0.5),
+    attend_p50_us: percentile(attend, 0.5),
+    attend_p99_us: percentile(attend, 0.99),
+    steps: steps.length,
+  };
+}
+
+export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]> {
+  const policy = opts.policy ?? 'smartkv';
+  if (!isPolicyName(policy)) throw new Error(`unknown policy ${policy}`);
+  const beta = opts.budget ?? 0.5;
+  const modelDir = opts.model ?? defaultModelDir();
+  const tokens = opts.quick ? 24 : 192;
+  const batches = [1, 8];
+  const rows: E2eRow[] = [];
+  const log = (l: string) => io.progress(l);
+  const quiet = () => undefined;
+
+  io.progress(`in-process: model ${modelDir}, ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
+  const local = await Orchestrator.create({ modelDir, defaults: DEFAULTS, local: { engine: { quant: 'symmetric' }, memoryLimitBytes: 0 }, log });
+  for (const b of batches) {
+    await measure(local, 'in-process', b, { tokens: 8, policy, beta }); // warm-up
+    rows.push(await measure(local, 'in-process', b, { tokens, policy, beta }));
+    io.progress(`  batch ${b}: ${rows[rows.length - 1].tokens_per_s.toFixed(1)} tokens/s`);
+  }
+  await local.close(1000);
+
+  io.progress('split: starting an allocator and a cache service …');
+  const model = opts.model ? ['--model', opts.model] : [];
+  const allocator = new ServiceProcess('allocator', 'allocator', ['--port', '0'], undefined, quiet);
+  const cache = new ServiceProcess('cache', 'cache', ['--port', '0', ...model], undefined, quiet);
+  try {
+    await allocator.start(60_000);
+    await cache.start(60_000);
+    await Promise.all([waitHealthy(allocator.address, 30_000), waitHealthy(cache.address, 30_000)]);
+    const split = await Orchestrator.create({ modelDir, defaults: DEFAULTS, cacheAddresses: [cache.address], allocatorAddress: allocator.address, log });
+    for (const b of batches) {
+      await measure(split, 'split', b, { tokens: 8, policy, beta });
+      rows.push(await measure(split, 'split', b, { tokens, policy, beta }));
+      io.progress(`  batch ${b}: ${rows[rows.length - 1].tokens_per_s.toFixed(1)} tokens/s`);
+    }
+    await split.close(1000);
+  } finally {
+    await cache.stop();
+    await allocator.stop();
+  }
+
+  if (opts.json) for (const r of rows) io.out(JSON.stringify(r));
+  else {
+    io.out(`SmartKV end to end: reference model, decode ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
+    io.out('mode         batch   tokens/s   step p50 µs   attend p50 µs   attend p99 µs');
+    for (const r of rows)
+      io.out(
+        `${r.mode.padEnd(11)} ${String(r.batch).padStart(6)} ${r.tokens_per_s.toFixed(1).padStart(10)} ${r.step_p50_us.toFixed(0).padStart(13)} ${r.attend_p50_us.toFixed(0).padStart(15)} ${r.attend_p99_us.toFixed(0).padStart(15)}`,
+      );
+    for (const b of batches) {
+      const s = rows.find((r) => r.mode === 'split' && r.batch === b)!, l = rows.find((r) => r.mode === 'in-process' && r.batch === b)!;
+      io.out(`batch ${b}: split / in-process throughput = ${(s.tokens_per_s / l.tokens_per_s).toFixed(2)}`);
+    }
+  }
+  return rows;
+}
