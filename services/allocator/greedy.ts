@@ -139,23 +139,21 @@ export function planGreedy(input: GreedyInput): GreedyPlan {
 class Candidates {
   readonly key: Float64Array; // [m] f64, importance × Δerror per extra byte
   readonly bits: Int32Array; // [m][2] i32, the key's words (a view of key)
-  readonly high: Int32Array; // [m] i32, the key's high word mapped so that signed order is key order
   readonly tok: Int32Array; // [m] token index
   readonly cls: Uint8Array; // [m] UP_2_4, UP_4_8 or UP_2_8
-  readonly setA: Int32Array; // [m] candidate ids of the current boundary bin
-  readonly setB: Int32Array; // [m] the same, ping-pong
-  readonly hist = new Float64Array(4096); // [4096] bytes per radix bin (level 0: filled by buildCandidates)
+  readonly setA: Int32Array; // [m + 1] candidate ids of the current boundary bin
+  readonly setB: Int32Array; // [m + 1] the same, ping-pong
+  readonly hist = new Float64Array(4096); // [4096] bytes per radix bin
   size = 0;
   totalCost = 0;
 
   constructor(readonly capacity: number) {
     this.key = new Float64Array(capacity);
     this.bits = new Int32Array(this.key.buffer);
-    this.high = new Int32Array(capacity);
     this.tok = new Int32Array(capacity);
     this.cls = new Uint8Array(capacity);
-    this.setA = new Int32Array(capacity);
-    this.setB = new Int32Array(capacity);
+    this.setA = new Int32Array(capacity + 1);
+    this.setB = new Int32Array(capacity + 1);
   }
 }
 
@@ -164,35 +162,30 @@ const HI = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1 ? 1 : 0; // index o
 const LO = 1 - HI;
 const STEP = Uint8Array.of(1, 1, 2); // [3] format codes an upgrade moves up, by class
 
-/** Collects the candidate upgrades of tokens [lo, hi), checks their values,
- * and fills the level-0 histogram. */
+/** Collects the candidate upgrades of tokens [lo, hi) and checks their values. */
 function buildCandidates(input: GreedyInput, lo: number, hi: number, cost: Float64Array): Candidates {
   if (scratch.capacity < 2 * (hi - lo)) scratch = new Candidates(Math.max(2 * (hi - lo), 2 * scratch.capacity));
-  const c = scratch, imp = input.importance, e = input.sqError, bounds = input.upperBounds ?? null;
+  const c = scratch, key = c.key, tok = c.tok, cls = c.cls;
+  const imp = input.importance, e = input.sqError, bounds = input.upperBounds ?? null;
   const c24 = cost[UP_2_4], c48 = cost[UP_4_8], c28 = cost[UP_2_8];
-  for (let d = 0; d < 4096; d++) c.hist[d] = 0;
-  let m = 0;
+  let m = 0, n24 = 0, n48 = 0, n28 = 0;
   for (let i = lo; i < hi; i++) {
     const w = imp[i], e8 = e[3 * i], e4 = e[3 * i + 1], e2 = e[3 * i + 2];
     if (!(w >= 0 && w <= F32_MAX)) throw badValue('importance', i, w);
     if (!(e8 >= 0 && e8 <= F32_MAX && e4 >= 0 && e4 <= F32_MAX && e2 >= 0 && e2 <= F32_MAX))
-      throw badValue('sqError', i, !(e8 >= 0 && e8 <= F32_MAX) ? e8 : !(e4 >= 0 && e4 <= F32_MAX) ? e4 : e2);
+      throw badValue('sqError', 3 * i + (!(e8 >= 0 && e8 <= F32_MAX) ? 0 : !(e4 >= 0 && e4 <= F32_MAX) ? 1 : 2), !(e8 >= 0 && e8 <= F32_MAX) ? e8 : !(e4 >= 0 && e4 <= F32_MAX) ? e4 : e2);
     const bound = bounds === null ? FP16 : bounds[i]; // checked by startPlan
     if (bound === INT2) continue;
     const g24 = (w * (e2 - e4)) / c24;
-    if (bound === INT4) {
-      add(c, m++, g24, i, UP_2_4, c24);
-      continue;
-    }
-    const g48 = (w * (e4 - e8)) / c48;
+    const g48 = bound === INT4 ? -Infinity : (w * (e4 - e8)) / c48;
     if (g48 <= g24) {
-      add(c, m++, g24, i, UP_2_4, c24); // the 2→4 first: a 4→8 is only open after it
-      add(c, m++, g48, i, UP_4_8, c48);
-    } else add(c, m++, (w * (e2 - e8)) / c28, i, UP_2_8, c28);
+      // the 2→4 first: a 4→8 is open only after it
+      (key[m] = g24), (tok[m] = i), (cls[m++] = UP_2_4), n24++;
+      if (bound !== INT4) (key[m] = g48), (tok[m] = i), (cls[m++] = UP_4_8), n48++;
+    } else (key[m] = (w * (e2 - e8)) / c28), (tok[m] = i), (cls[m++] = UP_2_8), n28++;
   }
   c.size = m;
-  c.totalCost = 0;
-  for (let d = 0; d < 4096; d++) c.totalCost += c.hist[d];
+  c.totalCost = n24 * c24 + n48 * c48 + n28 * c28;
   return c;
 }
 
@@ -204,21 +197,16 @@ function buildCandidates(input: GreedyInput, lo: number, hi: number, cost: Float
 //   level 2   mantissa bits 39..28    (high & 0xff) << 4 | low >>> 28
 //
 // All int32 arithmetic: V8 keeps it in registers (a uint32 past 2^31 it would
-// turn into a double), and the selection loops below are branch-free.
-function add(c: Candidates, j: number, key: number, token: number, klass: number, bytes: number): void {
-  c.key[j] = key;
-  let h = c.bits[2 * j + HI];
-  h ^= (h >> 31) & 0x7fffffff;
-  c.high[j] = h;
-  c.hist[(h >> 20) + 2048] += bytes;
-  c.tok[j] = token;
-  c.cls[j] = klass;
+// make a double), and the selection loops below are branch-free.
+function mappedHigh(bits: Int32Array, j: number): number {
+  const h = bits[2 * j + HI];
+  return h ^ ((h >> 31) & 0x7fffffff);
 }
 
-function digit(c: Candidates, j: number, level: number): number {
-  const h = c.high[j];
+function digit(bits: Int32Array, j: number, level: number): number {
+  const h = mappedHigh(bits, j);
   if (level === 1) return (h >> 8) & 0xfff;
-  return ((h & 0xff) << 4) | ((c.bits[2 * j + LO] ^ (h >> 31)) >>> 28);
+  return ((h & 0xff) << 4) | ((bits[2 * j + LO] ^ (h >> 31)) >>> 28);
 }
 
 /** Candidates only ever add to their token's format, in any order: a 4→8 is
@@ -243,41 +231,68 @@ function bytesAbove(hist: Float64Array, b: number): number {
 
 /** Takes the longest prefix (keys descending) of candidates that fits in
  * `room`; returns the bytes it takes. Precondition: all of them do not fit,
- * so the boundary bin is never empty. */
+ * so the boundary bin is never empty. Each level: a histogram of bytes by
+ * digit, the boundary bin, then one pass that takes the candidates above it
+ * and keeps those in it for the next level. (One loop per function: V8
+ * optimises a function while its first loop runs, before later code has
+ * type feedback, and gives up on one that deoptimises too often.) */
 function selectPrefix(c: Candidates, cost: Float64Array, room: number, formats: Uint8Array): number {
-  const { high, tok, cls, hist } = c, m = c.size;
-  let b = boundaryBin(hist, room);
-  let spent = bytesAbove(hist, b);
-  let set = c.setA, size = 0;
-  for (let j = 0; j < m; j++) {
-    const d = (high[j] >> 20) + 2048;
-    formats[tok[j]] -= STEP[cls[j]] * ((b - d) >>> 31); // d > b: taken
-    set[size] = j;
-    size += ((d ^ b) - 1) >>> 31; // d === b: kept for the next level
-  }
+  histogramTop(c, cost);
+  let b = boundaryBin(c.hist, room), spent = bytesAbove(c.hist, b);
+  let set = c.setA, size = splitTop(c, b, formats);
   for (let level = 1; level < 3 && size > 16; level++) {
-    for (let d = 0; d < 4096; d++) hist[d] = 0;
-    for (let k = 0; k < size; k++) hist[digit(c, set[k], level)] += cost[cls[set[k]]];
-    b = boundaryBin(hist, room - spent);
-    spent += bytesAbove(hist, b);
+    histogram(c, cost, set, size, level);
+    b = boundaryBin(c.hist, room - spent);
+    spent += bytesAbove(c.hist, b);
     const out = set === c.setA ? c.setB : c.setA;
-    let kept = 0;
-    for (let k = 0; k < size; k++) {
-      const j = set[k], d = digit(c, j, level);
-      formats[tok[j]] -= STEP[cls[j]] * ((b - d) >>> 31);
-      out[kept] = j;
-      kept += ((d ^ b) - 1) >>> 31;
-    }
+    size = split(c, set, size, level, b, out, formats);
     set = out;
-    size = kept;
   }
   const rest = Array.from(set.subarray(0, size)).sort(byKeyDescending(c));
   for (const j of rest) {
-    if (cost[cls[j]] > room - spent) break;
+    if (cost[c.cls[j]] > room - spent) break;
     take(c, j, formats);
-    spent += cost[cls[j]];
+    spent += cost[c.cls[j]];
   }
   return spent;
+}
+
+/** Level 0, all candidates: bytes by sign and exponent. */
+function histogramTop(c: Candidates, cost: Float64Array): void {
+  const { bits, cls, hist } = c, m = c.size;
+  for (let d = 0; d < 4096; d++) hist[d] = 0;
+  for (let j = 0; j < m; j++) hist[(mappedHigh(bits, j) >> 20) + 2048] += cost[cls[j]];
+}
+
+/** Level 0: takes the candidates above bin b, keeps those in it in setA; returns how many. */
+function splitTop(c: Candidates, b: number, formats: Uint8Array): number {
+  const { bits, tok, cls } = c, set = c.setA, m = c.size;
+  let size = 0;
+  for (let j = 0; j < m; j++) {
+    const d = (mappedHigh(bits, j) >> 20) + 2048;
+    formats[tok[j]] -= STEP[cls[j]] * ((b - d) >>> 31); // d > b: taken
+    set[size] = j;
+    size += ((d ^ b) - 1) >>> 31; // d === b: kept
+  }
+  return size;
+}
+
+function histogram(c: Candidates, cost: Float64Array, set: Int32Array, size: number, level: number): void {
+  const { bits, cls, hist } = c;
+  for (let d = 0; d < 4096; d++) hist[d] = 0;
+  for (let k = 0; k < size; k++) hist[digit(bits, set[k], level)] += cost[cls[set[k]]];
+}
+
+function split(c: Candidates, set: Int32Array, size: number, level: number, b: number, out: Int32Array, formats: Uint8Array): number {
+  const { bits, tok, cls } = c;
+  let kept = 0;
+  for (let k = 0; k < size; k++) {
+    const j = set[k], d = digit(bits, j, level);
+    formats[tok[j]] -= STEP[cls[j]] * ((b - d) >>> 31);
+    out[kept] = j;
+    kept += ((d ^ b) - 1) >>> 31;
+  }
+  return kept;
 }
 
 /** Descending key; at equal keys a 4→8 after the 2→4 it depends on. */

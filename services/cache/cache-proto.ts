@@ -5,8 +5,23 @@ import { StorageKind as PbStorage } from '../../gen/smartkv/v1/cache_pb.js';
 import { CacheBytesSchema, type CacheBytes } from '../../gen/smartkv/v1/common_pb.js';
 import type { StorageKind } from '../../native/kv-engine.js';
 import type { Bytes } from './cache-api.js';
+import type { MethodCodec } from '../common/rpc.js';
+import { decodeAttendRequest, decodeAttendResponse, encodeAttendRequest, encodeAttendResponse } from './attend-codec.js';
 
 export const OWNER_HEADER = 'smartkv-owner';
+
+/** Attend and AttendStream use the hand-written codec (attend-codec.ts). */
+export const ATTEND_CODECS: Record<string, MethodCodec> = Object.fromEntries(
+  ['attend', 'attendStream'].map((m) => [
+    m,
+    {
+      serializeRequest: encodeAttendRequest,
+      deserializeRequest: decodeAttendRequest,
+      serializeResponse: encodeAttendResponse,
+      deserializeResponse: decodeAttendResponse,
+    } as MethodCodec,
+  ]),
+);
 
 const STORAGE: ReadonlyArray<[PbStorage, StorageKind]> = [
   [PbStorage.MIXED, 'mixed'],

@@ -6,20 +6,18 @@ import { create } from '@bufbuild/protobuf';
 
 import {
   ApplyPlanResponseSchema,
-  AttendResponseSchema,
   CreateSequenceResponseSchema,
   ExportImportanceResponseSchema,
   FreeSequenceResponseSchema,
   StatsResponseSchema,
   type ApplyPlanRequest,
-  type AttendRequest,
-  type AttendResponse,
   type CreateSequenceRequest,
   type ExportImportanceRequest,
   type FreeSequenceRequest,
   type StatsRequest,
 } from '../../gen/smartkv/v1/cache_pb.js';
-import { bytesOf, f32, invalidArgument, statusOf, toServiceError, u32 } from '../common/rpc.js';
+import { bytesOf, invalidArgument, statusOf, toServiceError, u32 } from '../common/rpc.js';
+import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from './attend-codec.js';
 import type { ShardAttendItem } from './cache-api.js';
 import type { CacheCore } from './cache-core.js';
 import { bytesToPb, OWNER_HEADER, storageFromPb } from './cache-proto.js';
@@ -51,10 +49,10 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
     if (req.items.length === 0) throw invalidArgument('items: the batch is empty');
     return req.items.map((it, i) => {
       const rows = it.rows;
-      const want = (name: string, b: Uint8Array, heads: number) => {
+      const want = (name: string, b: Float32Array, heads: number) => {
         if (b.byteLength !== rows * heads * headDim * 4)
           throw invalidArgument(`items[${i}].${name} has ${b.byteLength} bytes, expected rows ${rows} × ${heads} heads × ${headDim} × 4`);
-        return f32(b);
+        return b;
       };
       if (rows < 1) throw invalidArgument(`items[${i}].rows must be ≥ 1`);
       return { seq: it.sequenceId, rows, q: want('q', it.q, qHeads), kNew: want('k_new', it.kNew, kvHeads), vNew: want('v_new', it.vNew, kvHeads) };
@@ -63,7 +61,7 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
 
   async function attend(req: AttendRequest): Promise<AttendResponse> {
     const r = await core.attend(req.layer, items(req));
-    return create(AttendResponseSchema, { id: req.id, out: r.out.map(bytesOf), engineUs: BigInt(r.engineUs) });
+    return { id: req.id, out: r.out, engineUs: r.engineUs, errorCode: 0, errorMessage: '' };
   }
 
   return {
@@ -101,7 +99,7 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
             const code = statusOf(err);
             if (code === grpc.status.INTERNAL) log(`internal error: ${(err as Error)?.stack ?? err}`);
             const msg = err instanceof Error ? err.message : String(err);
-            if (!call.destroyed) call.write(create(AttendResponseSchema, { id: req.id, errorCode: code, errorMessage: msg }));
+            if (!call.destroyed) call.write({ id: req.id, out: [], engineUs: 0, errorCode: code, errorMessage: msg });
           },
         );
       });

@@ -10,6 +10,7 @@ import { parseModelConfig } from '../orchestrator/model/config.js';
 import { defaultModelDir } from '../orchestrator/model/paths.js';
 import { CacheCore } from './cache-core.js';
 import { cacheHandlers } from './cache-server.js';
+import { ATTEND_CODECS } from './cache-proto.js';
 
 export const CACHE_OPTIONS: Record<string, OptionSpec> = {
   host: { kind: 'string', default: '127.0.0.1', help: 'address to listen on' },
@@ -51,7 +52,7 @@ async function main(): Promise<void> {
   log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'}`);
   await runService('cache', [
     { provide: LISTEN, useValue: listen },
-    { provide: SERVED, useValue: [{ service: CacheService, implementation: cacheHandlers(core, (l) => log('cache', l)) }] },
+    { provide: SERVED, useValue: [{ service: CacheService, implementation: cacheHandlers(core, (l) => log('cache', l)), codecs: ATTEND_CODECS }] },
     { provide: CacheCore, useValue: core },
   ]);
 }

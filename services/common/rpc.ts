@@ -4,20 +4,30 @@
 import * as grpc from '@grpc/grpc-js';
 import { fromBinary, toBinary, type DescMessage, type DescService, type MessageShape } from '@bufbuild/protobuf';
 
+/** A hand-written codec for one method's messages (same wire format). */
+export interface MethodCodec {
+  serializeRequest: (m: never) => Buffer;
+  deserializeRequest: (b: Buffer) => unknown;
+  serializeResponse: (m: never) => Buffer;
+  deserializeResponse: (b: Buffer) => unknown;
+}
+
 /** A grpc-js service definition keyed by each method's localName. grpc-js
- * needs serializers that return a Buffer, not the Uint8Array toBinary makes. */
-export function grpcDefinition(service: DescService): grpc.ServiceDefinition {
+ * needs serializers that return a Buffer, not the Uint8Array toBinary makes.
+ * `codecs` (by localName) replace the reflection-based codec on hot paths. */
+export function grpcDefinition(service: DescService, codecs: Record<string, MethodCodec> = {}): grpc.ServiceDefinition {
   const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
   for (const m of service.methods) {
+    const c = codecs[m.localName];
     def[m.localName] = {
       path: `/${service.typeName}/${m.name}`,
       originalName: m.name,
       requestStream: m.methodKind === 'client_streaming' || m.methodKind === 'bidi_streaming',
       responseStream: m.methodKind === 'server_streaming' || m.methodKind === 'bidi_streaming',
-      requestSerialize: serializer(m.input),
-      requestDeserialize: deserializer(m.input),
-      responseSerialize: serializer(m.output),
-      responseDeserialize: deserializer(m.output),
+      requestSerialize: c?.serializeRequest ?? serializer(m.input),
+      requestDeserialize: c?.deserializeRequest ?? deserializer(m.input),
+      responseSerialize: c?.serializeResponse ?? serializer(m.output),
+      responseDeserialize: c?.deserializeResponse ?? deserializer(m.output),
     } as grpc.MethodDefinition<unknown, unknown>;
   }
   return def as grpc.ServiceDefinition;
@@ -35,8 +45,8 @@ function deserializer<D extends DescMessage>(schema: D) {
 }
 
 /** A generic grpc-js client for `service` at `address` (host:port). */
-export function makeClient(service: DescService, address: string, options: grpc.ClientOptions = {}): grpc.Client {
-  const Ctor = grpc.makeGenericClientConstructor(grpcDefinition(service), service.name);
+export function makeClient(service: DescService, address: string, options: grpc.ClientOptions = {}, codecs: Record<string, MethodCodec> = {}): grpc.Client {
+  const Ctor = grpc.makeGenericClientConstructor(grpcDefinition(service, codecs), service.name);
   return new Ctor(address, grpc.credentials.createInsecure(), {
     'grpc.max_receive_message_length': 256 << 20,
     'grpc.max_send_message_length': 256 << 20,

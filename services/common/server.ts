@@ -10,11 +10,12 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import type { DescService } from '@bufbuild/protobuf';
 
-import { grpcDefinition } from './rpc.js';
+import { grpcDefinition, type MethodCodec } from './rpc.js';
 
 export interface ServedService {
   service: DescService;
   implementation: grpc.UntypedServiceImplementation;
+  codecs?: Record<string, MethodCodec>;
 }
 
 export interface RunningServer {
@@ -42,7 +43,7 @@ export async function startServer(host: string, port: number, services: ServedSe
   });
   const health = new HealthImplementation({ '': 'NOT_SERVING' });
   for (const s of services) {
-    server.addService(grpcDefinition(s.service), s.implementation);
+    server.addService(grpcDefinition(s.service, s.codecs), s.implementation);
     health.setStatus(s.service.typeName, 'NOT_SERVING');
   }
   health.addToServer(server);

@@ -7,23 +7,20 @@ import { create } from '@bufbuild/protobuf';
 
 import {
   ApplyPlanRequestSchema,
-  AttendItemSchema,
-  AttendRequestSchema,
   CacheService,
   CreateSequenceRequestSchema,
   ExportImportanceRequestSchema,
   FreeSequenceRequestSchema,
   StatsRequestSchema,
   type ApplyPlanResponse,
-  type AttendRequest,
-  type AttendResponse,
   type CreateSequenceResponse,
   type ExportImportanceResponse,
   type StatsResponse,
 } from '../../gen/smartkv/v1/cache_pb.js';
 import type { StorageKind } from '../../native/kv-engine.js';
 import type { CacheShard, CreatedSequence, ImportanceReport, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from '../cache/cache-api.js';
-import { bytesFromPb, OWNER_HEADER, storageToPb } from '../cache/cache-proto.js';
+import { ATTEND_CODECS, bytesFromPb, OWNER_HEADER, storageToPb } from '../cache/cache-proto.js';
+import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from '../cache/attend-codec.js';
 import { bytesOf, callUnary, f32, makeClient, RpcError } from '../common/rpc.js';
 
 interface Pending {
@@ -41,7 +38,7 @@ export class GrpcCacheShard implements CacheShard {
     readonly address: string,
     private readonly owner: string,
   ) {
-    this.client = makeClient(CacheService, address, { 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 1000 });
+    this.client = makeClient(CacheService, address, { 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 1000 }, ATTEND_CODECS);
   }
 
   private metadata(): grpc.Metadata {
@@ -97,21 +94,20 @@ export class GrpcCacheShard implements CacheShard {
     await this.unary('freeSequence', create(FreeSequenceRequestSchema, { sequenceId: seq }));
   }
 
-  async attend(layer: number, items: ShardAttendItem[]): Promise<ShardAttendResult> {
+  async attend(layer: number, items: ShardAttendItem[], traceparent = ''): Promise<ShardAttendResult> {
     const id = this.nextId++;
-    const req = create(AttendRequestSchema, {
+    const req: AttendRequest = {
       id,
       layer,
-      items: items.map((it) =>
-        create(AttendItemSchema, { sequenceId: it.seq, rows: it.rows, q: bytesOf(it.q), kNew: bytesOf(it.kNew), vNew: bytesOf(it.vNew) }),
-      ),
-    });
+      items: items.map((it) => ({ sequenceId: it.seq, rows: it.rows, q: it.q, kNew: it.kNew, vNew: it.vNew })),
+      traceparent,
+    };
     const s = this.openStream();
     const res = await new Promise<AttendResponse>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
       s.write(req);
     });
-    return { out: res.out.map(f32), engineUs: Number(res.engineUs) };
+    return { out: res.out, engineUs: res.engineUs };
   }
 
   async exportImportance(seq: number): Promise<ImportanceReport> {
