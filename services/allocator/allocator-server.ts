@@ -8,6 +8,8 @@ import { CachePolicy } from '../../gen/smartkv/v1/common_pb.js';
 import { f32, invalidArgument, RpcError, toServiceError } from '../common/rpc.js';
 import { policyFromPb } from '../common/policy.js';
 import { allocate, isPlanPolicy, type AllocationInput } from './policies.js';
+import { trace } from '@opentelemetry/api';
+import { instruments } from '../telemetry/spans.js';
 
 
 /** Decodes and checks an AllocateRequest; INVALID_ARGUMENT names the field. */
@@ -50,6 +52,8 @@ export function allocatorHandlers(): grpc.UntypedServiceImplementation {
           );
         const histogram = [0, 0, 0, 0];
         for (const f of plan.formats) histogram[f]++;
+        instruments().allocateDuration.record(us, { policy });
+        trace.getActiveSpan()?.setAttributes({ 'smartkv.policy': policy, 'smartkv.tokens': input.importance.length, 'smartkv.allocate_us': us, 'smartkv.fits': plan.fits });
         cb(null, create(AllocateResponseSchema, { formats: plan.formats, usedBytes: plan.usedBytes, allocateUs: BigInt(us), histogram, fits: plan.fits }));
       } catch (err) {
         cb(toServiceError(err));

@@ -27,12 +27,6 @@ const INT8 = 1;
 const INT4 = 2;
 const INT2 = 3;
 
-// Candidate classes: the upgrade a candidate stands for.
-const UP_2_4 = 0; // A: int2 → int4
-const UP_4_8 = 1; // B: int4 → int8, only after the token's A
-const UP_2_8 = 2; // M: int2 → int8 in one step (a token whose 4→8 gains more per byte than its 2→4)
-const TARGET = Uint8Array.of(INT4, INT8, INT8); // by class
-
 const F32_MAX = 3.4028234663852886e38;
 
 export interface GreedyInput {
@@ -85,12 +79,13 @@ export function badValue(name: 'importance' | 'sqError', index: number, v: numbe
   return invalid(`${name}[${index}] must be finite and ≥ 0, got ${v}`);
 }
 
-/** The protected tokens at fp16 (or their bound), the rest at int2. */
-export function startPlan(input: GreedyInput): Uint8Array {
+/** The protected tokens at fp16 (or their bound), the rest at int2 (or 0,
+ * for a caller that writes them all). */
+export function startPlan(input: GreedyInput, unprotected = INT2): Uint8Array {
   const n = input.importance.length, bounds = input.upperBounds ?? null;
   const { lo, hi } = unprotectedRange(n, input.sinks, input.window);
   const formats = new Uint8Array(n);
-  for (let i = lo; i < hi; i++) formats[i] = INT2; // a loop: V8's ranged fill is ~10x slower
+  if (unprotected !== 0) for (let i = lo; i < hi; i++) formats[i] = unprotected; // a loop: V8's ranged fill is ~10x slower
   if (bounds !== null)
     for (let i = 0; i < n; i++) {
       const b = bounds[i];
@@ -116,81 +111,92 @@ export function greedyAllocate(input: GreedyInput): GreedyPlan {
 export function planGreedy(input: GreedyInput): GreedyPlan {
   const n = input.importance.length, tb = input.tokenBytes;
   const { lo, hi } = unprotectedRange(n, input.sinks, input.window);
-  const formats = startPlan(input);
   const allInt2 = (hi - lo) * tb[INT2];
   if (allInt2 > input.budgetBytes) {
     checkTokenValues(input, lo, hi);
-    return { formats, usedBytes: allInt2, fits: false };
+    return { formats: startPlan(input), usedBytes: allInt2, fits: false };
   }
-  const cost = Float64Array.of(tb[INT4] - tb[INT2], tb[INT8] - tb[INT4], tb[INT8] - tb[INT2]); // [3] bytes by class
+  const formats = startPlan(input, 0); // takeAll or splitTop writes the unprotected tokens
+  const c24 = tb[INT4] - tb[INT2], c48 = tb[INT8] - tb[INT4];
+  const cost = Float64Array.of(c24, c48, c24 + c48, 0, c24, 0, 0, 0); // [kind][slot] bytes of the upgrade
   const room = input.budgetBytes - allInt2; // exact: both are multiples of the budget's ulp
   const c = buildCandidates(input, lo, hi, cost);
   let spent = c.totalCost;
-  if (spent <= room) for (let j = 0; j < c.size; j++) take(c, j, formats);
-  else spent = fillTail(c, cost, room, selectPrefix(c, cost, room, formats), formats);
+  if (spent <= room) takeAll(c, lo, hi, formats);
+  else spent = fillTail(c, cost, lo, hi, room, selectPrefix(c, cost, lo, hi, room, formats), formats);
   let usedBytes = allInt2 + spent;
   // Never runs with integer (or short dyadic) byte costs, as the engine's
   // are: the sums are exact. Other fractions may round past the budget.
-  while (usedBytes > input.budgetBytes) usedBytes -= undoWorst(c, cost, formats);
+  while (usedBytes > input.budgetBytes) usedBytes -= undoWorst(c, cost, lo, hi, formats);
   return { formats, usedBytes, fits: true };
 }
 
-/** Candidate upgrades on scratch typed arrays, reused between calls. */
+// Candidates, two slots per token, s = 2 × token + slot:
+//
+//   kind        slot 0          slot 1
+//   KIND_AB     2→4             4→8 (its key ≤ slot 0's: open once slot 0 is taken)
+//   KIND_M      2→8 (merged)    -
+//   KIND_A      2→4 (int4 bound) -
+//   KIND_NONE   -               -            (int2 bound)
+//
+// An empty slot has key -Infinity, cost 0 and step 0, so loops need no
+// branch for it. Taking slot s moves its token up STEP[kind][slot] codes.
+const KIND_AB = 0;
+const KIND_M = 1;
+const KIND_A = 2;
+const KIND_NONE = 3;
+const STEP = Uint8Array.of(1, 1, 2, 0, 1, 0, 0, 0); // [kind][slot]
+
+/** Scratch typed arrays, reused between calls (grown, never shrunk). */
 class Candidates {
-  readonly key: Float64Array; // [m] f64, importance × Δerror per extra byte
-  readonly bits: Int32Array; // [m][2] i32, the key's words (a view of key)
-  readonly tok: Int32Array; // [m] token index
-  readonly cls: Uint8Array; // [m] UP_2_4, UP_4_8 or UP_2_8
-  readonly setA: Int32Array; // [m + 1] candidate ids of the current boundary bin
-  readonly setB: Int32Array; // [m + 1] the same, ping-pong
+  readonly key: Float64Array; // [n][2] f64, importance × Δerror per extra byte, by token and slot
+  readonly bits: Int32Array; // [n][2][2] i32, the keys' words (a view of key)
+  readonly kind: Uint8Array; // [n] KIND_* by token
+  readonly setA: Int32Array; // [2n + 1] slots in the current boundary bin
+  readonly setB: Int32Array; // [2n + 1] the same, ping-pong
   readonly hist = new Float64Array(4096); // [4096] bytes per radix bin
-  size = 0;
   totalCost = 0;
 
   constructor(readonly capacity: number) {
-    this.key = new Float64Array(capacity);
+    this.key = new Float64Array(2 * capacity);
     this.bits = new Int32Array(this.key.buffer);
-    this.tok = new Int32Array(capacity);
-    this.cls = new Uint8Array(capacity);
-    this.setA = new Int32Array(capacity + 1);
-    this.setB = new Int32Array(capacity + 1);
+    this.kind = new Uint8Array(capacity);
+    this.setA = new Int32Array(2 * capacity + 1);
+    this.setB = new Int32Array(2 * capacity + 1);
   }
 }
 
 let scratch = new Candidates(1024);
 const HI = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1 ? 1 : 0; // index of a float64's high word
 const LO = 1 - HI;
-const STEP = Uint8Array.of(1, 1, 2); // [3] format codes an upgrade moves up, by class
 
-/** Collects the candidate upgrades of tokens [lo, hi) and checks their values. */
+/** Fills both slots of tokens [lo, hi) and checks their values. */
 function buildCandidates(input: GreedyInput, lo: number, hi: number, cost: Float64Array): Candidates {
-  if (scratch.capacity < 2 * (hi - lo)) scratch = new Candidates(Math.max(2 * (hi - lo), 2 * scratch.capacity));
-  const c = scratch, key = c.key, tok = c.tok, cls = c.cls;
+  if (scratch.capacity < hi) scratch = new Candidates(Math.max(hi, 2 * scratch.capacity));
+  const c = scratch, key = c.key, kind = c.kind;
   const imp = input.importance, e = input.sqError, bounds = input.upperBounds ?? null;
-  const c24 = cost[UP_2_4], c48 = cost[UP_4_8], c28 = cost[UP_2_8];
-  let m = 0, n24 = 0, n48 = 0, n28 = 0;
+  const c24 = cost[0], c48 = cost[1], c28 = cost[2];
+  let nAB = 0, nM = 0, nA = 0;
   for (let i = lo; i < hi; i++) {
     const w = imp[i], e8 = e[3 * i], e4 = e[3 * i + 1], e2 = e[3 * i + 2];
     if (!(w >= 0 && w <= F32_MAX)) throw badValue('importance', i, w);
-    if (!(e8 >= 0 && e8 <= F32_MAX && e4 >= 0 && e4 <= F32_MAX && e2 >= 0 && e2 <= F32_MAX))
-      throw badValue('sqError', 3 * i + (!(e8 >= 0 && e8 <= F32_MAX) ? 0 : !(e4 >= 0 && e4 <= F32_MAX) ? 1 : 2), !(e8 >= 0 && e8 <= F32_MAX) ? e8 : !(e4 >= 0 && e4 <= F32_MAX) ? e4 : e2);
+    if (!(e8 >= 0 && e8 <= F32_MAX && e4 >= 0 && e4 <= F32_MAX && e2 >= 0 && e2 <= F32_MAX)) checkTokenValues(input, i, i + 1);
     const bound = bounds === null ? FP16 : bounds[i]; // checked by startPlan
-    if (bound === INT2) continue;
-    const g24 = (w * (e2 - e4)) / c24;
-    const g48 = bound === INT4 ? -Infinity : (w * (e4 - e8)) / c48;
-    if (g48 <= g24) {
-      // the 2→4 first: a 4→8 is open only after it
-      (key[m] = g24), (tok[m] = i), (cls[m++] = UP_2_4), n24++;
-      if (bound !== INT4) (key[m] = g48), (tok[m] = i), (cls[m++] = UP_4_8), n48++;
-    } else (key[m] = (w * (e2 - e8)) / c28), (tok[m] = i), (cls[m++] = UP_2_8), n28++;
+    const g24 = (w * (e2 - e4)) / c24, g48 = (w * (e4 - e8)) / c48;
+    const k = bound === INT2 ? KIND_NONE : bound === INT4 ? KIND_A : g48 <= g24 ? KIND_AB : KIND_M;
+    key[2 * i] = k === KIND_M ? (w * (e2 - e8)) / c28 : k === KIND_NONE ? -Infinity : g24;
+    key[2 * i + 1] = k === KIND_AB ? g48 : -Infinity;
+    kind[i] = k;
+    nAB += k === KIND_AB ? 1 : 0;
+    nM += k === KIND_M ? 1 : 0;
+    nA += k === KIND_A ? 1 : 0;
   }
-  c.size = m;
-  c.totalCost = n24 * c24 + n48 * c48 + n28 * c28;
+  c.totalCost = (nAB + nM) * c28 + nA * c24;
   return c;
 }
 
-// The radix digits, 12 bits a level, of the key's 64 bits mapped so that
-// their order is the key's (a negative key's magnitude bits flipped):
+// The radix digits, 12 bits a level, of a key's 64 bits mapped so that their
+// order is the key's (a negative key's magnitude bits flipped):
 //
 //   level 0   sign, exponent          (high >> 20) + 2048
 //   level 1   mantissa bits 51..40    (high >> 8) & 0xfff
@@ -198,21 +204,29 @@ function buildCandidates(input: GreedyInput, lo: number, hi: number, cost: Float
 //
 // All int32 arithmetic: V8 keeps it in registers (a uint32 past 2^31 it would
 // make a double), and the selection loops below are branch-free.
-function mappedHigh(bits: Int32Array, j: number): number {
-  const h = bits[2 * j + HI];
-  return h ^ ((h >> 31) & 0x7fffffff);
+function topDigit(bits: Int32Array, s: number): number {
+  const h = bits[2 * s + HI];
+  return ((h ^ ((h >> 31) & 0x7fffffff)) >> 20) + 2048;
 }
 
-function digit(bits: Int32Array, j: number, level: number): number {
-  const h = mappedHigh(bits, j);
+function digit(bits: Int32Array, s: number, level: number): number {
+  let h = bits[2 * s + HI];
+  h ^= (h >> 31) & 0x7fffffff;
   if (level === 1) return (h >> 8) & 0xfff;
-  return ((h & 0xff) << 4) | ((bits[2 * j + LO] ^ (h >> 31)) >>> 28);
+  return ((h & 0xff) << 4) | ((bits[2 * s + LO] ^ (h >> 31)) >>> 28);
 }
 
-/** Candidates only ever add to their token's format, in any order: a 4→8 is
- * taken only with its 2→4 (its key is no larger; ties sort it after). */
-function take(c: Candidates, j: number, formats: Uint8Array): void {
-  formats[c.tok[j]] -= STEP[c.cls[j]];
+/** 1 if a > b, else 0, for int32 a and b of a digit's range. */
+const above = (a: number, b: number): number => (b - a) >>> 31;
+/** 1 if a === b, else 0, for digits (non-negative int32). */
+const equal = (a: number, b: number): number => ((a ^ b) - 1) >>> 31;
+
+function take(c: Candidates, s: number, formats: Uint8Array): void {
+  formats[s >> 1] -= STEP[2 * c.kind[s >> 1] + (s & 1)];
+}
+
+function takeAll(c: Candidates, lo: number, hi: number, formats: Uint8Array): void {
+  for (let i = lo; i < hi; i++) formats[i] = INT2 - STEP[2 * c.kind[i]] - STEP[2 * c.kind[i] + 1];
 }
 
 /** The bin where the running bytes (from the top bin down) first pass `left`. */
@@ -236,10 +250,10 @@ function bytesAbove(hist: Float64Array, b: number): number {
  * and keeps those in it for the next level. (One loop per function: V8
  * optimises a function while its first loop runs, before later code has
  * type feedback, and gives up on one that deoptimises too often.) */
-function selectPrefix(c: Candidates, cost: Float64Array, room: number, formats: Uint8Array): number {
-  histogramTop(c, cost);
+function selectPrefix(c: Candidates, cost: Float64Array, lo: number, hi: number, room: number, formats: Uint8Array): number {
+  histogramTop(c, cost, lo, hi);
   let b = boundaryBin(c.hist, room), spent = bytesAbove(c.hist, b);
-  let set = c.setA, size = splitTop(c, b, formats);
+  let set = c.setA, size = splitTop(c, lo, hi, b, formats);
   for (let level = 1; level < 3 && size > 16; level++) {
     histogram(c, cost, set, size, level);
     b = boundaryBin(c.hist, room - spent);
@@ -249,60 +263,71 @@ function selectPrefix(c: Candidates, cost: Float64Array, room: number, formats: 
     set = out;
   }
   const rest = Array.from(set.subarray(0, size)).sort(byKeyDescending(c));
-  for (const j of rest) {
-    if (cost[c.cls[j]] > room - spent) break;
-    take(c, j, formats);
-    spent += cost[c.cls[j]];
+  for (const s of rest) {
+    const bytes = cost[2 * c.kind[s >> 1] + (s & 1)];
+    if (bytes > room - spent) break;
+    take(c, s, formats);
+    spent += bytes;
   }
   return spent;
 }
 
-/** Level 0, all candidates: bytes by sign and exponent. */
-function histogramTop(c: Candidates, cost: Float64Array): void {
-  const { bits, cls, hist } = c, m = c.size;
+/** Level 0, all tokens: bytes by sign and exponent. */
+function histogramTop(c: Candidates, cost: Float64Array, lo: number, hi: number): void {
+  const { bits, kind, hist } = c;
   for (let d = 0; d < 4096; d++) hist[d] = 0;
-  for (let j = 0; j < m; j++) hist[(mappedHigh(bits, j) >> 20) + 2048] += cost[cls[j]];
+  for (let i = lo; i < hi; i++) {
+    hist[topDigit(bits, 2 * i)] += cost[2 * kind[i]];
+    hist[topDigit(bits, 2 * i + 1)] += cost[2 * kind[i] + 1];
+  }
 }
 
-/** Level 0: takes the candidates above bin b, keeps those in it in setA; returns how many. */
-function splitTop(c: Candidates, b: number, formats: Uint8Array): number {
-  const { bits, tok, cls } = c, set = c.setA, m = c.size;
+/** Level 0: takes the slots above bin b, keeps those in it in setA; returns how many. */
+function splitTop(c: Candidates, lo: number, hi: number, b: number, formats: Uint8Array): number {
+  const { bits, kind } = c, set = c.setA;
   let size = 0;
-  for (let j = 0; j < m; j++) {
-    const d = (mappedHigh(bits, j) >> 20) + 2048;
-    formats[tok[j]] -= STEP[cls[j]] * ((b - d) >>> 31); // d > b: taken
-    set[size] = j;
-    size += ((d ^ b) - 1) >>> 31; // d === b: kept
+  for (let i = lo; i < hi; i++) {
+    const d0 = topDigit(bits, 2 * i), d1 = topDigit(bits, 2 * i + 1), k = 2 * kind[i];
+    formats[i] = INT2 - STEP[k] * above(d0, b) - STEP[k + 1] * above(d1, b);
+    set[size] = 2 * i;
+    size += equal(d0, b);
+    set[size] = 2 * i + 1;
+    size += equal(d1, b);
   }
   return size;
 }
 
 function histogram(c: Candidates, cost: Float64Array, set: Int32Array, size: number, level: number): void {
-  const { bits, cls, hist } = c;
+  const { bits, kind, hist } = c;
   for (let d = 0; d < 4096; d++) hist[d] = 0;
-  for (let k = 0; k < size; k++) hist[digit(bits, set[k], level)] += cost[cls[set[k]]];
+  for (let k = 0; k < size; k++) {
+    const s = set[k];
+    hist[digit(bits, s, level)] += cost[2 * kind[s >> 1] + (s & 1)];
+  }
 }
 
 function split(c: Candidates, set: Int32Array, size: number, level: number, b: number, out: Int32Array, formats: Uint8Array): number {
-  const { bits, tok, cls } = c;
+  const { bits, kind } = c;
   let kept = 0;
   for (let k = 0; k < size; k++) {
-    const j = set[k], d = digit(bits, j, level);
-    formats[tok[j]] -= STEP[cls[j]] * ((b - d) >>> 31);
-    out[kept] = j;
-    kept += ((d ^ b) - 1) >>> 31;
+    const s = set[k], d = digit(bits, s, level);
+    formats[s >> 1] -= STEP[2 * kind[s >> 1] + (s & 1)] * above(d, b);
+    out[kept] = s;
+    kept += equal(d, b);
   }
   return kept;
 }
 
-/** Descending key; at equal keys a 4→8 after the 2→4 it depends on. */
+/** Descending key; at equal keys a token's slot 1 after its slot 0. */
 function byKeyDescending(c: Candidates): (x: number, y: number) => number {
-  return (x, y) => c.key[y] - c.key[x] || Number(c.cls[x] === UP_4_8) - Number(c.cls[y] === UP_4_8);
+  return (x, y) => c.key[y] - c.key[x] || (x & 1) - (y & 1);
 }
 
-/** Whether candidate j is not taken and may be (a 4→8 only after its 2→4). */
-function isOpen(c: Candidates, j: number, formats: Uint8Array): boolean {
-  return formats[c.tok[j]] === (c.cls[j] === UP_4_8 ? INT4 : INT2);
+/** The token's open slot (untaken, and a 4→8 only after its 2→4), or -1. */
+function openSlot(c: Candidates, i: number, formats: Uint8Array, cost: Float64Array): number {
+  const f = formats[i];
+  const s = f === INT2 ? 2 * i : f === INT4 ? 2 * i + 1 : -1;
+  return s >= 0 && cost[2 * c.kind[i] + (s & 1)] > 0 ? s : -1;
 }
 
 const MAX_TAIL_SCANS = 8;
@@ -310,44 +335,59 @@ const MAX_TAIL_SCANS = 8;
 /** After the prefix, the best open candidate that still fits, one scan at a
  * time (a few: what is left is less than one 2→8); sorted when they would
  * be many. Returns the bytes spent in all. */
-function fillTail(c: Candidates, cost: Float64Array, room: number, spent: number, formats: Uint8Array): number {
-  const { key, cls } = c, cheapest = Math.min(cost[UP_2_4], cost[UP_4_8]);
+function fillTail(c: Candidates, cost: Float64Array, lo: number, hi: number, room: number, spent: number, formats: Uint8Array): number {
+  const cheapest = Math.min(cost[0], cost[1]);
   for (let scans = 0; room - spent >= cheapest; scans++) {
-    if (scans === MAX_TAIL_SCANS) return fillTailSorted(c, cost, room, spent, formats);
-    const left = room - spent;
-    let best = -1, bestKey = -Infinity;
-    for (let j = 0; j < c.size; j++)
-      if (cost[cls[j]] <= left && key[j] > bestKey && isOpen(c, j, formats)) (best = j), (bestKey = key[j]);
+    if (scans === MAX_TAIL_SCANS) return fillTailSorted(c, cost, lo, hi, room, spent, formats);
+    const best = bestOpen(c, cost, lo, hi, room - spent, formats);
     if (best < 0) break;
     take(c, best, formats);
-    spent += cost[cls[best]];
+    spent += cost[2 * c.kind[best >> 1] + (best & 1)];
   }
   return spent;
 }
 
-function fillTailSorted(c: Candidates, cost: Float64Array, room: number, spent: number, formats: Uint8Array): number {
+/** The open slot of the largest key that costs at most `left`, or -1. */
+function bestOpen(c: Candidates, cost: Float64Array, lo: number, hi: number, left: number, formats: Uint8Array): number {
+  const { key, kind } = c;
+  let best = -1, bestKey = -Infinity;
+  for (let i = lo; i < hi; i++) {
+    const slot = formats[i] === INT4 ? 1 : 0, s = 2 * i + slot, bytes = cost[2 * kind[i] + slot];
+    if (key[s] > bestKey && formats[i] >= INT4 && bytes > 0 && bytes <= left) (best = s), (bestKey = key[s]);
+  }
+  return best;
+}
+
+function fillTailSorted(c: Candidates, cost: Float64Array, lo: number, hi: number, room: number, spent: number, formats: Uint8Array): number {
   const open: number[] = [];
-  for (let j = 0; j < c.size; j++) if (cost[c.cls[j]] <= room - spent && formats[c.tok[j]] > TARGET[c.cls[j]]) open.push(j);
+  for (let i = lo; i < hi; i++) {
+    const s = openSlot(c, i, formats, cost);
+    if (s >= 0) open.push(s);
+    if (s >= 0 && (s & 1) === 0 && c.kind[i] === KIND_AB) open.push(s + 1); // may open in the tail
+  }
   open.sort(byKeyDescending(c));
-  for (const j of open)
-    if (cost[c.cls[j]] <= room - spent && isOpen(c, j, formats)) {
-      take(c, j, formats);
-      spent += cost[c.cls[j]];
+  for (const s of open) {
+    const bytes = cost[2 * c.kind[s >> 1] + (s & 1)];
+    if (bytes <= room - spent && openSlot(c, s >> 1, formats, cost) === s) {
+      take(c, s, formats);
+      spent += bytes;
     }
+  }
   return spent;
 }
 
 /** Undoes the taken upgrade with the smallest key; returns the bytes freed. */
-function undoWorst(c: Candidates, cost: Float64Array, formats: Uint8Array): number {
+function undoWorst(c: Candidates, cost: Float64Array, lo: number, hi: number, formats: Uint8Array): number {
   let worst = -1;
-  for (let j = 0; j < c.size; j++) {
-    const f = formats[c.tok[j]], k = c.cls[j];
-    const undoable = k === UP_2_4 ? f === INT4 : f === INT8; // a 2→4 under its 4→8 waits for it
-    if (undoable && (worst < 0 || c.key[j] < c.key[worst])) worst = j;
+  for (let i = lo; i < hi; i++) {
+    const f = formats[i];
+    if (f === INT2) continue;
+    const s = c.kind[i] === KIND_AB && f === INT8 ? 2 * i + 1 : 2 * i; // the last one taken
+    if (worst < 0 || c.key[s] < c.key[worst]) worst = s;
   }
   if (worst < 0) throw new Error('allocator: over budget with no upgrade taken'); // unreachable: all-int2 fits
-  formats[c.tok[worst]] += STEP[c.cls[worst]];
-  return cost[c.cls[worst]];
+  formats[worst >> 1] += STEP[2 * c.kind[worst >> 1] + (worst & 1)];
+  return cost[2 * c.kind[worst >> 1] + (worst & 1)];
 }
 
 /** Checks importance and sqError of tokens [lo, hi) (the greedy checks them as it reads them). */

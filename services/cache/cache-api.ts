@@ -63,7 +63,8 @@ export interface CacheShard {
   /** Refused with RESOURCE_EXHAUSTED when reserveBytes does not fit the shard's memory limit. */
   createSequence(storage: StorageKind, reserveBytes: number): Promise<CreatedSequence>;
   freeSequence(seq: number): Promise<void>;
-  attend(layer: number, items: ShardAttendItem[]): Promise<ShardAttendResult>;
+  /** traceparent: the caller's attend span, for the service's own span ('' = none). */
+  attend(layer: number, items: ShardAttendItem[], traceparent?: string): Promise<ShardAttendResult>;
   exportImportance(seq: number): Promise<ImportanceReport>;
   /** layer -1: the same plan for every layer. */
   applyPlan(seq: number, layer: number, positions: Uint32Array, formats: Uint8Array): Promise<PlanApplied>;

@@ -19,6 +19,7 @@ import {
 import { bytesOf, invalidArgument, statusOf, toServiceError, u32 } from '../common/rpc.js';
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from './attend-codec.js';
 import type { ShardAttendItem } from './cache-api.js';
+import { childOf, contextFrom, instruments } from '../telemetry/spans.js';
 import type { CacheCore } from './cache-core.js';
 import { bytesToPb, OWNER_HEADER, storageFromPb } from './cache-proto.js';
 
@@ -60,8 +61,19 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
   }
 
   async function attend(req: AttendRequest): Promise<AttendResponse> {
-    const r = await core.attend(req.layer, items(req));
-    return { id: req.id, out: r.out, engineUs: r.engineUs, errorCode: 0, errorMessage: '' };
+    // Spans only for traced callers: the stream carries the context per message.
+    const span = req.traceparent ? childOf(contextFrom(req.traceparent), 'cache.attend', { 'smartkv.layer': req.layer, 'smartkv.sequences': req.items.length }) : undefined;
+    try {
+      const r = await core.attend(req.layer, items(req));
+      span?.setAttribute('smartkv.engine_us', r.engineUs);
+      instruments().attendDuration.record(r.engineUs, { side: 'cache' });
+      return { id: req.id, out: r.out, engineUs: r.engineUs, errorCode: 0, errorMessage: '' };
+    } catch (e) {
+      span?.recordException(e as Error);
+      throw e;
+    } finally {
+      span?.end();
+    }
   }
 
   return {

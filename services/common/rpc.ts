@@ -65,16 +65,7 @@ export function callUnary<O>(client: grpc.Client, method: string, req: unknown, 
   });
 }
 
-/** An error that carries a gRPC status code; what every handler rejects with. */
-export class RpcError extends Error {
-  constructor(
-    readonly code: grpc.status,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'RpcError';
-  }
-}
+export { RpcError, invalidArgument } from './rpc-error.js';
 
 /** Our string codes (KvEngineError, ModelLoadError …) to gRPC status codes. */
 export function statusOf(err: unknown): grpc.status {
@@ -93,9 +84,6 @@ export function toServiceError(err: unknown): Partial<grpc.StatusObject> {
   return { code, details: message };
 }
 
-export function invalidArgument(message: string): RpcError {
-  return new RpcError(grpc.status.INVALID_ARGUMENT, message);
-}
 
 /** Typed-array views of protobuf bytes: copies when the offset is unaligned.
  * (new Uint8Array(x) copies into a buffer of exactly x's length; Buffer's

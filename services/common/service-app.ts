@@ -20,6 +20,8 @@ export interface ListenOptions {
   graceMs: number;
   /** Runs before the server stops accepting calls: drain work that needs the server. */
   beforeStop?: () => Promise<void>;
+  /** Runs after the server stopped (flush telemetry). */
+  afterStop?: () => Promise<void>;
 }
 
 @Injectable()
@@ -47,6 +49,7 @@ export class GrpcHost implements OnApplicationBootstrap, BeforeApplicationShutdo
     log(this.listen.role, `stopping${signal ? ` on ${signal}` : ''}`);
     await this.listen.beforeStop?.();
     await this.running?.shutdown(Math.max(0, this.listen.graceMs - (Date.now() - t0)));
+    await this.listen.afterStop?.().catch((e) => log(this.listen.role, `telemetry shutdown: ${(e as Error).message}`));
     log(this.listen.role, `stopped after ${Date.now() - t0} ms`);
   }
 }

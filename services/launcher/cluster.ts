@@ -24,6 +24,7 @@ export interface ClusterOptions {
   cacheShards?: number;
   model?: string;
   cacheArgs?: string[]; // extra options for every cache service
+  allocatorArgs?: string[];
   orchestratorArgs?: string[];
   env?: NodeJS.ProcessEnv;
   /** Where the processes' stderr goes (default: this process's stderr). */
@@ -115,7 +116,7 @@ export class Cluster {
     const log = o.log ?? ((name, line) => process.stderr.write(`${line.startsWith('[') ? '' : `[${name}] `}${line}\n`));
     const timeoutMs = o.startTimeoutMs ?? 60_000;
     const model = o.model ? ['--model', o.model] : [];
-    const allocator = new ServiceProcess('allocator', 'allocator', ['--host', host, '--port', '0'], o.env, log);
+    const allocator = new ServiceProcess('allocator', 'allocator', ['--host', host, '--port', '0', ...(o.allocatorArgs ?? [])], o.env, log);
     const caches = Array.from(
       { length: o.cacheShards ?? 1 },
       (_, i) => new ServiceProcess('cache', `cache-${i}`, ['--host', host, '--port', '0', ...model, ...(o.cacheArgs ?? [])], o.env, log),

@@ -2,6 +2,7 @@
 // cancels, or whose deadline passes, cancels its job; the scheduler frees its
 // KV before the next step.
 import * as grpc from '@grpc/grpc-js';
+import { context } from '@opentelemetry/api';
 import { create } from '@bufbuild/protobuf';
 
 import { BitHistogramSchema, CacheSettingsSchema, type CacheSettings } from '../../gen/smartkv/v1/common_pb.js';
@@ -21,7 +22,9 @@ import {
 } from '../../gen/smartkv/v1/generation_pb.js';
 import { bytesToPb } from '../cache/cache-proto.js';
 import { POLICY_NAMES, policyToPb } from '../common/policy.js';
-import { RpcError, toServiceError } from '../common/rpc.js';
+import { RpcError, statusOf, toServiceError } from '../common/rpc.js';
+import { statusName } from '../common/rpc-error.js';
+import { instruments } from '../telemetry/spans.js';
 import type { Job, JobOutcome } from './job.js';
 import type { Model } from './model/model.js';
 import type { Scheduler } from './scheduler.js';
@@ -86,6 +89,15 @@ export function summaryOf(o: JobOutcome, cache: CacheChoice): GenerationSummary 
   });
 }
 
+/** Counts a finished request by method and gRPC status. */
+function counted<T>(method: string, p: Promise<T>): Promise<T> {
+  p.then(
+    () => instruments().requests.add(1, { method, status: 'OK' }),
+    (e) => instruments().requests.add(1, { method, status: statusName(statusOf(e)) }),
+  );
+  return p;
+}
+
 function cancelOn(call: NodeJS.EventEmitter, job: Job): void {
   call.on('cancelled', () => job.cancel(new RpcError(grpc.status.CANCELLED, 'the client cancelled the request or its deadline passed')));
 }
@@ -97,13 +109,17 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
       let job: Job;
       try {
         const spec = generateSpec(call.request, model.config, model.tokenizer, defaults, ctx.engineGamma);
-        job = scheduler.submit(spec, {
-          token: (id, text, logprob) => {
-            if (!call.cancelled) call.write(create(GenerateResponseSchema, { kind: { case: 'token', value: create(GeneratedTokenSchema, { id, text, logprob }) } }));
+        job = scheduler.submit(
+          spec,
+          {
+            token: (id, text, logprob) => {
+              if (!call.cancelled) call.write(create(GenerateResponseSchema, { kind: { case: 'token', value: create(GeneratedTokenSchema, { id, text, logprob }) } }));
+            },
           },
-        });
+          context.active(),
+        );
         cancelOn(call, job);
-        job.done.then(
+        counted('Generate', job.done).then(
           (o) => {
             call.write(create(GenerateResponseSchema, { kind: { case: 'summary', value: summaryOf(o, spec.cache) } }));
             call.end();
@@ -111,6 +127,7 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
           (e) => call.emit('error', toServiceError(e)),
         );
       } catch (e) {
+        instruments().requests.add(1, { method: 'Generate', status: statusName(statusOf(e)) });
         call.emit('error', toServiceError(e));
       }
     },
@@ -118,9 +135,9 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
       try {
         const spec = generateSpec(call.request, model.config, model.tokenizer, defaults, ctx.engineGamma);
         let text = '';
-        const job = scheduler.submit(spec, { token: (_id, t) => (text += t) });
+        const job = scheduler.submit(spec, { token: (_id, t) => (text += t) }, context.active());
         cancelOn(call, job);
-        job.done.then(
+        counted('Complete', job.done).then(
           (o) => cb(null, create(CompleteResponseSchema, { text: text + o.trailingText, tokenIds: o.generated, summary: summaryOf(o, spec.cache) })),
           (e) => cb(toServiceError(e)),
         );
@@ -132,10 +149,11 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
       try {
         const spec = scoreSpec(call.request, model.config, model.tokenizer, defaults, ctx.engineGamma);
         const logprobs = new Float32Array(spec.tokens.length - 1); // [n-1]: logprobs[i] = log p(token i+1 | ...)
-        const job = scheduler.submit(spec, { logprobs: (pos, values) => values.forEach((v, k) => (logprobs[pos - 1 + k] = v)) });
+        const job = scheduler.submit(spec, { logprobs: (pos, values) => values.forEach((v, k) => (logprobs[pos - 1 + k] = v)) }, context.active());
         cancelOn(call, job);
-        job.done.then(
+        counted('Score', job.done).then(
           (o) => {
+            instruments().tokensScored.add(o.promptTokens);
             let nll = 0;
             for (const v of logprobs) nll -= v;
             cb(null, create(ScoreResponseSchema, { logprobs: [...logprobs], tokenIds: spec.tokens, nll, summary: summaryOf(o, spec.cache) }));

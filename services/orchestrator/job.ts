@@ -1,6 +1,8 @@
 // One request inside the scheduler: its spec, where its KV lives, how far it
 // got, and the cache statistics its summary reports. Events go to a sink
 // (the gRPC handler); the scheduler drives every transition.
+import { context as otelContext, type Context, type Span } from '@opentelemetry/api';
+
 import type { Bytes, CacheShard } from '../cache/cache-api.js';
 import type { JobSpec } from './settings.js';
 import type { SequenceLayout } from './reallocate.js';
@@ -57,6 +59,10 @@ export class Job {
   readonly report: CacheReport = {
     reallocations: 0, allocateUs: 0, applyUs: 0, tokensChanged: 0, bytesMoved: 0, maxBeta: 0, budgetMissed: 0, bytes: null,
   };
+  /** The job's span (generate or score) and its context; steps are its children. */
+  span: Span | null = null;
+  ctx: Context = otelContext.active();
+  stepSpan: Span | null = null; // the step this job is in, while it runs
   readonly done: Promise<JobOutcome>;
   resolve!: (o: JobOutcome) => void;
   reject!: (e: Error) => void;

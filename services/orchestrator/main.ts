@@ -1,12 +1,9 @@
 // The orchestrator process: `node dist/services/orchestrator/main.js --cache A[,B] --allocator C [--port N]`
-// or `--in-process` (one process, local cache and allocator).
-import { GenerationService } from '../../gen/smartkv/v1/generation_pb.js';
+// or `--in-process` (one process, local cache and allocator). Telemetry
+// starts first; the application (and @grpc/grpc-js with it) loads after.
 import { isPolicyName } from '../common/policy.js';
 import { parseOptions, usage, UsageError, type OptionSpec } from '../common/args.js';
-import { LISTEN, log, runService, SERVED, type ListenOptions } from '../common/service-app.js';
-import { generationHandlers } from './generation-server.js';
-import { defaultModelDir } from './model/paths.js';
-import { Orchestrator } from './orchestrator.js';
+import { startTelemetry } from '../telemetry/start.js';
 import { DEFAULTS, type ServerDefaults } from './settings.js';
 
 const D = DEFAULTS;
@@ -29,6 +26,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   gamma: { kind: 'number', default: 0.9, help: 'in-process: importance EMA factor γ' },
   'master-copy': { kind: 'bool', default: false, help: 'in-process: keep FP16 originals for upgrades' },
   'grace-ms': { kind: 'int', default: 10000, help: 'how long running requests may finish on shutdown' },
+  'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },
   help: { kind: 'bool', help: 'print this help' },
 };
 
@@ -50,11 +48,18 @@ async function main(): Promise<void> {
   if (o.help) return void process.stdout.write(usage('smartkv orchestrator', ORCHESTRATOR_OPTIONS));
   const inProcess = o['in-process'] as boolean;
   if (!inProcess && !(o.cache as string[] | undefined)?.length) throw new UsageError('give --cache ADDRESS[,ADDRESS…] and --allocator ADDRESS, or --in-process');
+  const defaults = defaultsFrom(o);
+  const telemetry = startTelemetry('smartkv-orchestrator', { metricsPort: o['metrics-port'] as number, metricsHost: o.host as string });
+  const { GenerationService } = await import('../../gen/smartkv/v1/generation_pb.js');
+  const { LISTEN, log, runService, SERVED } = await import('../common/service-app.js');
+  const { generationHandlers } = await import('./generation-server.js');
+  const { defaultModelDir } = await import('./model/paths.js');
+  const { Orchestrator } = await import('./orchestrator.js');
   const modelDir = (o.model as string | undefined) ?? defaultModelDir();
   const say = (l: string) => log('orchestrator', l);
   const orch = await Orchestrator.create({
     modelDir,
-    defaults: defaultsFrom(o),
+    defaults,
     modelThreads: o.threads as number,
     cacheAddresses: o.cache as string[] | undefined,
     allocatorAddress: o.allocator as string | undefined,
@@ -62,18 +67,19 @@ async function main(): Promise<void> {
     log: say,
   });
   const graceMs = o['grace-ms'] as number;
-  const listen: ListenOptions = {
+  const listen = {
     role: 'orchestrator',
     host: o.host as string,
     port: o.port as number,
     graceMs,
     beforeStop: () => orch.close(graceMs),
+    afterStop: () => telemetry.shutdown(),
   };
   say(`model ${modelDir}; ${inProcess ? 'in-process cache and allocator' : `cache ${(o.cache as string[]).join(', ')}, allocator ${o.allocator}`}`);
   await runService('orchestrator', [
     { provide: LISTEN, useValue: listen },
     { provide: SERVED, useValue: [{ service: GenerationService, implementation: generationHandlers(orch.context) }] },
-    { provide: Orchestrator, useValue: orch },
+    { provide: 'orchestrator', useValue: orch },
   ]);
 }
 

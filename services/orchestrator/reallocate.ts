@@ -116,7 +116,8 @@ export async function reallocate(
     const countsLater = [counts[0] + opt.ahead, counts[1], counts[2], counts[3]];
     const excess = Math.max(layoutBytes(counts, lay) + metaNow - allowedNow, layoutBytes(countsLater, lay) + meta - allowed);
     within = excess <= 0;
-    if (excess <= 0 || !plan.fits || round === 3 || opt.policy.startsWith('uniform')) break;
+    // Stop when it fits, or when a smaller budget cannot change the plan.
+    if (within || !plan.fits || input.budgetBytes === 0 || round === 3 || opt.policy.startsWith('uniform')) break;
     budget -= excess;
     input.budgetBytes = Math.max(0, budget);
   }

@@ -3,7 +3,10 @@
 // each layer's attention is one call per shard carrying that shard's part of
 // the batch. A shard that fails fails only its own sequences: rows do not
 // interact outside attention, so the others finish the step unchanged.
+import { trace, type Context, type Link } from '@opentelemetry/api';
+
 import type { CacheShard } from '../cache/cache-api.js';
+import { childOf, instruments, traceparentOf } from '../telemetry/spans.js';
 import type { Model } from './model/model.js';
 
 export interface StepItem {
@@ -12,6 +15,7 @@ export interface StepItem {
   start: number; // position of the first new token (tokens already cached)
   tokens: number[]; // new tokens: a prefill chunk or one decode token
   allLogits: boolean; // logits for every row (scoring a chunk), else only the last
+  trace?: Context; // the item's step span: attend spans are its children (or link to it)
 }
 
 export interface StepResult {
@@ -67,11 +71,24 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
             vNew: v.subarray(r0 * KV * D, (r0 + rows) * KV * D),
           };
         });
+        // One span per shard and layer, under the first sequence's step, linked to the others'.
+        const first = items[idx[0]].trace;
+        const links: Link[] = idx.slice(1).flatMap((i) => {
+          const sc = items[i].trace && trace.getSpanContext(items[i].trace!);
+          return sc ? [{ context: sc }] : [];
+        });
+        const span = first ? childOf(first, 'attend', { 'smartkv.layer': l, 'smartkv.sequences': idx.length, 'smartkv.rows': part.reduce((a, p) => a + p.rows, 0) }, links) : undefined;
+        const ta = performance.now();
         try {
-          const res = await shard.attend(l, part);
+          const res = await shard.attend(l, part, traceparentOf(span));
           idx.forEach((i, j) => o.set(res.out[j], rowStart[i] * H * D));
+          span?.setAttribute('smartkv.engine_us', res.engineUs);
         } catch (e) {
           for (const i of idx) failed[i] = e as Error;
+          span?.recordException(e as Error);
+        } finally {
+          span?.end();
+          instruments().attendDuration.record((performance.now() - ta) * 1000, { side: 'orchestrator' });
         }
       }),
     );

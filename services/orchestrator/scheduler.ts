@@ -5,6 +5,7 @@
 // (after each prefill chunk, and every R decode steps) before the next step,
 // so the budget holds while the cache grows.
 import * as grpc from '@grpc/grpc-js';
+import { SpanStatusCode, trace, type Context } from '@opentelemetry/api';
 
 import { isPlanPolicy } from '../allocator/policies.js';
 import type { CacheShard } from '../cache/cache-api.js';
@@ -18,6 +19,7 @@ import { minimumBeta, reallocate } from './reallocate.js';
 import { logProb, runStep, type StepItem } from './runner.js';
 import type { JobSpec, ServerDefaults } from './settings.js';
 import { StopText } from './stop-text.js';
+import { childOf, instruments, withSpan } from '../telemetry/spans.js';
 
 export interface ShardHandle {
   shard: CacheShard & { stats(seq?: number, deadlineMs?: number): ReturnType<CacheShard['stats']> };
@@ -60,8 +62,18 @@ export class Scheduler {
     return { queued: this.queue.length, active: this.active.length };
   }
 
-  submit(spec: JobSpec, sink: JobSink): Job {
+  /** parent: the trace context of the request (the gRPC server span). */
+  submit(spec: JobSpec, sink: JobSink, parent?: Context): Job {
     const job = new Job(this.nextId++, spec, sink);
+    const c = spec.cache;
+    job.span = childOf(parent ?? job.ctx, spec.kind, {
+      'smartkv.prompt_tokens': job.input.length,
+      'smartkv.max_tokens': spec.kind === 'generate' ? spec.maxTokens : 0,
+      'smartkv.policy': c.policy,
+      'smartkv.budget': c.beta,
+      'smartkv.realloc_interval': c.reallocInterval,
+    });
+    job.ctx = trace.setSpan(parent ?? job.ctx, job.span);
     if (this.closing) {
       job.reject(this.closing);
       return job;
@@ -109,6 +121,7 @@ export class Scheduler {
     while (this.queue.length && this.active.length < this.o.defaults.maxBatch) {
       const job = this.queue.shift()!;
       if (job.cancelled) {
+        job.span?.end();
         job.reject(job.cancelled);
         continue;
       }
@@ -118,6 +131,8 @@ export class Scheduler {
         const stop = job.spec.kind === 'generate' ? new StopText(job.spec.stop) : null;
         this.active.push({ job, rng: seededRng(seed), stop });
       } catch (e) {
+        job.span?.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
+        job.span?.end();
         job.reject(e as Error);
       }
     }
@@ -194,10 +209,25 @@ export class Scheduler {
       who.push(r);
     }
     if (items.length === 0) return;
-    for (const r of who) r.job.peakBatch = Math.max(r.job.peakBatch, items.length);
+    const rowsInStep = items.reduce((a, it) => a + it.tokens.length, 0);
+    for (const [i, r] of who.entries()) {
+      r.job.peakBatch = Math.max(r.job.peakBatch, items.length);
+      r.job.stepSpan = childOf(r.job.ctx, 'step', {
+        'smartkv.batch_size': items.length,
+        'smartkv.step_tokens': rowsInStep,
+        'smartkv.rows': items[i].tokens.length,
+        'smartkv.sequence': r.job.seq,
+        'smartkv.prefill': r.job.prefilling,
+      });
+      items[i].trace = trace.setSpan(r.job.ctx, r.job.stepSpan);
+    }
     const t0 = performance.now();
     const res = await runStep(this.o.model, items);
-    this.onStep?.({ batch: items.length, rows: items.reduce((a, it) => a + it.tokens.length, 0), stepUs: Math.round((performance.now() - t0) * 1000), attendUs: res.attendUs });
+    const stepUs = Math.round((performance.now() - t0) * 1000);
+    this.onStep?.({ batch: items.length, rows: rowsInStep, stepUs, attendUs: res.attendUs });
+    const m = instruments();
+    m.stepDuration.record(stepUs / 1000);
+    m.batchSize.record(items.length);
 
     const plans: Promise<void>[] = [];
     who.forEach((r, i) => {
@@ -220,6 +250,10 @@ export class Scheduler {
       if (ahead > 0 && !j.finish && isPlanPolicy(j.spec.cache.policy)) plans.push(this.reallocate(j, ahead));
     });
     await Promise.all(plans);
+    for (const r of who) {
+      r.job.stepSpan?.end();
+      r.job.stepSpan = null;
+    }
   }
 
   private scored(j: Job, logits: Float32Array, rows: number, wasPrefill: boolean): void {
@@ -249,6 +283,7 @@ export class Scheduler {
       return;
     }
     j.generated.push(id);
+    instruments().tokensGenerated.add(1);
     const { emit, stopped } = r.stop!.next(tok.decode(j.generated));
     j.sink.token?.(id, emit, lp);
     if (stopped) j.finish = 'stop';
@@ -258,17 +293,24 @@ export class Scheduler {
 
   private async reallocate(j: Job, ahead: number): Promise<void> {
     const cache = j.spec.cache;
-    if (!isPlanPolicy(cache.policy)) return;
+    const policy = cache.policy;
+    if (!isPlanPolicy(policy)) return;
+    const span = childOf(j.stepSpan ? trace.setSpan(j.ctx, j.stepSpan) : j.ctx, 'reallocate', {
+      'smartkv.policy': cache.policy,
+      'smartkv.budget': cache.beta,
+      'smartkv.tokens': j.cached,
+    });
+    const t0 = performance.now();
     try {
-      const r = await reallocate(
+      const r = await withSpan(span, () => reallocate(
         j.shard!,
         j.seq,
         this.o.allocator,
         j.layout!,
-        { policy: cache.policy, beta: cache.beta, sinks: cache.sinks, window: cache.window, ahead, seed: j.seq * 7919 + j.report.reallocations },
+        { policy, beta: cache.beta, sinks: cache.sinks, window: cache.window, ahead, seed: j.seq * 7919 + j.report.reallocations },
         j.metadataBytes,
         this.o.upgrades,
-      );
+      ));
       j.stepsSincePlan = 0;
       const rep = j.report;
       rep.reallocations++;
@@ -281,8 +323,35 @@ export class Scheduler {
         if (r.fits) rep.maxBeta = Math.max(rep.maxBeta, r.bytes.heldBytes / r.bytes.fp16Bytes);
       }
       if (!r.fits) rep.budgetMissed++;
+      const ms = performance.now() - t0;
+      const m = instruments();
+      m.reallocationDuration.record(ms);
+      const attrs: Record<string, number | boolean> = {
+        'smartkv.allocate_us': r.allocateUs,
+        'smartkv.apply_us': r.applyUs,
+        'smartkv.tokens_changed': r.tokensChanged,
+        'smartkv.bytes_moved': r.bytesMoved,
+        'smartkv.within_budget': r.fits,
+      };
+      if (r.bytes) {
+        const beta = r.bytes.heldBytes / r.bytes.fp16Bytes;
+        m.achievedBeta.record(beta);
+        Object.assign(attrs, {
+          'smartkv.achieved_beta': beta,
+          'smartkv.bytes_held': r.bytes.heldBytes,
+          'smartkv.bits16_tokens': r.bytes.tokensByFormat[0],
+          'smartkv.bits8_tokens': r.bytes.tokensByFormat[1],
+          'smartkv.bits4_tokens': r.bytes.tokensByFormat[2],
+          'smartkv.bits2_tokens': r.bytes.tokensByFormat[3],
+        });
+      }
+      span.setAttributes(attrs);
     } catch (e) {
+      span.recordException(e as Error);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
       j.cancel(e as Error);
+    } finally {
+      span.end();
     }
   }
 
@@ -309,7 +378,11 @@ export class Scheduler {
       }
     }
     await this.free(j);
-    if (j.cancelled) return j.reject(j.cancelled);
+    if (j.cancelled) {
+      j.span?.setStatus({ code: SpanStatusCode.ERROR, message: j.cancelled.message });
+      j.span?.end();
+      return j.reject(j.cancelled);
+    }
     const end = performance.now();
     const outcome: JobOutcome = {
       promptTokens: j.spec.kind === 'generate' ? j.spec.prompt.length : j.input.length,
@@ -322,6 +395,17 @@ export class Scheduler {
       shard: j.shardIndex,
       peakBatch: j.peakBatch,
     };
+    const b = j.report.bytes;
+    j.span?.setAttributes({
+      'smartkv.generated_tokens': j.generated.length,
+      'smartkv.finish_reason': outcome.finish,
+      'smartkv.reallocations': j.report.reallocations,
+      'smartkv.allocate_us': j.report.allocateUs,
+      'smartkv.apply_us': j.report.applyUs,
+      'smartkv.achieved_beta': b && b.fp16Bytes ? b.heldBytes / b.fp16Bytes : 0,
+      'smartkv.shard': j.shardIndex,
+    });
+    j.span?.end();
     j.resolve(outcome);
   }
 

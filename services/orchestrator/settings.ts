@@ -3,7 +3,7 @@
 // INVALID_ARGUMENT naming the field and leaves nothing behind.
 import type { CacheSettings } from '../../gen/smartkv/v1/common_pb.js';
 import type { GenerateRequest, ScoreRequest } from '../../gen/smartkv/v1/generation_pb.js';
-import { invalidArgument } from '../common/rpc.js';
+import { invalidArgument } from '../common/rpc-error.js';
 import { policyFromPb, type PolicyName } from '../common/policy.js';
 import { CachePolicy } from '../../gen/smartkv/v1/common_pb.js';
 import type { ModelConfig } from './model/config.js';

@@ -1,0 +1,51 @@
+// The cache service application: its engine, shaped by the model's config,
+// and the gRPC server. Loaded by main.ts after telemetry has started.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { CacheService } from '../../gen/smartkv/v1/cache_pb.js';
+import { UsageError, type Options } from '../common/args.js';
+import type { Telemetry } from '../telemetry/start.js';
+import { LISTEN, log, runService, SERVED, type ListenOptions } from '../common/service-app.js';
+import { parseModelConfig } from '../orchestrator/model/config.js';
+import { defaultModelDir } from '../orchestrator/model/paths.js';
+import { CacheCore } from './cache-core.js';
+import { cacheHandlers } from './cache-server.js';
+import { ATTEND_CODECS } from './cache-proto.js';
+import { instruments } from '../telemetry/spans.js';
+
+export async function runCache(o: Options, telemetry: Telemetry): Promise<void> {
+  const modelDir = (o.model as string | undefined) ?? defaultModelDir();
+  const cfgFile = join(modelDir, 'config.json');
+  const cfg = parseModelConfig(JSON.parse(readFileSync(cfgFile, 'utf8')), cfgFile);
+  const quant = o.quant as string;
+  if (quant !== 'symmetric' && quant !== 'asymmetric') throw new UsageError(`--quant must be symmetric or asymmetric, got ${quant}`);
+  const core = new CacheCore(
+    {
+      layers: cfg.layers,
+      qHeads: cfg.heads,
+      kvHeads: cfg.kvHeads,
+      headDim: cfg.headDim,
+      quant,
+      gamma: o.gamma as number,
+      masterCopy: o['master-copy'] as boolean,
+      threads: o.threads as number,
+      device: o.device as 'cpu' | 'cuda' | 'auto',
+    },
+    o['memory-limit'] as number,
+  );
+  const listen: ListenOptions = { role: 'cache', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, afterStop: () => telemetry.shutdown() };
+  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'}`);
+  // Bytes held, read from the engine when Prometheus scrapes.
+  instruments()
+    .meter.createObservableGauge('smartkv_cache_bytes_held', { unit: 'By', description: 'KV bytes held by this cache service (payload, scales, bookkeeping)' })
+    .addCallback(async (r) => r.observe((await core.stats()).bytes.heldBytes));
+  instruments()
+    .meter.createObservableGauge('smartkv_cache_sequences', { description: 'live sequences in this cache service' })
+    .addCallback((r) => r.observe(core.sequenceIds.length));
+  await runService('cache', [
+    { provide: LISTEN, useValue: listen },
+    { provide: SERVED, useValue: [{ service: CacheService, implementation: cacheHandlers(core, (l) => log('cache', l)), codecs: ATTEND_CODECS }] },
+    { provide: CacheCore, useValue: core },
+  ]);
+}
