@@ -4,7 +4,10 @@
 // from the orchestrator's side). The orchestrator's scheduler runs in this
 // process in both modes, so the only difference is the local adapters vs the
 // gRPC clients; the public API layer is not in the loop.
-import { ServiceProcess } from '../services/launcher/cluster.js';
+import { createServer } from 'node:http';
+
+import { Cluster, ServiceProcess } from '../services/launcher/cluster.js';
+import { SmartKvClient, generateRequest } from '../test/helpers/services.js';
 import { waitHealthy } from '../services/common/health-client.js';
 import { Orchestrator } from '../services/orchestrator/orchestrator.js';
 import { defaultModelDir } from '../services/orchestrator/model/paths.js';
@@ -14,6 +17,7 @@ import { isPolicyName, type PolicyName } from '../services/common/policy.js';
 export interface BenchE2eOptions {
   json: boolean;
   quick: boolean;
+  tracing?: boolean; // also: the whole split system through its API, tracing off vs on
   model?: string;
   policy?: string;
   budget?: number;
@@ -119,7 +123,9 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
     await allocator.stop();
   }
 
-  if (opts.json) for (const r of rows) io.out(JSON.stringify(r));
+  const tracingRows = opts.tracing ? await tracingCost(opts, tokens, io) : [];
+
+  if (opts.json) for (const r of [...rows, ...tracingRows]) io.out(JSON.stringify(r));
   else {
     io.out(`SmartKV end to end: reference model, decode ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
     io.out('mode         batch   tokens/s   step p50 µs   attend p50 µs   attend p99 µs');
@@ -131,6 +137,59 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
       const s = rows.find((r) => r.mode === 'split' && r.batch === b)!, l = rows.find((r) => r.mode === 'in-process' && r.batch === b)!;
       io.out(`batch ${b}: split / in-process throughput = ${(s.tokens_per_s / l.tokens_per_s).toFixed(2)}`);
     }
+    if (tracingRows.length) {
+      io.out('');
+      io.out('the split system through its public API, batch 8 (Generate streams), tracing off vs on (OTLP/HTTP to a local sink, every span sampled)');
+      for (const r of tracingRows)
+        io.out(`  tracing ${r.tracing.padEnd(20)} ${r.tokens_per_s.toFixed(1).padStart(8)} tokens/s   ${(r.tokens_per_s / tracingRows[0].tokens_per_s).toFixed(3)} of off`);
+    }
+  }
+  return rows;
+}
+
+export interface TracingRow {
+  mode: 'split-api';
+  tracing: 'off' | 'on' | 'on, per-layer spans';
+  batch: number;
+  tokens_per_s: number;
+}
+
+/** Tokens/s of 8 concurrent Generate streams through a started split system,
+ * with and without OTLP export. The sink accepts and drops what it gets. */
+async function tracingCost(opts: BenchE2eOptions, tokens: number, io: Io): Promise<TracingRow[]> {
+  const sink = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.end('{}'));
+  });
+  await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
+  const endpoint = `http://127.0.0.1:${(sink.address() as { port: number }).port}`;
+  const rows: TracingRow[] = [];
+  try {
+    const otlp = { OTEL_EXPORTER_OTLP_ENDPOINT: endpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json' };
+    const configs: [TracingRow['tracing'], NodeJS.ProcessEnv][] = [
+      ['off', {}],
+      ['on', otlp],
+      ['on, per-layer spans', { ...otlp, SMARTKV_TRACE_ATTEND: 'spans' }],
+    ];
+    for (const [tracing, env] of configs) {
+      io.progress(`split system, tracing ${tracing} …`);
+      const cluster = await Cluster.start({ env, model: opts.model, log: () => undefined });
+      const client = new SmartKvClient(cluster.address);
+      try {
+        const run = async (n: number) => {
+          const t0 = performance.now();
+          const res = await Promise.all(Array.from({ length: 8 }, (_, i) => client.generate(generateRequest({ prompt: `Benchmark prompt ${i}: the committee said`, maxTokens: n, seed: i }))));
+          return (res.reduce((a, r) => a + r.ids.length, 0) * 1000) / (performance.now() - t0);
+        };
+        await run(8); // warm-up
+        rows.push({ mode: 'split-api', tracing, batch: 8, tokens_per_s: await run(tokens) });
+      } finally {
+        client.close();
+        await cluster.stop();
+      }
+    }
+  } finally {
+    sink.close();
   }
   return rows;
 }

@@ -4,6 +4,7 @@ import { benchAttention } from './bench-attention.js';
 import { benchModel } from './bench-model.js';
 import { benchE2e } from './bench-e2e.js';
 import { generate, GENERATE_OPTIONS } from './generate.js';
+import { evalCommand, EVAL_USAGE_LINES } from './eval-cli.js';
 import { usage as optionsUsage, UsageError } from '../services/common/args.js';
 
 const USAGE = `usage: smartkv <command>
@@ -14,14 +15,16 @@ commands:
                                        \`smartkv generate --help\` lists the options
   bench attention [--json] [--quick]   decode attention: dense fp32/fp16, uniform int8/int4/int2,
                                        KIVI-2/4 and SmartKV mixes (β = 0.25, 0.33, 0.5)
-  bench e2e [--json] [--quick] [--policy P] [--budget β]
+  bench e2e [--json] [--quick] [--policy P] [--budget β] [--tracing]
                                        decode tokens/s split into processes vs in-process (batch 1, 8)
-                                       and the per-layer attend round trip (p50, p99)
+                                       and the per-layer attend round trip (p50, p99);
+                                       --tracing: also the cost of OTLP tracing through the API
   bench model [--json] [--quick] [--model DIR]
                                        the reference model in-process: prefill and decode tokens/s
-`;
+${EVAL_USAGE_LINES}`;
 
 async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'eval') return evalCommand(argv.slice(1), { out: (l) => process.stdout.write(`${l}\n`), err: process.stderr });
   if (argv[0] === 'generate') {
     if (argv.includes('--help')) {
       process.stdout.write(optionsUsage('smartkv generate "prompt" [options]', GENERATE_OPTIONS));
@@ -51,12 +54,12 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (words[0] === 'bench' && words[1] === 'e2e') {
-    const known = ['--json', '--quick', '--model', '--policy', '--budget'];
+    const known = ['--json', '--quick', '--model', '--policy', '--budget', '--tracing'];
     const unknown = [...flags].filter((f) => !known.includes(f));
     if (unknown.length) return usageError(`unknown option ${unknown[0]}`);
     const budget = optionValue(argv, '--budget');
     await benchE2e(
-      { json: flags.has('--json'), quick: flags.has('--quick'), model: optionValue(argv, '--model'), policy: optionValue(argv, '--policy'), budget: budget === undefined ? undefined : Number(budget) },
+      { json: flags.has('--json'), quick: flags.has('--quick'), tracing: flags.has('--tracing'), model: optionValue(argv, '--model'), policy: optionValue(argv, '--policy'), budget: budget === undefined ? undefined : Number(budget) },
       { out: (l) => process.stdout.write(`${l}\n`), progress: (l) => process.stderr.write(`${l}\n`) },
     );
     return 0;

@@ -18,10 +18,17 @@ export interface StepItem {
   trace?: Context; // the item's step span: attend spans are its children (or link to it)
 }
 
+/** Per-layer attend spans cost (measured with `smartkv bench e2e --tracing`),
+ * so by default a step records its layers' attend times as attributes of its
+ * span; SMARTKV_TRACE_ATTEND=spans records a span per layer and shard (and the
+ * cache service one per request) instead. */
+const ATTEND_SPANS = process.env.SMARTKV_TRACE_ATTEND === 'spans';
+
 export interface StepResult {
   /** Per item: [rows or 1][vocab] f32 logits, or the error that failed it. */
   logits: (Float32Array | Error)[];
   attendUs: number[]; // wall time of each per-layer attention round (all shards)
+  engineUs: number[]; // per layer: the slowest shard's engine time
 }
 
 export async function runStep(model: Model, items: readonly StepItem[]): Promise<StepResult> {
@@ -46,6 +53,7 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
   const o = new Float32Array(total * H * D); // [total][H*D] attention output
   const failed: (Error | null)[] = items.map(() => null);
   const attendUs: number[] = [];
+  const engineUs: number[] = [];
 
   await m.embed(tokens, x);
   for (let l = 0; l < c.layers; l++) {
@@ -59,6 +67,7 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
     });
     o.fill(0);
     const t0 = performance.now();
+    let engine = 0;
     await Promise.all(
       [...byShard].map(async ([shard, idx]) => {
         const part = idx.map((i) => {
@@ -77,12 +86,13 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
           const sc = items[i].trace && trace.getSpanContext(items[i].trace!);
           return sc ? [{ context: sc }] : [];
         });
-        const span = first ? childOf(first, 'attend', { 'smartkv.layer': l, 'smartkv.sequences': idx.length, 'smartkv.rows': part.reduce((a, p) => a + p.rows, 0) }, links) : undefined;
+        const span = ATTEND_SPANS && first ? childOf(first, 'attend', { 'smartkv.layer': l, 'smartkv.sequences': idx.length, 'smartkv.rows': part.reduce((a, p) => a + p.rows, 0) }, links) : undefined;
         const ta = performance.now();
         try {
           const res = await shard.attend(l, part, traceparentOf(span));
           idx.forEach((i, j) => o.set(res.out[j], rowStart[i] * H * D));
           span?.setAttribute('smartkv.engine_us', res.engineUs);
+          engine = Math.max(engine, res.engineUs);
         } catch (e) {
           for (const i of idx) failed[i] = e as Error;
           span?.recordException(e as Error);
@@ -93,6 +103,7 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
       }),
     );
     attendUs.push(Math.round((performance.now() - t0) * 1000));
+    engineUs.push(engine);
     await m.postAttention(l, o, total, x);
   }
 
@@ -118,7 +129,7 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
     w += n;
     return part;
   });
-  return { logits: out, attendUs };
+  return { logits: out, attendUs, engineUs };
 }
 
 /** log softmax(logits)[token], in float64. */

@@ -225,6 +225,7 @@ export class Scheduler {
     const res = await runStep(this.o.model, items);
     const stepUs = Math.round((performance.now() - t0) * 1000);
     this.onStep?.({ batch: items.length, rows: rowsInStep, stepUs, attendUs: res.attendUs });
+    for (const r of who) r.job.stepSpan?.setAttributes({ 'smartkv.step_us': stepUs, 'smartkv.attend_us': res.attendUs, 'smartkv.attend_engine_us': res.engineUs });
     const m = instruments();
     m.stepDuration.record(stepUs / 1000);
     m.batchSize.record(items.length);
