@@ -29,7 +29,7 @@ describe('telemetry across the services', () => {
     for (let i = 0; i < 3; i++) ports.push(await freePort());
     cluster = await Cluster.start({
       log: logs.log,
-      env: { OTEL_EXPORTER_OTLP_ENDPOINT: rx.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_BSP_SCHEDULE_DELAY: '100' },
+      env: { OTEL_EXPORTER_OTLP_ENDPOINT: rx.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_BSP_SCHEDULE_DELAY: '100', SMARTKV_TRACE_ATTEND: 'spans' },
       allocatorArgs: ['--metrics-port', String(ports[0])],
       cacheArgs: ['--metrics-port', String(ports[1])],
       orchestratorArgs: ['--metrics-port', String(ports[2])],
