@@ -10,6 +10,10 @@ import { CachePolicy } from '../../gen/smartkv/v1/common_pb.js';
 import { FinishReason, type GenerateResponse } from '../../gen/smartkv/v1/generation_pb.js';
 import { checkHealth } from '../../services/common/health-client.js';
 import { Cluster, ServiceProcess } from '../../services/launcher/cluster.js';
+import { Fp32Cache } from '../../services/orchestrator/model/fp32-cache.js';
+import { Model } from '../../services/orchestrator/model/model.js';
+import { defaultModelDir } from '../../services/orchestrator/model/paths.js';
+import { logProb } from '../../services/orchestrator/runner.js';
 import { cacheStats, codeOf, collectLogs, eventually, generateRequest, SmartKvClient } from '../helpers/services.js';
 
 const PROMPT = 'The old man said';
@@ -117,6 +121,31 @@ describe('SmartKV as separate processes', () => {
       });
     }
     assert.ok(await allShardsEmpty());
+  });
+
+  test('Score: FP16 matches the uncompressed reference; compression costs likelihood; split equals in-process', async () => {
+    const text = 'It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of foolishness. '.repeat(3);
+    const fp16 = await split.score(text, { policy: CachePolicy.FP16 });
+    const n = fp16.tokenIds.length;
+    assert.equal(fp16.logprobs.length, n - 1);
+    // The reference: the same model with a float32 cache and float64 attention, whole text at once.
+    const model = Model.load(defaultModelDir(), { threads: 1 });
+    const logits = await new Fp32Cache(model).forward(fp16.tokenIds);
+    const V = model.config.vocab;
+    let maxDiff = 0;
+    for (let i = 0; i < n - 1; i++) maxDiff = Math.max(maxDiff, Math.abs(fp16.logprobs[i] - logProb(logits.subarray(i * V, (i + 1) * V), fp16.tokenIds[i + 1])));
+    assert.ok(maxDiff < 0.05, `FP16 cache vs reference: max |Δ log p| = ${maxDiff}`);
+
+    // Without protected tokens, 2-bit everything must cost likelihood (the
+    // reference model leans on its last ~64 tokens, so with the default window
+    // the cost is small: that is measured by `smartkv eval ppl`, not here).
+    const int2 = await split.score(text, { policy: CachePolicy.UNIFORM_2, window: 0, sinks: 0 });
+    assert.ok(int2.nll > fp16.nll + 2, `uniform-2 NLL ${int2.nll} vs fp16 ${fp16.nll}`);
+    assert.ok(int2.summary!.achievedBeta < 0.3 * fp16.summary!.achievedBeta, `uniform-2 β ${int2.summary!.achievedBeta}`);
+
+    const [a, b] = await Promise.all([split.score(text, { policy: CachePolicy.SMARTKV, budget: 0.35 }), local.score(text, { policy: CachePolicy.SMARTKV, budget: 0.35 })]);
+    assert.deepEqual(a.logprobs, b.logprobs);
+    assert.ok(a.summary!.reallocations > 0);
   });
 
   test('stop strings end the text before them', async () => {
