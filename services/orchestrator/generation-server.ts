@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { context } from '@opentelemetry/api';
 import { create } from '@bufbuild/protobuf';
 
-import { BitHistogramSchema, CacheSettingsSchema, type CacheSettings } from '../../gen/smartkv/v1/common_pb.js';
+import { BitHistogramSchema, CacheSettingsSchema, ImportanceMode, LayerMode, type CacheSettings } from '../../gen/smartkv/v1/common_pb.js';
 import {
   CompleteResponseSchema,
   FinishReason,
@@ -54,6 +54,8 @@ export function cacheToPb(c: CacheChoice): CacheSettings {
     reallocInterval: c.reallocInterval,
     sinks: c.sinks,
     window: c.window,
+    importance: c.normalised ? ImportanceMode.NORMALISED : ImportanceMode.ACCUMULATED,
+    layers: c.perLayer ? LayerMode.PER_LAYER : LayerMode.SHARED,
   });
 }
 

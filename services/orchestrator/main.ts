@@ -19,6 +19,8 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'realloc-interval': { kind: 'int', default: D.cache.reallocInterval, help: 'default decode steps between reallocations' },
   sinks: { kind: 'int', default: D.cache.sinks, help: 'default sink tokens kept at 16 bits' },
   window: { kind: 'int', default: D.cache.window, help: 'default recent tokens kept at 16 bits' },
+  importance: { kind: 'string', default: 'accumulated', help: 'default importance: accumulated or normalised' },
+  layers: { kind: 'string', default: 'shared', help: 'default bit-widths: shared (per token) or per-layer' },
   'max-batch': { kind: 'int', default: D.maxBatch, help: 'most sequences in one step' },
   'prefill-chunk': { kind: 'int', default: D.prefillChunk, help: 'prompt tokens per prefill chunk' },
   threads: { kind: 'int', default: 0, help: 'model threads (0: all cores)' },
@@ -35,9 +37,21 @@ export function defaultsFrom(o: Record<string, unknown>): ServerDefaults {
   if (!isPolicyName(policy)) throw new UsageError(`--policy: unknown policy ${policy}`);
   const beta = o.budget as number;
   if (!(beta > 0 && beta <= 1)) throw new UsageError(`--budget must be in (0, 1], got ${beta}`);
+  const importance = o.importance as string, layers = o.layers as string;
+  if (importance !== 'accumulated' && importance !== 'normalised') throw new UsageError(`--importance must be accumulated or normalised, got ${importance}`);
+  if (layers !== 'shared' && layers !== 'per-layer') throw new UsageError(`--layers must be shared or per-layer, got ${layers}`);
   return {
     ...DEFAULTS,
-    cache: { policy, beta, gamma: o.gamma as number, reallocInterval: o['realloc-interval'] as number, sinks: o.sinks as number, window: o.window as number },
+    cache: {
+      policy,
+      beta,
+      gamma: o.gamma as number,
+      reallocInterval: o['realloc-interval'] as number,
+      sinks: o.sinks as number,
+      window: o.window as number,
+      normalised: importance === 'normalised',
+      perLayer: layers === 'per-layer',
+    },
     maxBatch: o['max-batch'] as number,
     prefillChunk: o['prefill-chunk'] as number,
   };

@@ -308,7 +308,17 @@ export class Scheduler {
         j.seq,
         this.o.allocator,
         j.layout!,
-        { policy, beta: cache.beta, sinks: cache.sinks, window: cache.window, ahead, seed: j.seq * 7919 + j.report.reallocations },
+        {
+          policy,
+          beta: cache.beta,
+          sinks: cache.sinks,
+          window: cache.window,
+          ahead,
+          seed: j.seq * 7919 + j.report.reallocations,
+          gamma: cache.gamma,
+          normalised: cache.normalised,
+          perLayer: cache.perLayer,
+        },
         j.metadataBytes,
         this.o.upgrades,
       ));

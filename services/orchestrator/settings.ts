@@ -5,7 +5,7 @@ import type { CacheSettings } from '../../gen/smartkv/v1/common_pb.js';
 import type { GenerateRequest, ScoreRequest } from '../../gen/smartkv/v1/generation_pb.js';
 import { invalidArgument } from '../common/rpc-error.js';
 import { policyFromPb, type PolicyName } from '../common/policy.js';
-import { CachePolicy } from '../../gen/smartkv/v1/common_pb.js';
+import { CachePolicy, ImportanceMode, LayerMode } from '../../gen/smartkv/v1/common_pb.js';
 import type { ModelConfig } from './model/config.js';
 import type { TextTokenizer } from './model/tokenizer.js';
 
@@ -16,6 +16,8 @@ export interface CacheChoice {
   reallocInterval: number; // decode steps between reallocations
   sinks: number;
   window: number;
+  normalised: boolean; // importance read normalised (IMPORTANCE_MODE_NORMALISED)
+  perLayer: boolean; // a bit-width per (token, layer) (LAYER_MODE_PER_LAYER)
 }
 
 export interface ServerDefaults {
@@ -27,7 +29,7 @@ export interface ServerDefaults {
 }
 
 export const DEFAULTS: ServerDefaults = {
-  cache: { policy: 'smartkv', beta: 0.5, gamma: 0.9, reallocInterval: 16, sinks: 4, window: 64 },
+  cache: { policy: 'smartkv', beta: 0.5, gamma: 0.9, reallocInterval: 16, sinks: 4, window: 64, normalised: false, perLayer: false },
   prefillChunk: 128,
   maxBatch: 16,
   maxStopStrings: 8,
@@ -85,6 +87,14 @@ export function resolveCache(c: CacheSettings | undefined, d: ServerDefaults, en
   if (c.sinks !== undefined) {
     if (c.sinks > 1024) throw invalidArgument(`cache.sinks must be ≤ 1024, got ${c.sinks}`);
     out.sinks = c.sinks;
+  }
+  if (c.importance !== ImportanceMode.UNSPECIFIED) {
+    if (!ImportanceMode[c.importance]) throw invalidArgument(`cache.importance: unknown mode ${c.importance}`);
+    out.normalised = c.importance === ImportanceMode.NORMALISED;
+  }
+  if (c.layers !== LayerMode.UNSPECIFIED) {
+    if (!LayerMode[c.layers]) throw invalidArgument(`cache.layers: unknown mode ${c.layers}`);
+    out.perLayer = c.layers === LayerMode.PER_LAYER;
   }
   if (c.window !== undefined) {
     if (c.window > 65536) throw invalidArgument(`cache.window must be ≤ 65536, got ${c.window}`);
