@@ -3,6 +3,7 @@
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -47,10 +48,12 @@ export async function startServer(host: string, port: number, services: ServedSe
     health.setStatus(s.service.typeName, 'NOT_SERVING');
   }
   health.addToServer(server);
-  // Reflection reads .proto sources (proto-loader); they are the same files buf compiles.
-  const files = ['smartkv/v1/generation.proto', 'smartkv/v1/cache.proto', 'smartkv/v1/allocator.proto'];
-  const pkg = protoLoader.loadSync(files, { includeDirs: [protoDir()], keepCase: true });
-  new ReflectionService(pkg).addToServer(server);
+  // Reflection reads .proto sources (proto-loader): ours (the files buf
+  // compiles) and the health service's; it lists what this server serves.
+  const files = ['smartkv/v1/generation.proto', 'smartkv/v1/cache.proto', 'smartkv/v1/allocator.proto', 'health/v1/health.proto'];
+  const healthProtoDir = join(dirname(createRequire(import.meta.url).resolve('grpc-health-check/package.json')), 'proto');
+  const pkg = protoLoader.loadSync(files, { includeDirs: [protoDir(), healthProtoDir], keepCase: true });
+  new ReflectionService(pkg, { services: [...services.map((s) => s.service.typeName), 'grpc.health.v1.Health'] }).addToServer(server);
 
   const bound = await new Promise<number>((resolve, reject) =>
     server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),

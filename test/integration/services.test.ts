@@ -14,6 +14,7 @@ import { Fp32Cache } from '../../services/orchestrator/model/fp32-cache.js';
 import { Model } from '../../services/orchestrator/model/model.js';
 import { defaultModelDir } from '../../services/orchestrator/model/paths.js';
 import { logProb } from '../../services/orchestrator/runner.js';
+import { listServices } from '../helpers/reflection-client.js';
 import { cacheStats, codeOf, collectLogs, eventually, generateRequest, SmartKvClient } from '../helpers/services.js';
 
 const PROMPT = 'The old man said';
@@ -52,6 +53,11 @@ describe('SmartKV as separate processes', () => {
     }
     assert.equal(await checkHealth(cluster.address, 'smartkv.v1.GenerationService'), 'SERVING');
     assert.match(await checkHealth(cluster.address, 'no.such.Service'), /error: .*NOT_FOUND|error/i);
+    // Server reflection, as grpcurl uses it.
+    const listed = await listServices(cluster.address);
+    for (const name of ['smartkv.v1.GenerationService', 'grpc.health.v1.Health']) assert.ok(listed.includes(name), `${name} in ${listed}`);
+    assert.ok(!listed.includes('smartkv.v1.CacheService'), 'each server lists only what it serves');
+    assert.ok((await listServices(cluster.caches[0].address)).includes('smartkv.v1.CacheService'));
     const info = await split.info();
     assert.equal(info.layers, 4);
     assert.equal(info.cacheShards.length, 2);
