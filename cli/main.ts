@@ -1,5 +1,6 @@
 // The `smartkv` command line. Subcommands register here; this issue has
 // `bench attention` (later: generate, eval, …).
+import { benchAllocator } from './bench-allocator.js';
 import { benchAttention } from './bench-attention.js';
 import { benchModel } from './bench-model.js';
 import { benchE2e } from './bench-e2e.js';
@@ -21,6 +22,7 @@ commands:
                                        --tracing: also the cost of OTLP tracing through the API
   bench model [--json] [--quick] [--model DIR]
                                        the reference model in-process: prefill and decode tokens/s
+  bench allocator [--json] [--quick]   allocator plan time per policy at 4K, 32K, 128K tokens (p50, p99)
 ${EVAL_USAGE_LINES}`;
 
 async function main(argv: string[]): Promise<number> {
@@ -70,6 +72,15 @@ async function main(argv: string[]): Promise<number> {
     if (unknown.length) return usageError(`unknown option ${unknown[0]}`);
     await benchModel(
       { json: flags.has('--json'), quick: flags.has('--quick'), model },
+      { out: (l) => process.stdout.write(`${l}\n`), progress: (l) => process.stderr.write(`${l}\n`) },
+    );
+    return 0;
+  }
+  if (words[0] === 'bench' && words[1] === 'allocator' && words.length === 2) {
+    const unknown = [...flags].filter((f) => f !== '--json' && f !== '--quick');
+    if (unknown.length) return usageError(`unknown option ${unknown[0]}`);
+    await benchAllocator(
+      { json: flags.has('--json'), quick: flags.has('--quick') },
       { out: (l) => process.stdout.write(`${l}\n`), progress: (l) => process.stderr.write(`${l}\n`) },
     );
     return 0;

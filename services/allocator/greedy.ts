@@ -1,23 +1,26 @@
 // SmartKV's greedy precision allocator (DESIGN.md §5): every unprotected token
 // starts at 2 bits; the upgrade with the best importance × Δerror per extra
-// byte is taken next, until the byte budget is spent. Pure computation: it
-// sees importance, errors and byte costs, never KV.
+// byte is taken next, until no upgrade fits the byte budget. Pure
+// computation: it sees importance, errors and byte costs, never KV.
 //
-// The greedy is a threshold selection, done in O(n) without a heap:
+// That loop is a threshold selection, done here in O(n) without a heap:
 //
-//   candidates   a token's upgrades on the lower convex hull of its
-//                (bytes, error) points: 2→4 (A) then 4→8 (B) when the gain per
-//                byte falls (B's key ≤ A's key), else one merged 2→8 (M)
-//   prefix       sorted by key (descending), the longest prefix whose bytes
-//                fit; found by weighted radix selection on the key's float
-//                bits (12 bits a level, histogram of bytes per bin), then a
-//                sort of the few keys left in the boundary bin
-//   tail         what the prefix left over may still fit a cheaper class
-//                (a 2→4 after a 2→8 failed): the best candidate that fits,
-//                one linear scan each, at most c(2→8)/c(cheapest) + 1 scans
+//   candidates   per token, its upgrades on the lower convex hull of its
+//                (bytes, error) points: 2→4 then 4→8 when the gain per byte
+//                falls (the usual case: error drops ~16x a step), else one
+//                merged 2→8 at the combined gain
+//   prefix       by key descending, the longest prefix whose bytes fit: a
+//                weighted radix selection on the keys' float bits (12 bits a
+//                level: a histogram of bytes per digit, the bin where the
+//                budget runs out, recurse into it), then a sort of the few
+//                keys left in that bin
+//   tail         what the prefix leaves (less than the 2→8 bytes of the
+//                candidate that stopped it) may still buy cheaper upgrades:
+//                the best open one that fits, one linear scan each
 //
-// The result is the one of the classic loop "take the best upgrade that
-// fits, until none does" (up to the order of equal keys).
+// The plan is the loop's (up to the order of equal keys); the sort of the
+// last bin is O(k log k), k the keys equal in their top 36 bits — a handful
+// unless many keys are equal.
 import { invalid } from '../../native/errors.js';
 import { checkArray, checkBudget, checkInt, checkNumber } from '../../native/validate.js';
 
