@@ -1,0 +1,50 @@
+// `smartkv eval ppl|needle [options]`: argument checking and exit codes
+// (0 done, 1 failed, 2 usage error, 130 interrupted).
+import { usage, UsageError } from '../services/common/args.js';
+import { evalOptionSpec, InterruptedError, parseEvalOptions, type EvalIo, type EvalKind } from './eval-common.js';
+import { evalNeedle } from './eval-needle.js';
+import { evalPpl } from './eval-ppl.js';
+
+export const EVAL_USAGE_LINES = `  eval ppl [--json] [--quick] [--policy P]... [--budget β]... [--server ADDR] [--markdown FILE]
+                                       held-out perplexity per cache policy and budget (Score API)
+  eval needle [same options]           pass-key retrieval per policy, budget, context and depth
+                                       (Complete API); \`smartkv eval ppl --help\` lists the options
+`;
+
+function evalUsage(kind: EvalKind | null): string {
+  if (kind === null) return `usage:\n${EVAL_USAGE_LINES}`;
+  return usage(`smartkv eval ${kind} [options]`, evalOptionSpec(kind));
+}
+
+/** Runs `smartkv eval …`; `argv` starts after "eval". */
+export async function evalCommand(argv: string[], io: EvalIo): Promise<number> {
+  const kind = argv[0] === 'ppl' || argv[0] === 'needle' ? argv[0] : null;
+  const fail = (msg: string) => {
+    io.err.write(`smartkv eval: ${msg}\n\n${evalUsage(kind)}`);
+    return 2;
+  };
+  if (kind === null) return argv.includes('--help') ? (io.out(evalUsage(null)), 0) : fail(argv[0] ? `unknown evaluation ${argv[0]} (ppl or needle)` : 'which evaluation? ppl or needle');
+  let opts;
+  try {
+    opts = parseEvalOptions(kind, argv.slice(1));
+  } catch (e) {
+    if (e instanceof UsageError) return fail(e.message);
+    throw e;
+  }
+  if (argv.includes('--help')) {
+    io.out(evalUsage(kind));
+    return 0;
+  }
+  const command = ['npx smartkv eval', ...argv].map((a) => (/^[\w@%+=:,./-]+$|^npx smartkv eval$/.test(a) ? a : `'${a}'`)).join(' ');
+  try {
+    if (kind === 'ppl') await evalPpl(opts, io, command);
+    else await evalNeedle(opts, io, command);
+    return 0;
+  } catch (e) {
+    if (e instanceof InterruptedError) {
+      io.err.write(`smartkv eval: ${e.message}; the services are stopped\n`);
+      return 130;
+    }
+    throw e;
+  }
+}
