@@ -113,17 +113,19 @@ async function planFor(eng: KvEngine, seq: number, n: number, v: EngineVariant):
   if (v.kind === 'uniform') return new Uint8Array(n).fill(['fp16', 'int8', 'int4', 'int2'].indexOf(v.format));
   const report = await eng.exportImportance(seq, 0);
   const { kvHeads, headDim, blockTokens } = eng.config;
-  const budgetBytes = budgetForBeta({
+  const budgetBytes = Math.max(0, budgetForBeta({
     beta: v.beta,
     n,
     fp16TokenBytes: 2 * kvHeads * headDim * 2,
     tokenBytes: eng.tokenBytes(),
     metaBytesPerToken: TOKEN_META_BYTES,
     blockTokens,
-    extraBytes: 2 * 4096 * 4 + n, // a page of slot map and importance each, block tables
+    // bookkeeping beyond 8 bytes a token: positions in the blocks (4), page
+    // tables and rounding (docs/engine.md: ≤ 12.75 bytes a token + 1.2 KiB)
+    extraBytes: 1280 + 5 * n,
     sinks: SINKS,
     window: WINDOW,
-  });
+  }));
   const importance = zipfImportance(n, seq * 7919);
   return greedyAllocate({ importance, sqError: report.sqError, tokenBytes: eng.tokenBytes(), budgetBytes, sinks: SINKS, window: WINDOW })
     .formats;
