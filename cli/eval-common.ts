@@ -34,6 +34,10 @@ export const DEFAULT_BUDGETS = [0.25, 0.33, 0.5];
 
 export type EvalKind = 'ppl' | 'needle';
 
+/** Default sizes (held-out windows per row; samples per context × depth cell),
+ * each measured to finish in about 10 minutes on the shared 2-core build machine. */
+export const DEFAULT_SIZE: Record<EvalKind, number> = { ppl: 24, needle: 4 };
+
 export interface EvalOptions {
   kind: EvalKind;
   json: boolean;
@@ -62,7 +66,7 @@ export function configLabel(c: EvalConfig): string {
 
 export function evalOptionSpec(kind: EvalKind): Record<string, OptionSpec> {
   const size: Record<string, OptionSpec> =
-    kind === 'ppl' ? { windows: { kind: 'int', help: 'held-out windows per row (default 24; --quick 1)' } } : { seeds: { kind: 'int', help: 'samples per (context, depth) cell (default 3; --quick 1)' } };
+    kind === 'ppl' ? { windows: { kind: 'int', help: `held-out windows per row (default ${DEFAULT_SIZE.ppl}; --quick 1)` } } : { seeds: { kind: 'int', help: `samples per (context, depth) cell (default ${DEFAULT_SIZE.needle}; --quick 1)` } };
   return {
     json: { kind: 'bool', default: false, help: 'one JSON object per line instead of the table' },
     quick: { kind: 'bool', default: false, help: 'a tiny run (smoke test)' },
@@ -200,7 +204,7 @@ export async function withServer<T>(o: Pick<EvalOptions, 'server'>, io: EvalIo, 
       cluster = await Cluster.start({ cacheShards: 1, log });
       if (interrupted) throw new InterruptedError(interrupted);
       io.err.write(`  ready at ${cluster.address} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
-      where = 'a local split system started for this run (allocator, 1 cache service, orchestrator; separate processes over gRPC)';
+      where = 'a local split system started for this run (allocator, 1 cache service without --master-copy, orchestrator; separate processes over gRPC)';
       client = new EvalClient(cluster.address);
     }
     const info = await client.info();

@@ -8,14 +8,13 @@
 // the server decodes 5 tokens greedily and the answer is correct iff they are
 // the 5 digits of the key.
 import type { CompleteResponse } from '../gen/smartkv/v1/generation_pb.js';
-import { corpusModule, evalConfigs, heldOutText, mean, round, runPool, withServer, type EvalConfig, type EvalIo, type EvalOptions, type PasskeySample } from './eval-common.js';
+import { corpusModule, DEFAULT_SIZE, evalConfigs, heldOutText, mean, round, runPool, withServer, type EvalConfig, type EvalIo, type EvalOptions, type PasskeySample } from './eval-common.js';
 import { cacheLine } from './eval-ppl.js';
 import { formatDuration, Progress } from './eval-progress.js';
 import { fixed, markdownReport, modelLine, nowIso, pct, textReport, writeMarkdownSection, type Report, type Table } from './eval-report.js';
 
 export const NEEDLE_CONTEXTS = [256, 448, 640, 832, 1024]; // bytes; 1024 fills the reference model's context (BOS + prompt + 5 tokens)
 export const NEEDLE_DEPTHS = [0, 0.25, 0.5, 0.75, 1];
-export const NEEDLE_SEEDS = 3; // per (context, depth) cell: about 10 minutes on the 2-core build machine
 const QUICK = { contexts: [160, 256], depths: [0, 1], seeds: 1 };
 const ANSWER_TOKENS = 5;
 
@@ -70,7 +69,7 @@ export async function evalNeedle(o: EvalOptions, io: EvalIo, command: string): P
   const corpus = await corpusModule();
   const held = await heldOutText(corpus);
   return withServer(o, io, async ({ client, info, where }) => {
-    const grid = o.quick ? QUICK : { contexts: NEEDLE_CONTEXTS, depths: NEEDLE_DEPTHS, seeds: NEEDLE_SEEDS };
+    const grid = o.quick ? QUICK : { contexts: NEEDLE_CONTEXTS, depths: NEEDLE_DEPTHS, seeds: DEFAULT_SIZE.needle };
     const seeds = o.size ?? grid.seeds;
     // Byte-level model: BOS + the prompt's bytes + the answer's tokens must fit; the sample's bytes include "NNNNN." (6).
     const contexts = grid.contexts.filter((b) => b - 6 + 1 + ANSWER_TOKENS <= info.maxPositions);

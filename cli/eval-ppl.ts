@@ -8,13 +8,12 @@
 // row scores the same windows. Score feeds a window the way generation does:
 // the first prefill chunk at once, then one token at a time with a
 // reallocation every R steps, and returns every token's log-probability.
-import type { BitHistogram } from '../gen/smartkv/v1/common_pb.js';
+import { ImportanceMode, LayerMode, type BitHistogram } from '../gen/smartkv/v1/common_pb.js';
 import type { InfoResponse, ScoreResponse } from '../gen/smartkv/v1/generation_pb.js';
-import { corpusModule, evalConfigs, heldOutText, mean, round, runPool, withServer, type EvalConfig, type EvalIo, type EvalOptions } from './eval-common.js';
+import { corpusModule, DEFAULT_SIZE, evalConfigs, heldOutText, mean, round, runPool, withServer, type EvalConfig, type EvalIo, type EvalOptions } from './eval-common.js';
 import { formatDuration, Progress } from './eval-progress.js';
 import { fixed, modelLine, nowIso, pct, textReport, markdownReport, writeMarkdownSection, type Report } from './eval-report.js';
 
-export const PPL_WINDOWS = 24; // default windows per row: about 10 minutes on the 2-core build machine
 const QUICK_WINDOW_TOKENS = 256;
 
 export interface Window {
@@ -130,7 +129,7 @@ export async function evalPpl(o: EvalOptions, io: EvalIo, command: string): Prom
   return withServer(o, io, async ({ client, info, where }) => {
     const windowTokens = o.quick ? Math.min(QUICK_WINDOW_TOKENS, info.maxPositions) : info.maxPositions;
     // Byte-level model: one token per byte, plus BOS.
-    const { windows, available } = heldOutWindows(held.text, windowTokens - 1, o.size ?? (o.quick ? 1 : PPL_WINDOWS));
+    const { windows, available } = heldOutWindows(held.text, windowTokens - 1, o.size ?? (o.quick ? 1 : DEFAULT_SIZE.ppl));
     const items = windows.flatMap((w, wi) => configs.map((c, ci) => ({ w, wi, c, ci }))); // window-major: a steady ETA
     const accs: Acc[] = configs.map(() => ({ nll: [], tokens: [], bytes: 0, beta: [], maxBeta: 0, missed: 0, reallocations: 0, hist: histogramCounts(undefined) }));
     const inFlight = Math.max(1, Math.min(16, info.maxBatch));
@@ -194,7 +193,8 @@ export function cacheLine(info: InfoResponse): string {
   const d = info.defaults!;
   return (
     `R = ${d.reallocInterval} decode steps between reallocations, ${d.sinks} sink tokens and a window of ${d.window} recent tokens kept at 16 bits, ` +
-    `γ = ${d.gamma}; β = bytes held (scales and bookkeeping included) / FP16 bytes; unbudgeted rows are sent β = 1 (their plans do not consult it)`
+    `γ = ${d.gamma}, importance ${ImportanceMode[d.importance]?.toLowerCase() ?? d.importance}, layers ${LayerMode[d.layers]?.toLowerCase().replace('_', '-') ?? d.layers} ` +
+    `(the server's defaults); β = bytes held (scales and bookkeeping included) / FP16 bytes; unbudgeted rows are sent β = 1 (their plans do not consult it)`
   );
 }
 
@@ -216,8 +216,8 @@ function pplTable(rows: PplRow[]) {
       fixed(r.target_beta, 2),
       fixed(r.achieved_beta, 3),
       r.target_beta === null ? '—' : `${r.budget_missed}/${r.reallocations}`,
-      fixed(r.ppl, 3),
-      r.ppl_increase === null ? '—' : `${r.ppl_increase >= 0 ? '+' : ''}${r.ppl_increase.toFixed(3)}${r.ppl_increase_se ? ` ± ${r.ppl_increase_se.toFixed(3)}` : ''}`,
+      fixed(r.ppl, 4),
+      r.ppl_increase === null ? '—' : `${r.ppl_increase >= 0 ? '+' : ''}${r.ppl_increase.toFixed(4)}${r.ppl_increase_se !== null ? ` ± ${r.ppl_increase_se.toFixed(4)}` : ''}`,
       fixed(r.bits_per_byte, 4),
       ...hist(r),
     ]),
@@ -226,8 +226,8 @@ function pplTable(rows: PplRow[]) {
 
 function pplNotes(rows: PplRow[]): string[] {
   const notes = [
-    '  β achieved: mean over windows at the end of each window. missed: reallocations whose plan could not meet β / all reallocations',
-    '  (too few tokens yet for β: protected tokens and partly filled blocks). Δppl ± its paired standard error over windows.',
+    '  β achieved: mean over windows at the end of each window. missed: reallocations whose plan did not meet β / all reallocations',
+    '  (summary.budget_missed / summary.reallocations, summed over windows). Δppl ± its paired standard error over windows.',
     '  16b … kivi: share of token-layers at each precision at the end of each window.',
   ];
   return rows.length ? notes : [];
