@@ -45,6 +45,7 @@ export interface EvalOptions {
   policies: PolicyName[]; // in POLICY_NAMES order
   budgets: number[]; // ascending
   server?: string;
+  masterCopy: boolean; // the local cache service keeps FP16 originals (outside β) so plans may raise precision
   markdown?: string;
   size?: number; // --windows (ppl) or --seeds (needle): overrides the default size
 }
@@ -73,6 +74,7 @@ export function evalOptionSpec(kind: EvalKind): Record<string, OptionSpec> {
     policy: { kind: 'multi', help: `only this policy (repeatable): ${POLICY_NAMES.join(', ')}` },
     budget: { kind: 'multi', help: `only this budget β for ${BUDGETED.join(', ')} (repeatable; default ${DEFAULT_BUDGETS.join(', ')})` },
     server: { kind: 'string', help: 'measure through this running orchestrator (default: start a local split system)' },
+    'no-master-copy': { kind: 'bool', default: false, help: 'start the local cache service without --master-copy (precision can then only go down)' },
     markdown: { kind: 'string', help: 'also write the table as a Markdown section into FILE' },
     ...size,
     help: { kind: 'bool', help: 'print this help' },
@@ -98,6 +100,7 @@ export function parseEvalOptions(kind: EvalKind, argv: readonly string[]): EvalO
     policies: named.length ? POLICY_NAMES.filter((p) => named.includes(p)) : [...POLICY_NAMES],
     budgets: budgets.length ? [...new Set(budgets)].sort((a, b) => a - b) : DEFAULT_BUDGETS,
     server: o.server as string | undefined,
+    masterCopy: !(o['no-master-copy'] as boolean),
     markdown: o.markdown as string | undefined,
     size,
   };
@@ -176,7 +179,7 @@ export interface EvalServer {
  * service, orchestrator; quiet logs) that is stopped afterwards, also on an
  * error or Ctrl-C. An interrupted run ends with an InterruptedError.
  */
-export async function withServer<T>(o: Pick<EvalOptions, 'server'>, io: EvalIo, fn: (s: EvalServer) => Promise<T>): Promise<T> {
+export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy'>, io: EvalIo, fn: (s: EvalServer) => Promise<T>): Promise<T> {
   const logs: string[] = []; // the services' last lines, shown if something fails
   let cluster: Cluster | null = null;
   let client: EvalClient | null = null;
@@ -201,10 +204,12 @@ export async function withServer<T>(o: Pick<EvalOptions, 'server'>, io: EvalIo, 
         logs.push(`${role}: ${line}`);
         if (logs.length > 200) logs.shift();
       };
-      cluster = await Cluster.start({ cacheShards: 1, log });
+      cluster = await Cluster.start({ cacheShards: 1, log, cacheArgs: o.masterCopy ? ['--master-copy'] : [] });
       if (interrupted) throw new InterruptedError(interrupted);
       io.err.write(`  ready at ${cluster.address} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
-      where = 'a local split system started for this run (allocator, 1 cache service without --master-copy, orchestrator; separate processes over gRPC)';
+      where = `a local split system started for this run (allocator, 1 cache service ${
+        o.masterCopy ? 'with --master-copy: FP16 originals kept outside β, so plans may raise precision again' : 'without --master-copy: precision only goes down'
+      }, orchestrator; separate processes over gRPC)`;
       client = new EvalClient(cluster.address);
     }
     const info = await client.info();

@@ -75,8 +75,13 @@ function planUniform(input: AllocationInput, code: number): Allocation {
   return { formats, usedBytes: unprotectedBytes(formats, lo, hi, input.tokenBytes), fits: true };
 }
 
-/** smartkv's counts of int8 and int4 tokens, dealt to a seeded random
- * permutation of the unprotected tokens; a bound caps a token's share. */
+/** smartkv's counts of int8 and int4 tokens, dealt to the unprotected tokens
+ * in a seeded random order. The order is a hash of (seed, token index), not a
+ * fresh shuffle, so a sequence's later plans (same seed) favour the same
+ * tokens: without a master copy precision only goes down, and a fresh draw
+ * each time would shrink the histogram plan after plan. Tokens whose bound
+ * forbids a precision are passed over for it, so the histogram is kept as far
+ * as the bounds allow. */
 function planRandom(input: AllocationInput): Allocation {
   const smart = planGreedy(input);
   const { lo, hi } = unprotectedRange(input.importance.length, input.sinks, input.window);
@@ -86,19 +91,29 @@ function planRandom(input: AllocationInput): Allocation {
     else if (smart.formats[i] === INT4) n4++;
   }
   const formats = startPlan(input), bounds = input.upperBounds;
-  const order = new Int32Array(hi - lo); // [hi - lo] token ids; the first n8 + n4 shuffled (Fisher–Yates)
-  for (let k = 0; k < order.length; k++) order[k] = lo + k;
-  const u = mulberry32(input.seed);
-  for (let k = 0; k < n8 + n4; k++) {
-    const r = k + Math.floor(u() * (order.length - k));
-    const t = order[r];
-    order[r] = order[k];
-    order[k] = t;
-    const code = k < n8 ? INT8 : INT4;
-    formats[t] = bounds === null ? code : Math.max(code, bounds[t]);
+  const priority = new Uint32Array(hi - lo); // [hi - lo] random rank key of each unprotected token
+  for (let k = 0; k < priority.length; k++) priority[k] = tokenHash(input.seed, lo + k);
+  const order = Array.from({ length: hi - lo }, (_, k) => lo + k).sort((a, b) => priority[b - lo] - priority[a - lo] || a - b);
+  for (const t of order) {
+    const bound = bounds === null ? INT8 : bounds[t];
+    if (n8 > 0 && bound <= INT8) {
+      formats[t] = INT8;
+      n8--;
+    } else if (n4 > 0 && bound <= INT4) {
+      formats[t] = INT4;
+      n4--;
+    }
   }
   // Bounds only take bits away from smartkv's plan, so it still fits.
   return { formats, usedBytes: unprotectedBytes(formats, lo, hi, input.tokenBytes), fits: smart.fits };
+}
+
+/** A 32-bit hash of (seed, token index): the random policy's stable order. */
+function tokenHash(seed: number, i: number): number {
+  let z = (seed ^ Math.imul(i + 1, 0x9e3779b9)) >>> 0;
+  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+  return (z ^ (z >>> 16)) >>> 0;
 }
 
 /** Importance percentiles (ties: the earlier token ranks higher) → format,
@@ -143,15 +158,3 @@ function byImportanceAscending(importance: Float32Array, lo: number, hi: number)
 }
 
 const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
-
-/** A seeded uniform stream in [0, 1) (mulberry32). */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}

@@ -22,8 +22,8 @@ export interface CacheReport {
   applyUs: number;
   tokensChanged: number;
   bytesMoved: number;
-  maxBeta: number; // largest β right after a plan, once the budget was reachable
-  budgetMissed: number; // plans that could not meet the budget (too few tokens yet)
+  maxBeta: number; // largest β right after a plan that changed precision
+  budgetMissed: number; // plans whose exact bytes exceed β (now or before the next plan)
   bytes: Bytes | null; // at the end
 }
 

@@ -211,8 +211,12 @@ export async function reallocate(
     const excess = Math.max(now - allowedNow, later - allowed);
     within = excess <= 0;
     // Stop when it fits, or when a smaller budget cannot change the plan.
-    if (within || !plan.fits || input.budgetBytes === 0 || round === 3 || opt.policy.startsWith('uniform')) break;
-    budget -= opt.perLayer ? excess : excess / L;
+    if (within || !plan.fits || input.budgetBytes === 0 || round === 5 || opt.policy.startsWith('uniform')) break;
+    // Shrink by the excess; from the second round on also by a block of the
+    // dearest quantised format per round: block rounding means fewer upgrades
+    // can free less than they cost (a format's last block stays partly full).
+    const margin = round * lay.blockTokens * lay.tokenBytes[1] * (opt.perLayer ? L : 1);
+    budget -= (opt.perLayer ? excess : excess / L) + margin;
     input.budgetBytes = Math.max(0, budget);
   }
   const out: ReallocOutcome = { allocateUs, fits: within, formats: plan.formats, applyUs: 0, tokensChanged: 0, bytesMoved: 0, bytes: null };

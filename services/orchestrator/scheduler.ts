@@ -314,7 +314,7 @@ export class Scheduler {
           sinks: cache.sinks,
           window: cache.window,
           ahead,
-          seed: j.seq * 7919 + j.report.reallocations,
+          seed: j.seq * 7919, // one per sequence: the random policy keeps favouring the same tokens
           gamma: cache.gamma,
           normalised: cache.normalised,
           perLayer: cache.perLayer,
@@ -331,7 +331,7 @@ export class Scheduler {
       rep.bytesMoved += r.bytesMoved;
       if (r.bytes) {
         j.metadataBytes = r.bytes.metadataBytes;
-        if (r.fits) rep.maxBeta = Math.max(rep.maxBeta, r.bytes.heldBytes / r.bytes.fp16Bytes);
+        rep.maxBeta = Math.max(rep.maxBeta, r.bytes.heldBytes / r.bytes.fp16Bytes);
       }
       if (!r.fits) rep.budgetMissed++;
       const ms = performance.now() - t0;

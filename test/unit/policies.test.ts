@@ -297,6 +297,16 @@ describe('allocator policies', () => {
     assert.notDeepEqual(a.formats, smart.formats);
   });
 
+  it('random keeps its histogram across re-plans when its own plan becomes the bounds', () => {
+    // Without a master copy a plan's formats bound the next plan. With the
+    // same seed the random order is the same, so nothing is lost plan to plan.
+    const inp = makeInput({ n: 1000, seed: 9, fill: 0.4 });
+    const first = allocate('random', inp);
+    const again = allocate('random', { ...inp, upperBounds: first.formats.slice() });
+    assert.deepEqual(histogram(inp, again.formats), histogram(inp, first.formats));
+    assert.deepEqual(again.formats, first.formats);
+  });
+
   it('random under bounds gives a token the next precision allowed and still fits', () => {
     const inp = makeInput({ n: 1000, seed: 8, fill: 0.5, bounds: true });
     const smart = allocate('smartkv', inp), plan = allocate('random', inp);
