@@ -46,6 +46,8 @@ export interface EvalOptions {
   budgets: number[]; // ascending
   server?: string;
   masterCopy: boolean; // the local cache service keeps FP16 originals (outside β) so plans may raise precision
+  importance: string; // the local orchestrator's default importance mode (accumulated | normalised)
+  layers: string; // the local orchestrator's default layer mode (shared | per-layer)
   markdown?: string;
   size?: number; // --windows (ppl) or --seeds (needle): overrides the default size
 }
@@ -74,6 +76,8 @@ export function evalOptionSpec(kind: EvalKind): Record<string, OptionSpec> {
     policy: { kind: 'multi', help: `only this policy (repeatable): ${POLICY_NAMES.join(', ')}` },
     budget: { kind: 'multi', help: `only this budget β for ${BUDGETED.join(', ')} (repeatable; default ${DEFAULT_BUDGETS.join(', ')})` },
     server: { kind: 'string', help: 'measure through this running orchestrator (default: start a local split system)' },
+    importance: { kind: 'string', default: 'accumulated', help: 'importance for the local system: accumulated or normalised (an ablation)' },
+    layers: { kind: 'string', default: 'shared', help: 'bit-widths for the local system: shared (per token) or per-layer (an ablation)' },
     'no-master-copy': { kind: 'bool', default: false, help: 'start the local cache service without --master-copy (precision can then only go down)' },
     markdown: { kind: 'string', help: 'also write the table as a Markdown section into FILE' },
     ...size,
@@ -101,9 +105,16 @@ export function parseEvalOptions(kind: EvalKind, argv: readonly string[]): EvalO
     budgets: budgets.length ? [...new Set(budgets)].sort((a, b) => a - b) : DEFAULT_BUDGETS,
     server: o.server as string | undefined,
     masterCopy: !(o['no-master-copy'] as boolean),
+    importance: checkMode('importance', o.importance as string, ['accumulated', 'normalised']),
+    layers: checkMode('layers', o.layers as string, ['shared', 'per-layer']),
     markdown: o.markdown as string | undefined,
     size,
   };
+}
+
+function checkMode(name: string, v: string, allowed: string[]): string {
+  if (!allowed.includes(v)) throw new UsageError(`--${name} must be ${allowed.join(' or ')}, got ${v}`);
+  return v;
 }
 
 /** The rows of a run: unbudgeted policies once, budgeted ones at each β. */
@@ -179,7 +190,7 @@ export interface EvalServer {
  * service, orchestrator; quiet logs) that is stopped afterwards, also on an
  * error or Ctrl-C. An interrupted run ends with an InterruptedError.
  */
-export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy'>, io: EvalIo, fn: (s: EvalServer) => Promise<T>): Promise<T> {
+export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy' | 'importance' | 'layers'>, io: EvalIo, fn: (s: EvalServer) => Promise<T>): Promise<T> {
   const logs: string[] = []; // the services' last lines, shown if something fails
   let cluster: Cluster | null = null;
   let client: EvalClient | null = null;
@@ -204,7 +215,12 @@ export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy'
         logs.push(`${role}: ${line}`);
         if (logs.length > 200) logs.shift();
       };
-      cluster = await Cluster.start({ cacheShards: 1, log, cacheArgs: o.masterCopy ? ['--master-copy'] : [] });
+      cluster = await Cluster.start({
+        cacheShards: 1,
+        log,
+        cacheArgs: o.masterCopy ? ['--master-copy'] : [],
+        orchestratorArgs: ['--importance', o.importance, '--layers', o.layers],
+      });
       if (interrupted) throw new InterruptedError(interrupted);
       io.err.write(`  ready at ${cluster.address} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
       where = `a local split system started for this run (allocator, 1 cache service ${
