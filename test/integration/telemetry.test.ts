@@ -54,8 +54,14 @@ describe('telemetry across the services', () => {
       10_000,
     );
     const inTrace = () => rx.spans.filter((s) => s.traceId === gen!.traceId);
-    // Wait until the cache's and the allocator's batches have arrived too.
-    const spans = await eventually(async () => inTrace(), (ss) => new Set(ss.map((s) => s.service)).size === 3 && ss.some((s) => s.name === 'cache.attend'), 10_000);
+    // Wait until every process's batches have arrived (exports run concurrently,
+    // so a later batch can land first): one attend per layer per step on both sides.
+    const count = (ss: ReceivedSpan[], name: string) => ss.filter((s) => s.name === name).length;
+    const spans = await eventually(
+      async () => inTrace(),
+      (ss) => new Set(ss.map((s) => s.service)).size === 3 && count(ss, 'step') >= 40 && count(ss, 'attend') === 4 * count(ss, 'step') && count(ss, 'cache.attend') === count(ss, 'attend'),
+      15_000,
+    );
     const byId = new Map(spans.map((s) => [s.spanId, s]));
     const parent = (s: ReceivedSpan) => byId.get(s.parentSpanId);
 
