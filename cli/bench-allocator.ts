@@ -7,6 +7,7 @@
 import { TOKEN_META_BYTES, tokenBytes } from '../native/formats.js';
 import { budgetForBeta } from '../services/allocator/greedy.js';
 import { allocate, PLAN_POLICIES, type AllocationInput, type PlanPolicy } from '../services/allocator/policies.js';
+import { mulberry32 as uniform } from '../services/common/random.js';
 
 export interface BenchAllocatorOptions {
   json: boolean;
@@ -107,16 +108,4 @@ export function benchInput(n: number, seed: number): AllocationInput {
     window: WINDOW,
   })); // 0 below ~1K tokens, where the fixed costs alone exceed β
   return { importance, sqError, upperBounds: null, tokenBytes: bytes, budgetBytes, sinks: SINKS, window: WINDOW, seed };
-}
-
-/** A seeded uniform stream in [0, 1) (mulberry32). */
-function uniform(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }

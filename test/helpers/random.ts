@@ -1,15 +1,8 @@
 // Seeded test data: mulberry32 uniform stream and Box-Muller normals.
 
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from '../../services/common/random.js';
+
+export const rng = mulberry32;
 
 export function gaussian(n: number, seed: number, sigma = 1): Float32Array {
   const u = rng(seed);
