@@ -48,6 +48,9 @@ export interface EvalOptions {
   masterCopy: boolean; // the local cache service keeps FP16 originals (outside β) so plans may raise precision
   importance: string; // the local orchestrator's default importance mode (accumulated | normalised)
   layers: string; // the local orchestrator's default layer mode (shared | per-layer)
+  rotateKeys: boolean; // the local cache service stores keys rotated (randomised Hadamard)
+  quant: string; // the local cache service's quantisation: symmetric or asymmetric
+  window?: number; // the local orchestrator's default recent window (16-bit tokens)
   markdown?: string;
   size?: number; // --windows (ppl) or --seeds (needle): overrides the default size
 }
@@ -79,6 +82,9 @@ export function evalOptionSpec(kind: EvalKind): Record<string, OptionSpec> {
     importance: { kind: 'string', default: 'accumulated', help: 'importance for the local system: accumulated or normalised (an ablation)' },
     layers: { kind: 'string', default: 'shared', help: 'bit-widths for the local system: shared (per token) or per-layer (an ablation)' },
     'no-master-copy': { kind: 'bool', default: false, help: 'start the local cache service without --master-copy (precision can then only go down)' },
+    'no-rotate-keys': { kind: 'bool', default: false, help: 'start the local cache service with --rotate-keys=false (keys stored as they are; an ablation)' },
+    quant: { kind: 'string', default: 'symmetric', help: 'the local cache service\'s quantisation: symmetric or asymmetric (an ablation)' },
+    window: { kind: 'int', help: 'the local system\'s recent window kept at 16 bits (default: the server\'s, 64)' },
     markdown: { kind: 'string', help: 'also write the table as a Markdown section into FILE' },
     ...size,
     help: { kind: 'bool', help: 'print this help' },
@@ -105,11 +111,19 @@ export function parseEvalOptions(kind: EvalKind, argv: readonly string[]): EvalO
     budgets: budgets.length ? [...new Set(budgets)].sort((a, b) => a - b) : DEFAULT_BUDGETS,
     server: o.server as string | undefined,
     masterCopy: !(o['no-master-copy'] as boolean),
+    rotateKeys: !(o['no-rotate-keys'] as boolean),
+    quant: checkMode('quant', o.quant as string, ['symmetric', 'asymmetric']),
+    window: checkWindow(o.window as number | undefined),
     importance: checkMode('importance', o.importance as string, ['accumulated', 'normalised']),
     layers: checkMode('layers', o.layers as string, ['shared', 'per-layer']),
     markdown: o.markdown as string | undefined,
     size,
   };
+}
+
+function checkWindow(w: number | undefined): number | undefined {
+  if (w !== undefined && !(w >= 0 && w <= 4096)) throw new UsageError(`--window must be in [0, 4096], got ${w}`);
+  return w;
 }
 
 function checkMode(name: string, v: string, allowed: string[]): string {
@@ -190,7 +204,7 @@ export interface EvalServer {
  * service, orchestrator; quiet logs) that is stopped afterwards, also on an
  * error or Ctrl-C. An interrupted run ends with an InterruptedError.
  */
-export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy' | 'importance' | 'layers'>, io: EvalIo, fn: (s: EvalServer) => Promise<T>): Promise<T> {
+export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy' | 'rotateKeys' | 'quant' | 'importance' | 'layers' | 'window'>, io: EvalIo, fn: (s: EvalServer) => Promise<T>): Promise<T> {
   const logs: string[] = []; // the services' last lines, shown if something fails
   let cluster: Cluster | null = null;
   let client: EvalClient | null = null;
@@ -218,14 +232,14 @@ export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy'
       cluster = await Cluster.start({
         cacheShards: 1,
         log,
-        cacheArgs: o.masterCopy ? ['--master-copy'] : [],
-        orchestratorArgs: ['--importance', o.importance, '--layers', o.layers],
+        cacheArgs: [...(o.masterCopy ? ['--master-copy'] : []), ...(o.rotateKeys ? [] : ['--rotate-keys=false']), '--quant', o.quant],
+        orchestratorArgs: ['--importance', o.importance, '--layers', o.layers, ...(o.window !== undefined ? ['--window', String(o.window)] : [])],
       });
       if (interrupted) throw new InterruptedError(interrupted);
       io.err.write(`  ready at ${cluster.address} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
       where = `a local split system started for this run (allocator, 1 cache service ${
         o.masterCopy ? 'with --master-copy: FP16 originals kept outside β, so plans may raise precision again' : 'without --master-copy: precision only goes down'
-      }, orchestrator; separate processes over gRPC)`;
+      }, ${o.rotateKeys ? 'keys stored rotated (randomised Hadamard of q and k; KIVI rows as published)' : 'with --rotate-keys=false: keys stored as they are'}, ${o.quant} quantisation, orchestrator; separate processes over gRPC)`;
       client = new EvalClient(cluster.address);
     }
     const info = await client.info();

@@ -21,6 +21,7 @@ export interface NativeConfig {
   memoryLimitBytes?: number;
   threads?: number;
   kiviResidual?: number;
+  rotateKeys?: boolean;
   device: number; // 0 cpu, 1 cuda, 2 auto
 }
 
@@ -48,7 +49,7 @@ export interface NativeStats {
 
 export interface NativeEngine {
   backendName(): string;
-  createSequence(kind: number): Promise<number>;
+  createSequence(kind: number, gamma?: number): Promise<number>;
   freeSequence(seq: number): Promise<void>;
   append(seq: number, layer: number, rows: number, k: Float32Array, v: Float32Array): Promise<void>;
   attend(requests: NativeAttendRequest[]): Promise<void>;

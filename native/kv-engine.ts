@@ -37,6 +37,7 @@ export interface KvEngineConfig {
   memoryLimitBytes?: number; // 0: no limit
   threads?: number; // 0: all hardware threads
   kiviResidual?: number; // KIVI: newest tokens kept at 16-bit (default 128)
+  rotateKeys?: boolean; // store SmartKV-format keys rotated (randomised Hadamard; KIVI untouched)
   device?: Device; // default 'cpu'
 }
 
@@ -111,10 +112,12 @@ export class KvEngine {
     return tokenBytes(this.config);
   }
 
-  async createSequence(opts: { storage?: StorageKind } = {}): Promise<number> {
+  /** gamma: this sequence's importance EMA factor in [0, 1) (default: the engine's). */
+  async createSequence(opts: { storage?: StorageKind; gamma?: number } = {}): Promise<number> {
     const kind = checkOneOf('storage', opts.storage ?? 'mixed', STORAGE_KINDS);
+    const gamma = checkNumber('gamma', opts.gamma ?? this.config.gamma, (x) => x >= 0 && x < 1, 'in [0, 1)');
     const native = this.open();
-    const id = await this.queue('createSequence', () => native.createSequence(STORAGE_KINDS.indexOf(kind)));
+    const id = await this.queue('createSequence', () => native.createSequence(STORAGE_KINDS.indexOf(kind), gamma));
     this.seqs.set(id, { kind, lengths: new Array<number>(this.config.layers).fill(0) });
     return id;
   }
@@ -366,6 +369,7 @@ function normaliseConfig(c: KvEngineConfig): Required<KvEngineConfig> {
     memoryLimitBytes: checkInt('memoryLimitBytes', c.memoryLimitBytes ?? 0, 0),
     threads: checkInt('threads', c.threads ?? 0, 0, 1024),
     kiviResidual: checkInt('kiviResidual', c.kiviResidual ?? 128, 0),
+    rotateKeys: checkBool('rotateKeys', c.rotateKeys) ?? false,
     device: checkOneOf('device', c.device ?? 'cpu', DEVICES),
   };
 }

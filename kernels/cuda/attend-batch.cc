@@ -154,6 +154,7 @@ void attend_batch::build(const std::vector<attend_input>& inputs, cudaStream_t s
         r.final_m = fin_m + fin_off;
         r.final_l = fin_l + fin_off;
         r.importance = in.importance ? in.store->importance() : nullptr;
+        r.gamma = in.gamma;
         r.probs = in.probs ? probs + probs_off_[i] : nullptr;
         score_off += size_t(r.n_rows) * Hq * r.n_after;
         col_off += size_t(r.n_after);
@@ -172,7 +173,6 @@ void attend_batch::build(const std::vector<attend_input>& inputs, cudaStream_t s
     a.group = G;
     a.mode = uint8_t(cfg_.mode);
     a.use_q8 = cfg_.query_int8 ? 1 : 0;
-    a.gamma = cfg_.gamma;
     a.n_work = int(work.size());
     a.n_reqs = int(reqs.size());
     a.part_m = grab<float>(part_m_, size_t(n_part));

@@ -27,6 +27,7 @@ struct attend_input {
     float* out = nullptr;       // host [n_rows][Hq][D] f32
     float* probs = nullptr;     // host [n_rows][store size] f32, or null
     bool importance = true;     // fold probabilities into the store's importance
+    float gamma = 0.9f;         // the sequence's importance EMA factor
 };
 
 class attend_batch {

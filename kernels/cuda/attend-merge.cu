@@ -67,7 +67,7 @@ __global__ void score_probabilities_kernel(const __grid_constant__ attend_args a
                 acc += expf(r.scores[size_t(qi) * n + j] - r.final_m[qi]) / r.final_l[qi];
             }
         acc *= inv_heads;
-        imp = a.gamma * imp + (1.f - a.gamma) * acc;
+        imp = r.gamma * imp + (1.f - r.gamma) * acc;
         if (r.probs) r.probs[size_t(row) * n + pos] = acc;
     }
     if (r.importance) r.importance[pos] = imp;

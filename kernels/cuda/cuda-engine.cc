@@ -55,12 +55,14 @@ const gpu_store& cuda_engine::get_layer(uint32_t seq, int layer) const {
     return const_cast<cuda_engine*>(this)->get_layer(seq, layer);
 }
 
-uint32_t cuda_engine::create_sequence(storage_kind kind) {
+uint32_t cuda_engine::create_sequence(storage_kind kind, float gamma) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (kind != storage_kind::mixed && kind != storage_kind::kivi2 && kind != storage_kind::kivi4)
         fail(error_code::invalid_argument, "unknown storage kind");
+    if (!(gamma >= 0.f && gamma < 1.f)) fail(error_code::invalid_argument, "gamma must be in [0, 1)");
     gpu_sequence s;
     s.kind = kind;
+    s.gamma = gamma;
     for (int l = 0; l < cfg_.n_layers; ++l) s.layers.push_back(std::make_unique<gpu_store>(cfg_, kind, *pool_, stream_));
     const uint32_t id = next_id_++;
     seqs_.emplace(id, std::move(s));
@@ -203,6 +205,7 @@ void cuda_engine::attend(const attend_request* requests, size_t n_requests) {
             const int max_rows = int(std::max<size_t>(1, max_score_floats / per_row));
             attend_input in;
             in.store = stores[i];
+            in.gamma = get(r.seq).gamma;
             in.n_rows = std::min(r.n_rows - done[i], max_rows);
             in.pos0 = int(n_after) - r.n_rows + done[i];
             in.q = r.q + size_t(done[i]) * qrow;

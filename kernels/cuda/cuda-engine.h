@@ -24,6 +24,7 @@ namespace smartkv::cuda {
 
 struct gpu_sequence {
     storage_kind kind;
+    float gamma;  // importance EMA factor of this sequence
     std::vector<std::unique_ptr<gpu_store>> layers;
 };
 
@@ -34,7 +35,8 @@ public:
 
     const engine_config& config() const override { return cfg_; }
     const char* name() const override { return "cuda"; }
-    uint32_t create_sequence(storage_kind kind) override;
+    using kv_backend::create_sequence;
+    uint32_t create_sequence(storage_kind kind, float gamma) override;
     void free_sequence(uint32_t seq) override;
     bool has_sequence(uint32_t seq) const override;
     size_t sequence_length(uint32_t seq, int layer) const override;

@@ -80,6 +80,7 @@ struct gpu_request {
     float* final_l = nullptr;      // [n_rows*Hq] merged sum, by qi
     float* importance = nullptr;   // [>= n_after] by position, or null
     float* probs = nullptr;        // [n_rows][n_after] by position, or null
+    float gamma = 0.9f;            // importance EMA factor of the sequence
 };
 
 struct gpu_work {                  // one CTA of the attention launch
@@ -108,7 +109,6 @@ struct attend_args {
     float* part_l = nullptr;
     float* part_z = nullptr;
     float* part_acc = nullptr;
-    float gamma = 0.9f;            // importance EMA
 };
 
 }  // namespace smartkv::cuda

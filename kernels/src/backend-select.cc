@@ -23,7 +23,10 @@ std::unique_ptr<kv_backend> make_backend(const engine_config& cfg, device_choice
                            cuda_backend_compiled() ? "device cuda requested but no CUDA device is present"
                                                    : "device cuda requested but this build has no CUDA backend");
 #ifdef SMARTKV_HAVE_CUDA
-    if (have_gpu) return make_cuda_backend(cfg);
+    if (have_gpu) {
+        std::unique_ptr<kv_backend> gpu = make_cuda_backend(cfg);
+        return cfg.rotate_keys ? with_rotated_keys(std::move(gpu)) : std::move(gpu);
+    }
 #endif
     return make_cpu_backend(cfg);
 }

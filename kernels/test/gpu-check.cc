@@ -457,6 +457,7 @@ struct grid_case {
     quant_mode mode = quant_mode::symmetric;
     int block_tokens = 32;
     bool master = false;
+    bool rotate = false;  // rotate_keys: the host-side wrapper over both backends
 };
 
 // Plan over n tokens: sinks (4) and the newest 64 stay fp16.
@@ -494,6 +495,7 @@ engine_config case_config(const grid_case& c) {
     cfg.mode = c.mode;
     cfg.query_int8 = c.int8q;
     cfg.master_copy = c.master;
+    cfg.rotate_keys = c.rotate;
     cfg.fast_path = false;  // the scalar reference kernel
     return cfg;
 }
@@ -644,6 +646,7 @@ TEST(gpu_engine_matches_cpu_engine) {
         {"block16", 8, 2, 64, 700, 1, 3, storage_kind::mixed, mix_random, true, quant_mode::symmetric, 16},
         {"block64", 8, 2, 128, 700, 5, 3, storage_kind::mixed, mix_random, true, quant_mode::symmetric, 64},
         {"n64k_gqa4_d128", 32, 8, 128, 65535, 1, 1, storage_kind::mixed, mix_beta25},
+        {"rotated_keys_d128", 8, 2, 128, 1000, 3, 2, storage_kind::mixed, mix_random, true, quant_mode::symmetric, 32, false, true},
     };
     if (g_quick) grid.resize(8);
     uint32_t seed = 1000;

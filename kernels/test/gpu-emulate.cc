@@ -124,6 +124,9 @@ alignas(16) uint8_t smem[65536];  // dynamic shared memory of the one CTA runnin
 
 namespace smartkv::cuda {
 namespace {
+
+// Each request of a launch carries its own γ (a per-request setting): alternate two.
+float request_gamma(int i) { return i % 2 ? 0.5f : 0.9f; }
 alignas(16) float smem[16384];  // dynamic shared memory of quantize.cu and kivi.cu kernels
 }
 }  // namespace smartkv::cuda
@@ -254,6 +257,7 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
         r.scores = scores.data() + so, r.col_pos = cols.data() + size_t(i) * c.n, r.out = out.data() + oo;
         r.final_m = fin_m.data() + fo, r.final_l = fin_l.data() + fo;
         r.importance = imp[size_t(i)].data(), r.probs = probs[size_t(i)].data();
+        r.gamma = request_gamma(i);
         so += size_t(c.rows) * Hq * r.n_after, oo += size_t(c.rows) * Hq * D, fo += size_t(c.rows) * Hq;
     }
     const int n_qv = int(q_all.size() / size_t(D));
@@ -267,7 +271,7 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
     for (int f = 1; f < n_formats; ++f)
         a.kivi_layout[f] = make_block_layout(kv_format(f), quant_mode::asymmetric, D, H, kivi_group, true);
     a.head_dim = D, a.n_q_heads = Hq, a.n_kv_heads = H, a.group = G, a.mode = uint8_t(c.mode);
-    a.use_q8 = c.int8q, a.gamma = 0.9f, a.reqs = reqs.data(), a.blocks = blocks.data(), a.work = work.data();
+    a.use_q8 = c.int8q, a.reqs = reqs.data(), a.blocks = blocks.data(), a.work = work.data();
     a.n_work = int(work.size()), a.n_reqs = c.n_req;
     a.qf = qf.data(), a.q8 = q8.data(), a.q8_scale = q8s.data(), a.q8_sum = q8sum.data(), a.q_sum = qsum.data();
     a.part_m = pm.data(), a.part_l = pl.data(), a.part_z = pz.data(), a.part_acc = pacc.data();
@@ -307,7 +311,8 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
         for (size_t j = 0; j < want_probs.size(); ++j) pnum = std::max(pnum, std::fabs(probs[size_t(i)][j] - want_probs[j]));
         for (int p = 0; p < c.n; ++p) {
             double e = 0.0;
-            for (int r = 0; r < c.rows; ++r) e = 0.9 * e + 0.1 * want_probs[size_t(r) * c.n + p];
+            const double g = request_gamma(i);
+            for (int r = 0; r < c.rows; ++r) e = g * e + (1.0 - g) * want_probs[size_t(r) * c.n + p];
             inum = std::max(inum, std::fabs(imp[size_t(i)][size_t(p)] - e));
         }
         char msg[300];

@@ -14,6 +14,7 @@
 #include "cpu/quantize-fast.h"
 #include "reference.h"
 #include "smartkv/engine.h"
+#include "smartkv/key-rotation.h"
 #include "smartkv/kivi.h"
 
 using namespace smartkv;
@@ -524,6 +525,170 @@ TEST(importance_is_ema_of_probabilities) {
     std::vector<float> imp(5);
     eng->report(seq, 0, {imp.data(), nullptr, nullptr});
     for (int t = 0; t < 5; ++t) CHECK(std::fabs(imp[t] - expect[t]) < 1e-6);
+}
+
+// γ is per sequence: one batched call, two sequences with the same inputs and
+// different γ, each folds the same probabilities with its own factor.
+TEST(each_sequence_has_its_own_gamma) {
+    auto eng = make_cpu_backend(small_config(4, 2, 64, true, true));
+    const uint32_t a = eng->create_sequence(storage_kind::mixed);  // the engine's γ, 0.9
+    const uint32_t b = eng->create_sequence(storage_kind::mixed, 0.5f);
+    const size_t kvn = 128;
+    std::vector<double> ea, eb;
+    for (int step = 0; step < 5; ++step) {
+        auto q = gaussian(4 * 64, 150 + step), k = gaussian(kvn, 160 + step), v = gaussian(kvn, 170 + step);
+        std::vector<float> oa(q.size()), ob(q.size()), pa(size_t(step) + 1), pb(size_t(step) + 1);
+        const attend_request r[2] = {{a, 0, 1, q.data(), k.data(), v.data(), oa.data(), pa.data()},
+                                     {b, 0, 1, q.data(), k.data(), v.data(), ob.data(), pb.data()}};
+        eng->attend(r, 2);
+        CHECK(pa == pb);
+        ea.push_back(0.0);
+        eb.push_back(0.0);
+        for (size_t t = 0; t < pa.size(); ++t) {
+            ea[t] = 0.9 * ea[t] + 0.1 * pa[t];
+            eb[t] = 0.5 * eb[t] + 0.5 * pb[t];
+        }
+    }
+    std::vector<float> ia(5), ib(5);
+    eng->report(a, 0, {ia.data(), nullptr, nullptr});
+    eng->report(b, 0, {ib.data(), nullptr, nullptr});
+    for (int t = 0; t < 5; ++t) CHECK(std::fabs(ia[t] - ea[t]) < 1e-6 && std::fabs(ib[t] - eb[t]) < 1e-6);
+    CHECK(std::fabs(ia[0] - ib[0]) > 1e-3);
+    // A γ outside [0, 1) is refused and creates nothing.
+    auto code_of = [&](auto&& fn) {
+        try {
+            fn();
+        } catch (const engine_error& e) {
+            return int(e.code);
+        }
+        return -1;
+    };
+    CHECK(code_of([&] { eng->create_sequence(storage_kind::mixed, 1.f); }) == int(error_code::invalid_argument));
+    CHECK(code_of([&] { eng->create_sequence(storage_kind::mixed, -0.1f); }) == int(error_code::invalid_argument));
+    CHECK(!eng->has_sequence(b + 1));
+}
+
+// ---- rotate_keys: a randomised Hadamard rotation of q and k -------------
+
+TEST(key_rotation_is_orthogonal) {
+    for (const int D : {64, 96, 128}) {
+        const key_rotation R(D);
+        CHECK(R.block() == (D == 96 ? 32 : D));
+        auto a = gaussian(size_t(D) * 3, 80 + D), b = gaussian(size_t(D) * 3, 81 + D);
+        std::vector<float> ra = a, rb = b;
+        R.rotate(ra.data(), 3);
+        R.rotate(rb.data(), 3);
+        double worst_dot = 0.0, worst_back = 0.0, moved = 0.0;
+        for (int v = 0; v < 3; ++v) {
+            double d0 = 0.0, d1 = 0.0;
+            for (int i = 0; i < D; ++i) {
+                const size_t j = size_t(v) * D + i;
+                d0 += double(a[j]) * b[j];
+                d1 += double(ra[j]) * rb[j];
+                moved = std::max(moved, double(std::fabs(ra[j] - a[j])));
+            }
+            worst_dot = std::max(worst_dot, std::fabs(d0 - d1));
+        }
+        R.unrotate(ra.data(), 3);
+        for (size_t j = 0; j < a.size(); ++j) worst_back = std::max(worst_back, double(std::fabs(ra[j] - a[j])));
+        CHECK_MSG(worst_dot < 1e-4 && worst_back < 1e-5 && moved > 0.1,
+                  "D=" + std::to_string(D) + " dot " + std::to_string(worst_dot) + " back " + std::to_string(worst_back));
+    }
+}
+
+namespace {
+
+// Output of one attend call (n_prefix tokens appended, all moved to `fmt`
+// unless fp16, then n_rows new rows) on an engine with or without rotation.
+struct rotation_run {
+    std::vector<float> out, probs, k_read;
+};
+rotation_run run_for_rotation(bool rotate, storage_kind kind, kv_format fmt, const std::vector<float>& k0,
+                              const std::vector<float>& v0, const std::vector<float>& q, const std::vector<float>& kn,
+                              const std::vector<float>& vn, int n_prefix, int n_rows) {
+    engine_config c = small_config(4, 2, 64, true, true);
+    c.rotate_keys = rotate;
+    auto eng = make_cpu_backend(c);
+    const uint32_t seq = eng->create_sequence(kind);
+    eng->append(seq, 0, n_prefix, k0.data(), v0.data());
+    if (fmt != kv_format::fp16) {
+        std::vector<uint32_t> pos(static_cast<size_t>(n_prefix));
+        std::vector<uint8_t> f(static_cast<size_t>(n_prefix), uint8_t(fmt));
+        for (int t = 0; t < n_prefix; ++t) pos[size_t(t)] = uint32_t(t);
+        eng->apply_plan(seq, 0, pos.data(), f.data(), pos.size());
+    }
+    const int n_ctx = n_prefix + n_rows;
+    rotation_run r;
+    r.out.resize(q.size());
+    r.probs.resize(size_t(n_rows) * n_ctx);
+    attend_request req{seq, 0, n_rows, q.data(), kn.data(), vn.data(), r.out.data(), r.probs.data()};
+    eng->attend(&req, 1);
+    r.k_read.resize(size_t(n_ctx) * 128);
+    std::vector<float> v_read(r.k_read.size());
+    eng->read_kv(seq, 0, r.k_read.data(), v_read.data());
+    return r;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    double w = 0.0;
+    for (size_t i = 0; i < a.size(); ++i) w = std::max(w, double(std::fabs(a[i] - b[i])));
+    return w;
+}
+
+double rms_diff(const std::vector<float>& a, const std::vector<float>& b) {
+    double s = 0.0;
+    for (size_t i = 0; i < a.size(); ++i) s += double(a[i] - b[i]) * double(a[i] - b[i]);
+    return std::sqrt(s / double(a.size()));
+}
+
+// Keys with two outlier channels per head (x12), as real models' keys have.
+std::vector<float> keys_with_outlier_channels(int n, uint32_t seed) {
+    auto k = gaussian(size_t(n) * 128, seed);
+    for (size_t t = 0; t < size_t(n) * 2; ++t) {
+        k[t * 64 + 3] *= 12.f;
+        k[t * 64 + 40] *= 12.f;
+    }
+    return k;
+}
+
+}  // namespace
+
+TEST(rotated_keys_attend_like_plain_keys_in_fp16) {
+    const int n = 70, rows = 3;
+    auto k0 = keys_with_outlier_channels(n, 90), v0 = gaussian(size_t(n) * 128, 91);
+    auto q = gaussian(size_t(rows) * 4 * 64, 92, 0.3f), kn = keys_with_outlier_channels(rows, 93),
+         vn = gaussian(size_t(rows) * 128, 94);
+    const auto plain = run_for_rotation(false, storage_kind::mixed, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
+    const auto rot = run_for_rotation(true, storage_kind::mixed, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
+    // Only fp16 rounding differs (of rotated instead of plain keys).
+    CHECK_MSG(max_abs_diff(plain.out, rot.out) < 2e-2, "out differs by " + std::to_string(max_abs_diff(plain.out, rot.out)));
+    CHECK_MSG(max_abs_diff(plain.probs, rot.probs) < 2e-3, "probs differ by " + std::to_string(max_abs_diff(plain.probs, rot.probs)));
+    // read_kv gives keys back in the caller's coordinates.
+    CHECK_MSG(max_abs_diff(plain.k_read, rot.k_read) < 2e-2, "keys read back differ by " + std::to_string(max_abs_diff(plain.k_read, rot.k_read)));
+}
+
+// The point of the option: 2-bit keys with outlier channels lose much less.
+TEST(rotated_keys_cut_2bit_attention_error) {
+    const int n = 256, rows = 2;
+    auto k0 = keys_with_outlier_channels(n, 100), v0 = gaussian(size_t(n) * 128, 101);
+    auto q = gaussian(size_t(rows) * 4 * 64, 102, 0.3f), kn = keys_with_outlier_channels(rows, 103),
+         vn = gaussian(size_t(rows) * 128, 104);
+    const auto truth = run_for_rotation(false, storage_kind::mixed, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
+    const auto plain = run_for_rotation(false, storage_kind::mixed, kv_format::int2, k0, v0, q, kn, vn, n, rows);
+    const auto rot = run_for_rotation(true, storage_kind::mixed, kv_format::int2, k0, v0, q, kn, vn, n, rows);
+    const double e_plain = rms_diff(plain.probs, truth.probs), e_rot = rms_diff(rot.probs, truth.probs);
+    CHECK_MSG(e_rot < 0.6 * e_plain,
+              "2-bit probs error: rotated " + std::to_string(e_rot) + " vs plain " + std::to_string(e_plain));
+}
+
+TEST(rotated_keys_leave_kivi_as_published) {
+    const int n = 200, rows = 2;
+    auto k0 = keys_with_outlier_channels(n, 110), v0 = gaussian(size_t(n) * 128, 111);
+    auto q = gaussian(size_t(rows) * 4 * 64, 112, 0.3f), kn = keys_with_outlier_channels(rows, 113),
+         vn = gaussian(size_t(rows) * 128, 114);
+    const auto plain = run_for_rotation(false, storage_kind::kivi2, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
+    const auto rot = run_for_rotation(true, storage_kind::kivi2, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
+    CHECK(plain.out == rot.out && plain.probs == rot.probs && plain.k_read == rot.k_read);
 }
 
 int main(int argc, char** argv) {

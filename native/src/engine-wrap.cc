@@ -52,13 +52,15 @@ Napi::Value engine_wrap::backend_name(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), backend(info.Env())->name());
 }
 
-// createSequence(kind: 0 mixed | 1 kivi-2 | 2 kivi-4) -> Promise<number>
+// createSequence(kind: 0 mixed | 1 kivi-2 | 2 kivi-4, gamma?: number) -> Promise<number>
 Napi::Value engine_wrap::create_sequence(const Napi::CallbackInfo& info) {
     auto be = backend(info.Env());
     const auto kind = smartkv::storage_kind(u32_arg(info[0], "kind"));
+    const float gamma = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().FloatValue()
+                                                                 : be->config().gamma;
     auto id = std::make_shared<uint32_t>(0);
     return promise_worker::start(
-        info.Env(), "smartkv.createSequence", [be, kind, id] { *id = be->create_sequence(kind); },
+        info.Env(), "smartkv.createSequence", [be, kind, gamma, id] { *id = be->create_sequence(kind, gamma); },
         [id](Napi::Env env) { return Napi::Number::New(env, *id); }, {info.This()});
 }
 

@@ -51,6 +51,7 @@ export interface ShardStats {
   backend: string;
   gamma: number;
   masterCopy: boolean;
+  rotateKeys: boolean;
   blockTokens: number;
 }
 
@@ -61,7 +62,8 @@ export interface CreatedSequence {
 
 export interface CacheShard {
   /** Refused with RESOURCE_EXHAUSTED when reserveBytes does not fit the shard's memory limit. */
-  createSequence(storage: StorageKind, reserveBytes: number): Promise<CreatedSequence>;
+  /** gamma: the sequence's importance EMA factor (default: the service's). */
+  createSequence(storage: StorageKind, reserveBytes: number, gamma?: number): Promise<CreatedSequence>;
   freeSequence(seq: number): Promise<void>;
   /** traceparent: the caller's attend span, for the service's own span ('' = none). */
   attend(layer: number, items: ShardAttendItem[], traceparent?: string): Promise<ShardAttendResult>;

@@ -4,7 +4,7 @@
 // vanished owner's sequences can be freed. In-process mode uses it directly.
 import { KvEngine, KvEngineError, type KvEngineConfig, type KvStats, type StorageKind } from '../../native/kv-engine.js';
 import { FORMATS } from '../../native/formats.js';
-import { checkInt } from '../../native/validate.js';
+import { checkInt, checkNumber } from '../../native/validate.js';
 import type { Bytes, CacheShard, CreatedSequence, ImportanceReport, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from './cache-api.js';
 import { EMPTY_BYTES } from './cache-api.js';
 
@@ -31,15 +31,16 @@ export class CacheCore implements CacheShard {
     return [...this.held.keys()];
   }
 
-  async createSequence(storage: StorageKind, reserveBytes: number, owner = ''): Promise<CreatedSequence> {
+  async createSequence(storage: StorageKind, reserveBytes: number, gamma?: number, owner = ''): Promise<CreatedSequence> {
     checkInt('reserve_bytes', reserveBytes, 0);
+    if (gamma !== undefined) checkNumber('gamma', gamma, (x) => x >= 0 && x < 1, 'in [0, 1)');
     if (this.memoryLimitBytes > 0 && this.reserved + reserveBytes > this.memoryLimitBytes) {
       throw new KvEngineError(
         'RESOURCE_EXHAUSTED',
         `cache memory limit: ${this.reserved} of ${this.memoryLimitBytes} bytes reserved, the sequence needs ${reserveBytes} more`,
       );
     }
-    const seq = await this.engine.createSequence({ storage });
+    const seq = await this.engine.createSequence({ storage, gamma });
     this.held.set(seq, { reserveBytes, owner });
     this.reserved += reserveBytes;
     return { seq, tokenBytes: this.engine.tokenBytes() };
@@ -99,6 +100,7 @@ export class CacheCore implements CacheShard {
       backend: this.engine.backendName,
       gamma: c.gamma,
       masterCopy: c.masterCopy,
+      rotateKeys: c.rotateKeys ?? false,
       blockTokens: c.blockTokens,
     };
     if (seq !== undefined) return { ...base, bytes: toBytes(await this.engine.stats(seq)) };

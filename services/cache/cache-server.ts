@@ -80,7 +80,7 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
     createSequence: unary(async (req: CreateSequenceRequest, call) => {
       const storage = storageFromPb(req.storage);
       if (!storage) throw invalidArgument(`storage: unknown storage kind ${req.storage}`);
-      const r = await core.createSequence(storage, Number(req.reserveBytes), ownerOf(call));
+      const r = await core.createSequence(storage, Number(req.reserveBytes), req.gamma, ownerOf(call));
       return create(CreateSequenceResponseSchema, { sequenceId: r.seq, tokenBytes: r.tokenBytes });
     }),
     freeSequence: unary(async (req: FreeSequenceRequest) => {
@@ -157,6 +157,7 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
         backend: s.backend,
         gamma: s.gamma,
         masterCopy: s.masterCopy,
+        rotateKeys: s.rotateKeys,
         blockTokens: s.blockTokens,
       });
     }),

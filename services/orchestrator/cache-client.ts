@@ -83,8 +83,8 @@ export class GrpcCacheShard implements CacheShard {
     return s;
   }
 
-  async createSequence(storage: StorageKind, reserveBytes: number): Promise<CreatedSequence> {
-    const req = create(CreateSequenceRequestSchema, { storage: storageToPb(storage), reserveBytes: BigInt(reserveBytes) });
+  async createSequence(storage: StorageKind, reserveBytes: number, gamma?: number): Promise<CreatedSequence> {
+    const req = create(CreateSequenceRequestSchema, { storage: storageToPb(storage), reserveBytes: BigInt(reserveBytes), gamma });
     this.openStream(); // the owner's stream must exist for the service to tie the sequence to it
     const r = await this.unary<CreateSequenceResponse>('createSequence', req);
     return { seq: r.sequenceId, tokenBytes: r.tokenBytes };
@@ -131,6 +131,7 @@ export class GrpcCacheShard implements CacheShard {
       backend: r.backend,
       gamma: r.gamma,
       masterCopy: r.masterCopy,
+      rotateKeys: r.rotateKeys,
       blockTokens: r.blockTokens,
     };
   }

@@ -35,7 +35,6 @@ export interface GenerationContext {
   modelName: string;
   scheduler: Scheduler;
   defaults: ServerDefaults;
-  engineGamma: number;
   shardAddresses: string[];
 }
 
@@ -110,7 +109,7 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
     generate: (call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>) => {
       let job: Job;
       try {
-        const spec = generateSpec(call.request, model.config, model.tokenizer, defaults, ctx.engineGamma);
+        const spec = generateSpec(call.request, model.config, model.tokenizer, defaults);
         job = scheduler.submit(
           spec,
           {
@@ -135,7 +134,7 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
     },
     complete: (call: grpc.ServerUnaryCall<GenerateRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       try {
-        const spec = generateSpec(call.request, model.config, model.tokenizer, defaults, ctx.engineGamma);
+        const spec = generateSpec(call.request, model.config, model.tokenizer, defaults);
         let text = '';
         const job = scheduler.submit(spec, { token: (_id, t) => (text += t) }, context.active());
         cancelOn(call, job);
@@ -149,7 +148,7 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
     },
     score: (call: grpc.ServerUnaryCall<ScoreRequest, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       try {
-        const spec = scoreSpec(call.request, model.config, model.tokenizer, defaults, ctx.engineGamma);
+        const spec = scoreSpec(call.request, model.config, model.tokenizer, defaults);
         const logprobs = new Float32Array(spec.tokens.length - 1); // [n-1]: logprobs[i] = log p(token i+1 | ...)
         const job = scheduler.submit(spec, { logprobs: (pos, values) => values.forEach((v, k) => (logprobs[pos - 1 + k] = v)) }, context.active());
         cancelOn(call, job);

@@ -71,7 +71,6 @@ export class Orchestrator {
       modelName: basename(o.modelDir),
       scheduler,
       defaults: { ...o.defaults, cache: { ...o.defaults.cache, gamma: first.gamma } },
-      engineGamma: first.gamma,
       shardAddresses: shards.map((s) => s.address),
     };
     return new Orchestrator(model, scheduler, context, closers);

@@ -163,7 +163,7 @@ export class Scheduler {
     // the protected tokens at 16 bits, plus bookkeeping.
     const beta = planned ? cache.beta : 1;
     const perLayer = beta * total * fp16TokenBytes + (this.o.defaults.prefillChunk + cache.sinks + cache.window + cache.reallocInterval) * fp16TokenBytes * 1.05 + 64 * 1024;
-    const created = await shard.createSequence(storage, Math.ceil(perLayer * c.layers));
+    const created = await shard.createSequence(storage, Math.ceil(perLayer * c.layers), cache.gamma);
     job.shard = shard;
     job.shardIndex = best;
     job.seq = created.seq;

@@ -61,7 +61,7 @@ export interface ScoreJobSpec {
 
 export type JobSpec = GenerateJobSpec | ScoreJobSpec;
 
-export function resolveCache(c: CacheSettings | undefined, d: ServerDefaults, engineGamma: number): CacheChoice {
+export function resolveCache(c: CacheSettings | undefined, d: ServerDefaults): CacheChoice {
   const out = { ...d.cache };
   if (!c) return out;
   if (c.policy !== CachePolicy.UNSPECIFIED) {
@@ -75,10 +75,7 @@ export function resolveCache(c: CacheSettings | undefined, d: ServerDefaults, en
   }
   if (c.gamma !== undefined) {
     if (!(c.gamma >= 0 && c.gamma < 1)) throw invalidArgument(`cache.gamma must be in [0, 1), got ${c.gamma}`);
-    // The EMA runs inside the cache service's engine with the γ it was started with.
-    if (Math.abs(c.gamma - engineGamma) > 1e-6)
-      throw invalidArgument(`cache.gamma: the cache services run with γ = ${engineGamma} (start them with --gamma); per-request γ is not supported`);
-    out.gamma = c.gamma;
+    out.gamma = c.gamma; // the cache service runs this sequence's EMA with it
   }
   if (c.reallocInterval !== undefined) {
     if (c.reallocInterval < 1 || c.reallocInterval > 4096) throw invalidArgument(`cache.realloc_interval must be in [1, 4096], got ${c.reallocInterval}`);
@@ -113,7 +110,7 @@ function promptTokens(text: string, ids: number[], cfg: ModelConfig, tok: TextTo
   return tokens;
 }
 
-export function generateSpec(req: GenerateRequest, cfg: ModelConfig, tok: TextTokenizer, d: ServerDefaults, engineGamma: number): GenerateJobSpec {
+export function generateSpec(req: GenerateRequest, cfg: ModelConfig, tok: TextTokenizer, d: ServerDefaults): GenerateJobSpec {
   const prompt = promptTokens(req.prompt, req.tokenIds, cfg, tok, 'prompt');
   if (req.maxTokens < 1) throw invalidArgument(`max_tokens must be ≥ 1, got ${req.maxTokens}`);
   if (prompt.length + req.maxTokens > cfg.maxPositions)
@@ -132,15 +129,15 @@ export function generateSpec(req: GenerateRequest, cfg: ModelConfig, tok: TextTo
     maxTokens: req.maxTokens,
     sampling: { temperature: req.temperature, topK: req.topK, topP, seed: Number(req.seed & 0xffffffffn) },
     stop: [...req.stop],
-    cache: resolveCache(req.cache, d, engineGamma),
+    cache: resolveCache(req.cache, d),
   };
 }
 
-export function scoreSpec(req: ScoreRequest, cfg: ModelConfig, tok: TextTokenizer, d: ServerDefaults, engineGamma: number): ScoreJobSpec {
+export function scoreSpec(req: ScoreRequest, cfg: ModelConfig, tok: TextTokenizer, d: ServerDefaults): ScoreJobSpec {
   const tokens = promptTokens(req.text, req.tokenIds, cfg, tok, 'text');
   if (tokens.length < 2) throw invalidArgument(`text: ${tokens.length} token(s); scoring needs at least 2`);
   if (tokens.length > cfg.maxPositions) throw invalidArgument(`text: ${tokens.length} tokens exceed the model's context of ${cfg.maxPositions}`);
   const prefillTokens = req.prefillTokens === 0 ? Math.min(tokens.length - 1, d.prefillChunk) : req.prefillTokens;
   if (prefillTokens >= tokens.length) throw invalidArgument(`prefill_tokens must be below the ${tokens.length} tokens scored, got ${prefillTokens}`);
-  return { kind: 'score', tokens, prefillTokens, cache: resolveCache(req.cache, d, engineGamma) };
+  return { kind: 'score', tokens, prefillTokens, cache: resolveCache(req.cache, d) };
 }

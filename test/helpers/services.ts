@@ -78,8 +78,8 @@ export class SmartKvClient {
     return callUnary<CompleteResponse>(this.client, 'complete', req, { deadlineMs: 120_000 });
   }
 
-  score(text: string, cache: { policy?: CachePolicy; budget?: number; window?: number; sinks?: number } = {}): Promise<ScoreResponse> {
-    const req = create(ScoreRequestSchema, { text, cache: create(CacheSettingsSchema, { policy: cache.policy ?? 0, budget: cache.budget, window: cache.window, sinks: cache.sinks }) });
+  score(text: string, cache: { policy?: CachePolicy; budget?: number; window?: number; sinks?: number; gamma?: number } = {}): Promise<ScoreResponse> {
+    const req = create(ScoreRequestSchema, { text, cache: create(CacheSettingsSchema, { policy: cache.policy ?? 0, budget: cache.budget, window: cache.window, sinks: cache.sinks, gamma: cache.gamma }) });
     return callUnary<ScoreResponse>(this.client, 'score', req, { deadlineMs: 120_000 });
   }
 

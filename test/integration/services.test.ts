@@ -33,8 +33,8 @@ describe('SmartKV as separate processes', () => {
 
   before(async () => {
     cluster = await Cluster.start({ cacheShards: 2, log: logs.log, orchestratorArgs: ['--threads', '1'], cacheArgs: ['--threads', '1'] });
-    // 1.2 MB of KV: enough for short requests, not for a 900-token one.
-    inProcess = new ServiceProcess('orchestrator', 'in-process', ['--in-process', '--port', '0', '--memory-limit', '1200000', '--threads', '1'], undefined, logs.log);
+    // 1.6 MB of KV: enough for a 670-token text at β 0.5, not for 900 FP16 tokens (1.8 MB).
+    inProcess = new ServiceProcess('orchestrator', 'in-process', ['--in-process', '--port', '0', '--memory-limit', '1600000', '--threads', '1'], undefined, logs.log);
     await inProcess.start(60_000);
     split = new SmartKvClient(cluster.address);
     local = new SmartKvClient(inProcess.address);
@@ -117,7 +117,7 @@ describe('SmartKV as separate processes', () => {
       ['top_p 0', { prompt: PROMPT, topP: 0 }, /top_p/],
       ['top_p 1.5', { prompt: PROMPT, topP: 1.5 }, /top_p/],
       ['nine stop strings', { prompt: PROMPT, stop: Array.from({ length: 9 }, (_, i) => `s${i}`) }, /stop/],
-      ['another gamma', { prompt: PROMPT, gamma: 0.5 }, /gamma/],
+      ['gamma 1', { prompt: PROMPT, gamma: 1 }, /gamma/],
     ];
     for (const [name, o, field] of cases) {
       await assert.rejects(split.complete(generateRequest(o)), (e: grpc.ServiceError) => {
@@ -152,6 +152,19 @@ describe('SmartKV as separate processes', () => {
     const [a, b] = await Promise.all([split.score(text, { policy: CachePolicy.SMARTKV, budget: 0.35 }), local.score(text, { policy: CachePolicy.SMARTKV, budget: 0.35 })]);
     assert.deepEqual(a.logprobs, b.logprobs);
     assert.ok(a.summary!.reallocations > 0);
+
+    // γ is per request: the cache service runs this sequence's EMA with it,
+    // so the importance, the plans and the scores change with it.
+    // (A longer text: without master copies the first ~250 tokens of any text
+    // go to 2 bits whatever the importance, as β is enforced from the start.)
+    const long = text.repeat(2);
+    const [g9, g0, g0local] = await Promise.all([
+      split.score(long, { policy: CachePolicy.SMARTKV, budget: 0.5 }),
+      split.score(long, { policy: CachePolicy.SMARTKV, budget: 0.5, gamma: 0 }),
+      local.score(long, { policy: CachePolicy.SMARTKV, budget: 0.5, gamma: 0 }),
+    ]);
+    assert.deepEqual(g0.logprobs, g0local.logprobs);
+    assert.notDeepEqual(g0.logprobs, g9.logprobs, 'γ = 0 scored exactly like γ = 0.9');
   });
 
   test('stop strings end the text before them', async () => {

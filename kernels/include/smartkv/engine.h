@@ -42,6 +42,8 @@ struct engine_config {
     size_t memory_limit_bytes = 0;  // 0: no limit
     int n_threads = 0;              // 0: all hardware threads
     int kivi_residual = 128;        // KIVI: newest tokens kept at 16-bit
+    bool rotate_keys = false;       // rotate q and k (randomised Hadamard) before SmartKV-format
+                                    // sequences store them: better low-bit keys, same attention
 };
 
 // One sequence's share of a batched attention call. The n_rows new tokens are
@@ -91,7 +93,10 @@ public:
     virtual const engine_config& config() const = 0;
     virtual const char* name() const = 0;
 
-    virtual uint32_t create_sequence(storage_kind kind) = 0;
+    // gamma: this sequence's importance EMA factor in [0, 1) (a request may
+    // choose its own); the one-argument form takes the engine's.
+    virtual uint32_t create_sequence(storage_kind kind, float gamma) = 0;
+    uint32_t create_sequence(storage_kind kind) { return create_sequence(kind, config().gamma); }
     virtual void free_sequence(uint32_t seq) = 0;
     virtual bool has_sequence(uint32_t seq) const = 0;
     virtual size_t sequence_length(uint32_t seq, int layer) const = 0;
@@ -115,6 +120,10 @@ public:
 void validate_config(const engine_config& cfg);
 
 std::unique_ptr<kv_backend> make_cpu_backend(const engine_config& cfg);
+
+// Wraps a backend so that it holds rotated keys (smartkv/key-rotation.h);
+// make_cpu_backend and make_backend apply it when cfg.rotate_keys is set.
+std::unique_ptr<kv_backend> with_rotated_keys(std::unique_ptr<kv_backend> inner);
 
 // Backend choice for a cache service: `auto_select` takes CUDA when the build
 // has it and a device is present, the CPU otherwise (backend-select.cc).

@@ -189,7 +189,7 @@ void cpu_engine::run_attention(std::vector<prepared>& wave, size_t n_wave) {
 
 void cpu_engine::update_importance(const attend_request& req, layer_store& ls, prepared& p) {
     const int H = cfg_.n_kv_heads, G = cfg_.n_q_heads / cfg_.n_kv_heads;
-    const float gamma = cfg_.gamma, inv_heads = 1.f / float(cfg_.n_q_heads);
+    const float gamma = get(req.seq).gamma, inv_heads = 1.f / float(cfg_.n_q_heads);
     const size_t chunk = 2048, n = p.n_after;
     const size_t n_tasks = (n + chunk - 1) / chunk;
     prob_bufs_.resize(size_t(pool_.size()));

@@ -41,7 +41,10 @@ cpu_engine::cpu_engine(const engine_config& cfg)
       pool_(cfg.n_threads > 0 ? cfg.n_threads : int(std::max(1u, std::thread::hardware_concurrency()))),
       use_fast_(cfg.fast_path && fast_path_available(cfg.head_dim)) {}
 
-std::unique_ptr<kv_backend> make_cpu_backend(const engine_config& cfg) { return std::make_unique<cpu_engine>(cfg); }
+std::unique_ptr<kv_backend> make_cpu_backend(const engine_config& cfg) {
+    std::unique_ptr<kv_backend> engine = std::make_unique<cpu_engine>(cfg);
+    return cfg.rotate_keys ? with_rotated_keys(std::move(engine)) : std::move(engine);
+}
 
 cpu_sequence& cpu_engine::get(uint32_t seq) {
     auto it = seqs_.find(seq);
@@ -61,12 +64,14 @@ const layer_store& cpu_engine::get_layer(uint32_t seq, int layer) const {
     return const_cast<cpu_engine*>(this)->get_layer(seq, layer);
 }
 
-uint32_t cpu_engine::create_sequence(storage_kind kind) {
+uint32_t cpu_engine::create_sequence(storage_kind kind, float gamma) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (kind != storage_kind::mixed && kind != storage_kind::kivi2 && kind != storage_kind::kivi4)
         fail(error_code::invalid_argument, "unknown storage kind");
+    if (!(gamma >= 0.f && gamma < 1.f)) fail(error_code::invalid_argument, "gamma must be in [0, 1)");
     cpu_sequence s;
     s.kind = kind;
+    s.gamma = gamma;
     for (int l = 0; l < cfg_.n_layers; ++l) s.layers.push_back(std::make_unique<layer_store>(cfg_, kind));
     const uint32_t id = next_id_++;
     seqs_.emplace(id, std::move(s));

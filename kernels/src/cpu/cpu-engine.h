@@ -32,6 +32,7 @@ struct attend_prepared {
 
 struct cpu_sequence {
     storage_kind kind;
+    float gamma;  // importance EMA factor of this sequence
     std::vector<std::unique_ptr<layer_store>> layers;
 };
 
@@ -41,7 +42,8 @@ public:
 
     const engine_config& config() const override { return cfg_; }
     const char* name() const override { return "cpu"; }
-    uint32_t create_sequence(storage_kind kind) override;
+    using kv_backend::create_sequence;
+    uint32_t create_sequence(storage_kind kind, float gamma) override;
     void free_sequence(uint32_t seq) override;
     bool has_sequence(uint32_t seq) const override;
     size_t sequence_length(uint32_t seq, int layer) const override;
