@@ -7,7 +7,7 @@
 import { createServer } from 'node:http';
 
 import { Cluster, ServiceProcess } from '../services/launcher/cluster.js';
-import { SmartKvClient, generateRequest } from '../test/helpers/services.js';
+import { SmartKvClient, generateRequest } from '../services/common/generation-client.js';
 import { waitHealthy } from '../services/common/health-client.js';
 import { Orchestrator } from '../services/orchestrator/orchestrator.js';
 import { defaultModelDir } from '../services/orchestrator/model/paths.js';

@@ -48,9 +48,10 @@ export interface EvalOptions {
   masterCopy: boolean; // the local cache service keeps FP16 originals (outside β) so plans may raise precision
   importance: string; // the local orchestrator's default importance mode (accumulated | normalised)
   layers: string; // the local orchestrator's default layer mode (shared | per-layer)
-  rotateKeys: boolean; // the local cache service stores keys rotated (randomised Hadamard)
+  rotateKv: boolean; // the local cache service stores keys rotated (randomised Hadamard)
   quant: string; // the local cache service's quantisation: symmetric or asymmetric
   window?: number; // the local orchestrator's default recent window (16-bit tokens)
+  gamma?: number; // importance EMA factor sent with every request (default: the server's)
   markdown?: string;
   size?: number; // --windows (ppl) or --seeds (needle): overrides the default size
 }
@@ -82,8 +83,9 @@ export function evalOptionSpec(kind: EvalKind): Record<string, OptionSpec> {
     importance: { kind: 'string', default: 'accumulated', help: 'importance for the local system: accumulated or normalised (an ablation)' },
     layers: { kind: 'string', default: 'shared', help: 'bit-widths for the local system: shared (per token) or per-layer (an ablation)' },
     'no-master-copy': { kind: 'bool', default: false, help: 'start the local cache service without --master-copy (precision can then only go down)' },
-    'no-rotate-keys': { kind: 'bool', default: false, help: 'start the local cache service with --rotate-keys=false (keys stored as they are; an ablation)' },
+    'no-rotate-kv': { kind: 'bool', default: false, help: 'start the local cache service with --rotate-kv=false (keys stored as they are; an ablation)' },
     quant: { kind: 'string', default: 'symmetric', help: 'the local cache service\'s quantisation: symmetric or asymmetric (an ablation)' },
+    gamma: { kind: 'number', help: 'importance EMA factor γ in [0, 1) sent with every request (default: the server\'s, 0.9)' },
     window: { kind: 'int', help: 'the local system\'s recent window kept at 16 bits (default: the server\'s, 64)' },
     markdown: { kind: 'string', help: 'also write the table as a Markdown section into FILE' },
     ...size,
@@ -111,9 +113,10 @@ export function parseEvalOptions(kind: EvalKind, argv: readonly string[]): EvalO
     budgets: budgets.length ? [...new Set(budgets)].sort((a, b) => a - b) : DEFAULT_BUDGETS,
     server: o.server as string | undefined,
     masterCopy: !(o['no-master-copy'] as boolean),
-    rotateKeys: !(o['no-rotate-keys'] as boolean),
+    rotateKv: !(o['no-rotate-kv'] as boolean),
     quant: checkMode('quant', o.quant as string, ['symmetric', 'asymmetric']),
     window: checkWindow(o.window as number | undefined),
+    gamma: checkGamma(o.gamma as number | undefined),
     importance: checkMode('importance', o.importance as string, ['accumulated', 'normalised']),
     layers: checkMode('layers', o.layers as string, ['shared', 'per-layer']),
     markdown: o.markdown as string | undefined,
@@ -124,6 +127,11 @@ export function parseEvalOptions(kind: EvalKind, argv: readonly string[]): EvalO
 function checkWindow(w: number | undefined): number | undefined {
   if (w !== undefined && !(w >= 0 && w <= 4096)) throw new UsageError(`--window must be in [0, 4096], got ${w}`);
   return w;
+}
+
+function checkGamma(g: number | undefined): number | undefined {
+  if (g !== undefined && !(g >= 0 && g < 1)) throw new UsageError(`--gamma must be in [0, 1), got ${g}`);
+  return g;
 }
 
 function checkMode(name: string, v: string, allowed: string[]): string {
@@ -147,7 +155,8 @@ export class EvalClient {
   private readonly client: grpc.Client;
   private readonly inFlight = new Set<grpc.ClientUnaryCall>();
 
-  constructor(readonly address: string) {
+  /** gamma: sent with every request when set (else the server's default applies). */
+  constructor(readonly address: string, private readonly gamma?: number) {
     this.client = makeClient(GenerationService, address);
   }
 
@@ -169,12 +178,12 @@ export class EvalClient {
 
   /** Score with the server's prefill (prefill_tokens 0 = its chunk size). */
   score(text: string, c: EvalConfig): Promise<ScoreResponse> {
-    return this.call('score', create(ScoreRequestSchema, { text, cache: cacheSettings(c) }), 600_000);
+    return this.call('score', create(ScoreRequestSchema, { text, cache: cacheSettings(c, this.gamma) }), 600_000);
   }
 
   /** Greedy completion of `maxTokens` tokens. */
   complete(prompt: string, maxTokens: number, c: EvalConfig): Promise<CompleteResponse> {
-    const req = create(GenerateRequestSchema, { prompt, maxTokens, temperature: 0, topK: 0, seed: 0n, cache: cacheSettings(c) });
+    const req = create(GenerateRequestSchema, { prompt, maxTokens, temperature: 0, topK: 0, seed: 0n, cache: cacheSettings(c, this.gamma) });
     return this.call('complete', req, 600_000);
   }
 
@@ -189,8 +198,8 @@ export class EvalClient {
 }
 
 /** Unbudgeted rows send β = 1: uniform plans never consult it, and no plan then counts as a missed budget. */
-function cacheSettings(c: EvalConfig) {
-  return create(CacheSettingsSchema, { policy: policyToPb(c.policy), budget: c.targetBeta ?? 1 });
+function cacheSettings(c: EvalConfig, gamma: number | undefined) {
+  return create(CacheSettingsSchema, { policy: policyToPb(c.policy), budget: c.targetBeta ?? 1, gamma });
 }
 
 export interface EvalServer {
@@ -204,7 +213,7 @@ export interface EvalServer {
  * service, orchestrator; quiet logs) that is stopped afterwards, also on an
  * error or Ctrl-C. An interrupted run ends with an InterruptedError.
  */
-export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy' | 'rotateKeys' | 'quant' | 'importance' | 'layers' | 'window'>, io: EvalIo, fn: (s: EvalServer) => Promise<T>): Promise<T> {
+export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy' | 'rotateKv' | 'quant' | 'importance' | 'layers' | 'window' | 'gamma'>, io: EvalIo, fn: (s: EvalServer) => Promise<T>): Promise<T> {
   const logs: string[] = []; // the services' last lines, shown if something fails
   let cluster: Cluster | null = null;
   let client: EvalClient | null = null;
@@ -221,7 +230,7 @@ export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy'
     let where: string;
     if (o.server) {
       where = `the orchestrator at ${o.server}`;
-      client = new EvalClient(o.server);
+      client = new EvalClient(o.server, o.gamma);
     } else {
       io.err.write('starting a local split system (allocator, 1 cache service, orchestrator) …\n');
       const t0 = performance.now();
@@ -232,15 +241,15 @@ export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy'
       cluster = await Cluster.start({
         cacheShards: 1,
         log,
-        cacheArgs: [...(o.masterCopy ? ['--master-copy'] : []), ...(o.rotateKeys ? [] : ['--rotate-keys=false']), '--quant', o.quant],
+        cacheArgs: [...(o.masterCopy ? ['--master-copy'] : []), ...(o.rotateKv ? [] : ['--rotate-kv=false']), '--quant', o.quant],
         orchestratorArgs: ['--importance', o.importance, '--layers', o.layers, ...(o.window !== undefined ? ['--window', String(o.window)] : [])],
       });
       if (interrupted) throw new InterruptedError(interrupted);
       io.err.write(`  ready at ${cluster.address} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
       where = `a local split system started for this run (allocator, 1 cache service ${
         o.masterCopy ? 'with --master-copy: FP16 originals kept outside β, so plans may raise precision again' : 'without --master-copy: precision only goes down'
-      }, ${o.rotateKeys ? 'keys stored rotated (randomised Hadamard of q and k; KIVI rows as published)' : 'with --rotate-keys=false: keys stored as they are'}, ${o.quant} quantisation, orchestrator; separate processes over gRPC)`;
-      client = new EvalClient(cluster.address);
+      }, ${o.rotateKv ? 'keys stored rotated (randomised Hadamard of q and k; KIVI rows as published)' : 'with --rotate-kv=false: keys stored as they are'}, ${o.quant} quantisation, orchestrator; separate processes over gRPC)`;
+      client = new EvalClient(cluster.address, o.gamma);
     }
     const info = await client.info();
     return await fn({ client, info, where });

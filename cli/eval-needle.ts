@@ -123,7 +123,7 @@ export async function evalNeedle(o: EvalOptions, io: EvalIo, command: string): P
             `(${held.documents} documents, ${held.bytes.toLocaleString('en-US')} bytes); the same samples for every row`,
         ],
         ['answer', `Complete, greedy (temperature 0), ${ANSWER_TOKENS} tokens after the prompt "… The pass key is "; correct iff they are the 5 digits of the key`],
-        ['cache', cacheLine(info)],
+        ['cache', cacheLine(info, o.gamma)],
         ['rows', `${configs.map((c) => (c.targetBeta === null ? c.policy : `${c.policy}@${c.targetBeta}`)).join(', ')}; ${inFlight} requests in flight`],
       ],
       sections: [

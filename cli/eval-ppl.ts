@@ -175,7 +175,7 @@ export async function evalPpl(o: EvalOptions, io: EvalIo, command: string): Prom
           `Score with prefill_tokens 0 (the server's prefill chunk): the first ${prefill} tokens as one prefill chunk, the remaining ` +
             `${windowTokens - 1 - prefill} one at a time with a reallocation every R steps; every predicted token counts (${windowTokens - 1} per window)`,
         ],
-        ['cache', cacheLine(info)],
+        ['cache', cacheLine(info, o.gamma)],
         ['rows', `${configs.map((c) => (c.targetBeta === null ? c.policy : `${c.policy}@${c.targetBeta}`)).join(', ')}; ${inFlight} requests in flight`],
       ],
       sections: [{ title: 'Perplexity by policy and budget', table: pplTable(rows), notes: pplNotes(rows) }],
@@ -189,11 +189,12 @@ export async function evalPpl(o: EvalOptions, io: EvalIo, command: string): Prom
   });
 }
 
-export function cacheLine(info: InfoResponse): string {
+/** gamma: the γ sent with every request, when the run overrides the server's. */
+export function cacheLine(info: InfoResponse, gamma?: number): string {
   const d = info.defaults!;
   return (
     `R = ${d.reallocInterval} decode steps between reallocations, ${d.sinks} sink tokens and a window of ${d.window} recent tokens kept at 16 bits, ` +
-    `γ = ${d.gamma}, importance ${ImportanceMode[d.importance]?.toLowerCase() ?? d.importance}, layers ${LayerMode[d.layers]?.toLowerCase().replace('_', '-') ?? d.layers} ` +
+    `γ = ${gamma ?? d.gamma}${gamma === undefined ? '' : ' (sent with every request)'}, importance ${ImportanceMode[d.importance]?.toLowerCase() ?? d.importance}, layers ${LayerMode[d.layers]?.toLowerCase().replace('_', '-') ?? d.layers} ` +
     `(the server's defaults); β = bytes held (scales and bookkeeping included) / FP16 bytes; unbudgeted rows are sent β = 1 (their plans do not consult it)`
   );
 }

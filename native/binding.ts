@@ -21,7 +21,7 @@ export interface NativeConfig {
   memoryLimitBytes?: number;
   threads?: number;
   kiviResidual?: number;
-  rotateKeys?: boolean;
+  rotateKv?: boolean;
   device: number; // 0 cpu, 1 cuda, 2 auto
 }
 

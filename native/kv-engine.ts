@@ -37,7 +37,7 @@ export interface KvEngineConfig {
   memoryLimitBytes?: number; // 0: no limit
   threads?: number; // 0: all hardware threads
   kiviResidual?: number; // KIVI: newest tokens kept at 16-bit (default 128)
-  rotateKeys?: boolean; // store SmartKV-format keys rotated (randomised Hadamard; KIVI untouched)
+  rotateKv?: boolean; // store SmartKV-format keys rotated (randomised Hadamard; KIVI untouched)
   device?: Device; // default 'cpu'
 }
 
@@ -369,7 +369,7 @@ function normaliseConfig(c: KvEngineConfig): Required<KvEngineConfig> {
     memoryLimitBytes: checkInt('memoryLimitBytes', c.memoryLimitBytes ?? 0, 0),
     threads: checkInt('threads', c.threads ?? 0, 0, 1024),
     kiviResidual: checkInt('kiviResidual', c.kiviResidual ?? 128, 0),
-    rotateKeys: checkBool('rotateKeys', c.rotateKeys) ?? false,
+    rotateKv: checkBool('rotateKv', c.rotateKv) ?? false,
     device: checkOneOf('device', c.device ?? 'cpu', DEVICES),
   };
 }

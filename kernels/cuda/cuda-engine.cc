@@ -299,6 +299,7 @@ void cuda_engine::report(uint32_t seq, int layer, const token_report& out) const
     if (!out.sq_error) return;
     const host_mirror mirror(ls, cfg_, stream_);
     const int D = cfg_.head_dim, H = cfg_.n_kv_heads;
+    const bool rotated = cfg_.rotate_kv && get(seq).kind == storage_kind::mixed;  // clipped 2-bit scales
     const kv_format levels[3] = {kv_format::int8, kv_format::int4, kv_format::int2};
     std::vector<float> k(static_cast<size_t>(D)), v(static_cast<size_t>(D));
     for (size_t pos = 0; pos < n; ++pos) {
@@ -323,7 +324,8 @@ void cuda_engine::report(uint32_t seq, int layer, const token_report& out) const
             for (int i = 0; i < 3; ++i) {
                 const kv_format f =
                     (!cfg_.master_copy && format_bits(levels[i]) > format_bits(s.fmt)) ? s.fmt : levels[i];
-                err[i] += modelled_sq_error(f, range_k, D) + modelled_sq_error(f, range_v, D);
+                err[i] += modelled_sq_error_from(f, s.fmt, range_k, cfg_.mode, rotated, D) +
+                          modelled_sq_error_from(f, s.fmt, range_v, cfg_.mode, rotated, D);
             }
         }
         for (int i = 0; i < 3; ++i) out.sq_error[pos * 3 + size_t(i)] = err[i];

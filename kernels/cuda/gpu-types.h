@@ -24,6 +24,7 @@ struct convert_item {
     uint8_t dst_fmt = 0;                    // kv_format
     uint8_t src_mode = 0;                   // quant_mode of the source parameters
     uint8_t dst_mode = 0;                   // quant_mode of the destination
+    float clip = 1.f;                       // symmetric scale covers clip·absmax (formats.h)
 };
 
 // ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(k_convert_threads) convert_vectors_kernel(cons
         dequantize_vector(kv_format(it.src_fmt), quant_mode(it.src_mode), static_cast<const uint8_t*>(it.src),
                           it.src_params, head_dim, x);
     }
-    quantize_vector(kv_format(it.dst_fmt), quant_mode(it.dst_mode), x, head_dim, it.dst_row, it.dst_params);
+    quantize_vector(kv_format(it.dst_fmt), quant_mode(it.dst_mode), x, head_dim, it.dst_row, it.dst_params, it.clip);
     if (it.dst_pos) *it.dst_pos = it.pos;
 }
 

@@ -25,7 +25,7 @@ std::unique_ptr<kv_backend> make_backend(const engine_config& cfg, device_choice
 #ifdef SMARTKV_HAVE_CUDA
     if (have_gpu) {
         std::unique_ptr<kv_backend> gpu = make_cuda_backend(cfg);
-        return cfg.rotate_keys ? with_rotated_keys(std::move(gpu)) : std::move(gpu);
+        return cfg.rotate_kv ? with_rotated_kv(std::move(gpu)) : std::move(gpu);
     }
 #endif
     return make_cpu_backend(cfg);

@@ -237,7 +237,7 @@ void host_execute(cuda::gpu_ops& ops, const engine_config& cfg) {
         if (it.src_fmt == cuda::k_src_f32) std::memcpy(x.data(), it.src, size_t(D) * 4);
         else dequantize_vector(kv_format(it.src_fmt), quant_mode(it.src_mode), static_cast<const uint8_t*>(it.src),
                                it.src_params, D, x.data());
-        quantize_vector(kv_format(it.dst_fmt), quant_mode(it.dst_mode), x.data(), D, it.dst_row, it.dst_params);
+        quantize_vector(kv_format(it.dst_fmt), quant_mode(it.dst_mode), x.data(), D, it.dst_row, it.dst_params, it.clip);
         if (it.dst_pos) *it.dst_pos = it.pos;
     }
     const block_layout L16 = make_block_layout(kv_format::fp16, cfg.mode, D, H, cfg.block_tokens);
@@ -457,7 +457,7 @@ struct grid_case {
     quant_mode mode = quant_mode::symmetric;
     int block_tokens = 32;
     bool master = false;
-    bool rotate = false;  // rotate_keys: the host-side wrapper over both backends
+    bool rotate = false;  // rotate_kv: the host-side wrapper over both backends
 };
 
 // Plan over n tokens: sinks (4) and the newest 64 stay fp16.
@@ -495,7 +495,7 @@ engine_config case_config(const grid_case& c) {
     cfg.mode = c.mode;
     cfg.query_int8 = c.int8q;
     cfg.master_copy = c.master;
-    cfg.rotate_keys = c.rotate;
+    cfg.rotate_kv = c.rotate;
     cfg.fast_path = false;  // the scalar reference kernel
     return cfg;
 }
@@ -646,7 +646,7 @@ TEST(gpu_engine_matches_cpu_engine) {
         {"block16", 8, 2, 64, 700, 1, 3, storage_kind::mixed, mix_random, true, quant_mode::symmetric, 16},
         {"block64", 8, 2, 128, 700, 5, 3, storage_kind::mixed, mix_random, true, quant_mode::symmetric, 64},
         {"n64k_gqa4_d128", 32, 8, 128, 65535, 1, 1, storage_kind::mixed, mix_beta25},
-        {"rotated_keys_d128", 8, 2, 128, 1000, 3, 2, storage_kind::mixed, mix_random, true, quant_mode::symmetric, 32, false, true},
+        {"rotated_kv_d128", 8, 2, 128, 1000, 3, 2, storage_kind::mixed, mix_random, true, quant_mode::symmetric, 32, false, true},
     };
     if (g_quick) grid.resize(8);
     uint32_t seed = 1000;

@@ -14,7 +14,7 @@
 #include "cpu/quantize-fast.h"
 #include "reference.h"
 #include "smartkv/engine.h"
-#include "smartkv/key-rotation.h"
+#include "smartkv/kv-rotation.h"
 #include "smartkv/kivi.h"
 
 using namespace smartkv;
@@ -99,6 +99,31 @@ TEST(quantize_error_within_half_step) {
             }
 }
 
+// The clipped 2-bit scale of rotated vectors: on Gaussian vectors it must cut
+// the squared error well below the full-range scale (formats.h gives ~0.47x).
+TEST(clipped_int2_scale_halves_gaussian_error) {
+    const float clip = symmetric_clip(kv_format::int2, quant_mode::symmetric, true);
+    CHECK(clip < 1.f && symmetric_clip(kv_format::int4, quant_mode::symmetric, true) == 1.f &&
+          symmetric_clip(kv_format::int2, quant_mode::asymmetric, true) == 1.f &&
+          symmetric_clip(kv_format::int2, quant_mode::symmetric, false) == 1.f);
+    double e_full = 0.0, e_clip = 0.0;
+    for (int trial = 0; trial < 200; ++trial) {
+        const int D = 64;
+        auto x = gaussian(D, 900 + trial);
+        for (const float c : {1.f, clip}) {
+            std::vector<uint8_t> row(size_t(row_bytes(kv_format::int2, D)));
+            half_bits p[1];
+            std::vector<float> y(D);
+            quantize_vector(kv_format::int2, quant_mode::symmetric, x.data(), D, row.data(), p, c);
+            dequantize_vector(kv_format::int2, quant_mode::symmetric, row.data(), p, D, y.data());
+            double e = 0.0;
+            for (int d = 0; d < D; ++d) e += double(x[d] - y[d]) * double(x[d] - y[d]);
+            (c == 1.f ? e_full : e_clip) += e;
+        }
+    }
+    CHECK_MSG(e_clip < 0.6 * e_full, "clipped 2-bit error " + std::to_string(e_clip) + " vs full " + std::to_string(e_full));
+}
+
 TEST(fast_quantize_is_bit_identical_to_reference) {
     if (!quantize_fast_available()) return;
     for (quant_mode m : {quant_mode::symmetric, quant_mode::asymmetric})
@@ -108,8 +133,9 @@ TEST(fast_quantize_is_bit_identical_to_reference) {
                     auto x = gaussian(size_t(D), 500 + trial, 0.3f + 0.5f * trial);
                     std::vector<uint8_t> r1(size_t(D) * 2, 0), r2(size_t(D) * 2, 0);
                     half_bits p1[2] = {0, 0}, p2[2] = {0, 0};
-                    quantize_vector(f, m, x.data(), D, r1.data(), p1);
-                    quantize_vector_fast(f, m, x.data(), D, r2.data(), p2);
+                    const float clip = trial % 2 ? symmetric_clip(f, m, true) : 1.f;  // clipped 2-bit scales too
+                    quantize_vector(f, m, x.data(), D, r1.data(), p1, clip);
+                    quantize_vector_fast(f, m, x.data(), D, r2.data(), p2, clip);
                     CHECK(r1 == r2 && p1[0] == p2[0] && p1[1] == p2[1]);
                     std::vector<float> y1(static_cast<size_t>(D)), y2(static_cast<size_t>(D));
                     dequantize_vector(f, m, r1.data(), p1, D, y1.data());
@@ -568,11 +594,11 @@ TEST(each_sequence_has_its_own_gamma) {
     CHECK(!eng->has_sequence(b + 1));
 }
 
-// ---- rotate_keys: a randomised Hadamard rotation of q and k -------------
+// ---- rotate_kv: a randomised Hadamard rotation of q, k and v ----------
 
-TEST(key_rotation_is_orthogonal) {
+TEST(kv_rotation_is_orthogonal) {
     for (const int D : {64, 96, 128}) {
-        const key_rotation R(D);
+        const kv_rotation R(D);
         CHECK(R.block() == (D == 96 ? 32 : D));
         auto a = gaussian(size_t(D) * 3, 80 + D), b = gaussian(size_t(D) * 3, 81 + D);
         std::vector<float> ra = a, rb = b;
@@ -601,13 +627,13 @@ namespace {
 // Output of one attend call (n_prefix tokens appended, all moved to `fmt`
 // unless fp16, then n_rows new rows) on an engine with or without rotation.
 struct rotation_run {
-    std::vector<float> out, probs, k_read;
+    std::vector<float> out, probs, k_read, v_read;
 };
 rotation_run run_for_rotation(bool rotate, storage_kind kind, kv_format fmt, const std::vector<float>& k0,
                               const std::vector<float>& v0, const std::vector<float>& q, const std::vector<float>& kn,
                               const std::vector<float>& vn, int n_prefix, int n_rows) {
     engine_config c = small_config(4, 2, 64, true, true);
-    c.rotate_keys = rotate;
+    c.rotate_kv = rotate;
     auto eng = make_cpu_backend(c);
     const uint32_t seq = eng->create_sequence(kind);
     eng->append(seq, 0, n_prefix, k0.data(), v0.data());
@@ -624,8 +650,8 @@ rotation_run run_for_rotation(bool rotate, storage_kind kind, kv_format fmt, con
     attend_request req{seq, 0, n_rows, q.data(), kn.data(), vn.data(), r.out.data(), r.probs.data()};
     eng->attend(&req, 1);
     r.k_read.resize(size_t(n_ctx) * 128);
-    std::vector<float> v_read(r.k_read.size());
-    eng->read_kv(seq, 0, r.k_read.data(), v_read.data());
+    r.v_read.resize(r.k_read.size());
+    eng->read_kv(seq, 0, r.k_read.data(), r.v_read.data());
     return r;
 }
 
@@ -653,7 +679,7 @@ std::vector<float> keys_with_outlier_channels(int n, uint32_t seed) {
 
 }  // namespace
 
-TEST(rotated_keys_attend_like_plain_keys_in_fp16) {
+TEST(rotated_kv_attend_like_plain_kv_in_fp16) {
     const int n = 70, rows = 3;
     auto k0 = keys_with_outlier_channels(n, 90), v0 = gaussian(size_t(n) * 128, 91);
     auto q = gaussian(size_t(rows) * 4 * 64, 92, 0.3f), kn = keys_with_outlier_channels(rows, 93),
@@ -665,10 +691,12 @@ TEST(rotated_keys_attend_like_plain_keys_in_fp16) {
     CHECK_MSG(max_abs_diff(plain.probs, rot.probs) < 2e-3, "probs differ by " + std::to_string(max_abs_diff(plain.probs, rot.probs)));
     // read_kv gives keys back in the caller's coordinates.
     CHECK_MSG(max_abs_diff(plain.k_read, rot.k_read) < 2e-2, "keys read back differ by " + std::to_string(max_abs_diff(plain.k_read, rot.k_read)));
+    CHECK_MSG(max_abs_diff(plain.v_read, rot.v_read) < 2e-2, "values read back differ by " + std::to_string(max_abs_diff(plain.v_read, rot.v_read)));
 }
 
-// The point of the option: 2-bit keys with outlier channels lose much less.
-TEST(rotated_keys_cut_2bit_attention_error) {
+// The point of the option: 2-bit keys with outlier channels lose much less,
+// and so do 2-bit values.
+TEST(rotated_kv_cut_2bit_attention_error) {
     const int n = 256, rows = 2;
     auto k0 = keys_with_outlier_channels(n, 100), v0 = gaussian(size_t(n) * 128, 101);
     auto q = gaussian(size_t(rows) * 4 * 64, 102, 0.3f), kn = keys_with_outlier_channels(rows, 103),
@@ -679,16 +707,21 @@ TEST(rotated_keys_cut_2bit_attention_error) {
     const double e_plain = rms_diff(plain.probs, truth.probs), e_rot = rms_diff(rot.probs, truth.probs);
     CHECK_MSG(e_rot < 0.6 * e_plain,
               "2-bit probs error: rotated " + std::to_string(e_rot) + " vs plain " + std::to_string(e_plain));
+    // Outputs too: values are rotated (and their 2-bit scale clipped), and
+    // the output is rotated back.
+    const double o_plain = rms_diff(plain.out, truth.out), o_rot = rms_diff(rot.out, truth.out);
+    CHECK_MSG(o_rot < 0.8 * o_plain,
+              "2-bit output error: rotated " + std::to_string(o_rot) + " vs plain " + std::to_string(o_plain));
 }
 
-TEST(rotated_keys_leave_kivi_as_published) {
+TEST(rotated_kv_leave_kivi_as_published) {
     const int n = 200, rows = 2;
     auto k0 = keys_with_outlier_channels(n, 110), v0 = gaussian(size_t(n) * 128, 111);
     auto q = gaussian(size_t(rows) * 4 * 64, 112, 0.3f), kn = keys_with_outlier_channels(rows, 113),
          vn = gaussian(size_t(rows) * 128, 114);
     const auto plain = run_for_rotation(false, storage_kind::kivi2, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
     const auto rot = run_for_rotation(true, storage_kind::kivi2, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
-    CHECK(plain.out == rot.out && plain.probs == rot.probs && plain.k_read == rot.k_read);
+    CHECK(plain.out == rot.out && plain.probs == rot.probs && plain.k_read == rot.k_read && plain.v_read == rot.v_read);
 }
 
 int main(int argc, char** argv) {

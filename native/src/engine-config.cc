@@ -36,7 +36,7 @@ backend_spec parse_backend_spec(const Napi::Object& o) {
     c.memory_limit_bytes = size_t(number_field(o, "memoryLimitBytes", 0));
     c.n_threads = int(number_field(o, "threads", 0));
     c.kivi_residual = int(number_field(o, "kiviResidual", c.kivi_residual));
-    c.rotate_keys = bool_field(o, "rotateKeys", c.rotate_keys);
+    c.rotate_kv = bool_field(o, "rotateKv", c.rotate_kv);
     const int device = int(number_field(o, "device", 0));
     s.device = device == 1 ? smartkv::device_choice::cuda
                : device == 2 ? smartkv::device_choice::auto_select

@@ -51,7 +51,7 @@ export interface ShardStats {
   backend: string;
   gamma: number;
   masterCopy: boolean;
-  rotateKeys: boolean;
+  rotateKv: boolean;
   blockTokens: number;
 }
 

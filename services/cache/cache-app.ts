@@ -29,7 +29,7 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
       quant,
       gamma: o.gamma as number,
       masterCopy: o['master-copy'] as boolean,
-      rotateKeys: o['rotate-keys'] as boolean,
+      rotateKv: o['rotate-kv'] as boolean,
       threads: o.threads as number,
       device: o.device as 'cpu' | 'cuda' | 'auto',
     },

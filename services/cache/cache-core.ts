@@ -100,7 +100,7 @@ export class CacheCore implements CacheShard {
       backend: this.engine.backendName,
       gamma: c.gamma,
       masterCopy: c.masterCopy,
-      rotateKeys: c.rotateKeys ?? false,
+      rotateKv: c.rotateKv ?? false,
       blockTokens: c.blockTokens,
     };
     if (seq !== undefined) return { ...base, bytes: toBytes(await this.engine.stats(seq)) };

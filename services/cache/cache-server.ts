@@ -157,7 +157,7 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
         backend: s.backend,
         gamma: s.gamma,
         masterCopy: s.masterCopy,
-        rotateKeys: s.rotateKeys,
+        rotateKv: s.rotateKv,
         blockTokens: s.blockTokens,
       });
     }),

@@ -131,7 +131,7 @@ export class GrpcCacheShard implements CacheShard {
       backend: r.backend,
       gamma: r.gamma,
       masterCopy: r.masterCopy,
-      rotateKeys: r.rotateKeys,
+      rotateKv: r.rotateKv,
       blockTokens: r.blockTokens,
     };
   }

@@ -29,12 +29,13 @@ function jsonRows(stdout: string): Record<string, unknown>[] {
 
 describe('smartkv eval', () => {
   it('rejects unknown evaluations, policies and options with exit code 2, before starting anything', () => {
-    for (const args of [['eval'], ['eval', 'speed'], ['eval', 'ppl', '--policy', 'fp8'], ['eval', 'needle', '--budget', '1.5'], ['eval', 'ppl', '--fast'], ['eval', 'ppl', '--seeds', '2']]) {
+    for (const args of [['eval'], ['eval', 'speed'], ['eval', 'ppl', '--policy', 'fp8'], ['eval', 'needle', '--budget', '1.5'], ['eval', 'ppl', '--fast'], ['eval', 'ppl', '--seeds', '2'], ['eval', 'needle', '--gamma', '1'], ['eval', 'ppl', '--quant', 'nf4'], ['eval', 'needle', '--window', '-1']]) {
       const r = smartkv(...args);
       assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, /usage|options/);
     }
     assert.match(smartkv('eval', 'ppl', '--policy', 'fp8').stderr, /unknown policy fp8/);
+    assert.match(smartkv('eval', 'needle', '--gamma', '1').stderr, /--gamma must be in \[0, 1\)/);
   });
 
   it('ppl --quick --json: one row per policy × budget with finite perplexity, β and histogram; --markdown writes a section', () => {

@@ -1,6 +1,7 @@
-// rotateKeys through the addon: the option reaches the native engine, keys
+// rotateKv through the addon: the option reaches the native engine, K and V
 // read back in the caller's coordinates, and 2-bit keys with outlier channels
-// lose far less attention accuracy than without it (kernels/src/rotation).
+// (and 2-bit values) lose far less attention accuracy than without it
+// (kernels/src/rotation).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
@@ -20,8 +21,8 @@ function outlierKeys(n: number, seed: number): Float32Array {
 }
 
 /** Probabilities of one decode row over n tokens stored as `format` (0 fp16, 3 int2). */
-async function decodeProbs(rotateKeys: boolean, format: number): Promise<{ probs: Float32Array; k: Float32Array }> {
-  const eng = new KvEngine({ layers: 1, qHeads: QH, kvHeads: H, headDim: D, quant: 'symmetric', threads: 2, rotateKeys });
+async function decodeProbs(rotateKv: boolean, format: number): Promise<{ probs: Float32Array; out: Float32Array; k: Float32Array; v: Float32Array }> {
+  const eng = new KvEngine({ layers: 1, qHeads: QH, kvHeads: H, headDim: D, quant: 'symmetric', threads: 2, rotateKv });
   try {
     const n = 256;
     const seq = await eng.createSequence();
@@ -29,9 +30,9 @@ async function decodeProbs(rotateKeys: boolean, format: number): Promise<{ probs
     if (format !== 0) await eng.applyPlan(seq, 0, Uint32Array.from({ length: n }, (_, i) => i), new Uint8Array(n).fill(format));
     const probs = new Float32Array(n + 1);
     const q = gaussian(QH * D, 9).map((x) => x * 0.3);
-    await eng.attend([{ seq, layer: 0, q, kNew: outlierKeys(1, 10), vNew: gaussian(H * D, 11), probs }]);
-    const { k } = await eng.readKv(seq, 0);
-    return { probs, k };
+    const [out] = await eng.attend([{ seq, layer: 0, q, kNew: outlierKeys(1, 10), vNew: gaussian(H * D, 11), probs }]);
+    const { k, v } = await eng.readKv(seq, 0);
+    return { probs, out, k, v };
   } finally {
     await eng.close();
   }
@@ -43,22 +44,25 @@ function rms(a: Float32Array, b: Float32Array): number {
   return Math.sqrt(s / a.length);
 }
 
-describe('KvEngine rotateKeys', () => {
-  it('attends like plain keys at fp16 and reads keys back unrotated', async () => {
+describe('KvEngine rotateKv', () => {
+  it('attends like plain K and V at fp16 and reads them back unrotated', async () => {
     const plain = await decodeProbs(false, 0), rotated = await decodeProbs(true, 0);
     assert.ok(rms(plain.probs, rotated.probs) < 1e-4, `fp16 probs differ: ${rms(plain.probs, rotated.probs)}`);
-    const worst = plain.k.reduce((w, x, i) => Math.max(w, Math.abs(x - rotated.k[i])), 0);
-    assert.ok(worst < 2e-2, `keys read back differ by ${worst}`);
+    assert.ok(rms(plain.out, rotated.out) < 1e-3, `fp16 outputs differ: ${rms(plain.out, rotated.out)}`);
+    const worst = (a: Float32Array, b: Float32Array) => a.reduce((w, x, i) => Math.max(w, Math.abs(x - b[i])), 0);
+    assert.ok(worst(plain.k, rotated.k) < 2e-2, `keys read back differ by ${worst(plain.k, rotated.k)}`);
+    assert.ok(worst(plain.v, rotated.v) < 2e-2, `values read back differ by ${worst(plain.v, rotated.v)}`);
   });
 
-  it('cuts the error of 2-bit keys with outlier channels', async () => {
-    const truth = (await decodeProbs(false, 0)).probs;
-    const plain = rms((await decodeProbs(false, 3)).probs, truth);
-    const rotated = rms((await decodeProbs(true, 3)).probs, truth);
-    assert.ok(rotated < 0.5 * plain, `2-bit probs error: rotated ${rotated} vs plain ${plain}`);
+  it('cuts the error of 2-bit keys with outlier channels, and of 2-bit values', async () => {
+    const truth = await decodeProbs(false, 0), plain = await decodeProbs(false, 3), rotated = await decodeProbs(true, 3);
+    const [pPlain, pRot] = [rms(plain.probs, truth.probs), rms(rotated.probs, truth.probs)];
+    assert.ok(pRot < 0.5 * pPlain, `2-bit probs error: rotated ${pRot} vs plain ${pPlain}`);
+    const [oPlain, oRot] = [rms(plain.out, truth.out), rms(rotated.out, truth.out)];
+    assert.ok(oRot < 0.8 * oPlain, `2-bit output error: rotated ${oRot} vs plain ${oPlain}`);
   });
 
-  it('rejects a non-boolean rotateKeys', () => {
-    assert.throws(() => new KvEngine({ layers: 1, qHeads: QH, kvHeads: H, headDim: D, quant: 'symmetric', rotateKeys: 'yes' as unknown as boolean }), /rotateKeys must be a boolean/);
+  it('rejects a non-boolean rotateKv', () => {
+    assert.throws(() => new KvEngine({ layers: 1, qHeads: QH, kvHeads: H, headDim: D, quant: 'symmetric', rotateKv: 'yes' as unknown as boolean }), /rotateKv must be a boolean/);
   });
 });

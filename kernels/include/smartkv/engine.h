@@ -42,8 +42,9 @@ struct engine_config {
     size_t memory_limit_bytes = 0;  // 0: no limit
     int n_threads = 0;              // 0: all hardware threads
     int kivi_residual = 128;        // KIVI: newest tokens kept at 16-bit
-    bool rotate_keys = false;       // rotate q and k (randomised Hadamard) before SmartKV-format
-                                    // sequences store them: better low-bit keys, same attention
+    bool rotate_kv = false;         // SmartKV-format sequences store K and V rotated (randomised
+                                    // Hadamard, smartkv/kv-rotation.h) and 2-bit vectors with a
+                                    // clipped scale: same attention, much better low-bit K and V
 };
 
 // One sequence's share of a batched attention call. The n_rows new tokens are
@@ -121,9 +122,10 @@ void validate_config(const engine_config& cfg);
 
 std::unique_ptr<kv_backend> make_cpu_backend(const engine_config& cfg);
 
-// Wraps a backend so that it holds rotated keys (smartkv/key-rotation.h);
-// make_cpu_backend and make_backend apply it when cfg.rotate_keys is set.
-std::unique_ptr<kv_backend> with_rotated_keys(std::unique_ptr<kv_backend> inner);
+// Wraps a backend so that it holds rotated keys and values
+// (smartkv/kv-rotation.h); make_cpu_backend and make_backend apply it when
+// cfg.rotate_kv is set.
+std::unique_ptr<kv_backend> with_rotated_kv(std::unique_ptr<kv_backend> inner);
 
 // Backend choice for a cache service: `auto_select` takes CUDA when the build
 // has it and a device is present, the CPU otherwise (backend-select.cc).

@@ -43,7 +43,7 @@ cpu_engine::cpu_engine(const engine_config& cfg)
 
 std::unique_ptr<kv_backend> make_cpu_backend(const engine_config& cfg) {
     std::unique_ptr<kv_backend> engine = std::make_unique<cpu_engine>(cfg);
-    return cfg.rotate_keys ? with_rotated_keys(std::move(engine)) : std::move(engine);
+    return cfg.rotate_kv ? with_rotated_kv(std::move(engine)) : std::move(engine);
 }
 
 cpu_sequence& cpu_engine::get(uint32_t seq) {
@@ -173,6 +173,7 @@ void cpu_engine::report(uint32_t seq, int layer, const token_report& out) const 
     const layer_store& ls = get_layer(seq, layer);
     const int D = cfg_.head_dim, H = cfg_.n_kv_heads;
     const kv_format levels[3] = {kv_format::int8, kv_format::int4, kv_format::int2};
+    const bool rotated = cfg_.rotate_kv && get(seq).kind == storage_kind::mixed;  // clipped 2-bit scales
     std::vector<float> k(D), v(D);
     for (size_t pos = 0; pos < ls.size(); ++pos) {
         const slot_ref s = ls.where(pos);
@@ -200,7 +201,8 @@ void cpu_engine::report(uint32_t seq, int layer, const token_report& out) const 
             for (int i = 0; i < 3; ++i) {
                 // A token cannot get better than its current format without the master copy.
                 const kv_format f = (!cfg_.master_copy && format_bits(levels[i]) > format_bits(s.fmt)) ? s.fmt : levels[i];
-                err[i] += modelled_sq_error(f, range_k, D) + modelled_sq_error(f, range_v, D);
+                err[i] += modelled_sq_error_from(f, s.fmt, range_k, cfg_.mode, rotated, D) +
+                          modelled_sq_error_from(f, s.fmt, range_v, cfg_.mode, rotated, D);
             }
         }
         for (int i = 0; i < 3; ++i) out.sq_error[pos * 3 + i] = err[i];

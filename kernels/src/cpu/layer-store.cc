@@ -126,11 +126,13 @@ size_t layer_store::move(size_t pos, kv_format to) {
     bucket& dst = buckets_[int(to)];
     const uint32_t slot = dst.push();
     float k[512], v[512];  // head_dim <= 512 is checked in validate_config
+    // rotate_kv: this (SmartKV-format) store holds rotated K and V, near Gaussian.
+    const float clip = symmetric_clip(to, cfg_.mode, cfg_.rotate_kv && kind_ == storage_kind::mixed);
     for (int h = 0; h < H; ++h) {
         if (upgrade) read_master(pos, h, k, v);
         else read(pos, h, k, v);
-        quantize_row(to, cfg_.mode, k, D, dst.k_row(slot, h), dst.k_params(slot, h));
-        quantize_row(to, cfg_.mode, v, D, dst.v_row(slot, h), dst.v_params(slot, h));
+        quantize_row(to, cfg_.mode, k, D, dst.k_row(slot, h), dst.k_params(slot, h), clip);
+        quantize_row(to, cfg_.mode, v, D, dst.v_row(slot, h), dst.v_params(slot, h), clip);
     }
     dst.position(slot) = int32_t(pos);
     slot_of_[pos] = encode_slot(to, slot);

@@ -43,7 +43,7 @@ inline half_bits to_half(float x) { return half_bits(_cvtss_sh(x, _MM_FROUND_TO_
 
 }  // namespace
 
-void quantize_vector_fast(kv_format f, quant_mode m, const float* x, int D, uint8_t* row, half_bits* params) {
+void quantize_vector_fast(kv_format f, quant_mode m, const float* x, int D, uint8_t* row, half_bits* params, float clip) {
     if (f == kv_format::fp16) {
         for (int d = 0; d < D; d += 16)
             _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + 2 * d),
@@ -59,7 +59,7 @@ void quantize_vector_fast(kv_format f, quant_mode m, const float* x, int D, uint
     const float mn = _mm512_reduce_min_ps(lo), mx = _mm512_reduce_max_ps(hi);
     const int max_code = format_max_code(f);
     if (m == quant_mode::symmetric) {
-        const float absmax = -mn > mx ? -mn : mx;
+        const float absmax = (-mn > mx ? -mn : mx) * clip;
         params[0] = to_half(absmax > 0.f ? absmax / (0.5f * float(max_code)) : 1.f);
     } else {
         params[0] = to_half(mx > mn ? (mx - mn) / float(max_code) : 1.f);

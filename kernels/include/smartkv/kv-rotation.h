@@ -1,10 +1,13 @@
-// A fixed orthogonal rotation of key space, applied to q and k before they
-// reach the cache (rotated_keys option). q·k is unchanged by an orthogonal
-// rotation, but per-token quantisation of the rotated key is much better when
-// a few channels carry outliers: the rotation spreads each channel's energy
-// over the whole block, so one scale per vector no longer has to cover a
-// channel 10x larger than the rest. (Low-bit KV papers call this incoherence
-// processing; here it is a randomised Walsh–Hadamard transform.)
+// A fixed orthogonal rotation applied to q, k and v before they reach the
+// cache (the rotate_kv option), and undone on the attention output. q·k and
+// Σ p·v are unchanged by an orthogonal rotation, but per-token quantisation of
+// rotated vectors is much better when a few channels carry outliers: the
+// rotation spreads each channel's energy over the whole block, so one scale
+// per vector no longer has to cover a channel 10x larger than the rest, and
+// the rotated vector is close to Gaussian, which is what lets a clipped 2-bit
+// scale (formats.h: rotated_int2_clip) halve the 2-bit error. (Low-bit
+// papers call this incoherence processing; here it is a randomised
+// Walsh–Hadamard transform.)
 //
 // R = H·S / sqrt(b) on each block of b dims, where H is the b×b Sylvester
 // Hadamard matrix, S a fixed ±1 diagonal, and b the largest power of two
@@ -17,9 +20,9 @@
 
 namespace smartkv {
 
-class key_rotation {
+class kv_rotation {
 public:
-    explicit key_rotation(int head_dim);
+    explicit kv_rotation(int head_dim);
     int head_dim() const { return head_dim_; }
     int block() const { return block_; }
     // In place on n vectors of head_dim floats each: x <- R x, and x <- R^T x.

@@ -1,4 +1,4 @@
-#include "smartkv/key-rotation.h"
+#include "smartkv/kv-rotation.h"
 
 #include <cmath>
 
@@ -22,14 +22,14 @@ float sign_of(uint32_t i) {
 
 }  // namespace
 
-key_rotation::key_rotation(int head_dim)
+kv_rotation::kv_rotation(int head_dim)
     : head_dim_(head_dim), block_(largest_power_of_two_dividing(head_dim)), sign_(size_t(head_dim)) {
     for (int i = 0; i < head_dim; ++i) sign_[size_t(i)] = sign_of(uint32_t(i));
 }
 
 // Fast Walsh–Hadamard transform: log2(b) butterfly passes of b/2 add/sub
 // pairs, then one scale. b = 64: 6·32 = 192 butterflies per vector.
-void key_rotation::hadamard_blocks(float* x) const {
+void kv_rotation::hadamard_blocks(float* x) const {
     const float scale = 1.f / std::sqrt(float(block_));
     for (int base = 0; base < head_dim_; base += block_) {
         float* b = x + base;
@@ -44,7 +44,7 @@ void key_rotation::hadamard_blocks(float* x) const {
     }
 }
 
-void key_rotation::rotate(float* x, size_t n_vectors) const {
+void kv_rotation::rotate(float* x, size_t n_vectors) const {
     for (size_t v = 0; v < n_vectors; ++v) {
         float* row = x + v * size_t(head_dim_);
         for (int i = 0; i < head_dim_; ++i) row[i] *= sign_[size_t(i)];
@@ -52,7 +52,7 @@ void key_rotation::rotate(float* x, size_t n_vectors) const {
     }
 }
 
-void key_rotation::unrotate(float* x, size_t n_vectors) const {
+void kv_rotation::unrotate(float* x, size_t n_vectors) const {
     for (size_t v = 0; v < n_vectors; ++v) {
         float* row = x + v * size_t(head_dim_);
         hadamard_blocks(row);
