@@ -48,7 +48,7 @@ export interface EvalOptions {
   masterCopy: boolean; // the local cache service keeps FP16 originals (outside β) so plans may raise precision
   importance: string; // the local orchestrator's default importance mode (accumulated | normalised)
   layers: string; // the local orchestrator's default layer mode (shared | per-layer)
-  rotateKv: boolean; // the local cache service stores keys rotated (randomised Hadamard)
+  rotateKv: boolean; // the local cache service stores K and V rotated (randomised Hadamard)
   quant: string; // the local cache service's quantisation: symmetric or asymmetric
   window?: number; // the local orchestrator's default recent window (16-bit tokens)
   gamma?: number; // importance EMA factor sent with every request (default: the server's)
@@ -83,7 +83,7 @@ export function evalOptionSpec(kind: EvalKind): Record<string, OptionSpec> {
     importance: { kind: 'string', default: 'accumulated', help: 'importance for the local system: accumulated or normalised (an ablation)' },
     layers: { kind: 'string', default: 'shared', help: 'bit-widths for the local system: shared (per token) or per-layer (an ablation)' },
     'no-master-copy': { kind: 'bool', default: false, help: 'start the local cache service without --master-copy (precision can then only go down)' },
-    'no-rotate-kv': { kind: 'bool', default: false, help: 'start the local cache service with --rotate-kv=false (keys stored as they are; an ablation)' },
+    'no-rotate-kv': { kind: 'bool', default: false, help: 'start the local cache service with --rotate-kv=false (K and V stored as they are; an ablation)' },
     quant: { kind: 'string', default: 'symmetric', help: 'the local cache service\'s quantisation: symmetric or asymmetric (an ablation)' },
     gamma: { kind: 'number', help: 'importance EMA factor γ in [0, 1) sent with every request (default: the server\'s, 0.9)' },
     window: { kind: 'int', help: 'the local system\'s recent window kept at 16 bits (default: the server\'s, 64)' },
@@ -248,7 +248,7 @@ export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy'
       io.err.write(`  ready at ${cluster.address} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
       where = `a local split system started for this run (allocator, 1 cache service ${
         o.masterCopy ? 'with --master-copy: FP16 originals kept outside β, so plans may raise precision again' : 'without --master-copy: precision only goes down'
-      }, ${o.rotateKv ? 'keys stored rotated (randomised Hadamard of q and k; KIVI rows as published)' : 'with --rotate-kv=false: keys stored as they are'}, ${o.quant} quantisation, orchestrator; separate processes over gRPC)`;
+      }, ${o.rotateKv ? 'K and V stored rotated (randomised Hadamard of q, k and v, clipped 2-bit scales; KIVI rows as published)' : 'with --rotate-kv=false: K and V stored as they are'}, ${o.quant} quantisation, orchestrator; separate processes over gRPC)`;
       client = new EvalClient(cluster.address, o.gamma);
     }
     const info = await client.info();

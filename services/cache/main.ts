@@ -13,7 +13,7 @@ export const CACHE_OPTIONS: Record<string, OptionSpec> = {
   device: { kind: 'string', default: 'cpu', help: 'cpu, cuda or auto' },
   gamma: { kind: 'number', default: 0.9, help: 'importance EMA factor γ' },
   'master-copy': { kind: 'bool', default: false, help: 'keep FP16 originals so plans may raise precision' },
-  'rotate-kv': { kind: 'bool', default: true, help: 'store keys rotated (randomised Hadamard of q and k): better 2-bit keys, same attention; KIVI sequences untouched; --rotate-kv=false turns it off' },
+  'rotate-kv': { kind: 'bool', default: true, help: 'store K and V rotated (randomised Hadamard of q, k and v; clipped 2-bit scales): same attention, much better 2-bit K and V; KIVI sequences untouched; --rotate-kv=false turns it off' },
   quant: { kind: 'string', default: 'symmetric', help: 'symmetric or asymmetric quantisation' },
   'grace-ms': { kind: 'int', default: 5000, help: 'how long in-flight calls may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },

@@ -27,7 +27,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'memory-limit': { kind: 'int', default: 0, help: 'in-process: KV bytes the cache may hold' },
   gamma: { kind: 'number', default: 0.9, help: 'in-process: importance EMA factor γ' },
   'master-copy': { kind: 'bool', default: false, help: 'in-process: keep FP16 originals for upgrades' },
-  'rotate-kv': { kind: 'bool', default: true, help: 'in-process: store keys rotated (randomised Hadamard; --rotate-kv=false: off)' },
+  'rotate-kv': { kind: 'bool', default: true, help: 'in-process: store K and V rotated (randomised Hadamard; --rotate-kv=false: off)' },
   'grace-ms': { kind: 'int', default: 10000, help: 'how long running requests may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },
   help: { kind: 'bool', help: 'print this help' },
