@@ -66,6 +66,17 @@ std::vector<float> gaussian(size_t n, uint32_t seed, float sigma = 1.f) {
 
 const kv_format k_quantized[3] = {kv_format::int8, kv_format::int4, kv_format::int2};
 
+// The engine_error code `fn` throws, or -1 when it returns.
+template <class Fn>
+int code_of(Fn&& fn) {
+    try {
+        fn();
+    } catch (const engine_error& e) {
+        return int(e.code);
+    }
+    return -1;
+}
+
 }  // namespace
 
 TEST(pack_unpack_round_trip) {
@@ -497,14 +508,6 @@ TEST(bad_input_changes_nothing) {
     auto k = gaussian(100 * 128, 1), v = gaussian(100 * 128, 2);
     eng->append(seq, 0, 100, k.data(), v.data());
     const memory_stats before = eng->stats(seq);
-    auto code_of = [&](auto&& fn) {
-        try {
-            fn();
-        } catch (const engine_error& e) {
-            return int(e.code);
-        }
-        return -1;
-    };
     uint32_t pos[2] = {10, 100};
     uint8_t fmt[2] = {2, 2};
     CHECK(code_of([&] { eng->apply_plan(seq, 0, pos, fmt, 2); }) == int(error_code::invalid_argument));
@@ -581,14 +584,6 @@ TEST(each_sequence_has_its_own_gamma) {
     for (int t = 0; t < 5; ++t) CHECK(std::fabs(ia[t] - ea[t]) < 1e-6 && std::fabs(ib[t] - eb[t]) < 1e-6);
     CHECK(std::fabs(ia[0] - ib[0]) > 1e-3);
     // A γ outside [0, 1) is refused and creates nothing.
-    auto code_of = [&](auto&& fn) {
-        try {
-            fn();
-        } catch (const engine_error& e) {
-            return int(e.code);
-        }
-        return -1;
-    };
     CHECK(code_of([&] { eng->create_sequence(storage_kind::mixed, 1.f); }) == int(error_code::invalid_argument));
     CHECK(code_of([&] { eng->create_sequence(storage_kind::mixed, -0.1f); }) == int(error_code::invalid_argument));
     CHECK(!eng->has_sequence(b + 1));
