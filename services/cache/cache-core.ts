@@ -105,8 +105,18 @@ export class CacheCore implements CacheShard {
     };
     if (seq !== undefined) return { ...base, bytes: toBytes(await this.engine.stats(seq)) };
     let total: Bytes = { ...EMPTY_BYTES, tokensByFormat: [0, 0, 0, 0] };
-    for (const s of this.held.keys()) total = addBytes(total, toBytes(await this.engine.stats(s)));
-    return { ...base, bytes: total };
+    for (const s of [...this.held.keys()]) {
+      let bytes: Bytes;
+      try {
+        bytes = toBytes(await this.engine.stats(s));
+      } catch (e) {
+        // Freed while this walk awaited (a client cancelled): not held any more.
+        if (e instanceof KvEngineError && e.code === 'NOT_FOUND') continue;
+        throw e;
+      }
+      total = addBytes(total, bytes);
+    }
+    return { ...base, sequences: this.held.size, reservedBytes: this.reserved, bytes: total };
   }
 
   async close(): Promise<void> {
