@@ -95,7 +95,7 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
   const quiet = () => undefined;
 
   io.progress(`in-process: model ${modelDir}, ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
-  const local = await Orchestrator.create({ modelDir, defaults: DEFAULTS, local: { engine: { quant: 'symmetric' }, memoryLimitBytes: 0 }, log });
+  const local = await Orchestrator.create({ modelDir, defaults: DEFAULTS, local: { engine: { quant: 'symmetric', rotateKv: true }, memoryLimitBytes: 0 }, log });
   for (const b of batches) {
     await measure(local, 'in-process', b, { tokens: 8, policy, beta }); // warm-up
     rows.push(await measure(local, 'in-process', b, { tokens, policy, beta }));
