@@ -544,8 +544,10 @@ void run_case(const grid_case& c, uint32_t seed) {
     const size_t kvn = size_t(c.n_prefix) * c.hkv * c.D;
     std::vector<float> k0, v0;  // batch 0's prefix, for the float64 reference
     for (int b = 0; b < c.batch; ++b) {
-        cs.push_back(cpu->create_sequence(c.kind));
-        gs.push_back(gpu->create_sequence(c.kind));
+        // Alternate γ across the batch: each request folds importance with its own.
+        const float gamma = b % 2 ? 0.5f : cfg.gamma;
+        cs.push_back(cpu->create_sequence(c.kind, gamma));
+        gs.push_back(gpu->create_sequence(c.kind, gamma));
         if (c.n_prefix == 0) continue;
         auto k = randn(kvn, seed + 100 + uint32_t(b)), v = randn(kvn, seed + 200 + uint32_t(b));
         for (size_t i = 0; i < k.size(); i += 3) k[i] += 2.f;  // an outlier-ish channel pattern
@@ -574,7 +576,14 @@ void run_case(const grid_case& c, uint32_t seed) {
     std::vector<uint8_t> fc(n_ctx), fg(n_ctx);
     cpu->report(cs[0], 0, {ic.data(), fc.data(), ec.data()});
     gpu->report(gs[0], 0, {ig.data(), fg.data(), eg.data()});
-    const double imp_err = max_rel(ig.data(), ic.data(), n_ctx), sq_err = max_rel(eg.data(), ec.data(), eg.size());
+    double imp_err = max_rel(ig.data(), ic.data(), n_ctx);
+    const double sq_err = max_rel(eg.data(), ec.data(), eg.size());
+    for (size_t b = 1; b < cs.size(); ++b) {  // the other sequences, some with another γ
+        std::vector<float> ib(n_ctx), gb(n_ctx);
+        cpu->report(cs[b], 0, {ib.data(), nullptr, nullptr});
+        gpu->report(gs[b], 0, {gb.data(), nullptr, nullptr});
+        imp_err = std::max(imp_err, max_rel(gb.data(), ib.data(), n_ctx));
+    }
     const memory_stats mc = cpu->stats(cs[0]), mg = gpu->stats(gs[0]);
     bool stats_ok = mc.payload == mg.payload && mc.params == mg.params && mc.tokens == mg.tokens &&
                     mc.kivi_tokens == mg.kivi_tokens && mc.fp16_equivalent == mg.fp16_equivalent;
