@@ -619,14 +619,29 @@ TEST(kv_rotation_is_orthogonal) {
 
 namespace {
 
+// One scenario's inputs: n_prefix tokens (keys with outlier channels,
+// Gaussian values), then n_rows new rows and their queries.
+struct rotation_inputs {
+    int n_prefix, n_rows;
+    std::vector<float> k0, v0;   // [n_prefix][2][64]
+    std::vector<float> q;        // [n_rows][4][64]
+    std::vector<float> kn, vn;   // [n_rows][2][64]
+};
+std::vector<float> keys_with_outlier_channels(int n, uint32_t seed);
+rotation_inputs rotation_scenario(int n_prefix, int n_rows, uint32_t seed) {
+    return {n_prefix, n_rows, keys_with_outlier_channels(n_prefix, seed), gaussian(size_t(n_prefix) * 128, seed + 1),
+            gaussian(size_t(n_rows) * 4 * 64, seed + 2, 0.3f), keys_with_outlier_channels(n_rows, seed + 3),
+            gaussian(size_t(n_rows) * 128, seed + 4)};
+}
+
 // Output of one attend call (n_prefix tokens appended, all moved to `fmt`
 // unless fp16, then n_rows new rows) on an engine with or without rotation.
 struct rotation_run {
     std::vector<float> out, probs, k_read, v_read;
 };
-rotation_run run_for_rotation(bool rotate, storage_kind kind, kv_format fmt, const std::vector<float>& k0,
-                              const std::vector<float>& v0, const std::vector<float>& q, const std::vector<float>& kn,
-                              const std::vector<float>& vn, int n_prefix, int n_rows) {
+rotation_run run_for_rotation(bool rotate, storage_kind kind, kv_format fmt, const rotation_inputs& in) {
+    const int n_prefix = in.n_prefix, n_rows = in.n_rows;
+    const std::vector<float>&k0 = in.k0, &v0 = in.v0, &q = in.q, &kn = in.kn, &vn = in.vn;
     engine_config c = small_config(4, 2, 64, true, true);
     c.rotate_kv = rotate;
     auto eng = make_cpu_backend(c);
@@ -675,12 +690,9 @@ std::vector<float> keys_with_outlier_channels(int n, uint32_t seed) {
 }  // namespace
 
 TEST(rotated_kv_attend_like_plain_kv_in_fp16) {
-    const int n = 70, rows = 3;
-    auto k0 = keys_with_outlier_channels(n, 90), v0 = gaussian(size_t(n) * 128, 91);
-    auto q = gaussian(size_t(rows) * 4 * 64, 92, 0.3f), kn = keys_with_outlier_channels(rows, 93),
-         vn = gaussian(size_t(rows) * 128, 94);
-    const auto plain = run_for_rotation(false, storage_kind::mixed, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
-    const auto rot = run_for_rotation(true, storage_kind::mixed, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
+    const rotation_inputs in = rotation_scenario(70, 3, 90);
+    const auto plain = run_for_rotation(false, storage_kind::mixed, kv_format::fp16, in);
+    const auto rot = run_for_rotation(true, storage_kind::mixed, kv_format::fp16, in);
     // Only fp16 rounding differs (of rotated instead of plain keys).
     CHECK_MSG(max_abs_diff(plain.out, rot.out) < 2e-2, "out differs by " + std::to_string(max_abs_diff(plain.out, rot.out)));
     CHECK_MSG(max_abs_diff(plain.probs, rot.probs) < 2e-3, "probs differ by " + std::to_string(max_abs_diff(plain.probs, rot.probs)));
@@ -692,13 +704,10 @@ TEST(rotated_kv_attend_like_plain_kv_in_fp16) {
 // The point of the option: 2-bit keys with outlier channels lose much less,
 // and so do 2-bit values.
 TEST(rotated_kv_cut_2bit_attention_error) {
-    const int n = 256, rows = 2;
-    auto k0 = keys_with_outlier_channels(n, 100), v0 = gaussian(size_t(n) * 128, 101);
-    auto q = gaussian(size_t(rows) * 4 * 64, 102, 0.3f), kn = keys_with_outlier_channels(rows, 103),
-         vn = gaussian(size_t(rows) * 128, 104);
-    const auto truth = run_for_rotation(false, storage_kind::mixed, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
-    const auto plain = run_for_rotation(false, storage_kind::mixed, kv_format::int2, k0, v0, q, kn, vn, n, rows);
-    const auto rot = run_for_rotation(true, storage_kind::mixed, kv_format::int2, k0, v0, q, kn, vn, n, rows);
+    const rotation_inputs in = rotation_scenario(256, 2, 100);
+    const auto truth = run_for_rotation(false, storage_kind::mixed, kv_format::fp16, in);
+    const auto plain = run_for_rotation(false, storage_kind::mixed, kv_format::int2, in);
+    const auto rot = run_for_rotation(true, storage_kind::mixed, kv_format::int2, in);
     const double e_plain = rms_diff(plain.probs, truth.probs), e_rot = rms_diff(rot.probs, truth.probs);
     CHECK_MSG(e_rot < 0.6 * e_plain,
               "2-bit probs error: rotated " + std::to_string(e_rot) + " vs plain " + std::to_string(e_plain));
@@ -710,12 +719,9 @@ TEST(rotated_kv_cut_2bit_attention_error) {
 }
 
 TEST(rotated_kv_leave_kivi_as_published) {
-    const int n = 200, rows = 2;
-    auto k0 = keys_with_outlier_channels(n, 110), v0 = gaussian(size_t(n) * 128, 111);
-    auto q = gaussian(size_t(rows) * 4 * 64, 112, 0.3f), kn = keys_with_outlier_channels(rows, 113),
-         vn = gaussian(size_t(rows) * 128, 114);
-    const auto plain = run_for_rotation(false, storage_kind::kivi2, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
-    const auto rot = run_for_rotation(true, storage_kind::kivi2, kv_format::fp16, k0, v0, q, kn, vn, n, rows);
+    const rotation_inputs in = rotation_scenario(200, 2, 110);
+    const auto plain = run_for_rotation(false, storage_kind::kivi2, kv_format::fp16, in);
+    const auto rot = run_for_rotation(true, storage_kind::kivi2, kv_format::fp16, in);
     CHECK(plain.out == rot.out && plain.probs == rot.probs && plain.k_read == rot.k_read && plain.v_read == rot.v_read);
 }
 
