@@ -37,7 +37,7 @@ export interface KvEngineConfig {
   memoryLimitBytes?: number; // 0: no limit
   threads?: number; // 0: all hardware threads
   kiviResidual?: number; // KIVI: newest tokens kept at 16-bit (default 128)
-  rotateKv?: boolean; // store SmartKV-format keys rotated (randomised Hadamard; KIVI untouched)
+  rotateKv?: boolean; // store SmartKV-format K and V rotated (randomised Hadamard, clipped 2-bit scales; KIVI untouched)
   device?: Device; // default 'cpu'
 }
 

@@ -299,7 +299,7 @@ void cuda_engine::report(uint32_t seq, int layer, const token_report& out) const
     if (!out.sq_error) return;
     const host_mirror mirror(ls, cfg_, stream_);
     const int D = cfg_.head_dim, H = cfg_.n_kv_heads;
-    const bool rotated = cfg_.rotate_kv && get(seq).kind == storage_kind::mixed;  // clipped 2-bit scales
+    const bool rotated = stores_rotated(cfg_, get(seq).kind);  // clipped 2-bit scales
     const kv_format levels[3] = {kv_format::int8, kv_format::int4, kv_format::int2};
     std::vector<float> k(static_cast<size_t>(D)), v(static_cast<size_t>(D));
     for (size_t pos = 0; pos < n; ++pos) {

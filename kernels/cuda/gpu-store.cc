@@ -255,7 +255,7 @@ size_t gpu_store::move_round(const std::vector<std::pair<uint32_t, kv_format>>& 
                 it.dst_params = to == kv_format::fp16 ? nullptr : (kv ? dst.v_params(slot, h) : dst.k_params(slot, h));
                 it.dst_fmt = uint8_t(to);
                 it.dst_mode = uint8_t(cfg_.mode);
-                it.clip = symmetric_clip(to, cfg_.mode, cfg_.rotate_kv && kind_ == storage_kind::mixed);  // rotated: clipped 2-bit
+                it.clip = symmetric_clip(to, cfg_.mode, stores_rotated(cfg_, kind_));  // rotated: clipped 2-bit
                 it.dst_pos = (h == 0 && kv == 0) ? dst.pos_word(slot) : nullptr;
                 it.pos = int32_t(pos);
                 ops.converts.push_back(it);

@@ -4,7 +4,7 @@
 // vanished owner's sequences can be freed. In-process mode uses it directly.
 import { KvEngine, KvEngineError, type KvEngineConfig, type KvStats, type StorageKind } from '../../native/kv-engine.js';
 import { FORMATS } from '../../native/formats.js';
-import { checkInt, checkNumber } from '../../native/validate.js';
+import { checkInt } from '../../native/validate.js';
 import type { Bytes, CacheShard, CreatedSequence, ImportanceReport, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from './cache-api.js';
 import { EMPTY_BYTES } from './cache-api.js';
 
@@ -33,7 +33,6 @@ export class CacheCore implements CacheShard {
 
   async createSequence(storage: StorageKind, reserveBytes: number, gamma?: number, owner = ''): Promise<CreatedSequence> {
     checkInt('reserve_bytes', reserveBytes, 0);
-    if (gamma !== undefined) checkNumber('gamma', gamma, (x) => x >= 0 && x < 1, 'in [0, 1)');
     if (this.memoryLimitBytes > 0 && this.reserved + reserveBytes > this.memoryLimitBytes) {
       throw new KvEngineError(
         'RESOURCE_EXHAUSTED',

@@ -122,6 +122,13 @@ void validate_config(const engine_config& cfg);
 
 std::unique_ptr<kv_backend> make_cpu_backend(const engine_config& cfg);
 
+// Whether a sequence of this kind holds rotated K and V (and clipped 2-bit
+// scales) under this config: SmartKV-format ones when rotate_kv is set; KIVI
+// stays as published. The wrapper and both backends decide by this alone.
+inline bool stores_rotated(const engine_config& cfg, storage_kind kind) {
+    return cfg.rotate_kv && kind == storage_kind::mixed;
+}
+
 // Wraps a backend so that it holds rotated keys and values
 // (smartkv/kv-rotation.h); make_cpu_backend and make_backend apply it when
 // cfg.rotate_kv is set.

@@ -5,7 +5,7 @@
 // rotation spreads each channel's energy over the whole block, so one scale
 // per vector no longer has to cover a channel 10x larger than the rest, and
 // the rotated vector is close to Gaussian, which is what lets a clipped 2-bit
-// scale (formats.h: rotated_int2_clip) halve the 2-bit error. (Low-bit
+// scale (formats.h: symmetric_clip) halve the 2-bit error. (Low-bit
 // papers call this incoherence processing; here it is a randomised
 // Walsh–Hadamard transform.)
 //

@@ -173,7 +173,7 @@ void cpu_engine::report(uint32_t seq, int layer, const token_report& out) const 
     const layer_store& ls = get_layer(seq, layer);
     const int D = cfg_.head_dim, H = cfg_.n_kv_heads;
     const kv_format levels[3] = {kv_format::int8, kv_format::int4, kv_format::int2};
-    const bool rotated = cfg_.rotate_kv && get(seq).kind == storage_kind::mixed;  // clipped 2-bit scales
+    const bool rotated = stores_rotated(cfg_, get(seq).kind);  // clipped 2-bit scales
     std::vector<float> k(D), v(D);
     for (size_t pos = 0; pos < ls.size(); ++pos) {
         const slot_ref s = ls.where(pos);

@@ -127,7 +127,7 @@ size_t layer_store::move(size_t pos, kv_format to) {
     const uint32_t slot = dst.push();
     float k[512], v[512];  // head_dim <= 512 is checked in validate_config
     // rotate_kv: this (SmartKV-format) store holds rotated K and V, near Gaussian.
-    const float clip = symmetric_clip(to, cfg_.mode, cfg_.rotate_kv && kind_ == storage_kind::mixed);
+    const float clip = symmetric_clip(to, cfg_.mode, stores_rotated(cfg_, kind_));
     for (int h = 0; h < H; ++h) {
         if (upgrade) read_master(pos, h, k, v);
         else read(pos, h, k, v);

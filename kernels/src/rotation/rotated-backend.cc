@@ -29,7 +29,7 @@ public:
     using kv_backend::create_sequence;
     uint32_t create_sequence(storage_kind kind, float gamma) override {
         const uint32_t seq = inner_->create_sequence(kind, gamma);
-        if (kind != storage_kind::mixed) {
+        if (!stores_rotated(config(), kind)) {
             std::lock_guard<std::mutex> lock(mutex_);
             unrotated_.insert(seq);
         }
@@ -56,14 +56,19 @@ public:
     void attend(const attend_request* requests, size_t n_requests) override {
         const engine_config& c = config();
         const size_t D = size_t(c.head_dim);
-        // One scratch buffer for every rotated q, k and v of the call, sized
-        // first so the pointers handed to the backend stay valid.
-        size_t floats = 0;
-        for (size_t i = 0; i < n_requests; ++i)
-            if (rewritable(requests[i])) floats += size_t(requests[i].n_rows) * size_t(c.n_q_heads + 2 * c.n_kv_heads) * D;
-        if (floats == 0) return inner_->attend(requests, n_requests);
-        thread_local std::vector<float> scratch;  // per request: [rows][Hq][D] q, [rows][H][D] k, [rows][H][D] v
+        // Which requests to rotate, decided once; then one scratch buffer for
+        // every rotated q, k and v of the call, sized first so the pointers
+        // handed to the backend stay valid.
+        thread_local std::vector<char> rotate;     // [n_requests] this wrapper rotates the request's rows
+        thread_local std::vector<float> scratch;   // per rotated request: [rows][Hq][D] q, [rows][H][D] k, [rows][H][D] v
         thread_local std::vector<attend_request> rewritten;
+        rotate.resize(n_requests);
+        size_t floats = 0;
+        for (size_t i = 0; i < n_requests; ++i) {
+            rotate[i] = rewritable(requests[i]);
+            if (rotate[i]) floats += size_t(requests[i].n_rows) * size_t(c.n_q_heads + 2 * c.n_kv_heads) * D;
+        }
+        if (floats == 0) return inner_->attend(requests, n_requests);
         scratch.resize(floats);
         rewritten.assign(requests, requests + n_requests);
         float* cursor = scratch.data();
@@ -74,8 +79,9 @@ public:
             cursor += n_vectors * D;
             return dst;
         };
-        for (attend_request& r : rewritten) {
-            if (!rewritable(r)) continue;
+        for (size_t i = 0; i < n_requests; ++i) {
+            if (!rotate[i]) continue;
+            attend_request& r = rewritten[i];
             const size_t rows = size_t(r.n_rows);
             r.q = rotated_copy(r.q, rows * size_t(c.n_q_heads));
             r.k_new = rotated_copy(r.k_new, rows * size_t(c.n_kv_heads));
@@ -83,8 +89,8 @@ public:
         }
         inner_->attend(rewritten.data(), rewritten.size());
         // The backend wrote Σ p·Rv: rotate each output vector back.
-        for (const attend_request& r : rewritten)
-            if (rewritable(r)) rotation_.unrotate(r.out, size_t(r.n_rows) * size_t(c.n_q_heads));
+        for (size_t i = 0; i < n_requests; ++i)
+            if (rotate[i]) rotation_.unrotate(rewritten[i].out, size_t(rewritten[i].n_rows) * size_t(c.n_q_heads));
     }
 
     move_result apply_plan(uint32_t seq, int layer, const uint32_t* positions, const uint8_t* formats,
