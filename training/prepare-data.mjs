@@ -10,22 +10,33 @@
 //   passkey-train.jsonl    pass-key samples, seeds TRAIN_SEED_BASE + i, filler from train.txt
 //   passkey-eval.jsonl     evaluation grid (context bytes x depth), seeds from
 //                          EVAL_SEED_BASE (disjoint from training), filler from heldout.txt
+//   tasks-train.jsonl      long-context task samples (training/tasks.mjs): training
+//                          phrasings, seeds TASK_TRAIN_SEED_BASE + i, filler from the
+//                          training documents, 256..--tasks-max-bytes bytes
+//   tasks-dev.jsonl        the same tasks with held-out phrasings, held-out documents and
+//                          DEV seeds (TASK_DEV_SEED_BASE + k), for training/evaluate.py;
+//                          the TEST seeds are left for the published evaluation
 import fs from 'node:fs';
 import path from 'node:path';
 import {
   loadDocuments, splitDocuments, HELDOUT_EVERY, makePasskeySamples, makePasskeySample,
   mulberry32, TRAIN_SEED_BASE, EVAL_SEED_BASE, PASSKEY_TEMPLATE,
 } from './corpus.mjs';
+import { makeTaskSample, TASK_NAMES, TASK_TRAIN_SEED_BASE, TASK_DEV_SEED_BASE } from './tasks.mjs';
 
 function parseArgs(argv) {
-  const o = { out: 'training/out', passkeyTrain: 40000, evalPerCell: 25 };
+  const o = { out: 'training/out', passkeyTrain: 40000, evalPerCell: 25, tasksTrain: 48000, tasksMaxBytes: 8190, tasksDevPerCell: 8 };
   for (let i = 2; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--out') o.out = argv[++i];
     else if (a === '--passkey-train') o.passkeyTrain = Number(argv[++i]);
     else if (a === '--passkey-eval-per-cell') o.evalPerCell = Number(argv[++i]);
+    else if (a === '--tasks-train') o.tasksTrain = Number(argv[++i]);
+    else if (a === '--tasks-max-bytes') o.tasksMaxBytes = Number(argv[++i]);
+    else if (a === '--tasks-dev-per-cell') o.tasksDevPerCell = Number(argv[++i]);
     else if (a === '-h' || a === '--help') {
-      console.log('usage: node training/prepare-data.mjs --out DIR [--passkey-train N] [--passkey-eval-per-cell N]');
+      console.log('usage: node training/prepare-data.mjs --out DIR [--passkey-train N] [--passkey-eval-per-cell N]\n' +
+        '       [--tasks-train N] [--tasks-max-bytes B] [--tasks-dev-per-cell N]');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
@@ -34,6 +45,39 @@ function parseArgs(argv) {
 
 export const EVAL_LENGTHS = [256, 512, 768, 1024];
 export const EVAL_DEPTHS = [0, 0.25, 0.5, 0.75, 1.0];
+/** Context sizes of the dev task grid, in bytes of text (BOS + text + answer fit in 2K/4K/8K tokens). */
+export const TASK_DEV_BYTES = [2000, 4040, 8120];
+
+/** Training task samples: sample i uses seed TASK_TRAIN_SEED_BASE + i, task i mod 6, length uniform. */
+function writeTaskTrain(file, count, maxBytes, documents) {
+  const fd = fs.openSync(file, 'w');
+  for (let i = 0; i < count; i++) {
+    const seed = TASK_TRAIN_SEED_BASE + i;
+    const totalBytes = 256 + Math.floor(mulberry32(seed ^ 0x5bd1e995)() * (maxBytes - 256 + 1));
+    const s = makeTaskSample({ task: TASK_NAMES[i % TASK_NAMES.length], seed, totalBytes, phrasing: 'train', documents });
+    fs.writeSync(fd, JSON.stringify({ task: s.task, seed, text: s.text, spans: s.answerSpans }) + '\n');
+  }
+  fs.closeSync(fd);
+}
+
+/** Dev grid: task x context x depth, held-out phrasings and documents, dev seeds. */
+function writeTaskDev(file, perCell, documents) {
+  const lines = [];
+  let k = 0;
+  for (const task of TASK_NAMES) {
+    for (const totalBytes of TASK_DEV_BYTES) {
+      for (const depth of EVAL_DEPTHS) {
+        for (let j = 0; j < perCell; j++, k++) {
+          const seed = TASK_DEV_SEED_BASE + k;
+          const s = makeTaskSample({ task, seed, totalBytes, depth, phrasing: 'heldout', documents });
+          lines.push(JSON.stringify({ task, seed, context_bytes: totalBytes, depth, text: s.text, spans: s.answerSpans }));
+        }
+      }
+    }
+  }
+  fs.writeFileSync(file, lines.join('\n') + '\n');
+  return lines.length;
+}
 
 function main() {
   const args = parseArgs(process.argv);
@@ -77,7 +121,10 @@ function main() {
   }
   fs.writeFileSync(path.join(args.out, 'passkey-eval.jsonl'), evalLines.join('\n') + '\n');
   fs.writeFileSync(path.join(args.out, 'passkey-template.json'), JSON.stringify(PASSKEY_TEMPLATE, null, 2) + '\n');
-  console.log(JSON.stringify({ ...split, heldout: `${heldout.length} names`, passkey_train: pk.length, passkey_eval: evalLines.length }));
+  writeTaskTrain(path.join(args.out, 'tasks-train.jsonl'), args.tasksTrain, args.tasksMaxBytes, train);
+  const nDev = writeTaskDev(path.join(args.out, 'tasks-dev.jsonl'), args.tasksDevPerCell, heldout);
+  console.log(JSON.stringify({ ...split, heldout: `${heldout.length} names`, passkey_train: pk.length, passkey_eval: evalLines.length,
+    tasks_train: args.tasksTrain, tasks_dev: nDev }));
 }
 
 main();
