@@ -10,8 +10,12 @@ model.safetensors (reloaded from disk, not from the training checkpoint):
   * pass-key accuracy on training/out/passkey-eval.jsonl (context bytes x depth grid,
     seeds from EVAL_SEED_BASE, never used in training, held-out filler text),
     greedy decode of the 5 digits after the prompt;
-  * reference-logits.json + reference-logits.bin (little-endian float32) for 3 fixed
-    prompts, and a 48-token greedy continuation of "The jury said".
+  * with --bands (long-context models): held-out bits per byte by position band
+    (0-1K, 1K-4K, 4K-8K) over BOS + (context-1)-byte windows;
+  * long-context task accuracy on training/out/tasks-dev.jsonl (held-out phrasings and
+    documents, DEV seeds; training/tasks.mjs), per task x context x depth;
+  * reference-logits.json + reference-logits.bin (little-endian float32) for 4 fixed
+    prompts (one longer than 1,024 tokens), and a 48-token greedy continuation of "The jury said".
 Results go to <model>/eval-results.json.
 """
 import argparse
@@ -40,15 +44,17 @@ JURY = "The jury said"
 SENTENCE = ("The committee reported on Friday that the new bridge across the river would open to traffic next spring.")
 PASSKEY_REF_SEED = 999_999_999  # outside both the training and the evaluation seed ranges
 PASSKEY_REF_BYTES = 306         # prompt = 300 bytes (the 6 answer bytes 'NNNNN.' excluded)
+LONG_REF_BYTES = 1306           # the long reference prompt: 1,300 bytes + BOS, needle at depth 0.1
+BANDS = [(0, 1024), (1024, 4096), (4096, 8192)]
 
 
-def passkey_reference_prompt(data_dir):
+def passkey_reference_prompt(data_dir, total_bytes=PASSKEY_REF_BYTES, depth=0.5):
     """Build the pass-key reference prompt with the shared JS generator (training/corpus.mjs)."""
     js = (
         "import fs from 'node:fs';"
         f"import {{ makePasskeySample }} from {json.dumps(os.path.join(HERE, 'corpus.mjs'))};"
         f"const t = fs.readFileSync({json.dumps(os.path.join(os.path.abspath(data_dir), 'heldout.txt'))}, 'utf8');"
-        f"const s = makePasskeySample({{ seed: {PASSKEY_REF_SEED}, totalBytes: {PASSKEY_REF_BYTES}, depth: 0.5, fillerText: t }});"
+        f"const s = makePasskeySample({{ seed: {PASSKEY_REF_SEED}, totalBytes: {total_bytes}, depth: {depth}, fillerText: t }});"
         "process.stdout.write(JSON.stringify(s));"
     )
     out = subprocess.run(["node", "--input-type=module", "-e", js], check=True, capture_output=True, text=True)
@@ -97,21 +103,64 @@ def passkey_grid(model, samples, bs=8):
     return res
 
 
+@torch.no_grad()
+def heldout_bands(model, held, T, max_windows=None):
+    """Bits per byte by position band over non-overlapping BOS + (T-1)-byte windows."""
+    n = T - 1
+    starts = list(range(0, len(held) - n + 1, n))
+    if max_windows:
+        starts = [starts[i] for i in np.linspace(0, len(starts) - 1, max_windows).astype(int)]
+    nll = torch.zeros(n, dtype=torch.float64)  # [T-1] summed NLL (nats) of the byte predicted at each position
+    for s0 in starts:
+        ids = torch.tensor([[BOS] + held[s0:s0 + n].astype(np.int64).tolist()])
+        logits = model(ids[:, :-1])[0]
+        nll += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none").double()
+    out = {"windows": len(starts), "context": T}
+    for a, b in BANDS:
+        if a < n:
+            out[f"{a}-{min(b, n)}"] = float(nll[a:min(b, n)].sum() / (len(starts) * (min(b, n) - a)) / np.log(2))
+    out["all"] = float(nll.sum() / (len(starts) * n) / np.log(2))
+    return out
+
+
+@torch.no_grad()
+def task_grid(model, samples):
+    """{task: {context_bytes: {depth: [correct, n]}}}: every answer span right under teacher forcing."""
+    res = {}
+    for s in samples:
+        b = s["text"].encode("utf-8")
+        ids = torch.tensor([[BOS] + list(b)])
+        pred = model(ids[:, :-1])[0].argmax(-1)
+        tgt = ids[0, 1:]
+        ok = all(bool((pred[a:e] == tgt[a:e]).all()) for a, e in s["spans"])
+        cell = res.setdefault(s["task"], {}).setdefault(str(s["context_bytes"]), {}).setdefault(str(s["depth"]), [0, 0])
+        cell[0] += int(ok)
+        cell[1] += 1
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="models/smartkv-ref")
     ap.add_argument("--data", default="training/out")
     ap.add_argument("--max-windows", type=int, default=0, help="0 = whole held-out text")
     ap.add_argument("--max-passkey", type=int, default=0, help="0 = all grid samples")
+    ap.add_argument("--bands", action="store_true", help="held-out bits/byte by position band at full context")
+    ap.add_argument("--band-windows", type=int, default=24, help="full-context windows for --bands (0 = all)")
+    ap.add_argument("--tasks-per-cell", type=int, default=0,
+                    help="dev task samples per task x context x depth cell (0 = skip the task grid)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
     model, cfg = load_model_from_dir(args.model, torch.float32)
+    for layer in model.model.layers:  # same function, vectorised exp instead of torch 1.13's scalar softmax
+        layer.self_attn.fused = True
 
     # Reference logits first (cheap).
     pk = passkey_reference_prompt(args.data)
-    prompts = [("jury", JURY), ("passkey", pk["promptText"]), ("sentence", SENTENCE)]
+    long_pk = passkey_reference_prompt(args.data, LONG_REF_BYTES, 0.1)
+    prompts = [("jury", JURY), ("passkey", pk["promptText"]), ("sentence", SENTENCE), ("long", long_pk["promptText"])]
     entries, blobs, off = [], [], 0
     with torch.no_grad():
         for name, text in prompts:
@@ -133,6 +182,8 @@ def main():
         "prompts": entries,
         "passkey_prompt": {"seed": PASSKEY_REF_SEED, "totalBytes": PASSKEY_REF_BYTES, "depth": 0.5,
                            "fillerText": "training/out/heldout.txt", "passkey": pk["passkey"]},
+        "long_prompt": {"seed": PASSKEY_REF_SEED, "totalBytes": LONG_REF_BYTES, "depth": 0.1,
+                        "fillerText": "training/out/heldout.txt", "passkey": long_pk["passkey"]},
         "greedy_continuation": {"prompt": JURY, "prompt_token_ids": ids_of(JURY), "n_new_tokens": 48,
                                 "token_ids": cont, "text": bytes_text(cont)},
     }
@@ -163,10 +214,33 @@ def main():
     t2 = time.time()
     bpb = heldout_bpb(model, held, cfg.max_position_embeddings, max_windows=args.max_windows or None)
     print(f"heldout bits/byte {bpb:.4f} ({time.time()-t2:.0f}s)", flush=True)
+    bands = None
+    if args.bands:
+        t3 = time.time()
+        bands = heldout_bands(model, held, cfg.max_position_embeddings, args.band_windows or None)
+        print(f"heldout by position band {bands} ({time.time()-t3:.0f}s)", flush=True)
+    tasks = None
+    if args.tasks_per_cell:
+        dev = [json.loads(l) for l in open(os.path.join(args.data, "tasks-dev.jsonl"), encoding="utf-8")]
+        seen, chosen = {}, []
+        for s in dev:  # the first N seeds of every cell (cells are written in seed order)
+            key = (s["task"], s["context_bytes"], s["depth"])
+            if seen.get(key, 0) < args.tasks_per_cell:
+                seen[key] = seen.get(key, 0) + 1
+                chosen.append(s)
+        t4 = time.time()
+        grid_t = task_grid(model, chosen)
+        tasks = {"samples": "training/out/tasks-dev.jsonl (held-out phrasings and documents, dev seeds), "
+                            f"first {args.tasks_per_cell} per task x context x depth", "grid": grid_t,
+                 "by_task_context": {t: {c: sum(v[0] for v in d.values()) / sum(v[1] for v in d.values())
+                                         for c, d in g.items()} for t, g in grid_t.items()}}
+        print(f"tasks {json.dumps(tasks['by_task_context'])} ({time.time()-t4:.0f}s)", flush=True)
     res = {
         "heldout_bits_per_byte": bpb,
+        "heldout_bits_per_byte_by_band": bands,
+        "tasks": tasks,
         "heldout_bytes": int(len(held)),
-        "heldout_windows": "non-overlapping, BOS + 1023 bytes each" + (
+        "heldout_windows": f"non-overlapping, BOS + {cfg.max_position_embeddings - 1} bytes each" + (
             f" (subset of {args.max_windows})" if args.max_windows else " (whole heldout.txt)"),
         "passkey_accuracy": table,
         "passkey_accuracy_by_length": by_len,

@@ -36,6 +36,9 @@ class Config:
         self.rms_norm_eps = kw.get("rms_norm_eps", 1e-5)
         self.rope_theta = kw.get("rope_theta", 10000.0)
         self.vocab_size = kw.get("vocab_size", VOCAB)
+        # None, or HF's {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+        # "original_max_position_embeddings"} (what the SmartKV runtime reads, config.ts)
+        self.rope_scaling = kw.get("rope_scaling", None)
 
     def hf_dict(self):
         return {
@@ -50,7 +53,7 @@ class Config:
             "max_position_embeddings": self.max_position_embeddings,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_scaling": None,
+            "rope_scaling": self.rope_scaling,
             "vocab_size": self.vocab_size,
             "bos_token_id": BOS,
             "eos_token_id": EOS,
@@ -71,7 +74,7 @@ class Config:
     def from_hf(d):
         keys = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
-                "rope_theta", "vocab_size"]
+                "rope_theta", "vocab_size", "rope_scaling"]
         return Config(**{k: d[k] for k in keys if k in d})
 
 
@@ -88,8 +91,30 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dt)
 
 
-def rope_cos_sin(T, head_dim, theta, device=None, offset=0):
+def rope_inv_freq(head_dim, theta, scaling=None):
+    """theta^(-2i/D), then HF's llama3 rule: wavelengths above original/low_freq_factor are
+    divided by `factor`, those below original/high_freq_factor kept, a smooth blend between."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    if not scaling:
+        return inv_freq
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind != "llama3":
+        raise ValueError(f"unsupported rope_scaling {scaling}")
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    orig = scaling["original_max_position_embeddings"]
+    inv = inv_freq.double()
+    wavelen = 2 * math.pi / inv
+    smooth = ((orig / wavelen - low) / (high - low)).clamp(0, 1)
+    scaled = torch.where(wavelen > orig / low, inv / factor, inv)
+    mid = (wavelen <= orig / low) & (wavelen >= orig / high)
+    scaled = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    return scaled.float()
+
+
+def rope_cos_sin(T, head_dim, theta, device=None, offset=0, scaling=None):
+    inv_freq = rope_inv_freq(head_dim, theta, scaling)
     pos = torch.arange(offset, offset + T, dtype=torch.float32)
     freqs = torch.outer(pos, inv_freq)  # [T, hd/2]
     emb = torch.cat([freqs, freqs], dim=-1)  # [T, hd]
@@ -99,6 +124,66 @@ def rope_cos_sin(T, head_dim, theta, device=None, offset=0):
 def rotate_half(x):
     h = x.shape[-1] // 2
     return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+
+class BlockCausalAttention(torch.autograd.Function):
+    """Causal softmax(q k^T) v that never holds the T x T matrix (FlashAttention's
+    recomputation, written with batched matrix products): the forward keeps only the
+    output and each row's log-sum-exp; the backward recomputes each query block's
+    probabilities from them. Torch 1.13's CPU softmax is scalar; exp/max/sum here are
+    vectorised, and memory is O(T * block) instead of O(T^2).
+
+    q, k, v: [BH, T, hd] float32, q already scaled by 1/sqrt(hd); k, v repeated per
+    query head (GQA). Returns [BH, T, hd].
+    """
+
+    BLOCK = 256
+
+    @staticmethod
+    def _scores(q_blk, k, s0, s1):
+        # [BH, s1-s0, s1]: scores of queries s0..s1 against keys 0..s1, causal inside the block
+        att = torch.bmm(q_blk, k[:, :s1].transpose(1, 2))
+        n = s1 - s0
+        diag = att[:, :, s0:s1]
+        diag.masked_fill_(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        return att
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        BH, T, hd = q.shape
+        out = torch.empty_like(q)
+        lse = torch.empty(BH, T, dtype=q.dtype)  # [BH, T] log-sum-exp of every score row
+        for s0 in range(0, T, BlockCausalAttention.BLOCK):
+            s1 = min(T, s0 + BlockCausalAttention.BLOCK)
+            att = BlockCausalAttention._scores(q[:, s0:s1], k, s0, s1)
+            m = att.amax(-1, keepdim=True)
+            att.sub_(m).exp_()
+            l = att.sum(-1, keepdim=True)
+            out[:, s0:s1] = torch.bmm(att, v[:, :s1]).div_(l)
+            lse[:, s0:s1] = (m + l.log()).squeeze(-1)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        BH, T, hd = q.shape
+        dout = dout.contiguous()
+        dq = torch.empty_like(q)
+        dk = torch.zeros_like(k)
+        dv = torch.zeros_like(v)
+        delta = (dout * out).sum(-1)  # [BH, T] = rowsum(dP * P) of each row
+        for s0 in range(0, T, BlockCausalAttention.BLOCK):
+            s1 = min(T, s0 + BlockCausalAttention.BLOCK)
+            p = BlockCausalAttention._scores(q[:, s0:s1], k, s0, s1)
+            p.sub_(lse[:, s0:s1, None]).exp_()  # [BH, n, s1] probabilities
+            do = dout[:, s0:s1]
+            dv[:, :s1].baddbmm_(p.transpose(1, 2), do)
+            dp = torch.bmm(do, v[:, :s1].transpose(1, 2))
+            ds = p.mul_(dp.sub_(delta[:, s0:s1, None]))  # dS = P * (dP - delta), in place
+            dq[:, s0:s1] = torch.bmm(ds, k[:, :s1])
+            dk[:, :s1].baddbmm_(ds.transpose(1, 2), q[:, s0:s1])
+        return dq, dk, dv
 
 
 class Attention(nn.Module):
@@ -111,6 +196,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.nkv * self.hd, bias=False)
         self.o_proj = nn.Linear(self.nh * self.hd, d, bias=False)
         self.block = 256  # query block size for the blockwise causal attention
+        self.fused = False  # BlockCausalAttention (training at long context) instead of the eager path
 
     def forward(self, x, cos, sin, mask):
         B, T, _ = x.shape
@@ -129,15 +215,18 @@ class Attention(nn.Module):
         q = (q * (1.0 / math.sqrt(self.hd))).reshape(B * self.nh, T, self.hd)
         k = k.reshape(B * self.nh, T, self.hd)
         v = v.reshape(B * self.nh, T, self.hd)
-        blk = self.block if T > self.block else T
-        outs = []
-        for s0 in range(0, T, blk):
-            s1 = min(T, s0 + blk)
-            m = mask[s0:s1, :s1]
-            att = torch.baddbmm(m, q[:, s0:s1], k[:, :s1].transpose(1, 2))
-            att = torch.softmax(att, dim=-1)
-            outs.append(torch.bmm(att, v[:, :s1]))
-        y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        if self.fused:
+            y = BlockCausalAttention.apply(q.contiguous(), k.contiguous(), v.contiguous())
+        else:
+            blk = self.block if T > self.block else T
+            outs = []
+            for s0 in range(0, T, blk):
+                s1 = min(T, s0 + blk)
+                m = mask[s0:s1, :s1]
+                att = torch.baddbmm(m, q[:, s0:s1], k[:, :s1].transpose(1, 2))
+                att = torch.softmax(att, dim=-1)
+                outs.append(torch.bmm(att, v[:, :s1]))
+            y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         y = y.view(B, self.nh, T, self.hd).transpose(1, 2).reshape(B, T, self.nh * self.hd)
         return self.o_proj(y)
 
@@ -197,7 +286,7 @@ class LlamaForCausalLM(nn.Module):
         key = (T, str(device))
         if key not in self._rope_cache:
             c = self.config
-            cos, sin = rope_cos_sin(T, c.head_dim, c.rope_theta)
+            cos, sin = rope_cos_sin(T, c.head_dim, c.rope_theta, scaling=c.rope_scaling)
             self._rope_cache[key] = (cos.to(device), sin.to(device))
         return self._rope_cache[key]
 

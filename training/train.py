@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -35,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model import BOS, EOS, Config, LlamaForCausalLM, export_state_f16, save_safetensors  # noqa: E402
+from model import (BOS, EOS, Config, LlamaForCausalLM, export_state_f16, load_safetensors,  # noqa: E402
+                   save_safetensors)
 
 
 def log(msg, fh=None):
@@ -72,10 +74,70 @@ class Data:
         self.rng = np.random.default_rng(seed)
         self._pk_by_T = {}
         self.weight_copy = False
+        self.long_docs = False
+        # Document boundaries of train.txt (documents are separated by one blank line), so
+        # plain-text windows can come from one long document instead of a concatenation.
+        seps = np.flatnonzero((self.train[:-1] == 10) & (self.train[1:] == 10))
+        starts = np.concatenate([[0], seps + 2])
+        ends = np.concatenate([seps, [len(self.train)]])
+        self.docs = np.stack([starts, ends], 1)  # [n_docs, 2] byte offsets [start, end)
+        self._docs_by_n = {}
+        self.tasks = []  # long-context task samples: (bytes, answer spans)
+        self._tasks_by_T = {}
+
+    def load_tasks(self, path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                o = json.loads(line)
+                self.tasks.append((np.frombuffer(o["text"].encode("utf-8"), dtype=np.uint8), o["spans"]))
 
     def text_window(self, n):
+        if self.long_docs:
+            if n not in self._docs_by_n:
+                lens = self.docs[:, 1] - self.docs[:, 0]
+                ok = np.flatnonzero(lens >= n)
+                self._docs_by_n[n] = (ok, lens[ok] / lens[ok].sum()) if len(ok) else None
+            pool = self._docs_by_n[n]
+            if pool is not None:  # a document long enough, chosen by length, then an offset inside it
+                d = self.docs[pool[0][int(self.rng.choice(len(pool[0]), p=pool[1]))]]
+                o = int(self.rng.integers(d[0], d[1] - n + 1))
+                return self.train[o:o + n].astype(np.int64)
         o = int(self.rng.integers(0, len(self.train) - n))
         return self.train[o:o + n].astype(np.int64)
+
+    def task_sequence(self, T, answer_weight):
+        """BOS + a task sample that fills at least half of T + EOS + BOS + text; answer bytes weighted."""
+        if T not in self._tasks_by_T:
+            lo = T // 2 if any(len(t[0]) > T // 2 and len(t[0]) <= T - 2 for t in self.tasks) else 0
+            self._tasks_by_T[T] = [t for t in self.tasks if lo < len(t[0]) <= T - 2]
+        pool = self._tasks_by_T[T]
+        raw, spans = pool[int(self.rng.integers(0, len(pool)))]
+        seq = [np.array([BOS]), raw.astype(np.int64)]
+        rest = T + 1 - 1 - len(raw)
+        if rest >= 2:
+            seq.append(np.array([EOS, BOS]))
+            if rest > 2:
+                seq.append(self.text_window(rest - 2))
+        elif rest == 1:
+            seq.append(np.array([EOS]))
+        x = np.concatenate(seq)[:T + 1]
+        w = np.ones(T, dtype=np.float32)
+        for a, b in spans:  # the byte at sample offset o is predicted at target index o
+            w[a:b] = answer_weight
+        return x, w
+
+    def task_batch(self, B, T, task_frac, answer_weight):
+        x = np.empty((B, T + 1), dtype=np.int64)
+        w = np.ones((B, T), dtype=np.float32)
+        n_task = 0
+        for b in range(B):
+            if self.rng.random() < task_frac:
+                n_task += 1
+                x[b], w[b] = self.task_sequence(T, answer_weight)
+            else:
+                x[b, 0] = BOS
+                x[b, 1:] = self.text_window(T)
+        return torch.from_numpy(x), torch.from_numpy(w), n_task
 
     def batch(self, B, T, pk_frac, answer_weight):
         if T not in self._pk_by_T:
@@ -162,6 +224,38 @@ def passkey_acc(model, samples, bs=8):
     return ok / max(1, len(samples))
 
 
+@torch.no_grad()
+def task_acc(model, samples):
+    """Share of task samples whose every answer byte is the argmax given the text before it
+    (teacher forcing = greedy decoding of each answer given the earlier turns' correct answers)."""
+    model.eval()
+    ok = 0
+    for s in samples:
+        b = s["text"].encode("utf-8")
+        ids = torch.tensor([[BOS] + list(b)], device=_dev(model))
+        pred = model(ids[:, :-1])[0].argmax(-1)
+        tgt = ids[0, 1:]
+        ok += int(all(bool((pred[a:e] == tgt[a:e]).all()) for a, e in s["spans"]))
+    model.train()
+    return ok / max(1, len(samples))
+
+
+def parse_mix(spec):
+    """'1024:0.1,8192:0.9' -> [(1024, 0.1), (8192, 0.9)] (shares of tokens, normalised)."""
+    pairs = [(int(a), float(b)) for a, b in (x.split(":") for x in spec.split(","))]
+    tot = sum(b for _, b in pairs)
+    return [(a, b / tot) for a, b in pairs]
+
+
+def save_checkpoint(path, model, opt, step, tokens, train_seconds, data):
+    """Atomic: a kill mid-write leaves the previous checkpoint intact."""
+    tmp = path + ".tmp"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "tokens": tokens,
+                "train_seconds": train_seconds, "data_rng": data.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, path)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="training/out")
@@ -172,10 +266,24 @@ def main():
     ap.add_argument("--steps", type=int, default=100000, help="step cap (the time budget usually ends the run)")
     ap.add_argument("--max-minutes", type=float, default=55.0, help="training time budget (evals excluded)")
     ap.add_argument("--batch", type=int, default=4, help="sequences per step at --seq")
-    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--seq", type=int, default=1024, help="longest sequence (the exported max_position_embeddings)")
     ap.add_argument("--short-seq", type=int, default=256, help="sequence length of the first phase")
     ap.add_argument("--short-frac", type=float, default=0.5,
                     help="fraction of progress trained at --short-seq (same tokens per step)")
+    ap.add_argument("--seq-mix", default=None,
+                    help="long-context mode: 'T:share,...' shares of tokens per sequence length, e.g. "
+                         "1024:0.1,2048:0.15,4096:0.3,8192:0.45; each step is --step-tokens tokens of one T")
+    ap.add_argument("--step-tokens", type=int, default=8192, help="tokens per step with --seq-mix")
+    ap.add_argument("--tasks", default=None, help="task samples (tasks-train.jsonl from prepare-data.mjs)")
+    ap.add_argument("--task-frac", type=float, default=0.5, help="share of sequences that hold a task sample")
+    ap.add_argument("--long-docs", action="store_true",
+                    help="plain-text windows from one document long enough for them (else any offset)")
+    ap.add_argument("--rope-theta", type=float, default=None, help="RoPE base (default: the init model's, or 10000)")
+    ap.add_argument("--rope-scaling", default=None,
+                    help="llama3:FACTOR (HF llama3 rule, original length = the init model's context, "
+                         "low/high frequency factors 1/4), linear:FACTOR, or none")
+    ap.add_argument("--fused-attention", action="store_true",
+                    help="BlockCausalAttention (O(T) memory, no scalar softmax) for long sequences")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=50)
@@ -187,7 +295,12 @@ def main():
     ap.add_argument("--stop-at-step", type=int, default=0,
                     help="stop (without annealing) after this step; used to cut stage 1")
     ap.add_argument("--init", default=None, help="start from the weights of this checkpoint (stage 2)")
+    ap.add_argument("--init-hf", default=None, help="start from an exported model folder (config + safetensors)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue from --ckpt (weights, optimiser, step, tokens, time, RNG) if it exists")
+    ap.add_argument("--ckpt-every", type=int, default=10, help="steps between checkpoints")
     ap.add_argument("--eval-every", type=int, default=150)
+    ap.add_argument("--eval-tasks", type=int, default=12, help="dev task samples per eval (tasks-dev.jsonl, longest)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu (the committed run) or e.g. cuda")
@@ -203,15 +316,37 @@ def main():
 
     data = Data(args.data, args.seed)
     data.weight_copy = args.weight_copy
-    cfg = Config(num_hidden_layers=args.layers, max_position_embeddings=args.seq)
+    data.long_docs = args.long_docs
+    if args.tasks:
+        data.load_tasks(args.tasks)
+    theta, scaling, orig_len = args.rope_theta, None, 1024
+    if args.init_hf:
+        with open(os.path.join(args.init_hf, "config.json")) as f:
+            init_cfg = json.load(f)
+        theta = theta or init_cfg["rope_theta"]
+        scaling, orig_len = init_cfg.get("rope_scaling"), init_cfg["max_position_embeddings"]
+    if args.rope_scaling and args.rope_scaling != "none":
+        kind, factor = args.rope_scaling.split(":")
+        scaling = {"rope_type": kind, "factor": float(factor)}
+        if kind == "llama3":
+            scaling.update(low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=orig_len)
+    cfg = Config(num_hidden_layers=args.layers, max_position_embeddings=args.seq, rope_theta=theta or 10000.0,
+                 rope_scaling=scaling)
     model = LlamaForCausalLM(cfg)
+    for layer in model.model.layers:
+        layer.self_attn.fused = args.fused_attention
     if args.init:
         ck = torch.load(args.init, map_location="cpu")
         model.load_state_dict(ck["model"])
         log(f"init from {args.init} (step {ck['step']}, tokens {ck['tokens']})", fh)
+    if args.init_hf:
+        tensors, _ = load_safetensors(os.path.join(args.init_hf, "model.safetensors"))
+        model.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in tensors.items()})
+        log(f"init from {args.init_hf} (rope_theta {cfg.rope_theta}, rope_scaling {cfg.rope_scaling})", fh)
     model.to(args.device)
     nparams = sum(p.numel() for p in model.parameters())
-    log(f"params {nparams} train_bytes {len(data.train)} heldout_bytes {len(data.held)} pk_samples {len(data.pk)}", fh)
+    log(f"params {nparams} train_bytes {len(data.train)} heldout_bytes {len(data.held)} pk_samples {len(data.pk)} "
+        f"task_samples {len(data.tasks)} docs {len(data.docs)}", fh)
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -219,12 +354,32 @@ def main():
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
 
+    step, tokens, done_s = 0, 0, 0.0
+    if args.resume and os.path.exists(args.ckpt):
+        ck = torch.load(args.ckpt, map_location="cpu")
+        model.load_state_dict(ck["model"])
+        if "opt" in ck:
+            opt.load_state_dict(ck["opt"])
+            data.rng.bit_generator.state = ck["data_rng"]
+            torch.set_rng_state(ck["torch_rng"])
+        step, tokens, done_s = ck["step"], ck["tokens"], ck.get("train_seconds", 0.0)
+        log(f"resumed from {args.ckpt}: step {step} tokens {tokens} train {done_s/60:.1f} min", fh)
+
+    mix = parse_mix(args.seq_mix) if args.seq_mix else None
     pk_1024 = [s for s in data.pk_eval if s["context_bytes"] == 1024][::6][:16]
-    t0 = time.time()
-    t_start = t0
+    dev_tasks = []
+    dev_path = os.path.join(args.data, "tasks-dev.jsonl")
+    if mix and os.path.exists(dev_path):
+        with open(dev_path, encoding="utf-8") as f:
+            dev = [json.loads(line) for line in f]
+        longest = max(s["context_bytes"] for s in dev)
+        dev_tasks = [s for s in dev if s["context_bytes"] == longest][::7][:args.eval_tasks]
+
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))  # finish the step, checkpoint, exit
+    t0 = time.time() - done_s  # training clock, continued across resumes
+    t_start = time.time()
     max_s = args.max_minutes * 60
-    tokens = 0
-    step = 0
     ema = None
     hist = []
     while True:
@@ -232,18 +387,27 @@ def main():
         prog = max(step / args.steps, elapsed / max_s)
         if prog >= 1.0 or (args.stop_at_step and step >= args.stop_at_step):
             break
+        if stop["now"]:
+            save_checkpoint(args.ckpt, model, opt, step, tokens, time.time() - t0, data)
+            log(f"SIGTERM: checkpoint at step {step}; resume with --resume", fh)
+            return
         if step < args.warmup:
             lr = args.lr * (step + 1) / args.warmup
         else:
             lr = args.lr * (args.min_lr_frac + (1 - args.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, prog))))
         for g in opt.param_groups:
             g["lr"] = lr
-        if prog < args.short_frac:
-            T = args.short_seq
-            B = args.batch * args.seq // args.short_seq
+        if mix:
+            T = mix[int(data.rng.choice(len(mix), p=[p for _, p in mix]))][0]
+            B = max(1, args.step_tokens // T)
+            x, w, npk = data.task_batch(B, T, args.task_frac, args.answer_weight)
         else:
-            T, B = args.seq, args.batch
-        x, w, npk = data.batch(B, T, args.passkey_frac, args.answer_weight)
+            if prog < args.short_frac:
+                T = args.short_seq
+                B = args.batch * args.seq // args.short_seq
+            else:
+                T, B = args.seq, args.batch
+            x, w, npk = data.batch(B, T, args.passkey_frac, args.answer_weight)
         x, w = x.to(args.device), w.to(args.device)
         logits = model(x[:, :-1])
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
@@ -256,28 +420,33 @@ def main():
         tokens += x[:, :-1].numel()
         plain = nll.mean().item() / math.log(2)
         ema = plain if ema is None else 0.95 * ema + 0.05 * plain
-        if step % 10 == 0 or step == 1:
+        if step % 10 == 0 or step == 1 or mix:
             el = time.time() - t0
-            tps = tokens / el
+            tps = tokens / max(el, 1e-9)
             prog = max(step / args.steps, el / max_s)
             eta = el / max(prog, 1e-9) - el
             log(f"step {step} T {T} loss(bits/tok) {plain:.3f} ema {ema:.3f} lr {lr:.2e} gn {gn:.2f} "
                 f"tok/s {tps:.0f} tokens {tokens} elapsed {el/60:.1f}m eta {eta/60:.1f}m", fh)
+        if step % args.ckpt_every == 0:
+            save_checkpoint(args.ckpt, model, opt, step, tokens, time.time() - t0, data)
         if step % args.eval_every == 0:
             te = time.time()
-            bpb = heldout_bpb(model, data.held, args.seq, max_windows=8)
+            bpb = heldout_bpb(model, data.held, args.seq, max_windows=2 if mix else 8)
             acc = passkey_acc(model, pk_1024)
-            hist.append({"step": step, "heldout_bpb_16win": bpb, "passkey_1024_acc20": acc})
-            log(f"EVAL step {step} heldout_bpb(8 windows) {bpb:.3f} passkey@1024 {acc:.2f} ({time.time()-te:.0f}s)", fh)
-            torch.save({"model": model.state_dict(), "step": step, "tokens": tokens}, args.ckpt)
+            rec = {"step": step, "tokens": tokens, "heldout_bpb": bpb, "passkey_1024_acc": acc}
+            if dev_tasks:
+                rec["dev_task_acc_longest"] = task_acc(model, dev_tasks)
+            hist.append(rec)
+            log(f"EVAL {json.dumps(rec)} ({time.time()-te:.0f}s)", fh)
+            save_checkpoint(args.ckpt, model, opt, step, tokens, time.time() - t0 - (time.time() - te), data)
             t0 += time.time() - te  # eval time does not count against the training budget
 
     wall = time.time() - t0
     total_wall = time.time() - t_start
-    log(f"done steps {step} tokens {tokens} train_wall_s {wall:.0f} total_wall_s_incl_evals {total_wall:.0f}", fh)
-    torch.save({"model": model.state_dict(), "step": step, "tokens": tokens}, args.ckpt)
+    log(f"done steps {step} tokens {tokens} train_wall_s {wall:.0f} this_run_wall_s_incl_evals {total_wall:.0f}", fh)
+    save_checkpoint(args.ckpt, model, opt, step, tokens, wall, data)
     summary = {"steps": step, "tokens_seen": tokens, "train_wall_seconds_excluding_evals": round(wall, 1),
-               "total_wall_seconds_including_evals": round(total_wall, 1),
+               "this_run_wall_seconds_including_evals": round(total_wall, 1),
                "params": nparams, "args": vars(args), "history": hist}
     with open(os.path.join(os.path.dirname(args.ckpt), "train-summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -150,14 +150,21 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
       try {
         const spec = scoreSpec(call.request, model.config, model.tokenizer, defaults);
         const logprobs = new Float32Array(spec.tokens.length - 1); // [n-1]: logprobs[i] = log p(token i+1 | ...)
-        const job = scheduler.submit(spec, { logprobs: (pos, values) => values.forEach((v, k) => (logprobs[pos - 1 + k] = v)) }, context.active());
+        const topIds = new Uint32Array(spec.tokens.length - 1); // [n-1]: topIds[i] = argmax p(. | tokens 0..i)
+        const sink = {
+          logprobs: (pos: number, values: number[], top: number[]) => {
+            values.forEach((v, k) => (logprobs[pos - 1 + k] = v));
+            top.forEach((t, k) => (topIds[pos - 1 + k] = t));
+          },
+        };
+        const job = scheduler.submit(spec, sink, context.active());
         cancelOn(call, job);
         counted('Score', job.done).then(
           (o) => {
             instruments().tokensScored.add(o.promptTokens);
             let nll = 0;
             for (const v of logprobs) nll -= v;
-            cb(null, create(ScoreResponseSchema, { logprobs: [...logprobs], tokenIds: spec.tokens, nll, summary: summaryOf(o, spec.cache) }));
+            cb(null, create(ScoreResponseSchema, { logprobs: [...logprobs], tokenIds: spec.tokens, topTokenIds: [...topIds], nll, summary: summaryOf(o, spec.cache) }));
           },
           (e) => cb(toServiceError(e)),
         );

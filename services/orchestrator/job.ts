@@ -12,8 +12,9 @@ export type FinishReason = 'length' | 'eos' | 'stop' | 'context';
 export interface JobSink {
   /** A generated token: id, the text it completes (may be ''), log-probability. */
   token?(id: number, text: string, logprob: number): void;
-  /** Scoring: log p(token at position pos) for a run of consecutive positions starting at pos. */
-  logprobs?(pos: number, values: number[]): void;
+  /** Scoring: log p(token at position pos) for a run of consecutive positions starting at pos,
+   * and the most likely token at each of those positions (the greedy choice). */
+  logprobs?(pos: number, values: number[], top: number[]): void;
 }
 
 export interface CacheReport {

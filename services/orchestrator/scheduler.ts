@@ -14,7 +14,7 @@ import { RpcError } from '../common/rpc.js';
 import type { Allocator } from './allocator-client.js';
 import { Job, type JobOutcome, type JobSink } from './job.js';
 import type { Model } from './model/model.js';
-import { sample, seededRng } from './model/sampler.js';
+import { argmax, sample, seededRng } from './model/sampler.js';
 import { minimumBeta, reallocate } from './reallocate.js';
 import { logProb, runStep, type StepItem } from './runner.js';
 import type { JobSpec, ServerDefaults } from './settings.js';
@@ -261,14 +261,17 @@ export class Scheduler {
     const V = this.o.model.config.vocab;
     const first = j.fed; // position of the first row fed
     const values: number[] = [];
+    const top: number[] = [];
     for (let k = 0; k < rows; k++) {
       const target = first + k + 1;
       if (target >= j.input.length) break;
-      values.push(logProb(logits.subarray(k * V, (k + 1) * V), j.input[target]));
+      const row = logits.subarray(k * V, (k + 1) * V); // [V] next-token logits after position first + k
+      values.push(logProb(row, j.input[target]));
+      top.push(argmax(row));
     }
     j.fed += rows;
     if (!wasPrefill && j.firstTokenAt === 0) j.firstTokenAt = performance.now();
-    j.sink.logprobs?.(first + 1, values);
+    j.sink.logprobs?.(first + 1, values, top);
     if (j.fed >= j.input.length - 1) j.finish = 'length';
   }
 
