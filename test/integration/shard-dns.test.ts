@@ -11,7 +11,8 @@ import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 
 import type { GenerateResponse, GenerationSummary } from '../../gen/smartkv/v1/generation_pb.js';
-import { ServiceProcess } from '../../services/launcher/cluster.js';
+import { generate as cliGenerate } from '../../cli/generate.js';
+import { Cluster, ServiceProcess } from '../../services/launcher/cluster.js';
 import { waitHealthy } from '../../services/common/health-client.js';
 import { TestDnsServer } from '../helpers/dns-server.js';
 import { cacheStats, codeOf, collectLogs, eventually, generateRequest, SmartKvClient } from '../helpers/services.js';
@@ -50,9 +51,8 @@ describe('cache shards found by DNS, joining and leaving at run time', () => {
   const logs = collectLogs();
   let dns: TestDnsServer;
   let port: number;
-  let allocator: ServiceProcess;
+  let cluster: Cluster; // the allocator and the orchestrator, as `npm start -- --cache-dns …` starts them
   let caches: ServiceProcess[] = [];
-  let orchestrator: ServiceProcess;
   let client: SmartKvClient;
   const addr = (i: number) => `${IPS[i]}:${port}`;
 
@@ -67,27 +67,22 @@ describe('cache shards found by DNS, joining and leaving at run time', () => {
   before(async () => {
     dns = await TestDnsServer.start();
     port = await freePort();
-    allocator = new ServiceProcess('allocator', 'allocator', ['--port', '0'], undefined, logs.log);
     caches = IPS.map((ip, i) => new ServiceProcess('cache', `cache-${i}`, ['--host', ip, '--port', String(port), '--threads', '1'], undefined, logs.log));
-    await Promise.all([allocator, ...caches].map((p) => p.start(60_000)));
+    await Promise.all(caches.map((p) => p.start(60_000)));
     await Promise.all(caches.map((c) => waitHealthy(c.address, 60_000)));
     dns.set(NAME, [IPS[0], IPS[1]]); // the third shard runs but is not listed yet
-    orchestrator = new ServiceProcess(
-      'orchestrator',
-      'orchestrator',
-      ['--port', '0', '--allocator', allocator.address, '--cache-dns', `${NAME}:${port}`, '--cache-dns-server', dns.address, '--cache-resolve-ms', '200', '--cache-health-ms', '200', '--threads', '1'],
-      undefined,
-      logs.log,
-    );
-    await orchestrator.start(60_000);
-    await waitHealthy(orchestrator.address, 60_000);
-    client = new SmartKvClient(orchestrator.address);
+    cluster = await Cluster.start({
+      cacheShards: 0,
+      log: logs.log,
+      orchestratorArgs: ['--cache-dns', `${NAME}:${port}`, '--cache-dns-server', dns.address, '--cache-resolve-ms', '200', '--cache-health-ms', '200', '--threads', '1'],
+    });
+    client = new SmartKvClient(cluster.address);
   });
 
   after(async () => {
     client?.close();
-    await orchestrator?.stop();
-    await Promise.all([allocator, ...caches].map((p) => p?.stop()));
+    await cluster?.stop();
+    await Promise.all(caches.map((p) => p.stop()));
     await dns?.close();
   });
 
@@ -97,6 +92,14 @@ describe('cache shards found by DNS, joining and leaving at run time', () => {
     assert.deepEqual(where(s), [addr(0), addr(1)]);
     for (const a of [addr(0), addr(1)]) assert.equal(s.filter((x) => x.shardAddress === a).length, 2, 'two each: placement by bytes reserved');
     assert.ok(dns.queries > 0);
+    // `smartkv generate --json` names the cache service that held the sequence.
+    let json = '';
+    const code = await cliGenerate([PROMPT, '--server', cluster.address, '--max-tokens', '4', '--json'], () => {}, (t) => (json += t));
+    assert.equal(code, 0, json);
+    const summary = JSON.parse(json.trim());
+    assert.ok([addr(0), addr(1)].includes(summary.shard), `shard ${summary.shard}`);
+    assert.ok([0, 1].includes(summary.shardIndex), `shardIndex ${summary.shardIndex}`);
+    assert.equal(summary.generatedTokens, 4);
   });
 
   test('a shard added to the name at run time receives new sequences', async () => {
