@@ -5,6 +5,7 @@
 // sequences, a shard removed receives none while the others keep serving
 // (and what it already held finishes), and a shard that dies while still
 // listed fails only its own request and leaves placement by health check.
+// Last, the orchestrator's drain as Kubernetes sees it.
 import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import { after, before, describe, test } from 'node:test';
@@ -13,7 +14,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { GenerateResponse, GenerationSummary } from '../../gen/smartkv/v1/generation_pb.js';
 import { generate as cliGenerate } from '../../cli/generate.js';
 import { Cluster, ServiceProcess } from '../../services/launcher/cluster.js';
-import { waitHealthy } from '../../services/common/health-client.js';
+import { checkHealth, waitHealthy } from '../../services/common/health-client.js';
 import { TestDnsServer } from '../helpers/dns-server.js';
 import { cacheStats, codeOf, collectLogs, eventually, generateRequest, SmartKvClient } from '../helpers/services.js';
 
@@ -169,5 +170,25 @@ describe('cache shards found by DNS, joining and leaving at run time', () => {
     await eventually(listed, (l) => l.length === 1, 10_000);
     const s = await burst(2);
     assert.deepEqual(where(s), [addr(0)]);
+  });
+
+  test('on SIGTERM the orchestrator reports NOT_SERVING at once (probes see the drain) and finishes its running request', async () => {
+    let seen = 0;
+    const res = new Promise<{ summary?: GenerationSummary; code?: number }>((resolve) => {
+      const call = client.stream(generateRequest({ prompt: PROMPT, maxTokens: 400, temperature: 0.8, seed: 30 }));
+      call.on('data', (m: GenerateResponse) => {
+        if (m.kind.case === 'token') seen++;
+        else if (m.kind.case === 'summary') resolve({ summary: m.kind.value });
+      });
+      call.on('error', (e) => resolve({ code: codeOf(e) }));
+    });
+    await eventually(async () => seen, (n) => n >= 2, 30_000);
+    cluster.orchestrator.kill('SIGTERM');
+    const atTerm = seen;
+    await eventually(() => checkHealth(cluster.address), (h) => h === 'NOT_SERVING', 5_000);
+    const r = await res;
+    assert.equal(r.code, undefined, `the running request failed with ${r.code}`);
+    assert.ok(r.summary!.generatedTokens > atTerm, `it went on generating while the orchestrator drained (${atTerm} → ${r.summary!.generatedTokens})`);
+    await cluster.orchestrator.exited; // (by the re-raised SIGTERM: NestJS's shutdown hooks end that way)
   });
 });
