@@ -84,11 +84,11 @@ export class ShardDirectory implements ShardSet {
   private readonly entries = new Map<string, Entry>();
   private readonly fixed: string[];
   private readonly lookup: Lookup;
-  private nextIndex = 0;
+  private readonly numbers = new Map<string, number>(); // address → its number, kept for good
   private reference: ShardStats | null = null;
   private timers: NodeJS.Timeout[] = [];
   private closed = false;
-  private lastDnsError = '';
+  private dnsTrouble = ''; // the last lookup failure, logged once until lookups work again
 
   constructor(private readonly o: ShardDirectoryOptions) {
     this.fixed = [...new Set(o.addresses ?? [])];
@@ -174,7 +174,7 @@ export class ShardDirectory implements ShardSet {
     if (!e) {
       const shard = this.o.connect(address);
       e = {
-        handle: { shard, address, index: this.nextIndex++ },
+        handle: { shard, address, index: this.numberOf(address) },
         probe: (this.o.probe ?? grpcHealthProbe)(address),
         listed: false,
         healthy: false,
@@ -186,18 +186,26 @@ export class ShardDirectory implements ShardSet {
     return e;
   }
 
+  private numberOf(address: string): number {
+    if (!this.numbers.has(address)) this.numbers.set(address, this.numbers.size);
+    return this.numbers.get(address)!;
+  }
+
   private async resolve(): Promise<void> {
     const dns = this.o.dns;
     if (!dns) return;
+    let trouble = '';
     const found = await this.lookup(dns.host).catch((e) => {
-      this.lastDnsError = (e as Error).message;
+      trouble = (e as Error).message;
       return null;
     });
     if (found === null) {
-      if (this.lastDnsError) this.o.log(`resolving ${dns.host} failed (${this.lastDnsError}); keeping ${this.eligible().length} shard(s)`);
-      this.lastDnsError = '';
+      if (trouble && trouble !== this.dnsTrouble) this.o.log(`resolving ${dns.host} failed (${trouble}); keeping the shards known`);
+      this.dnsTrouble = trouble || this.dnsTrouble;
       return;
     }
+    if (this.dnsTrouble) this.o.log(`resolving ${dns.host} works again`);
+    this.dnsTrouble = '';
     const now = new Set(found.map((ip) => joinHostPort(ip, dns.port)));
     for (const a of now) {
       const e = this.entry(a);
@@ -215,9 +223,14 @@ export class ShardDirectory implements ShardSet {
         e.goneSince = Date.now();
         this.o.log(`cache shard ${a} left (DNS ${dns.host}); no new sequences go there`);
       } else if (e.goneSince && Date.now() - e.goneSince > RETAIN_UNLISTED_MS) {
-        e.probe.close();
-        e.handle.shard.close();
-        this.entries.delete(a);
+        // Long gone from the name: drop its client unless it still serves
+        // (then a sequence may still run there; look again later).
+        if ((await e.probe.check(this.o.healthDeadlineMs ?? 1000)) === 'SERVING') e.goneSince = Date.now();
+        else {
+          e.probe.close();
+          e.handle.shard.close();
+          this.entries.delete(a);
+        }
       }
     }
   }

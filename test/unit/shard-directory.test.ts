@@ -38,7 +38,10 @@ function world() {
       healthEveryMs: 3_600_000,
       connect,
       probe: (a) => ({ check: async () => w.health.get(a) ?? 'error: connection refused', close: () => {} }),
-      lookup: async () => (w.dns === null ? null : w.dns),
+      lookup: async () => {
+        if (w.dns === null) throw new Error('ETIMEOUT queryA');
+        return w.dns;
+      },
       log: (l) => w.logs.push(l),
     });
   return { w, make };
@@ -60,12 +63,15 @@ describe('ShardDirectory', () => {
     await d.refresh();
     assert.deepEqual(addrs(d), ['0:10.9.9.9:7000', '2:10.0.0.2:7000', '3:10.0.0.3:7000']);
 
-    w.dns = null; // a failed lookup is no answer: keep what we have
+    w.dns = null; // a failed lookup is no answer: keep what we have (and say so once)
+    await d.refresh();
     await d.refresh();
     assert.deepEqual(addrs(d), ['0:10.9.9.9:7000', '2:10.0.0.2:7000', '3:10.0.0.3:7000']);
+    assert.equal(w.logs.filter((l) => /resolving cache\.test failed \(ETIMEOUT/.test(l)).length, 1, w.logs.join('\n'));
 
     w.dns = []; // an answer with no addresses: only the fixed shard stays
     await d.refresh();
+    assert.ok(w.logs.some((l) => /resolving cache\.test works again/.test(l)));
     assert.deepEqual(addrs(d), ['0:10.9.9.9:7000']);
 
     w.dns = ['10.0.0.1']; // back, with its old number
