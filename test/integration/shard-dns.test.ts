@@ -7,7 +7,10 @@
 // listed fails only its own request and leaves placement by health check.
 // Last, the orchestrator's drain as Kubernetes sees it.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 
@@ -18,6 +21,7 @@ import { checkHealth, waitHealthy } from '../../services/common/health-client.js
 import { TestDnsServer } from '../helpers/dns-server.js';
 import { cacheStats, codeOf, collectLogs, eventually, generateRequest, SmartKvClient } from '../helpers/services.js';
 
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const NAME = 'shards.smartkv.test';
 const PROMPT = 'The old man said';
 const IPS = ['127.0.0.2', '127.0.0.3', '127.0.0.4'];
@@ -146,6 +150,36 @@ describe('cache shards found by DNS, joining and leaving at run time', () => {
     assert.ok(onRemoved.at > removedAt, 'the sequence on the removed shard was still running when the shard left, and finished');
     assert.ok(caches[1].running, 'the removed shard was not stopped, only unlisted');
     assert.equal((await cacheStats(addr(1))).sequences, 0);
+  });
+
+  test('npm start -- --cache-dns NAME:PORT: the launcher starts no cache of its own and serves from the shards the name lists', async () => {
+    const launcher = spawn(process.execPath, [join(ROOT, 'dist', 'services', 'launcher', 'main.js'), '--port', '0', '--cache-dns', `${NAME}:${port}`, '--cache-dns-server', dns.address], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise<number | null>((resolve) => launcher.on('exit', (code) => resolve(code)));
+    let out = '';
+    launcher.stderr.on('data', (b) => logs.lines.push(`launcher: ${b}`));
+    try {
+      const address = await new Promise<string>((resolve, reject) => {
+        launcher.stdout.on('data', (b) => {
+          out += b;
+          const m = /SmartKV is serving on (\S+)/.exec(out);
+          if (m) resolve(m[1]);
+        });
+        exited.then((c) => reject(new Error(`the launcher exited (${c}): ${out}`)));
+      });
+      assert.match(out, new RegExp(`cache services: DNS ${NAME}:${port};`), 'no local cache service');
+      const other = new SmartKvClient(address);
+      try {
+        const r = await other.generate(generateRequest({ prompt: PROMPT, maxTokens: 6 }));
+        assert.ok([addr(0), addr(2)].includes(r.summary.shardAddress), r.summary.shardAddress);
+      } finally {
+        other.close();
+      }
+    } finally {
+      launcher.kill('SIGTERM');
+    }
+    assert.equal(await exited, 0, 'the launcher stops everything it started and exits 0');
   });
 
   test('a shard that dies while listed fails only its request and leaves placement by health check', async () => {

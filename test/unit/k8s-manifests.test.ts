@@ -86,7 +86,7 @@ describe('deploy/k8s', () => {
     const files = yamlFiles(K8S);
     assert.ok(files.length >= 10, files.join(', '));
     for (const f of files) assert.ok(readYaml(f).length > 0, f);
-    for (const f of yamlFiles(join(K8S, 'base')).filter((f) => !f.endsWith('kustomization.yaml')))
+    for (const f of [...yamlFiles(join(K8S, 'base')), join(K8S, 'model-pvc.example.yaml')].filter((f) => !f.endsWith('kustomization.yaml')))
       for (const o of readYaml(f)) assert.deepEqual(validateObject(o), [], f);
     for (const [name, objs] of [['base', base], ['cpu overlay', cpu]] as const) {
       assert.equal(objs.length, 19, name);
@@ -145,9 +145,10 @@ describe('deploy/k8s', () => {
     assert.equal(String(gpuCache.resources.limits['nvidia.com/gpu']), '1');
     assert.equal(option(effectiveArgs(base, gpuCache), 'device'), 'cuda');
     assert.ok(pod(find(base, 'StatefulSet', 'smartkv-cache'))!.tolerations.some((t: Obj) => t.key === 'nvidia.com/gpu'));
+    const [pvc] = readYaml(join(K8S, 'model-pvc.example.yaml')) as Obj[];
     for (const role of ['cache', 'orchestrator'] as const) {
       const spec = pod(find(base, ROLES[role].kind, ROLES[role].name))!;
-      assert.equal(spec.volumes.find((v: Obj) => v.name === 'model').persistentVolumeClaim.claimName, 'smartkv-model');
+      assert.equal(spec.volumes.find((v: Obj) => v.name === 'model').persistentVolumeClaim.claimName, pvc.metadata.name);
       const mount = container(base, role).volumeMounts.find((m: Obj) => m.name === 'model');
       assert.ok(option(effectiveArgs(base, container(base, role)), 'model')!.startsWith(mount.mountPath), role);
     }
