@@ -146,7 +146,6 @@ describe('cache shards found by DNS, joining and leaving at run time', () => {
     for (const d of done) assert.equal(d.code, undefined, `a long generation failed with code ${d.code}`);
     assert.deepEqual(where(done.map((d) => d.summary!)), [addr(0), addr(1), addr(2)]);
     const onRemoved = done.find((d) => d.summary!.shardAddress === addr(1))!;
-    assert.equal(onRemoved.summary!.generatedTokens + (onRemoved.summary!.finishReason === 2 ? 1 : 0) > 2, true);
     assert.ok(onRemoved.at > removedAt, 'the sequence on the removed shard was still running when the shard left, and finished');
     assert.ok(caches[1].running, 'the removed shard was not stopped, only unlisted');
     assert.equal((await cacheStats(addr(1))).sequences, 0);
