@@ -30,8 +30,15 @@ export function summaryLine(s: GenerationSummary): string {
     `[${s.generatedTokens} tokens (${FinishReason[s.finishReason].toLowerCase()}), prompt ${s.promptTokens}, ` +
     `${s.tokensPerS.toFixed(1)} tok/s, prefill ${(Number(s.prefillUs) / 1000).toFixed(0)} ms; ` +
     `β ${s.achievedBeta.toFixed(3)} (max ${s.maxBeta.toFixed(3)}), ${hist} (token-layers); ` +
-    `${s.reallocations} reallocations, ${(Number(s.allocateUs) / 1000).toFixed(1)} ms allocating, ${(Number(s.applyUs) / 1000).toFixed(1)} ms applying; shard ${s.shard}]`
+    `${s.reallocations} reallocations, ${(Number(s.allocateUs) / 1000).toFixed(1)} ms allocating, ${(Number(s.applyUs) / 1000).toFixed(1)} ms applying; shard ${s.shardAddress || s.shard}]`
   );
+}
+
+/** The summary as one JSON object; `shard` is the cache service's address
+ * (host:port) and `shardIndex` its number in the orchestrator. */
+export function summaryJson(s: GenerationSummary): string {
+  const { shard, shardAddress, ...rest } = s;
+  return JSON.stringify({ ...rest, shard: shardAddress, shardIndex: shard }, (_k, v) => (typeof v === 'bigint' ? Number(v) : v));
 }
 
 export async function generate(argv: string[], out: (s: string) => void, err: (s: string) => void): Promise<number> {
@@ -64,7 +71,7 @@ export async function generate(argv: string[], out: (s: string) => void, err: (s
       else if (msg.kind.case === 'summary') {
         const s = msg.kind.value;
         out(s.trailingText + '\n');
-        err(o.json ? JSON.stringify(s, (_k, v) => (typeof v === 'bigint' ? Number(v) : v)) + '\n' : summaryLine(s) + '\n');
+        err(o.json ? summaryJson(s) + '\n' : summaryLine(s) + '\n');
       }
     }
     return 0;

@@ -23,6 +23,8 @@ export interface RunningServer {
   readonly server: grpc.Server;
   readonly address: string; // host:port actually bound
   readonly health: HealthImplementation;
+  /** Health checks answer NOT_SERVING from now on (probes and load balancers stop sending work). */
+  markNotServing(): void;
   /** Stops accepting calls, lets in-flight ones finish for up to graceMs, then cancels them. */
   shutdown(graceMs: number): Promise<void>;
 }
@@ -61,14 +63,18 @@ export async function startServer(host: string, port: number, services: ServedSe
   health.setStatus('', 'SERVING');
   for (const s of services) health.setStatus(s.service.typeName, 'SERVING');
 
+  const markNotServing = () => {
+    health.setStatus('', 'NOT_SERVING');
+    for (const s of services) health.setStatus(s.service.typeName, 'NOT_SERVING');
+  };
   return {
     server,
     address: `${host}:${bound}`,
     health,
+    markNotServing,
     shutdown: (graceMs) =>
       new Promise<void>((resolve) => {
-        health.setStatus('', 'NOT_SERVING');
-        for (const s of services) health.setStatus(s.service.typeName, 'NOT_SERVING');
+        markNotServing();
         const timer = setTimeout(() => server.forceShutdown(), graceMs);
         server.tryShutdown(() => {
           clearTimeout(timer);

@@ -47,6 +47,8 @@ export class GrpcHost implements OnApplicationBootstrap, BeforeApplicationShutdo
   async beforeApplicationShutdown(signal?: string): Promise<void> {
     const t0 = Date.now();
     log(this.listen.role, `stopping${signal ? ` on ${signal}` : ''}`);
+    // Probes see the drain at once (the orchestrator drains its requests in beforeStop).
+    this.running?.markNotServing();
     await this.listen.beforeStop?.();
     await this.running?.shutdown(Math.max(0, this.listen.graceMs - (Date.now() - t0)));
     await this.listen.afterStop?.().catch((e) => log(this.listen.role, `telemetry shutdown: ${(e as Error).message}`));

@@ -21,7 +21,7 @@ export type Role = keyof typeof MAIN;
 export interface ClusterOptions {
   host?: string;
   port?: number; // the orchestrator's (0: any)
-  cacheShards?: number;
+  cacheShards?: number; // local cache services (0: the orchestratorArgs find them, e.g. --cache-dns)
   model?: string;
   cacheArgs?: string[]; // extra options for every cache service
   allocatorArgs?: string[];
@@ -133,7 +133,13 @@ export class Cluster {
       const orchestrator = new ServiceProcess(
         'orchestrator',
         'orchestrator',
-        ['--host', host, '--port', String(o.port ?? 0), '--cache', caches.map((c) => c.address).join(','), '--allocator', allocator.address, ...model, ...(o.orchestratorArgs ?? [])],
+        [
+          ...['--host', host, '--port', String(o.port ?? 0), '--allocator', allocator.address],
+          // No local cache service: the orchestratorArgs name the shards (--cache-dns).
+          ...(caches.length ? ['--cache', caches.map((c) => c.address).join(',')] : []),
+          ...model,
+          ...(o.orchestratorArgs ?? []),
+        ],
         o.env,
         log,
       );

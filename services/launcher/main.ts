@@ -8,7 +8,9 @@ import { Cluster, type ServiceProcess } from './cluster.js';
 const OPTIONS: Record<string, OptionSpec> = {
   host: { kind: 'string', default: '127.0.0.1', help: 'address the services listen on' },
   port: { kind: 'int', default: 50051, help: "the orchestrator's port" },
-  'cache-shards': { kind: 'int', default: 1, help: 'cache services to start' },
+  'cache-shards': { kind: 'int', help: 'cache services to start (default 1, or 0 with --cache-dns)' },
+  'cache-dns': { kind: 'string', help: 'HOST:PORT: also use every cache service HOST resolves to (re-resolved at run time)' },
+  'cache-dns-server': { kind: 'list', help: 'DNS servers for --cache-dns, IP[:PORT] comma-separated (default: the system resolver)' },
   model: { kind: 'string', help: 'model folder (default: the bundled reference model)' },
   'memory-limit': { kind: 'int', default: 0, help: 'KV bytes each cache service may hold (0: no limit)' },
   policy: { kind: 'string', help: 'default cache policy (fp16, uniform-8/4/2, kivi-2/4, random, tiered, smartkv)' },
@@ -22,12 +24,15 @@ async function main(): Promise<number> {
     process.stdout.write(usage('npm start -- [options]', OPTIONS));
     return 0;
   }
-  const shards = o['cache-shards'] as number;
-  if (shards < 1 || shards > 64) throw new UsageError(`--cache-shards must be in [1, 64], got ${shards}`);
+  const dns = o['cache-dns'] as string | undefined;
+  const shards = (o['cache-shards'] as number | undefined) ?? (dns ? 0 : 1);
+  if (shards < (dns ? 0 : 1) || shards > 64) throw new UsageError(`--cache-shards must be in [${dns ? 0 : 1}, 64], got ${shards}`);
   const orchestratorArgs: string[] = [];
+  if (dns) orchestratorArgs.push('--cache-dns', dns);
+  if (o['cache-dns-server']) orchestratorArgs.push('--cache-dns-server', (o['cache-dns-server'] as string[]).join(','));
   if (o.policy) orchestratorArgs.push('--policy', o.policy as string);
   if (o.budget !== undefined) orchestratorArgs.push('--budget', String(o.budget));
-  process.stderr.write(`starting the allocator, ${shards} cache service(s) and the orchestrator …\n`);
+  process.stderr.write(`starting the allocator, ${shards} cache service(s)${dns ? ` (and those ${dns} resolves to)` : ''} and the orchestrator …\n`);
   const t0 = Date.now();
   const cluster = await Cluster.start({
     host: o.host as string,
@@ -39,7 +44,7 @@ async function main(): Promise<number> {
   });
   process.stdout.write(
     `\nSmartKV is serving on ${cluster.address} (ready in ${((Date.now() - t0) / 1000).toFixed(1)} s)\n` +
-      `  cache services: ${cluster.caches.map((c) => c.address).join(', ')}; allocator: ${cluster.allocator.address}\n` +
+      `  cache services: ${[...cluster.caches.map((c) => c.address), ...(dns ? [`DNS ${dns}`] : [])].join(', ')}; allocator: ${cluster.allocator.address}\n` +
       `  try: npx smartkv generate "The old man said" --server ${cluster.address}\n` +
       `  Ctrl-C stops everything.\n\n`,
   );

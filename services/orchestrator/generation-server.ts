@@ -84,6 +84,7 @@ export function summaryOf(o: JobOutcome, cache: CacheChoice): GenerationSummary 
     cacheBytes: b ? bytesToPb(b) : undefined,
     cache: cacheToPb(cache),
     shard: Math.max(0, o.shard),
+    shardAddress: o.shardAddress,
     trailingText: o.trailingText,
     budgetMissed: o.cache.budgetMissed,
     peakBatch: o.peakBatch,

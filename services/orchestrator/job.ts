@@ -37,11 +37,13 @@ export interface JobOutcome {
   decodeUs: number;
   cache: CacheReport;
   shard: number;
+  shardAddress: string; // the cache service that held the sequence
   peakBatch: number;
 }
 
 export class Job {
   shardIndex = -1;
+  shardAddress = '';
   shard: CacheShard | null = null;
   seq = -1;
   layout: SequenceLayout | null = null;

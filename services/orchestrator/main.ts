@@ -1,10 +1,12 @@
-// The orchestrator process: `node dist/services/orchestrator/main.js --cache A[,B] --allocator C [--port N]`
-// or `--in-process` (one process, local cache and allocator). Telemetry
+// The orchestrator process: `node dist/services/orchestrator/main.js --cache A[,B] --allocator C [--port N]`,
+// `--cache-dns NAME:PORT` (every address NAME resolves to is a cache shard;
+// re-resolved at run time) or `--in-process` (one process, local cache and allocator). Telemetry
 // starts first; the application (and @grpc/grpc-js with it) loads after.
 import { isPolicyName } from '../common/policy.js';
 import { parseOptions, usage, UsageError, type OptionSpec } from '../common/args.js';
 import { startTelemetry } from '../telemetry/start.js';
 import { DEFAULTS, type ServerDefaults } from './settings.js';
+import { parseDnsTarget, type DnsTarget } from '../common/host-port.js';
 
 const D = DEFAULTS;
 export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
@@ -12,6 +14,11 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   port: { kind: 'int', default: 50051, help: 'port (0: any free port, printed on the READY line)' },
   model: { kind: 'string', help: 'model folder (default: the bundled reference model)' },
   cache: { kind: 'list', help: 'cache service addresses, comma-separated' },
+  'cache-dns': { kind: 'string', help: 'HOST:PORT: every address HOST resolves to is a cache service on PORT (e.g. a headless Service); re-resolved at run time' },
+  'cache-dns-server': { kind: 'list', help: 'DNS servers to ask for --cache-dns, IP[:PORT] comma-separated (default: the system resolver)' },
+  'cache-resolve-ms': { kind: 'int', default: 5000, help: 'how often --cache-dns is resolved again' },
+  'cache-health-ms': { kind: 'int', default: 1000, help: 'how often each cache shard is health-checked (grpc.health.v1); a shard that fails takes no new sequences' },
+  'cache-wait-ms': { kind: 'int', default: 30000, help: 'how long to wait at start for a first cache shard' },
   allocator: { kind: 'string', help: 'allocator service address' },
   'in-process': { kind: 'bool', default: false, help: 'run the cache and the allocator in this process' },
   policy: { kind: 'string', default: D.cache.policy, help: 'default cache policy' },
@@ -62,7 +69,16 @@ async function main(): Promise<void> {
   const o = parseOptions(process.argv.slice(2), ORCHESTRATOR_OPTIONS);
   if (o.help) return void process.stdout.write(usage('smartkv orchestrator', ORCHESTRATOR_OPTIONS));
   const inProcess = o['in-process'] as boolean;
-  if (!inProcess && !(o.cache as string[] | undefined)?.length) throw new UsageError('give --cache ADDRESS[,ADDRESS…] and --allocator ADDRESS, or --in-process');
+  if (!inProcess && !(o.cache as string[] | undefined)?.length && !o['cache-dns'])
+    throw new UsageError('give --cache ADDRESS[,ADDRESS…] or --cache-dns HOST:PORT, and --allocator ADDRESS; or --in-process');
+  let cacheDns: DnsTarget | undefined;
+  try {
+    cacheDns = o['cache-dns'] ? parseDnsTarget(o['cache-dns'] as string) : undefined;
+  } catch (e) {
+    throw new UsageError(`--cache-dns: ${(e as Error).message}`);
+  }
+  for (const k of ['cache-resolve-ms', 'cache-health-ms'])
+    if ((o[k] as number) < 50) throw new UsageError(`--${k} must be ≥ 50, got ${o[k]}`);
   const defaults = defaultsFrom(o);
   const telemetry = startTelemetry('smartkv-orchestrator', { metricsPort: o['metrics-port'] as number, metricsHost: o.host as string });
   const { GenerationService } = await import('../../gen/smartkv/v1/generation_pb.js');
@@ -77,6 +93,11 @@ async function main(): Promise<void> {
     defaults,
     modelThreads: o.threads as number,
     cacheAddresses: o.cache as string[] | undefined,
+    cacheDns,
+    cacheDnsServers: o['cache-dns-server'] as string[] | undefined,
+    resolveEveryMs: o['cache-resolve-ms'] as number,
+    healthEveryMs: o['cache-health-ms'] as number,
+    cacheWaitMs: o['cache-wait-ms'] as number,
     allocatorAddress: o.allocator as string | undefined,
     local: inProcess ? { engine: { quant: 'symmetric', gamma: o.gamma as number, masterCopy: o['master-copy'] as boolean, rotateKv: o['rotate-kv'] as boolean }, memoryLimitBytes: o['memory-limit'] as number } : undefined,
     log: say,
@@ -90,7 +111,8 @@ async function main(): Promise<void> {
     beforeStop: () => orch.close(graceMs),
     afterStop: () => telemetry.shutdown(),
   };
-  say(`model ${modelDir}; ${inProcess ? 'in-process cache and allocator' : `cache ${(o.cache as string[]).join(', ')}, allocator ${o.allocator}`}`);
+  const caches = [...((o.cache as string[] | undefined) ?? []), ...(o['cache-dns'] ? [`DNS ${o['cache-dns']}`] : [])];
+  say(`model ${modelDir}; ${inProcess ? 'in-process cache and allocator' : `cache ${caches.join(', ')}, allocator ${o.allocator}`}`);
   await runService('orchestrator', [
     { provide: LISTEN, useValue: listen },
     { provide: SERVED, useValue: [{ service: GenerationService, implementation: generationHandlers(orch.context) }] },

@@ -11,7 +11,8 @@ import type { KvEngineConfig } from '../../native/kv-engine.js';
 import { GrpcAllocator, LocalAllocator, type Allocator } from './allocator-client.js';
 import { GrpcCacheShard } from './cache-client.js';
 import { Model } from './model/model.js';
-import { Scheduler, type ShardHandle } from './scheduler.js';
+import { Scheduler } from './scheduler.js';
+import { FixedShards, ShardDirectory, type DnsTarget, type ShardSet } from './shard-directory.js';
 import type { ServerDefaults } from './settings.js';
 import type { GenerationContext } from './generation-server.js';
 
@@ -19,8 +20,14 @@ export interface OrchestratorOptions {
   modelDir: string;
   defaults: ServerDefaults;
   modelThreads?: number;
-  /** Split: cache-service addresses and the allocator's. */
+  /** Split: cache-service addresses and/or a DNS name whose every address is
+   * one (re-resolved at run time), and the allocator's address. */
   cacheAddresses?: string[];
+  cacheDns?: DnsTarget;
+  cacheDnsServers?: string[]; // resolvers to ask (default: the system's)
+  resolveEveryMs?: number;
+  healthEveryMs?: number;
+  cacheWaitMs?: number; // how long to wait for a first shard at start (default 30 s)
   allocatorAddress?: string;
   /** In-process: the engine settings of the one local cache. */
   local?: { engine: Omit<KvEngineConfig, 'layers' | 'qHeads' | 'kvHeads' | 'headDim'>; memoryLimitBytes: number };
@@ -39,24 +46,36 @@ export class Orchestrator {
     const model = Model.load(o.modelDir, { threads: o.modelThreads ?? 0 });
     const c = model.config;
     const closers: (() => Promise<void> | void)[] = [];
-    let shards: ShardHandle[];
+    let shards: ShardSet;
     let allocator: Allocator;
+    let first: ShardStats;
     if (o.local) {
       const core = new CacheCore({ ...o.local.engine, layers: c.layers, qHeads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim }, o.local.memoryLimitBytes);
-      shards = [{ shard: core, address: 'in-process' }];
+      shards = new FixedShards([{ shard: core, address: 'in-process', index: 0 }]);
       allocator = new LocalAllocator();
       closers.push(() => core.close());
+      first = await core.stats();
     } else {
-      if (!o.cacheAddresses?.length) throw new Error('no cache service addresses (--cache host:port[,host:port…])');
+      if (!o.cacheAddresses?.length && !o.cacheDns) throw new Error('no cache services (--cache host:port[,host:port…] or --cache-dns host:port)');
       if (!o.allocatorAddress) throw new Error('no allocator address (--allocator host:port)');
       const owner = `orchestrator-${randomUUID()}`;
-      const grpcShards = o.cacheAddresses.map((a) => new GrpcCacheShard(a, owner));
-      shards = grpcShards.map((s) => ({ shard: s, address: s.address }));
+      const directory = new ShardDirectory({
+        addresses: o.cacheAddresses,
+        dns: o.cacheDns,
+        dnsServers: o.cacheDnsServers,
+        resolveEveryMs: o.resolveEveryMs,
+        healthEveryMs: o.healthEveryMs,
+        connect: (a) => new GrpcCacheShard(a, owner),
+        log: o.log,
+      });
+      closers.push(() => directory.close());
+      await directory.start();
+      first = await directory.firstStats(o.cacheWaitMs ?? 30_000);
+      shards = directory;
       const ga = new GrpcAllocator(o.allocatorAddress);
       allocator = ga;
-      closers.push(() => grpcShards.forEach((s) => s.close()), () => ga.close());
+      closers.push(() => ga.close());
     }
-    const first = await firstAnswer(shards, o.log);
     const scheduler = new Scheduler({
       model,
       shards,
@@ -71,7 +90,9 @@ export class Orchestrator {
       modelName: basename(o.modelDir),
       scheduler,
       defaults: { ...o.defaults, cache: { ...o.defaults.cache, gamma: first.gamma } },
-      shardAddresses: shards.map((s) => s.address),
+      get shardAddresses() {
+        return shards.eligible().map((s) => s.address);
+      },
     };
     return new Orchestrator(model, scheduler, context, closers);
   }
@@ -80,22 +101,5 @@ export class Orchestrator {
   async close(graceMs: number): Promise<void> {
     await this.scheduler.drain(graceMs);
     for (const c of this.closers) await c();
-  }
-}
-
-/** Engine settings from the first shard that answers; waits up to 30 s for one. */
-async function firstAnswer(shards: ShardHandle[], log: (l: string) => void): Promise<ShardStats> {
-  const until = Date.now() + 30_000;
-  for (let attempt = 0; ; attempt++) {
-    for (const s of shards) {
-      try {
-        return await s.shard.stats(undefined, 2000);
-      } catch {
-        // try the next one
-      }
-    }
-    if (Date.now() > until) throw new Error(`no cache shard answered within 30 s: ${shards.map((s) => s.address).join(', ')}`);
-    if (attempt === 0) log(`waiting for a cache shard (${shards.map((s) => s.address).join(', ')})`);
-    await new Promise((r) => setTimeout(r, 250));
   }
 }

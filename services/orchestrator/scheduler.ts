@@ -18,17 +18,19 @@ import { argmax, sample, seededRng } from './model/sampler.js';
 import { minimumBeta, reallocate } from './reallocate.js';
 import { logProb, runStep, type StepItem } from './runner.js';
 import type { JobSpec, ServerDefaults } from './settings.js';
+import type { ShardSet } from './shard-directory.js';
 import { StopText } from './stop-text.js';
 import { childOf, instruments, withSpan } from '../telemetry/spans.js';
 
 export interface ShardHandle {
   shard: CacheShard & { stats(seq?: number, deadlineMs?: number): ReturnType<CacheShard['stats']> };
   address: string;
+  index: number; // the shard's number, fixed when the orchestrator first saw it
 }
 
 export interface SchedulerOptions {
   model: Model;
-  shards: ShardHandle[];
+  shards: ShardSet; // placement asks it which shards may take a new sequence
   allocator: Allocator;
   defaults: ServerDefaults;
   blockTokens: number; // the cache engines' storage block
@@ -138,10 +140,11 @@ export class Scheduler {
     }
   }
 
-  /** The shard holding the fewest bytes (held + reserved) among those that answer. */
+  /** The shard holding the fewest bytes (held + reserved) among the eligible ones that answer. */
   private async place(job: Job): Promise<void> {
+    const shards = this.o.shards.eligible();
     const loads = await Promise.all(
-      this.o.shards.map((h) =>
+      shards.map((h) =>
         h.shard.stats(undefined, 2000).then(
           (s) => s.bytes.heldBytes + s.reservedBytes,
           () => Infinity,
@@ -152,9 +155,9 @@ export class Scheduler {
     loads.forEach((l, i) => {
       if (l < Infinity && (best < 0 || l < loads[best])) best = i;
     });
-    if (best < 0) throw new RpcError(grpc.status.UNAVAILABLE, `no cache shard answers (${this.o.shards.map((s) => s.address).join(', ')})`);
+    if (best < 0) throw new RpcError(grpc.status.UNAVAILABLE, `no cache shard answers (${shards.map((s) => s.address).join(', ') || 'none is healthy'})`);
     const c = this.o.model.config, cache = job.spec.cache;
-    const shard = this.o.shards[best].shard;
+    const shard = shards[best].shard;
     const storage: StorageKind = cache.policy === 'kivi-2' || cache.policy === 'kivi-4' ? cache.policy : 'mixed';
     const total = job.input.length + (job.spec.kind === 'generate' ? job.spec.maxTokens : 0);
     const fp16TokenBytes = 2 * c.kvHeads * c.headDim * 2;
@@ -165,7 +168,8 @@ export class Scheduler {
     const perLayer = beta * total * fp16TokenBytes + (this.o.defaults.prefillChunk + cache.sinks + cache.window + cache.reallocInterval) * fp16TokenBytes * 1.05 + 64 * 1024;
     const created = await shard.createSequence(storage, Math.ceil(perLayer * c.layers), cache.gamma);
     job.shard = shard;
-    job.shardIndex = best;
+    job.shardIndex = shards[best].index;
+    job.shardAddress = shards[best].address;
     job.seq = created.seq;
     job.layout = { layers: c.layers, fp16TokenBytes, tokenBytes: created.tokenBytes, blockTokens: this.o.blockTokens };
     if (planned) {
@@ -407,6 +411,7 @@ export class Scheduler {
       decodeUs: Math.round((end - (j.firstTokenAt || end)) * 1000),
       cache: j.report,
       shard: j.shardIndex,
+      shardAddress: j.shardAddress,
       peakBatch: j.peakBatch,
     };
     const b = j.report.bytes;
@@ -418,6 +423,7 @@ export class Scheduler {
       'smartkv.apply_us': j.report.applyUs,
       'smartkv.achieved_beta': b && b.fp16Bytes ? b.heldBytes / b.fp16Bytes : 0,
       'smartkv.shard': j.shardIndex,
+      'smartkv.shard_address': j.shardAddress,
     });
     j.span?.end();
     j.resolve(outcome);
