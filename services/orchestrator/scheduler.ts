@@ -200,8 +200,12 @@ export class Scheduler {
       if (j.finish || j.cancelled) continue;
       let tokens: number[];
       if (j.prefilling) {
-        const n = Math.min(j.promptLength - j.fed, prefillLeft);
-        if (n === 0) continue;
+        // Batch invariance: a sequence's prefill chunks are always `prefillChunk` tokens (the
+        // last one shorter), whoever else is in the step, so where its plans fall — and so its
+        // results — never depend on which requests shared its steps. A chunk that does not fit
+        // in what is left of this step's prefill rows waits for the next step.
+        const n = Math.min(j.promptLength - j.fed, this.o.defaults.prefillChunk);
+        if (n === 0 || n > prefillLeft) continue;
         prefillLeft -= n;
         tokens = j.input.slice(j.fed, j.fed + n);
       } else if (j.spec.kind === 'generate') {

@@ -1,0 +1,66 @@
+// The accuracy–memory frontier as SVG: one panel per task (and context), one
+// curve per policy, accuracy (or Δ bits/byte) against bytes held relative to
+// FP16 — hot bytes alone, or hot + master bytes (everything the cache holds).
+// Rendered headless with Vega-Lite → Vega → SVG (no browser, no canvas).
+import * as vega from 'vega';
+import { compile, type TopLevelSpec } from 'vega-lite';
+
+export interface PlotRow {
+  task: string;
+  context: number;
+  policy: string;
+  mode: string;
+  hot_bytes: number;
+  master_bytes: number;
+  fp16_bytes: number;
+  value: number; // accuracy in [0, 1], or Δ bits per byte against fp16
+}
+
+export type BytesAxis = 'hot' | 'total';
+
+/** One Vega-Lite spec: x = bytes / FP16 bytes, y = value, colour = policy, facets = task × context. */
+export function frontierSpec(rows: readonly PlotRow[], axis: BytesAxis, yTitle: string, title: string): TopLevelSpec {
+  const values = rows
+    .filter((r) => r.fp16_bytes > 0)
+    .map((r) => ({
+      ...r,
+      bytes: (axis === 'hot' ? r.hot_bytes : r.hot_bytes + r.master_bytes) / r.fp16_bytes,
+      panel: `${r.task} @ ${r.context}`,
+      curve: `${r.policy} (${r.mode})`,
+    }));
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title,
+    data: { values },
+    facet: { field: 'panel', type: 'nominal', title: null },
+    columns: 3,
+    spec: {
+      width: 220,
+      height: 160,
+      mark: { type: 'line', point: true },
+      encoding: {
+        x: {
+          field: 'bytes',
+          type: 'quantitative',
+          title: axis === 'hot' ? 'hot bytes / FP16 bytes (β achieved)' : '(hot + master) bytes / FP16 bytes',
+          scale: { zero: true },
+        },
+        y: { field: 'value', type: 'quantitative', title: yTitle },
+        color: { field: 'curve', type: 'nominal', title: 'policy (mode)' },
+        order: { field: 'bytes', type: 'quantitative' },
+        tooltip: [{ field: 'curve' }, { field: 'bytes', format: '.3f' }, { field: 'value', format: '.3f' }],
+      },
+    },
+    resolve: { scale: { x: 'shared', y: 'shared' } },
+  };
+}
+
+/** Render a Vega-Lite spec to an SVG string. */
+export async function renderSvg(spec: TopLevelSpec): Promise<string> {
+  const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+}
