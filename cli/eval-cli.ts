@@ -4,11 +4,18 @@ import { usage, UsageError } from '../services/common/args.js';
 import { evalOptionSpec, InterruptedError, parseEvalOptions, type EvalIo, type EvalKind } from './eval-common.js';
 import { evalNeedle } from './eval-needle.js';
 import { evalPpl } from './eval-ppl.js';
+import { evalSuite, parseSuiteOptions, SUITE_OPTIONS } from './eval-suite.js';
+import { SUITE_TASKS, type SuiteTask } from './eval-tasks.js';
 
 export const EVAL_USAGE_LINES = `  eval ppl [--json] [--quick] [--policy P]... [--budget β]... [--server ADDR] [--markdown FILE]
                                        held-out perplexity per cache policy and budget (Score API)
   eval needle [same options]           pass-key retrieval per policy, budget, context and depth
                                        (Complete API); \`smartkv eval ppl --help\` lists the options
+  eval suite [--task T]... [--context N]... [--policy P]... [--budget β]... [--mode M]...
+             [--seeds dev|test] [--samples N] [--out DIR] [--json] [--quick] [--markdown FILE]
+                                       long-context tasks (${SUITE_TASKS.join(', ')}) per policy, β and
+                                       mode, with paired tests and SVG frontiers; \`smartkv eval suite --help\`
+  eval <task> [suite options]          one task of the suite, e.g. \`smartkv eval multikey\`
 `;
 
 function evalUsage(kind: EvalKind | null): string {
@@ -16,14 +23,47 @@ function evalUsage(kind: EvalKind | null): string {
   return usage(`smartkv eval ${kind} [options]`, evalOptionSpec(kind));
 }
 
+const quoteCommand = (argv: string[]) => ['npx smartkv eval', ...argv].map((a) => (/^[\w@%+=:,./≥-]+$|^npx smartkv eval$/.test(a) ? a : `'${a}'`)).join(' ');
+
+/** `smartkv eval suite …` and `smartkv eval <task> …`. */
+async function suiteCommand(argv: string[], io: EvalIo): Promise<number> {
+  const only = argv[0] === 'suite' ? undefined : (argv[0] as SuiteTask);
+  const title = `smartkv eval ${argv[0]} [options]`;
+  let opts;
+  try {
+    opts = parseSuiteOptions(argv.slice(1), only);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.err.write(`smartkv eval: ${e.message}\n\n${usage(title, SUITE_OPTIONS)}`);
+      return 2;
+    }
+    throw e;
+  }
+  if (argv.includes('--help')) {
+    io.out(usage(title, SUITE_OPTIONS));
+    return 0;
+  }
+  try {
+    await evalSuite(opts, io, quoteCommand(argv));
+    return 0;
+  } catch (e) {
+    if (e instanceof InterruptedError) {
+      io.err.write(`smartkv eval: ${e.message}; the services are stopped\n`);
+      return 130;
+    }
+    throw e;
+  }
+}
+
 /** Runs `smartkv eval …`; `argv` starts after "eval". */
 export async function evalCommand(argv: string[], io: EvalIo): Promise<number> {
+  if (argv[0] === 'suite' || (SUITE_TASKS as readonly string[]).includes(argv[0])) return suiteCommand(argv, io);
   const kind = argv[0] === 'ppl' || argv[0] === 'needle' ? argv[0] : null;
   const fail = (msg: string) => {
     io.err.write(`smartkv eval: ${msg}\n\n${evalUsage(kind)}`);
     return 2;
   };
-  if (kind === null) return argv.includes('--help') ? (io.out(evalUsage(null)), 0) : fail(argv[0] ? `unknown evaluation ${argv[0]} (ppl or needle)` : 'which evaluation? ppl or needle');
+  if (kind === null) return argv.includes('--help') ? (io.out(evalUsage(null)), 0) : fail(argv[0] ? `unknown evaluation ${argv[0]} (ppl, needle, suite or a task: ${SUITE_TASKS.join(', ')})` : 'which evaluation? ppl, needle, suite or a task');
   let opts;
   try {
     opts = parseEvalOptions(kind, argv.slice(1));
@@ -35,7 +75,7 @@ export async function evalCommand(argv: string[], io: EvalIo): Promise<number> {
     io.out(evalUsage(kind));
     return 0;
   }
-  const command = ['npx smartkv eval', ...argv].map((a) => (/^[\w@%+=:,./-]+$|^npx smartkv eval$/.test(a) ? a : `'${a}'`)).join(' ');
+  const command = quoteCommand(argv);
   try {
     if (kind === 'ppl') await evalPpl(opts, io, command);
     else await evalNeedle(opts, io, command);

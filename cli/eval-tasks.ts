@@ -1,0 +1,135 @@
+// The samples of `smartkv eval suite` and how one sample is scored under one row.
+//
+// Retrieval tasks come from training/tasks.mjs with its HELD-OUT phrasings and
+// held-out documents, never the training ones. Seeds are declared up front:
+//   dev  = TASK_DEV_SEED_BASE  + k   (for tuning the method)
+//   test = TASK_TEST_SEED_BASE + k   (published tables, run once)
+// with k = task index · 1e6 + context index · 1e5 + sample index, so every
+// (task, context) cell has its own disjoint seeds.
+//
+// Scoring goes through the public Score API with prefill_tokens = BOS + the
+// context: the context is prefilled in chunks with plans between them, then
+// the questions and answers are fed one token at a time, with reallocation
+// every R steps — so the cache is planned before any question arrives. A turn
+// is right iff the greedy choice (top_token_ids) is the answer's byte at every
+// position of the answer, given the text before it (earlier turns included,
+// with their correct answers). `longppl` scores held-out text and reports bits
+// per byte by position band.
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+import type { ScoreResponse } from '../gen/smartkv/v1/generation_pb.js';
+
+export const RETRIEVAL_TASKS = ['passkey', 'multikey', 'multivalue', 'multiquery', 'vartrack', 'multiturn'] as const;
+export const SUITE_TASKS = [...RETRIEVAL_TASKS, 'longppl'] as const;
+export type SuiteTask = (typeof SUITE_TASKS)[number];
+export type SeedSet = 'dev' | 'test';
+
+/** Position bands of `longppl` (token positions of the predicted byte; BOS = 0): [from, to). */
+export const PPL_BANDS: Record<string, [number, number]> = { '0-1K': [1, 1024], '≥1K': [1024, Infinity], '≥4K': [4096, Infinity], all: [1, Infinity] };
+
+export interface TaskSample {
+  task: SuiteTask;
+  context: number; // tokens the sample fills (BOS + text), at most
+  seed: number;
+  depth: number | null; // depth of the asked fact (retrieval tasks)
+  text: string;
+  prefillTokens: number; // BOS + the context before the first question
+  answerSpans: [number, number][]; // byte ranges of the answers in text (retrieval tasks)
+}
+
+interface Doc { name: string; text: string }
+
+interface TasksModule {
+  makeTaskSample(o: { task: string; seed: number; totalBytes: number; phrasing: 'train' | 'heldout'; documents: Doc[]; depth?: number }): {
+    text: string; context: string; answerSpans: [number, number][];
+  };
+  TASK_DEV_SEED_BASE: number;
+  TASK_TEST_SEED_BASE: number;
+}
+
+interface CorpusModule {
+  loadDocuments(): Doc[];
+  splitDocuments(docs: Doc[]): { train: Doc[]; heldout: Doc[] };
+}
+
+async function trainingModule<T>(file: string): Promise<T> {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 6; i++) {
+    const f = join(dir, 'training', file);
+    if (existsSync(f)) return (await import(pathToFileURL(f).href)) as T;
+    dir = resolve(dir, '..');
+  }
+  throw new Error(`training/${file} not found above ${dirname(fileURLToPath(import.meta.url))}`);
+}
+
+const byteLen = (s: string) => Buffer.byteLength(s, 'utf8');
+// Low-discrepancy depths: sample i of a cell sits at frac(0.5 + i·φ), so any n samples spread over [0, 1).
+const depthOf = (i: number) => (0.5 + i * 0.6180339887498949) % 1;
+
+/** Every sample of the run, in (task, context, index) order; the same for every row. */
+export async function buildSamples(tasks: readonly SuiteTask[], contexts: readonly number[], perCell: number, seeds: SeedSet): Promise<TaskSample[]> {
+  const tm = await trainingModule<TasksModule>('tasks.mjs');
+  const corpus = await trainingModule<CorpusModule>('corpus.mjs');
+  const { heldout } = corpus.splitDocuments(corpus.loadDocuments());
+  const base = seeds === 'dev' ? tm.TASK_DEV_SEED_BASE : tm.TASK_TEST_SEED_BASE;
+  const heldText = heldout.map((d) => d.text.replace(/\s+/g, ' ').trim()).join(' ');
+  const out: TaskSample[] = [];
+  tasks.forEach((task, ti) => {
+    contexts.forEach((context, ci) => {
+      for (let i = 0; i < perCell; i++) {
+        const seed = base + ti * 1_000_000 + ci * 100_000 + i;
+        if (task === 'longppl') {
+          out.push({ task, context, seed, depth: null, ...pplWindow(heldText, context, seed, i, perCell) });
+          continue;
+        }
+        const depth = depthOf(i);
+        // BOS + text must fit in `context` tokens (byte-level model: one token per byte).
+        const s = tm.makeTaskSample({ task, seed, totalBytes: context - 2, phrasing: 'heldout', documents: heldout, depth });
+        out.push({ task, context, seed, depth, text: s.text, prefillTokens: 1 + byteLen(s.context), answerSpans: s.answerSpans });
+      }
+    });
+  });
+  return out;
+}
+
+/** Held-out text windows of `context` − 1 bytes, spread evenly over the held-out documents. */
+function pplWindow(held: string, context: number, _seed: number, i: number, n: number): Pick<TaskSample, 'text' | 'prefillTokens' | 'answerSpans'> {
+  const bytes = Buffer.from(held, 'utf8');
+  const len = context - 1;
+  const span = Math.max(0, bytes.length - len);
+  let start = Math.floor(((i + 0.5) / n) * span);
+  while (start < bytes.length && (bytes[start] & 0xc0) === 0x80) start++;
+  let end = Math.min(bytes.length, start + len);
+  while (end > start && (bytes[end] & 0xc0) === 0x80) end--;
+  return { text: bytes.subarray(start, end).toString('utf8'), prefillTokens: 0, answerSpans: [] };
+}
+
+export interface Scored {
+  turns: boolean[]; // per answer: every byte the greedy choice
+  correct: boolean; // every turn right
+  bitsPerByte: Record<string, number> | null; // longppl: band → bits per byte
+}
+
+/** Outcome of one Score response for one sample. Token i+1 is byte i of the text (token 0 = BOS). */
+export function scoreOutcome(s: TaskSample, r: ScoreResponse): Scored {
+  if (s.task === 'longppl') {
+    const bands: Record<string, number> = {};
+    for (const [name, [a, b]] of Object.entries(PPL_BANDS)) {
+      // logprobs[i] predicts token i+1 (position i+1)
+      const lo = a - 1, hi = Math.min(b, r.logprobs.length + 1) - 1;
+      if (hi <= lo) continue;
+      let nll = 0;
+      for (let i = lo; i < hi; i++) nll -= r.logprobs[i];
+      bands[name] = nll / (hi - lo) / Math.LN2;
+    }
+    return { turns: [], correct: true, bitsPerByte: bands };
+  }
+  const ids = r.tokenIds, top = r.topTokenIds;
+  const turns = s.answerSpans.map(([a, e]) => {
+    for (let i = a; i < e; i++) if (top[i] !== ids[i + 1]) return false;
+    return true;
+  });
+  return { turns, correct: turns.every(Boolean), bitsPerByte: null };
+}
