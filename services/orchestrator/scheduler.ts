@@ -157,7 +157,7 @@ export class Scheduler {
     });
     if (best < 0) {
       if (stats.every((s) => !s)) throw new RpcError(grpc.status.UNAVAILABLE, `no cache shard answers (${this.o.shards.map((s) => s.address).join(', ')})`);
-      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `no cache shard has room for this request: it may hold ${reserve} hot bytes at its maximum length (${this.maxTokens(job)} tokens, mode ${cache.mode}); retry later or lower max_tokens or cache.budget`);
+      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `no cache shard has room for this request within its memory limit: it may hold ${reserve} hot bytes at its maximum length (${this.maxTokens(job)} tokens, mode ${cache.mode}); retry later or lower max_tokens or cache.budget`);
     }
     const shard = this.o.shards[best].shard;
     const created = await shard.createSequence(storage, reserve, cache.gamma, cache.mode);
