@@ -52,13 +52,17 @@ export function planExactly(policy: PlanPolicy, input: AllocationInput, lay: Pla
     formats = fillPaidBlocks(formats, input, pricer);
     price = pricer.price(formats);
   }
-  // Never larger than leaving the cache alone, unless only the plan meets β.
+  // Never larger than leaving the cache alone. A plan that meets β is kept
+  // unless leaving the cache alone also meets it with fewer bytes; a best-effort
+  // plan is kept unless leaving the cache alone is smaller at its largest
+  // until the next plan (the tokens that arrive then come in at 16 bits: a
+  // plan that opens a 2-bit block now may save an FP16 block before then).
   const leave = pricer.price(current);
   const unchanged = !BUDGETED.has(policy)
     ? leave.hotBytes < price.hotBytes // no budget to meet: only size decides
-    : price.fits && !leave.fits
-      ? false
-      : leave.hotBytes < price.hotBytes || (leave.fits && !price.fits);
+    : price.fits
+      ? leave.fits && leave.hotBytes < price.hotBytes
+      : leave.fits || leave.worstBeta < price.worstBeta;
   if (unchanged) {
     formats = current;
     price = leave;
