@@ -142,11 +142,18 @@ export function bindsFrom(lay: BindsLayout): number {
   const key = JSON.stringify(lay);
   const hit = bindsCache.get(key);
   if (hit !== undefined) return hit;
-  const LIMIT = 1 << 16, L = lay.layers, T = lay.blockTokens, P = lay.metaPageTokens;
+  const LIMIT = 1 << 16, L = lay.layers, T = lay.blockTokens, P = lay.metaPageTokens, e = lay.tableEntryBytes;
+  // The cheapest storage at n, then with k = 1 … ahead tokens arrived at 16
+  // bits, each with the tables at their bound: what any plan at n pays at least.
   const fits = (n: number) => {
-    const p = Math.min(n, lay.protectedTokens), a = lay.aheadTokens;
-    const later = L * (Math.ceil((p + a) / T) * lay.blockBytes[0] + Math.ceil((n - p) / T) * lay.blockBytes[3] + Math.ceil((n + a) / P) * P * lay.tokenMetaBytes);
-    return cheapestBytes(lay, n) <= lay.targetBeta * n * lay.fp16TokenBytes * L && later <= lay.targetBeta * (n + a) * lay.fp16TokenBytes * L;
+    const p = Math.min(n, lay.protectedTokens);
+    for (let k = 0; k <= lay.aheadTokens; k++) {
+      const pages = Math.ceil((n + k) / P), b16 = Math.ceil((p + k) / T), b2 = Math.ceil((n - p) / T);
+      const tables = 2 * (b16 + b2) + 2 * (lay.tokenMetaBytes / 4) * pages;
+      const hot = L * (b16 * lay.blockBytes[0] + b2 * lay.blockBytes[3] + pages * P * lay.tokenMetaBytes + tables * e);
+      if (hot > lay.targetBeta * (n + k) * lay.fp16TokenBytes * L) return false;
+    }
+    return true;
   };
   let from = 0;
   for (let n = LIMIT; n >= 1 && fits(n); n--) from = n;
