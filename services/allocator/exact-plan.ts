@@ -91,8 +91,8 @@ function estimate(lay: PlanLayout, input: AllocationInput, slotBytes: number[]):
   const allowed = lay.targetBeta * (n + lay.aheadTokens) * lay.fp16TokenBytes * L;
   const meta = (n + lay.aheadTokens) * lay.tokenMetaBytes * L;
   const protectedSlots = Math.min(input.importance.length, input.sinks + input.window);
-  const fp16Token = lay.blockBytes[0] / lay.blockTokens;
-  const outside = (lay.outsideFp16Tokens * lay.groups + 0) * fp16Token * (L / lay.groups);
+  const fp16Token = lay.blockBytes[0] / lay.blockTokens; // per token and layer
+  const outside = lay.outsideFp16Tokens * L * fp16Token; // per group × groups × layers per group = per layer × L
   return allowed - meta - outside - lay.aheadTokens * fp16Token * L - protectedSlots * slotBytes[0];
 }
 

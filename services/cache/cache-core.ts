@@ -89,8 +89,10 @@ export class CacheCore implements CacheShard {
 
   async applyPlan(seq: number, plans: readonly LayerPlan[]): Promise<PlanApplied> {
     const n = this.engine.length(seq, 0); // NOT_FOUND before anything else
-    // Every layer's plan is checked here before the first move, so a bad one
-    // changes nothing; the engine then checks bounds and upgrades per layer.
+    // Every layer's positions and formats are checked here before the first
+    // move, so a malformed plan changes nothing; the engine then checks each
+    // layer's upgrades (a downgrade-only sequence refuses them) before that
+    // layer's moves. The allocator's plans respect the bounds it was given.
     plans.forEach((p, k) => {
       checkInt(`layer_plans[${k}].layer`, p.layer, -1, this.engine.config.layers - 1);
       if (p.positions.length !== p.formats.length)

@@ -15,7 +15,7 @@ import type { Allocator } from './allocator-client.js';
 import { budgetReport, Job, type JobOutcome, type JobSink } from './job.js';
 import type { Model } from './model/model.js';
 import { sample, seededRng } from './model/sampler.js';
-import { minimumBeta, reallocate } from './reallocate.js';
+import { minimumBeta, reallocate, type ReallocOutcome } from './reallocate.js';
 import { reservationBytes } from '../allocator/plan-cost.js';
 import { META_PAGE_TOKENS, TABLE_ENTRY_BYTES, TOKEN_META_BYTES, tokenBytes as layoutTokenBytes } from '../../native/formats.js';
 import { logProb, runStep, type StepItem } from './runner.js';
@@ -365,27 +365,7 @@ export class Scheduler {
       const m = instruments();
       m.reallocationDuration.record(ms);
       m.achievedBeta.record(beta);
-      span.setAttributes({
-        'smartkv.allocate_us': r.allocateUs,
-        'smartkv.apply_us': r.applyUs,
-        'smartkv.allocate_calls': r.allocateCalls,
-        'smartkv.apply_calls': r.applyCalls,
-        'smartkv.tokens_changed': r.tokensChanged,
-        'smartkv.bytes_moved': r.bytesMoved,
-        'smartkv.within_budget': r.fits,
-        'smartkv.budget_met': !budgeted || r.fits,
-        'smartkv.binds_from_tokens': r.bindsFrom,
-        'smartkv.planned_beta': r.achievedBeta,
-        'smartkv.achieved_beta': beta,
-        'smartkv.hot_bytes': r.bytes.heldBytes,
-        'smartkv.master_bytes': r.bytes.masterBytes,
-        'smartkv.fp16_bytes': r.bytes.fp16Bytes,
-        'smartkv.bytes_held': r.bytes.heldBytes,
-        'smartkv.bits16_tokens': r.bytes.tokensByFormat[0],
-        'smartkv.bits8_tokens': r.bytes.tokensByFormat[1],
-        'smartkv.bits4_tokens': r.bytes.tokensByFormat[2],
-        'smartkv.bits2_tokens': r.bytes.tokensByFormat[3],
-      });
+      span.setAttributes(reallocAttributes(r, beta, !budgeted || r.fits));
     } catch (e) {
       span.recordException(e as Error);
       span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
@@ -468,4 +448,29 @@ export class Scheduler {
       if ((e as RpcError).code !== grpc.status.UNAVAILABLE) this.o.log(`freeing sequence ${seq}: ${(e as Error).message}`);
     }
   }
+}
+
+/** The reallocate span's attributes: its cost, and the bytes under the report names. */
+function reallocAttributes(r: ReallocOutcome, beta: number, met: boolean): Record<string, number | boolean> {
+  return {
+    'smartkv.allocate_us': r.allocateUs,
+    'smartkv.apply_us': r.applyUs,
+    'smartkv.allocate_calls': r.allocateCalls,
+    'smartkv.apply_calls': r.applyCalls,
+    'smartkv.tokens_changed': r.tokensChanged,
+    'smartkv.bytes_moved': r.bytesMoved,
+    'smartkv.within_budget': r.fits,
+    'smartkv.budget_met': met,
+    'smartkv.binds_from_tokens': r.bindsFrom,
+    'smartkv.planned_beta': r.achievedBeta,
+    'smartkv.achieved_beta': beta,
+    'smartkv.hot_bytes': r.bytes.heldBytes,
+    'smartkv.master_bytes': r.bytes.masterBytes,
+    'smartkv.fp16_bytes': r.bytes.fp16Bytes,
+    'smartkv.bytes_held': r.bytes.heldBytes,
+    'smartkv.bits16_tokens': r.bytes.tokensByFormat[0],
+    'smartkv.bits8_tokens': r.bytes.tokensByFormat[1],
+    'smartkv.bits4_tokens': r.bytes.tokensByFormat[2],
+    'smartkv.bits2_tokens': r.bytes.tokensByFormat[3],
+  };
 }
