@@ -6,13 +6,14 @@
 // plan fits β — right after the plan and for every token before the next
 // one — then fill the slots already paid for in partly used int8 and int4
 // blocks with the next best upgrades (free: they add no block). The search
-// starts from the continuous estimate and bisects to the resolution of the
-// cheapest upgrade, so the plan ends within about one block of β.
+// starts from the continuous estimate and bisects to one int2 block per
+// layer, so the plan ends within about one block of β.
 //
-// A plan never makes the cache larger than leaving it alone; when even the
-// cheapest plan misses β, the result is the cheaper of that and leaving it
-// alone, with fits = false (best effort), and bindsFrom says from which
-// length β can bind.
+// A plan never makes the cache larger than leaving it alone, except that in
+// reversible mode a plan that meets β may spend it on raising precision; when
+// even the cheapest plan misses β, the result is the cheaper of that and
+// leaving it alone, with fits = false (best effort), and bindsFrom says from
+// which length β can bind.
 import { allocate, type AllocationInput, type PlanPolicy } from './policies.js';
 import { bindsFrom, PlanPricer, type PlanLayout, type Price } from './plan-cost.js';
 
@@ -52,16 +53,18 @@ export function planExactly(policy: PlanPolicy, input: AllocationInput, lay: Pla
     formats = fillPaidBlocks(formats, input, pricer);
     price = pricer.price(formats);
   }
-  // Never larger than leaving the cache alone. A plan that meets β is kept
-  // unless leaving the cache alone also meets it with fewer bytes; a best-effort
-  // plan is kept unless leaving the cache alone is smaller at its largest
-  // until the next plan (the tokens that arrive then come in at 16 bits: a
-  // plan that opens a 2-bit block now may save an FP16 block before then).
+  // Never larger than leaving the cache alone, unless the plan spends a β
+  // that binds on raising precision. A plan that meets β is kept, except in
+  // downgrade-only mode (bounds: it can only lower precision) when leaving
+  // the cache alone also meets β with fewer bytes. A best-effort plan is kept
+  // unless leaving the cache alone is smaller at its largest until the next
+  // plan (the tokens that arrive then come in at 16 bits: a plan that opens a
+  // 2-bit block now may save an FP16 block before then).
   const leave = pricer.price(current);
   const unchanged = !BUDGETED.has(policy)
     ? leave.hotBytes < price.hotBytes // no budget to meet: only size decides
     : price.fits
-      ? leave.fits && leave.hotBytes < price.hotBytes
+      ? input.upperBounds !== null && leave.fits && leave.hotBytes < price.hotBytes
       : leave.fits || leave.worstBeta < price.worstBeta;
   if (unchanged) {
     formats = current;
@@ -98,10 +101,12 @@ function estimate(lay: PlanLayout, input: AllocationInput, slotBytes: number[]):
 
 type Run = (budget: number) => { a: ReturnType<typeof allocate>; price: Price };
 
-/** The largest budget (to the resolution of the cheapest upgrade) whose plan
- * fits: bracket it from the estimate outwards, then bisect. */
+/** The largest budget (to one int2 block per layer) whose plan fits:
+ * bracket it from the estimate outwards, then bisect. */
 function search(run: Run, guess: number, lay: PlanLayout, slotBytes: number[], slots: number) {
-  const step = Math.max(1, Math.min(slotBytes[2] - slotBytes[3], slotBytes[1] - slotBytes[2]));
+  // Resolution: one int2 block in every layer. Finer buys nothing the fill
+  // step does not: block rounding decides the last block's worth anyway.
+  const step = Math.max(1, lay.blockBytes[3] * lay.layers);
   const span = lay.blockBytes.reduce((s, b) => s + b, 0) * lay.layers; // every format's last block, every layer
   const most = slots * slotBytes[1]; // every slot at int8: no policy spends more
   let lo: number, hi: number, fit = run(guess);
@@ -145,17 +150,19 @@ function fillPaidBlocks(plan: Uint8Array, input: AllocationInput, pricer: PlanPr
       for (let i = g * per; i < (g + 1) * per; i++) if (out[i] === f) count++;
       const free = count === 0 ? 0 : Math.ceil(count / T) * T - count;
       if (free === 0) continue;
-      const cand: number[] = [], gain: number[] = [];
+      // The `free` best gains (free < one block): a small sorted list, O(n · free) at worst.
+      const top: number[] = [], topGain: number[] = []; // descending by gain
       for (let i = Math.max(g * per, lo); i < Math.min((g + 1) * per, hi); i++) {
         if (out[i] <= f || (bounds !== null && bounds[i] > f)) continue;
-        const g0 = input.importance[i] * (input.sqError[i * 3 + out[i] - 1] - input.sqError[i * 3 + f - 1]);
-        if (g0 > 0) {
-          cand.push(i);
-          gain.push(g0);
-        }
+        const gi = input.importance[i] * (input.sqError[i * 3 + out[i] - 1] - input.sqError[i * 3 + f - 1]);
+        if (!(gi > 0) || (top.length === free && gi <= topGain[free - 1])) continue;
+        let k = Math.min(top.length, free - 1);
+        if (top.length < free) top.push(0), topGain.push(0);
+        for (; k > 0 && topGain[k - 1] < gi; k--) (top[k] = top[k - 1]), (topGain[k] = topGain[k - 1]);
+        top[k] = i;
+        topGain[k] = gi;
       }
-      const order = cand.map((_, k) => k).sort((a, b) => gain[b] - gain[a]);
-      for (let k = 0; k < Math.min(free, order.length); k++) out[cand[order[k]]] = f;
+      for (const i of top) out[i] = f;
     }
   }
   return out;
