@@ -129,6 +129,11 @@ function toRow(c: BenchCase, variant: string, targetBeta: number | null, m: Meas
     variant,
     target_beta: targetBeta,
     achieved_beta: m.achievedBeta,
+    hot_bytes: m.bytes,
+    master_bytes: 0, // the benchmark's sequences are downgrade-only
+    fp16_bytes: Math.round(m.bytes / m.achievedBeta),
+    mode: 'downgrade-only',
+    budget_met: targetBeta === null || m.achievedBeta <= targetBeta,
     us: m.us,
     reps,
     bytes: m.bytes,

@@ -13,6 +13,7 @@ import { Orchestrator } from '../services/orchestrator/orchestrator.js';
 import { defaultModelDir } from '../services/orchestrator/model/paths.js';
 import { DEFAULTS, type GenerateJobSpec } from '../services/orchestrator/settings.js';
 import { isPolicyName, type PolicyName } from '../services/common/policy.js';
+import { budgetReport } from '../services/orchestrator/job.js';
 
 export interface BenchE2eOptions {
   json: boolean;
@@ -29,9 +30,19 @@ interface Io {
 }
 
 export interface E2eRow {
-  mode: 'in-process' | 'split';
+  system: 'in-process' | 'split';
   batch: number;
   policy: PolicyName;
+  mode: string; // precision mode of the sequences (downgrade-only, the default)
+  target_beta: number;
+  achieved_beta: number; // mean over the sequences at their end
+  hot_bytes: number; // mean per sequence at its end
+  master_bytes: number;
+  fp16_bytes: number;
+  budget_met: boolean; // every sequence's summary met β
+  reallocations: number; // over all sequences
+  allocate_calls: number; // Allocate calls over all sequences (one per reallocation)
+  realloc_us_mean: number; // allocate + apply time per reallocation (µs)
   tokens_per_s: number;
   step_p50_us: number;
   attend_p50_us: number;
@@ -44,7 +55,7 @@ function percentile(xs: number[], p: number): number {
   return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : 0;
 }
 
-async function measure(orch: Orchestrator, mode: E2eRow['mode'], batch: number, o: { tokens: number; policy: PolicyName; beta: number }): Promise<E2eRow> {
+async function measure(orch: Orchestrator, system: E2eRow['system'], batch: number, o: { tokens: number; policy: PolicyName; beta: number }): Promise<E2eRow> {
   const attend: number[] = [];
   const steps: number[] = [];
   let decodeStart = 0, decodeEnd = 0, decodeTokens = 0;
@@ -69,12 +80,26 @@ async function measure(orch: Orchestrator, mode: E2eRow['mode'], batch: number, 
     };
     return orch.scheduler.submit(spec, {}).done;
   });
-  await Promise.all(jobs);
+  const outcomes = await Promise.all(jobs);
   orch.scheduler.onStep = null;
+  const cache = { ...DEFAULTS.cache, policy: o.policy, beta: o.beta };
+  const budgets = outcomes.map((x) => budgetReport(x.cache, cache));
+  const mean = (f: (b: (typeof budgets)[number]) => number) => budgets.reduce((a, b) => a + f(b), 0) / Math.max(1, budgets.length);
+  const reallocs = outcomes.reduce((a, x) => a + x.cache.reallocations, 0);
   return {
-    mode,
+    system,
     batch,
     policy: o.policy,
+    mode: cache.mode,
+    target_beta: o.beta,
+    achieved_beta: mean((b) => b.achievedBeta),
+    hot_bytes: Math.round(mean((b) => b.hotBytes)),
+    master_bytes: Math.round(mean((b) => b.masterBytes)),
+    fp16_bytes: Math.round(mean((b) => b.fp16Bytes)),
+    budget_met: budgets.every((b) => b.budgetMet),
+    reallocations: reallocs,
+    allocate_calls: outcomes.reduce((a, x) => a + x.cache.allocateCalls, 0),
+    realloc_us_mean: reallocs ? Math.round(outcomes.reduce((a, x) => a + x.cache.allocateUs + x.cache.applyUs, 0) / reallocs) : 0,
     tokens_per_s: decodeTokens > 0 ? (decodeTokens * 1000) / (decodeEnd - decodeStart) : 0,
     step_p50_us: percentile(steps, 0.5),
     attend_p50_us: percentile(attend, 0.5),
@@ -95,7 +120,7 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
   const quiet = () => undefined;
 
   io.progress(`in-process: model ${modelDir}, ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
-  const local = await Orchestrator.create({ modelDir, defaults: DEFAULTS, local: { engine: { quant: 'symmetric', rotateKv: true }, memoryLimitBytes: 0 }, log });
+  const local = await Orchestrator.create({ modelDir, defaults: DEFAULTS, local: { engine: { quant: 'symmetric', rotateKv: true, mode: DEFAULTS.cache.mode }, memoryLimitBytes: 0 }, log });
   for (const b of batches) {
     await measure(local, 'in-process', b, { tokens: 8, policy, beta }); // warm-up
     rows.push(await measure(local, 'in-process', b, { tokens, policy, beta }));
@@ -128,13 +153,14 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
   if (opts.json) for (const r of [...rows, ...tracingRows]) io.out(JSON.stringify(r));
   else {
     io.out(`SmartKV end to end: reference model, decode ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
-    io.out('mode         batch   tokens/s   step p50 µs   attend p50 µs   attend p99 µs');
+    io.out('system       batch   tokens/s   step p50 µs   attend p50 µs   attend p99 µs   β achieved   met   Allocate/realloc   realloc µs');
     for (const r of rows)
       io.out(
-        `${r.mode.padEnd(11)} ${String(r.batch).padStart(6)} ${r.tokens_per_s.toFixed(1).padStart(10)} ${r.step_p50_us.toFixed(0).padStart(13)} ${r.attend_p50_us.toFixed(0).padStart(15)} ${r.attend_p99_us.toFixed(0).padStart(15)}`,
+        `${r.system.padEnd(11)} ${String(r.batch).padStart(6)} ${r.tokens_per_s.toFixed(1).padStart(10)} ${r.step_p50_us.toFixed(0).padStart(13)} ${r.attend_p50_us.toFixed(0).padStart(15)} ${r.attend_p99_us.toFixed(0).padStart(15)} ` +
+          `${r.achieved_beta.toFixed(3).padStart(12)} ${String(r.budget_met).padStart(5)} ${(r.reallocations ? r.allocate_calls / r.reallocations : 0).toFixed(2).padStart(18)} ${String(r.realloc_us_mean).padStart(12)}`,
       );
     for (const b of batches) {
-      const s = rows.find((r) => r.mode === 'split' && r.batch === b)!, l = rows.find((r) => r.mode === 'in-process' && r.batch === b)!;
+      const s = rows.find((r) => r.system === 'split' && r.batch === b)!, l = rows.find((r) => r.system === 'in-process' && r.batch === b)!;
       io.out(`batch ${b}: split / in-process throughput = ${(s.tokens_per_s / l.tokens_per_s).toFixed(2)}`);
     }
     if (tracingRows.length) {
@@ -148,7 +174,7 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
 }
 
 export interface TracingRow {
-  mode: 'split-api';
+  system: 'split-api';
   tracing: 'off' | 'on' | 'on, per-layer spans';
   batch: number;
   tokens_per_s: number;
@@ -182,7 +208,7 @@ async function tracingCost(opts: BenchE2eOptions, tokens: number, io: Io): Promi
           return (res.reduce((a, r) => a + r.ids.length, 0) * 1000) / (performance.now() - t0);
         };
         await run(8); // warm-up
-        rows.push({ mode: 'split-api', tracing, batch: 8, tokens_per_s: await run(tokens) });
+        rows.push({ system: 'split-api', tracing, batch: 8, tokens_per_s: await run(tokens) });
       } finally {
         client.close();
         await cluster.stop();

@@ -11,6 +11,11 @@ export interface BenchRow {
   variant: string;
   target_beta: number | null; // SmartKV mixes only
   achieved_beta: number; // bytes held / FP16 bytes of the same tokens (dense fp32: 2)
+  hot_bytes: number; // bytes the call reads (the engine's held bytes, or the dense arrays)
+  master_bytes: number; // 0: no master copies in the benchmark
+  fp16_bytes: number; // the same tokens in FP16
+  mode: string; // 'downgrade-only'
+  budget_met: boolean; // achieved_beta ≤ target_beta (true for rows without a target)
   us: number; // median µs per call
   reps: number;
   bytes: number; // bytes the call reads: engine held bytes, or the dense arrays

@@ -20,11 +20,14 @@ import {
   ScoreRequestSchema,
   type CompleteResponse,
   type InfoResponse,
+  type ScoreRequest,
   type ScoreResponse,
 } from '../gen/smartkv/v1/generation_pb.js';
 import { parseOptions, UsageError, type OptionSpec } from '../services/common/args.js';
 import { makeClient } from '../services/common/rpc.js';
-import { isPolicyName, policyToPb, POLICY_NAMES, type PolicyName } from '../services/common/policy.js';
+import { isPolicyName, MODE_NAMES, modeToPb, policyToPb, POLICY_NAMES, type ModeName, type PolicyName } from '../services/common/policy.js';
+import { budgetFields } from './budget-fields.js';
+import type { GenerationSummary } from '../gen/smartkv/v1/generation_pb.js';
 import { Cluster } from '../services/launcher/cluster.js';
 import type { ProgressSink } from './eval-progress.js';
 
@@ -45,7 +48,7 @@ export interface EvalOptions {
   policies: PolicyName[]; // in POLICY_NAMES order
   budgets: number[]; // ascending
   server?: string;
-  masterCopy: boolean; // the local cache service keeps FP16 originals (outside β) so plans may raise precision
+  mode: ModeName; // precision mode sent with every request (and the local services' default)
   importance: string; // the local orchestrator's default importance mode (accumulated | normalised)
   layers: string; // the local orchestrator's default layer mode (shared | per-layer)
   rotateKv: boolean; // the local cache service stores K and V rotated (randomised Hadamard)
@@ -82,7 +85,7 @@ export function evalOptionSpec(kind: EvalKind): Record<string, OptionSpec> {
     server: { kind: 'string', help: 'measure through this running orchestrator (default: start a local split system)' },
     importance: { kind: 'string', default: 'accumulated', help: 'importance for the local system: accumulated or normalised (an ablation)' },
     layers: { kind: 'string', default: 'shared', help: 'bit-widths for the local system: shared (per token) or per-layer (an ablation)' },
-    'no-master-copy': { kind: 'bool', default: false, help: 'start the local cache service without --master-copy (precision can then only go down)' },
+    mode: { kind: 'string', default: 'downgrade-only', help: 'precision mode of every request: downgrade-only (no master copy; npm start\'s default) or reversible (an FP16 master copy in the cache\'s file-backed master tier, reported as master_bytes)' },
     'no-rotate-kv': { kind: 'bool', default: false, help: 'start the local cache service with --rotate-kv=false (K and V stored as they are; an ablation)' },
     quant: { kind: 'string', default: 'symmetric', help: 'the local cache service\'s quantisation: symmetric or asymmetric (an ablation)' },
     gamma: { kind: 'number', help: 'importance EMA factor γ in [0, 1) sent with every request (default: the server\'s, 0.9)' },
@@ -112,7 +115,7 @@ export function parseEvalOptions(kind: EvalKind, argv: readonly string[]): EvalO
     policies: named.length ? POLICY_NAMES.filter((p) => named.includes(p)) : [...POLICY_NAMES],
     budgets: budgets.length ? [...new Set(budgets)].sort((a, b) => a - b) : DEFAULT_BUDGETS,
     server: o.server as string | undefined,
-    masterCopy: !(o['no-master-copy'] as boolean),
+    mode: checkMode('mode', o.mode as string, [...MODE_NAMES]) as ModeName,
     rotateKv: !(o['no-rotate-kv'] as boolean),
     quant: checkMode('quant', o.quant as string, ['symmetric', 'asymmetric']),
     window: checkWindow(o.window as number | undefined),
@@ -155,8 +158,8 @@ export class EvalClient {
   private readonly client: grpc.Client;
   private readonly inFlight = new Set<grpc.ClientUnaryCall>();
 
-  /** gamma: sent with every request when set (else the server's default applies). */
-  constructor(readonly address: string, private readonly gamma?: number) {
+  /** gamma: sent with every request when set (else the server's default applies); mode: always sent. */
+  constructor(readonly address: string, private readonly gamma: number | undefined, private readonly mode: ModeName) {
     this.client = makeClient(GenerationService, address);
   }
 
@@ -178,12 +181,17 @@ export class EvalClient {
 
   /** Score with the server's prefill (prefill_tokens 0 = its chunk size). */
   score(text: string, c: EvalConfig): Promise<ScoreResponse> {
-    return this.call('score', create(ScoreRequestSchema, { text, cache: cacheSettings(c, this.gamma) }), 600_000);
+    return this.call('score', create(ScoreRequestSchema, { text, cache: cacheSettings(c, this.gamma, this.mode) }), 600_000);
+  }
+
+  /** A Score request as given (its own cache settings and prefill split). */
+  scoreRequest(req: ScoreRequest): Promise<ScoreResponse> {
+    return this.call('score', req, 600_000);
   }
 
   /** Greedy completion of `maxTokens` tokens. */
   complete(prompt: string, maxTokens: number, c: EvalConfig): Promise<CompleteResponse> {
-    const req = create(GenerateRequestSchema, { prompt, maxTokens, temperature: 0, topK: 0, seed: 0n, cache: cacheSettings(c, this.gamma) });
+    const req = create(GenerateRequestSchema, { prompt, maxTokens, temperature: 0, topK: 0, seed: 0n, cache: cacheSettings(c, this.gamma, this.mode) });
     return this.call('complete', req, 600_000);
   }
 
@@ -198,8 +206,44 @@ export class EvalClient {
 }
 
 /** Unbudgeted rows send β = 1: uniform plans never consult it, and no plan then counts as a missed budget. */
-function cacheSettings(c: EvalConfig, gamma: number | undefined) {
-  return create(CacheSettingsSchema, { policy: policyToPb(c.policy), budget: c.targetBeta ?? 1, gamma });
+function cacheSettings(c: EvalConfig, gamma: number | undefined, mode: ModeName) {
+  return create(CacheSettingsSchema, { policy: policyToPb(c.policy), budget: c.targetBeta ?? 1, gamma, mode: modeToPb(mode) });
+}
+
+/** The bytes of a row's requests: sums of each summary's budget report. */
+export interface BudgetAcc {
+  n: number;
+  hot: number;
+  master: number;
+  fp16: number;
+  met: number; // requests whose summary says budget_met
+  allocateCalls: number;
+}
+
+export const emptyBudgetAcc = (): BudgetAcc => ({ n: 0, hot: 0, master: 0, fp16: 0, met: 0, allocateCalls: 0 });
+
+export function addBudget(a: BudgetAcc, s: GenerationSummary): void {
+  const f = budgetFields(s.budget);
+  a.n++;
+  a.hot += f.hot_bytes;
+  a.master += f.master_bytes;
+  a.fp16 += f.fp16_bytes;
+  a.met += f.budget_met ? 1 : 0;
+  a.allocateCalls += s.allocateCalls;
+}
+
+/** A row's bytes under the report names: means per request, and whether every request met β. */
+export function budgetRowFields(a: BudgetAcc, mode: ModeName) {
+  const per = (x: number) => (a.n ? Math.round(x / a.n) : 0);
+  return {
+    mode,
+    hot_bytes: per(a.hot),
+    master_bytes: per(a.master),
+    fp16_bytes: per(a.fp16),
+    budget_met: a.n > 0 && a.met === a.n,
+    budget_met_share: a.n ? round(a.met / a.n, 4) : 0,
+    allocate_calls: a.allocateCalls,
+  };
 }
 
 export interface EvalServer {
@@ -213,7 +257,7 @@ export interface EvalServer {
  * service, orchestrator; quiet logs) that is stopped afterwards, also on an
  * error or Ctrl-C. An interrupted run ends with an InterruptedError.
  */
-export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy' | 'rotateKv' | 'quant' | 'importance' | 'layers' | 'window' | 'gamma'>, io: EvalIo, fn: (s: EvalServer) => Promise<T>): Promise<T> {
+export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'mode' | 'rotateKv' | 'quant' | 'importance' | 'layers' | 'window' | 'gamma'>, io: EvalIo, fn: (s: EvalServer) => Promise<T>): Promise<T> {
   const logs: string[] = []; // the services' last lines, shown if something fails
   let cluster: Cluster | null = null;
   let client: EvalClient | null = null;
@@ -230,7 +274,7 @@ export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy'
     let where: string;
     if (o.server) {
       where = `the orchestrator at ${o.server}`;
-      client = new EvalClient(o.server, o.gamma);
+      client = new EvalClient(o.server, o.gamma, o.mode);
     } else {
       io.err.write('starting a local split system (allocator, 1 cache service, orchestrator) …\n');
       const t0 = performance.now();
@@ -241,15 +285,13 @@ export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'masterCopy'
       cluster = await Cluster.start({
         cacheShards: 1,
         log,
-        cacheArgs: [...(o.masterCopy ? ['--master-copy'] : []), ...(o.rotateKv ? [] : ['--rotate-kv=false']), '--quant', o.quant],
-        orchestratorArgs: ['--importance', o.importance, '--layers', o.layers, ...(o.window !== undefined ? ['--window', String(o.window)] : [])],
+        cacheArgs: ['--mode', o.mode, ...(o.rotateKv ? [] : ['--rotate-kv=false']), '--quant', o.quant],
+        orchestratorArgs: ['--mode', o.mode, '--importance', o.importance, '--layers', o.layers, ...(o.window !== undefined ? ['--window', String(o.window)] : [])],
       });
       if (interrupted) throw new InterruptedError(interrupted);
       io.err.write(`  ready at ${cluster.address} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
-      where = `a local split system started for this run (allocator, 1 cache service ${
-        o.masterCopy ? 'with --master-copy: FP16 originals kept outside β, so plans may raise precision again' : 'without --master-copy: precision only goes down'
-      }, ${o.rotateKv ? 'K and V stored rotated (randomised Hadamard of q, k and v, clipped 2-bit scales; KIVI rows as published)' : 'with --rotate-kv=false: K and V stored as they are'}, ${o.quant} quantisation, orchestrator; separate processes over gRPC)`;
-      client = new EvalClient(cluster.address, o.gamma);
+      where = `a local split system started for this run (allocator, 1 cache service, ${o.rotateKv ? 'K and V stored rotated (randomised Hadamard of q, k and v, clipped 2-bit scales; KIVI rows as published)' : 'with --rotate-kv=false: K and V stored as they are'}, ${o.quant} quantisation, orchestrator; separate processes over gRPC)`;
+      client = new EvalClient(cluster.address, o.gamma, o.mode);
     }
     const info = await client.info();
     return await fn({ client, info, where });

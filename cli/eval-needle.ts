@@ -7,9 +7,10 @@
 // every row answers the same samples. The prompt ends with "The pass key is ";
 // the server decodes 5 tokens greedily and the answer is correct iff they are
 // the 5 digits of the key.
-import type { CompleteResponse } from '../gen/smartkv/v1/generation_pb.js';
-import { corpusModule, DEFAULT_SIZE, evalConfigs, heldOutText, mean, round, runPool, withServer, type EvalConfig, type EvalIo, type EvalOptions, type PasskeySample } from './eval-common.js';
-import { cacheLine } from './eval-ppl.js';
+import type { CompleteResponse, GenerationSummary } from '../gen/smartkv/v1/generation_pb.js';
+import type { ModeName } from '../services/common/policy.js';
+import { addBudget, budgetRowFields, corpusModule, DEFAULT_SIZE, emptyBudgetAcc, evalConfigs, heldOutText, mean, round, runPool, withServer, type EvalConfig, type EvalIo, type EvalOptions, type PasskeySample } from './eval-common.js';
+import { cacheLine, modeLine } from './eval-ppl.js';
 import { formatDuration, Progress } from './eval-progress.js';
 import { fixed, markdownReport, modelLine, nowIso, pct, textReport, writeMarkdownSection, type Report, type Table } from './eval-report.js';
 
@@ -37,6 +38,13 @@ export interface NeedleRow {
   achieved_beta: number; // mean of the summaries' achieved_beta (at the end of each answer)
   budget_missed: number; // reallocations that could not meet β, summed
   reallocations: number;
+  mode: string; // downgrade-only | reversible
+  hot_bytes: number; // mean at the end of each answer: the cache's bytes (what β counts)
+  master_bytes: number; // mean: the master tier (reversible only)
+  fp16_bytes: number; // mean: the same tokens in FP16
+  budget_met: boolean; // every sample's summary met β (where it binds)
+  budget_met_share: number;
+  allocate_calls: number; // Allocate calls, summed (one per reallocation)
 }
 
 interface Outcome {
@@ -44,10 +52,13 @@ interface Outcome {
   beta: number;
   missed: number;
   reallocations: number;
+  summary: GenerationSummary;
 }
 
-function rowOf(kind: NeedleRow['kind'], c: EvalConfig, context: number | null, depth: number | null, xs: Outcome[]): NeedleRow {
+function rowOf(kind: NeedleRow['kind'], c: EvalConfig, context: number | null, depth: number | null, xs: Outcome[], mode: ModeName): NeedleRow {
   const correct = xs.filter((x) => x.correct).length;
+  const budget = emptyBudgetAcc();
+  for (const x of xs) addBudget(budget, x.summary);
   return {
     eval: 'needle',
     kind,
@@ -61,6 +72,7 @@ function rowOf(kind: NeedleRow['kind'], c: EvalConfig, context: number | null, d
     achieved_beta: round(mean(xs.map((x) => x.beta)), 4),
     budget_missed: xs.reduce((a, x) => a + x.missed, 0),
     reallocations: xs.reduce((a, x) => a + x.reallocations, 0),
+    ...budgetRowFields(budget, mode),
   };
 }
 
@@ -97,16 +109,16 @@ export async function evalNeedle(o: EvalOptions, io: EvalIo, command: string): P
     const outcomes: Outcome[][] = configs.map(() => new Array<Outcome>(samples.length)); // [config][sample]
     items.forEach((it, k) => {
       const r = answers[k], s = r.summary!;
-      outcomes[it.ci][it.si] = { correct: r.text.slice(0, 5) === it.s.passkey, beta: s.achievedBeta, missed: s.budgetMissed, reallocations: s.reallocations };
+      outcomes[it.ci][it.si] = { correct: r.text.slice(0, 5) === it.s.passkey, beta: s.achievedBeta, missed: s.budgetMissed, reallocations: s.reallocations, summary: s };
     });
     const rows: NeedleRow[] = [];
     const pick = (ci: number, f: (s: Sample) => boolean) => outcomes[ci].filter((_x, si) => f(samples[si]));
     configs.forEach((c, ci) => {
       for (const ctx of contexts) {
-        for (const d of grid.depths) rows.push(rowOf('cell', c, ctx, d, pick(ci, (s) => s.context === ctx && s.depthTarget === d)));
-        rows.push(rowOf('context', c, ctx, null, pick(ci, (s) => s.context === ctx)));
+        for (const d of grid.depths) rows.push(rowOf('cell', c, ctx, d, pick(ci, (s) => s.context === ctx && s.depthTarget === d), o.mode));
+        rows.push(rowOf('context', c, ctx, null, pick(ci, (s) => s.context === ctx), o.mode));
       }
-      rows.push(rowOf('policy', c, null, null, outcomes[ci]));
+      rows.push(rowOf('policy', c, null, null, outcomes[ci], o.mode));
     });
     const elapsedMs = progress.elapsedMs;
     const report: Report = {
@@ -124,12 +136,13 @@ export async function evalNeedle(o: EvalOptions, io: EvalIo, command: string): P
         ],
         ['answer', `Complete, greedy (temperature 0), ${ANSWER_TOKENS} tokens after the prompt "… The pass key is "; correct iff they are the 5 digits of the key`],
         ['cache', cacheLine(info, o.gamma)],
+        ['mode', modeLine(o.mode)],
         ['rows', `${configs.map((c) => (c.targetBeta === null ? c.policy : `${c.policy}@${c.targetBeta}`)).join(', ')}; ${inFlight} requests in flight`],
       ],
       sections: [
-        { title: 'Accuracy by policy and budget, and by context length (bytes)', table: summaryTable(rows, contexts), notes: summaryNotes(samples.length, contexts, grid.depths, seeds) },
-        { title: 'Accuracy by needle depth (all context lengths)', table: depthTable(rows, configs, contexts, grid.depths) },
-        ...(configs.some((c) => c.targetBeta !== null) ? [{ title: 'Achieved β by context length (budgeted rows; mean at the end of each answer)', table: betaTable(rows, contexts) }] : []),
+        { title: `Accuracy by policy and budget, and by context length (bytes), mode ${o.mode}`, table: summaryTable(rows, contexts), notes: summaryNotes(samples.length, contexts, grid.depths, seeds) },
+        { title: `Accuracy by needle depth (all context lengths), mode ${o.mode}`, table: depthTable(rows, configs, contexts, grid.depths) },
+        ...(configs.some((c) => c.targetBeta !== null) ? [{ title: `Achieved β by context length (budgeted rows; mean at the end of each answer), mode ${o.mode}`, table: betaTable(rows, contexts) }] : []),
       ],
       footer: [`elapsed ${formatDuration(elapsedMs)} (${items.length} Complete requests)`],
     };
@@ -151,6 +164,9 @@ function summaryTable(rows: NeedleRow[], contexts: number[]): Table {
       { title: 'policy' },
       { title: 'β target', right: true },
       { title: 'β achieved', right: true },
+      { title: 'met', right: true },
+      { title: 'hot kB', right: true },
+      { title: 'master kB', right: true },
       { title: 'accuracy', right: true },
       { title: 'vs fp16', right: true },
       ...contexts.map((c) => ({ title: String(c), right: true })),
@@ -159,6 +175,9 @@ function summaryTable(rows: NeedleRow[], contexts: number[]): Table {
       r.policy,
       fixed(r.target_beta, 2),
       fixed(r.achieved_beta, 3),
+      r.target_beta === null ? '—' : pct(r.budget_met_share, 0),
+      (r.hot_bytes / 1000).toFixed(1),
+      (r.master_bytes / 1000).toFixed(1),
       `${pct(r.accuracy)} (${r.correct}/${r.samples})`,
       fp16 ? `${r.accuracy >= fp16.accuracy ? '+' : ''}${(100 * (r.accuracy - fp16.accuracy)).toFixed(1)} pts` : '—',
       ...contexts.map((c) => pct(rows.find((x) => isRow(x, 'context', r.policy, r.target_beta) && x.context_bytes === c)!.accuracy, 0)),
@@ -169,6 +188,8 @@ function summaryTable(rows: NeedleRow[], contexts: number[]): Table {
 function summaryNotes(n: number, contexts: number[], depths: number[], seeds: number): string[] {
   return [
     `  ${n} samples per row (${contexts.length} contexts × ${depths.length} depths × ${seeds}); per context: ${depths.length * seeds} samples. β achieved: mean at the end of each answer.`,
+    '  met: share of samples whose summary says budget_met (β met at the end and by every plan at a length from which it binds;',
+    '  short contexts cannot meet small β). hot kB: the cache\'s bytes (what β counts); master kB: the master tier (reversible); means per sample.',
     '  vs fp16: accuracy difference in percentage points on the same samples.',
   ];
 }

@@ -10,7 +10,8 @@
 // reallocation every R steps, and returns every token's log-probability.
 import { ImportanceMode, LayerMode, type BitHistogram } from '../gen/smartkv/v1/common_pb.js';
 import type { InfoResponse, ScoreResponse } from '../gen/smartkv/v1/generation_pb.js';
-import { corpusModule, DEFAULT_SIZE, evalConfigs, heldOutText, mean, round, runPool, withServer, type EvalConfig, type EvalIo, type EvalOptions } from './eval-common.js';
+import { addBudget, budgetRowFields, corpusModule, DEFAULT_SIZE, emptyBudgetAcc, evalConfigs, heldOutText, mean, round, runPool, withServer, type BudgetAcc, type EvalConfig, type EvalIo, type EvalOptions } from './eval-common.js';
+import type { ModeName } from '../services/common/policy.js';
 import { formatDuration, Progress } from './eval-progress.js';
 import { fixed, modelLine, nowIso, pct, textReport, markdownReport, writeMarkdownSection, type Report } from './eval-report.js';
 
@@ -70,6 +71,13 @@ export interface PplRow {
   windows: number;
   tokens: number; // predicted tokens, all windows
   bytes: number;
+  mode: string; // downgrade-only | reversible
+  hot_bytes: number; // mean over windows at the end: the cache's bytes (what β counts)
+  master_bytes: number; // mean over windows: the master tier (reversible only)
+  fp16_bytes: number; // mean over windows: the same tokens in FP16
+  budget_met: boolean; // every window's summary met β (where it binds)
+  budget_met_share: number; // share of windows that met it
+  allocate_calls: number; // Allocate calls, all windows (one per reallocation)
 }
 
 interface Acc {
@@ -81,13 +89,14 @@ interface Acc {
   missed: number;
   reallocations: number;
   hist: Histogram; // counts
+  budget: BudgetAcc;
 }
 
 function histogramCounts(h: BitHistogram | undefined): Histogram {
   return { bits16: Number(h?.bits16 ?? 0), bits8: Number(h?.bits8 ?? 0), bits4: Number(h?.bits4 ?? 0), bits2: Number(h?.bits2 ?? 0), kivi: Number(h?.kivi ?? 0) };
 }
 
-function rowOf(c: EvalConfig, a: Acc, fp16: Acc | undefined): PplRow {
+function rowOf(c: EvalConfig, a: Acc, fp16: Acc | undefined, mode: ModeName): PplRow {
   const tokens = a.tokens.reduce((x, y) => x + y, 0);
   const nll = a.nll.reduce((x, y) => x + y, 0);
   const ppl = Math.exp(nll / tokens);
@@ -119,6 +128,7 @@ function rowOf(c: EvalConfig, a: Acc, fp16: Acc | undefined): PplRow {
     windows: a.nll.length,
     tokens,
     bytes: a.bytes,
+    ...budgetRowFields(a.budget, mode),
   };
 }
 
@@ -131,7 +141,7 @@ export async function evalPpl(o: EvalOptions, io: EvalIo, command: string): Prom
     // Byte-level model: one token per byte, plus BOS.
     const { windows, available } = heldOutWindows(held.text, windowTokens - 1, o.size ?? (o.quick ? 1 : DEFAULT_SIZE.ppl));
     const items = windows.flatMap((w, wi) => configs.map((c, ci) => ({ w, wi, c, ci }))); // window-major: a steady ETA
-    const accs: Acc[] = configs.map(() => ({ nll: [], tokens: [], bytes: 0, beta: [], maxBeta: 0, missed: 0, reallocations: 0, hist: histogramCounts(undefined) }));
+    const accs: Acc[] = configs.map(() => ({ nll: [], tokens: [], bytes: 0, beta: [], maxBeta: 0, missed: 0, reallocations: 0, hist: histogramCounts(undefined), budget: emptyBudgetAcc() }));
     const inFlight = Math.max(1, Math.min(16, info.maxBatch));
     io.err.write(`eval ppl: ${configs.length} rows × ${windows.length} windows of ${windowTokens} tokens = ${items.length} Score requests, ${inFlight} in flight\n`);
     const progress = new Progress('eval ppl', items.length, io.err);
@@ -150,11 +160,12 @@ export async function evalPpl(o: EvalOptions, io: EvalIo, command: string): Prom
       a.maxBeta = Math.max(a.maxBeta, s.maxBeta);
       a.missed += s.budgetMissed;
       a.reallocations += s.reallocations;
+      addBudget(a.budget, s);
       const h = histogramCounts(s.histogram);
       for (const key of Object.keys(h) as (keyof Histogram)[]) a.hist[key] += h[key];
     });
     const fp16 = configs.findIndex((c) => c.policy === 'fp16');
-    const rows = configs.map((c, i) => rowOf(c, accs[i], fp16 >= 0 ? accs[fp16] : undefined));
+    const rows = configs.map((c, i) => rowOf(c, accs[i], fp16 >= 0 ? accs[fp16] : undefined, o.mode));
     const elapsedMs = progress.elapsedMs;
     const prefill = Math.min(windowTokens - 1, info.prefillChunk);
     const report: Report = {
@@ -176,9 +187,10 @@ export async function evalPpl(o: EvalOptions, io: EvalIo, command: string): Prom
             `${windowTokens - 1 - prefill} one at a time with a reallocation every R steps; every predicted token counts (${windowTokens - 1} per window)`,
         ],
         ['cache', cacheLine(info, o.gamma)],
+        ['mode', modeLine(o.mode)],
         ['rows', `${configs.map((c) => (c.targetBeta === null ? c.policy : `${c.policy}@${c.targetBeta}`)).join(', ')}; ${inFlight} requests in flight`],
       ],
-      sections: [{ title: 'Perplexity by policy and budget', table: pplTable(rows), notes: pplNotes(rows) }],
+      sections: [{ title: `Perplexity by policy and budget, mode ${o.mode}`, table: pplTable(rows), notes: pplNotes(rows) }],
       footer: [`elapsed ${formatDuration(elapsedMs)} (${items.length} Score requests)`],
     };
     if (o.json) for (const r of rows) io.out(JSON.stringify(r));
@@ -187,6 +199,13 @@ export async function evalPpl(o: EvalOptions, io: EvalIo, command: string): Prom
     io.err.write(`eval ppl: done in ${formatDuration(elapsedMs)}\n`);
     return rows;
   });
+}
+
+/** What the run's precision mode means, for the report. */
+export function modeLine(mode: ModeName): string {
+  return mode === 'reversible'
+    ? 'reversible (sent with every request): an FP16 master copy of every token in the cache service\'s file-backed master tier, outside β and reported as master_bytes; plans may raise precision again'
+    : 'downgrade-only (sent with every request; npm start\'s default): no master copy, precision only goes down, the hot bytes are all the bytes';
 }
 
 /** gamma: the γ sent with every request, when the run overrides the server's. */
@@ -207,6 +226,9 @@ function pplTable(rows: PplRow[]) {
       { title: 'β target', right: true },
       { title: 'β achieved', right: true },
       { title: 'missed', right: true },
+      { title: 'met', right: true },
+      { title: 'hot kB', right: true },
+      { title: 'master kB', right: true },
       { title: 'ppl', right: true },
       { title: 'Δppl vs fp16', right: true },
       { title: 'bits/byte', right: true },
@@ -217,6 +239,9 @@ function pplTable(rows: PplRow[]) {
       fixed(r.target_beta, 2),
       fixed(r.achieved_beta, 3),
       r.target_beta === null ? '—' : `${r.budget_missed}/${r.reallocations}`,
+      r.target_beta === null ? '—' : pct(r.budget_met_share, 0),
+      (r.hot_bytes / 1000).toFixed(1),
+      (r.master_bytes / 1000).toFixed(1),
       fixed(r.ppl, 4),
       r.ppl_increase === null ? '—' : `${r.ppl_increase >= 0 ? '+' : ''}${r.ppl_increase.toFixed(4)}${r.ppl_increase_se !== null ? ` ± ${r.ppl_increase_se.toFixed(4)}` : ''}`,
       fixed(r.bits_per_byte, 4),
@@ -228,7 +253,9 @@ function pplTable(rows: PplRow[]) {
 function pplNotes(rows: PplRow[]): string[] {
   const notes = [
     '  β achieved: mean over windows at the end of each window. missed: reallocations whose plan did not meet β / all reallocations',
-    '  (summary.budget_missed / summary.reallocations, summed over windows). Δppl ± its paired standard error over windows.',
+    '  (summary.budget_missed / summary.reallocations, summed over windows). met: share of windows whose summary says budget_met',
+    '  (β met at the end and by every plan at a length from which it binds). hot kB: the cache\'s bytes (what β counts), master kB:',
+    '  the master tier (reversible mode), both means per window at its end. Δppl ± its paired standard error over windows.',
     '  16b … kivi: share of token-layers at each precision at the end of each window.',
   ];
   return rows.length ? notes : [];

@@ -30,7 +30,7 @@ import { renderSvg, frontierSpec, type PlotRow } from './eval-plot.js';
 import { formatDuration, Progress } from './eval-progress.js';
 import { fixed, markdownReport, modelLine, nowIso, textReport, writeMarkdownSection, type Report, type Table } from './eval-report.js';
 import { pairedAccuracy, pairedBootstrap } from './eval-stats.js';
-import { buildSamples, RETRIEVAL_TASKS, scoreOutcome, SUITE_TASKS, type Scored, type SeedSet, type SuiteTask, type TaskSample } from './eval-tasks.js';
+import { buildSamples, scoreOutcome, SUITE_TASKS, type Scored, type SeedSet, type SuiteTask, type TaskSample } from './eval-tasks.js';
 
 export const SUITE_BUDGETS = [0.2, 0.25, 0.33, 0.4, 0.5];
 export const SUITE_CONTEXTS = [2048, 4096, 8192];

@@ -6,7 +6,8 @@ import { create } from '@bufbuild/protobuf';
 import { CacheSettingsSchema } from '../gen/smartkv/v1/common_pb.js';
 import { FinishReason, GenerateRequestSchema, GenerationService, type GenerateResponse, type GenerationSummary } from '../gen/smartkv/v1/generation_pb.js';
 import { parseOptions, UsageError, type OptionSpec } from '../services/common/args.js';
-import { isPolicyName, policyToPb, POLICY_NAMES } from '../services/common/policy.js';
+import { isModeName, isPolicyName, modeToPb, policyToPb, POLICY_NAMES } from '../services/common/policy.js';
+import { budgetFields, budgetPhrase } from './budget-fields.js';
 import { makeClient } from '../services/common/rpc.js';
 
 export const GENERATE_OPTIONS: Record<string, OptionSpec> = {
@@ -20,6 +21,7 @@ export const GENERATE_OPTIONS: Record<string, OptionSpec> = {
   policy: { kind: 'string', help: `cache policy: ${POLICY_NAMES.join(', ')} (default: the server's)` },
   budget: { kind: 'number', help: "budget β in (0, 1] (default: the server's)" },
   'realloc-interval': { kind: 'int', help: 'decode steps between reallocations' },
+  mode: { kind: 'string', help: "precision mode: downgrade-only or reversible (default: the server's)" },
   json: { kind: 'bool', default: false, help: 'print the summary as JSON' },
 };
 
@@ -29,16 +31,9 @@ export function summaryLine(s: GenerationSummary): string {
   return (
     `[${s.generatedTokens} tokens (${FinishReason[s.finishReason].toLowerCase()}), prompt ${s.promptTokens}, ` +
     `${s.tokensPerS.toFixed(1)} tok/s, prefill ${(Number(s.prefillUs) / 1000).toFixed(0)} ms; ` +
-    `β ${s.achievedBeta.toFixed(3)} (max ${s.maxBeta.toFixed(3)}), ${hist} (token-layers); ` +
+    `${budgetPhrase(budgetFields(s.budget), s.promptTokens + s.generatedTokens)}; max β after a plan ${s.maxBeta.toFixed(3)}; ${hist} (token-layers); ` +
     `${s.reallocations} reallocations, ${(Number(s.allocateUs) / 1000).toFixed(1)} ms allocating, ${(Number(s.applyUs) / 1000).toFixed(1)} ms applying; shard ${s.shardAddress || s.shard}]`
   );
-}
-
-/** The summary as one JSON object; `shard` is the cache service's address
- * (host:port) and `shardIndex` its number in the orchestrator. */
-export function summaryJson(s: GenerationSummary): string {
-  const { shard, shardAddress, ...rest } = s;
-  return JSON.stringify({ ...rest, shard: shardAddress, shardIndex: shard }, (_k, v) => (typeof v === 'bigint' ? Number(v) : v));
 }
 
 export async function generate(argv: string[], out: (s: string) => void, err: (s: string) => void): Promise<number> {
@@ -47,6 +42,8 @@ export async function generate(argv: string[], out: (s: string) => void, err: (s
   const o = parseOptions(argv.filter((a) => a !== words[0]), GENERATE_OPTIONS);
   const policy = o.policy as string | undefined;
   if (policy !== undefined && !isPolicyName(policy)) throw new UsageError(`--policy: unknown policy ${policy}; one of ${POLICY_NAMES.join(', ')}`);
+  const mode = o.mode as string | undefined;
+  if (mode !== undefined && !isModeName(mode)) throw new UsageError(`--mode must be downgrade-only or reversible, got ${mode}`);
   const req = create(GenerateRequestSchema, {
     prompt: words[0],
     maxTokens: o['max-tokens'] as number,
@@ -59,6 +56,7 @@ export async function generate(argv: string[], out: (s: string) => void, err: (s
       policy: policy ? policyToPb(policy) : 0,
       budget: o.budget as number | undefined,
       reallocInterval: o['realloc-interval'] as number | undefined,
+      mode: mode ? modeToPb(mode) : 0,
     }),
   });
   const client = makeClient(GenerationService, o.server as string);
@@ -82,6 +80,15 @@ export async function generate(argv: string[], out: (s: string) => void, err: (s
   } finally {
     client.close();
   }
+}
+
+/** The summary as JSON, with the budget's fields under their report names at the top level;
+ * `shard` is the cache service's address (host:port) and `shardIndex` its number in the orchestrator. */
+export function summaryJson(s: GenerationSummary): string {
+  const plain = JSON.parse(JSON.stringify(s, (_k, v) => (typeof v === 'bigint' ? Number(v) : v))) as Record<string, unknown>;
+  delete plain.budget;
+  delete plain.shardAddress;
+  return JSON.stringify({ ...plain, shard: s.shardAddress, shardIndex: s.shard, ...budgetFields(s.budget) });
 }
 
 function codeName(code: number): string {

@@ -15,7 +15,8 @@ export interface NativeConfig {
   blockTokens?: number;
   quant: number; // 0 symmetric, 1 asymmetric
   gamma?: number;
-  masterCopy?: boolean;
+  masterCopy?: boolean; // the default mode: true = reversible
+  masterDir?: string;
   queryInt8?: boolean;
   fastPath?: boolean;
   memoryLimitBytes?: number;
@@ -49,7 +50,7 @@ export interface NativeStats {
 
 export interface NativeEngine {
   backendName(): string;
-  createSequence(kind: number, gamma?: number): Promise<number>;
+  createSequence(kind: number, gamma?: number, mode?: number): Promise<number>; // mode: 0 downgrade-only, 1 reversible
   freeSequence(seq: number): Promise<void>;
   append(seq: number, layer: number, rows: number, k: Float32Array, v: Float32Array): Promise<void>;
   attend(requests: NativeAttendRequest[]): Promise<void>;

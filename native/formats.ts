@@ -38,3 +38,9 @@ export function tokenBytes(s: LayoutShape): number[] {
 
 /** Bookkeeping bytes per token that do not depend on the format. */
 export const TOKEN_META_BYTES = 8;
+
+/** Tokens per bookkeeping page (kernels/src/cpu/paged-array.h, meta_page_elems). */
+export const META_PAGE_TOKENS = 128;
+
+/** Bytes of one block-table or page-table entry (a pointer); tables double. */
+export const TABLE_ENTRY_BYTES = 8;

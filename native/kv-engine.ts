@@ -14,12 +14,22 @@ import { KvEngineError, invalid } from './errors.js';
 import { FORMATS, FORMAT_CODE, tokenBytes, type KvFormat, type QuantMode } from './formats.js';
 import { checkArray, checkBool, checkInt, checkNumber, checkOneOf, rowsOf } from './validate.js';
 
+function checkString(name: string, v: unknown): string {
+  if (typeof v !== 'string') throw invalid(`${name} must be a string, got ${typeof v}`);
+  return v;
+}
+
 export { KvEngineError } from './errors.js';
 export type { KvErrorCode } from './errors.js';
 export { FORMATS, type KvFormat, type QuantMode } from './formats.js';
 
 export type Device = 'cpu' | 'cuda' | 'auto';
 export type StorageKind = 'mixed' | 'kivi-2' | 'kivi-4';
+/** downgrade-only: no master copy, precision only goes down. reversible: an
+ * FP16 master copy in a separate tier (a memory-mapped file under masterDir
+ * for the CPU engine, host memory for CUDA), reported as masterBytes. */
+export type PrecisionMode = 'downgrade-only' | 'reversible';
+export const PRECISION_MODES: readonly PrecisionMode[] = ['downgrade-only', 'reversible'];
 const STORAGE_KINDS: readonly StorageKind[] = ['mixed', 'kivi-2', 'kivi-4'];
 const DEVICES: readonly Device[] = ['cpu', 'cuda', 'auto'];
 
@@ -31,7 +41,8 @@ export interface KvEngineConfig {
   blockTokens?: number; // token slots per storage block (default 32)
   quant: QuantMode;
   gamma?: number; // importance EMA, [0, 1), default 0.9
-  masterCopy?: boolean; // keep FP16 originals so plans can raise precision
+  mode?: PrecisionMode; // of sequences created without one (default downgrade-only)
+  masterDir?: string; // CPU: directory of the master tier's files (default: $TMPDIR or /tmp)
   queryInt8?: boolean; // int8 queries against quantised keys (default true)
   fastPath?: boolean; // false: the portable scalar reference
   memoryLimitBytes?: number; // 0: no limit
@@ -68,7 +79,7 @@ export interface KvStats {
   tokens: number; // summed over layers
   tokensByFormat: Record<KvFormat, number>; // summed over layers
   kiviTokens: number; // tokens inside KIVI groups
-  masterBytes: number; // FP16 master copy, outside β
+  masterBytes: number; // FP16 master copy (reversible sequences), in its own tier: outside β and the memory limit
 }
 
 export interface PlanResult {
@@ -90,8 +101,10 @@ export class KvEngine {
   constructor(config: KvEngineConfig) {
     this.config = normaliseConfig(config);
     const c = this.config;
+    const { mode, ...rest } = c;
     const native: NativeConfig = {
-      ...c,
+      ...rest,
+      masterCopy: mode === 'reversible',
       quant: c.quant === 'asymmetric' ? 1 : 0,
       device: DEVICES.indexOf(c.device),
     };
@@ -112,12 +125,14 @@ export class KvEngine {
     return tokenBytes(this.config);
   }
 
-  /** gamma: this sequence's importance EMA factor in [0, 1) (default: the engine's). */
-  async createSequence(opts: { storage?: StorageKind; gamma?: number } = {}): Promise<number> {
+  /** gamma: this sequence's importance EMA factor in [0, 1); mode: its
+   * precision mode (both default to the engine's). */
+  async createSequence(opts: { storage?: StorageKind; gamma?: number; mode?: PrecisionMode } = {}): Promise<number> {
     const kind = checkOneOf('storage', opts.storage ?? 'mixed', STORAGE_KINDS);
     const gamma = checkNumber('gamma', opts.gamma ?? this.config.gamma, (x) => x >= 0 && x < 1, 'in [0, 1)');
+    const mode = checkOneOf('mode', opts.mode ?? this.config.mode, PRECISION_MODES);
     const native = this.open();
-    const id = await this.queue('createSequence', () => native.createSequence(STORAGE_KINDS.indexOf(kind), gamma));
+    const id = await this.queue('createSequence', () => native.createSequence(STORAGE_KINDS.indexOf(kind), gamma, PRECISION_MODES.indexOf(mode)));
     this.seqs.set(id, { kind, lengths: new Array<number>(this.config.layers).fill(0) });
     return id;
   }
@@ -182,7 +197,7 @@ export class KvEngine {
    * Moves tokens between formats. layer 'all' gives every layer the same plan.
    * positions: [n] u32 token positions (each at most once); formats: [n]
    * FORMATS indices (u8) or names. The engine checks the whole plan before
-   * the first move; raising precision needs masterCopy.
+   * the first move; raising precision needs a reversible sequence.
    */
   async applyPlan(
     seq: number,
@@ -363,7 +378,8 @@ function normaliseConfig(c: KvEngineConfig): Required<KvEngineConfig> {
     blockTokens,
     quant: checkOneOf('quant', c.quant, ['symmetric', 'asymmetric'] as const),
     gamma: checkNumber('gamma', c.gamma ?? 0.9, (x) => x >= 0 && x < 1, 'in [0, 1)'),
-    masterCopy: checkBool('masterCopy', c.masterCopy) ?? false,
+    mode: checkOneOf('mode', c.mode ?? 'downgrade-only', PRECISION_MODES),
+    masterDir: checkString('masterDir', c.masterDir ?? ''),
     queryInt8: checkBool('queryInt8', c.queryInt8) ?? true,
     fastPath: checkBool('fastPath', c.fastPath) ?? true,
     memoryLimitBytes: checkInt('memoryLimitBytes', c.memoryLimitBytes ?? 0, 0),

@@ -55,7 +55,7 @@ const gpu_store& cuda_engine::get_layer(uint32_t seq, int layer) const {
     return const_cast<cuda_engine*>(this)->get_layer(seq, layer);
 }
 
-uint32_t cuda_engine::create_sequence(storage_kind kind, float gamma) {
+uint32_t cuda_engine::create_sequence(storage_kind kind, float gamma, precision_mode mode) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (kind != storage_kind::mixed && kind != storage_kind::kivi2 && kind != storage_kind::kivi4)
         fail(error_code::invalid_argument, "unknown storage kind");
@@ -63,7 +63,8 @@ uint32_t cuda_engine::create_sequence(storage_kind kind, float gamma) {
     gpu_sequence s;
     s.kind = kind;
     s.gamma = gamma;
-    for (int l = 0; l < cfg_.n_layers; ++l) s.layers.push_back(std::make_unique<gpu_store>(cfg_, kind, *pool_, stream_));
+    for (int l = 0; l < cfg_.n_layers; ++l) s.layers.push_back(std::make_unique<gpu_store>(
+            cfg_, kind, mode == precision_mode::reversible && kind == storage_kind::mixed, *pool_, stream_));
     const uint32_t id = next_id_++;
     seqs_.emplace(id, std::move(s));
     return id;
@@ -273,10 +274,10 @@ move_result cuda_engine::apply_plan(uint32_t seq, int layer, const uint32_t* pos
                                                        " unknown format " + std::to_string(formats[i]));
             auto it = now.find(positions[i]);
             const kv_format cur = it == now.end() ? ls.where(positions[i]).fmt : it->second;
-            if (!cfg_.master_copy && format_bits(kv_format(formats[i])) > format_bits(cur))
+            if (!ls.reversible() && format_bits(kv_format(formats[i])) > format_bits(cur))
                 fail(error_code::failed_precondition,
                      "plan raises token " + std::to_string(positions[i]) + " from " + k_format_traits[int(cur)].name +
-                         " to " + k_format_traits[formats[i]].name + ", which needs the FP16 master copy (off)");
+                         " to " + k_format_traits[formats[i]].name + ", which needs the FP16 master copy: the sequence is downgrade-only");
             now[positions[i]] = kv_format(formats[i]);
         }
         growth += ls.growth_for_moves(positions, formats, n);
@@ -323,7 +324,7 @@ void cuda_engine::report(uint32_t seq, int layer, const token_report& out) const
             }
             for (int i = 0; i < 3; ++i) {
                 const kv_format f =
-                    (!cfg_.master_copy && format_bits(levels[i]) > format_bits(s.fmt)) ? s.fmt : levels[i];
+                    (!ls.reversible() && format_bits(levels[i]) > format_bits(s.fmt)) ? s.fmt : levels[i];
                 err[i] += modelled_sq_error_from(f, s.fmt, range_k, cfg_.mode, rotated, D) +
                           modelled_sq_error_from(f, s.fmt, range_v, cfg_.mode, rotated, D);
             }

@@ -96,8 +96,9 @@ void gpu_bucket::remove_slots(const std::vector<uint32_t>& slots, gpu_ops& ops,
 // ---------------------------------------------------------------------------
 // gpu_store
 
-gpu_store::gpu_store(const engine_config& cfg, storage_kind kind, device_pool& pool, cudaStream_t stream)
-    : cfg_(cfg), kind_(kind), pool_(pool), stream_(stream) {
+gpu_store::gpu_store(const engine_config& cfg, storage_kind kind, bool reversible, device_pool& pool,
+                     cudaStream_t stream)
+    : cfg_(cfg), kind_(kind), pool_(pool), stream_(stream), reversible_(reversible) {
     for (int f = 0; f < n_formats; ++f)
         buckets_[f] = gpu_bucket(make_block_layout(kv_format(f), cfg.mode, cfg.head_dim, cfg.n_kv_heads, cfg.block_tokens),
                                  kv_format(f), &pool);
@@ -138,11 +139,7 @@ size_t gpu_store::growth_for_append(int n_rows) const {
     g += slot_of_.held_bytes_if(n_after) - slot_of_.held_bytes();
     const size_t cap = importance_capacity(n_after);
     g += cap > importance_cap_ ? (cap - importance_cap_) * sizeof(float) : 0;
-    if (cfg_.master_copy) {
-        const size_t per = size_t(2) * cfg_.n_kv_heads * cfg_.head_dim;
-        g += master_.held_bytes_if(n_after * per) - master_.held_bytes();
-    }
-    return g;
+    return g;  // the master copy is host memory: not on the device, not under the limit
 }
 
 void gpu_store::reserve_for_append(int n_rows) {
@@ -158,7 +155,7 @@ void gpu_store::append(int n_rows, const float* k_dev, const float* v_dev, const
     const size_t hd = size_t(H) * D;
     reserve_for_append(n_rows);
     slot_of_.resize(n_ + size_t(n_rows));
-    if (cfg_.master_copy) master_.resize((n_ + size_t(n_rows)) * 2 * hd);
+    if (reversible_) master_.resize((n_ + size_t(n_rows)) * 2 * hd);
     gpu_bucket& b = buckets_[int(kv_format::fp16)];
     for (int r = 0; r < n_rows; ++r) {
         const size_t pos = n_ + size_t(r);
@@ -178,7 +175,7 @@ void gpu_store::append(int n_rows, const float* k_dev, const float* v_dev, const
             ops.converts.push_back(v);
         }
         slot_of_[pos] = encode_slot(kv_format::fp16, slot);
-        if (cfg_.master_copy) {
+        if (reversible_) {
             const size_t base = pos * 2 * hd;
             for (size_t i = 0; i < hd; ++i) {
                 master_[base + i] = float_to_half(k_host[size_t(r) * hd + i]);
@@ -190,7 +187,7 @@ void gpu_store::append(int n_rows, const float* k_dev, const float* v_dev, const
 }
 
 bool gpu_store::can_move(size_t pos, kv_format to) const {
-    return cfg_.master_copy || format_bits(to) <= format_bits(where(pos).fmt);
+    return reversible_ || format_bits(to) <= format_bits(where(pos).fmt);
 }
 
 size_t gpu_store::growth_for_moves(const uint32_t* positions, const uint8_t* formats, size_t n) const {
@@ -321,7 +318,7 @@ held_split gpu_store::held() const {
         h.metadata += groups_.size() * group_layout_.meta_bytes + groups_.capacity() * sizeof(void*);
     }
     h.metadata += slot_of_.held_bytes() + importance_cap_ * sizeof(float);
-    if (cfg_.master_copy) h.master = master_.held_bytes();
+    if (reversible_) h.master = master_.held_bytes();
     return h;
 }
 

@@ -86,7 +86,9 @@ private:
 
 class gpu_store {
 public:
-    gpu_store(const engine_config& cfg, storage_kind kind, device_pool& pool, cudaStream_t stream);
+    // reversible: keep the FP16 master copy (host memory) so plans may raise precision.
+    gpu_store(const engine_config& cfg, storage_kind kind, bool reversible, device_pool& pool, cudaStream_t stream);
+    bool reversible() const { return reversible_; }
     ~gpu_store();
     gpu_store(const gpu_store&) = delete;
     gpu_store& operator=(const gpu_store&) = delete;
@@ -135,7 +137,8 @@ private:
     paged_array<uint32_t> slot_of_;
     float* importance_ = nullptr;  // device [importance_cap_] f32, whole pages of meta_page_elems
     size_t importance_cap_ = 0;
-    paged_array<half_bits, 16384> master_;  // [n][2][H][D] when cfg_.master_copy
+    bool reversible_;
+    paged_array<half_bits, 16384> master_;  // [n][2][H][D] f16 (pageable host memory) when reversible_
     kv_format kivi_fmt_ = kv_format::int2;
     block_layout group_layout_;
     std::vector<uint8_t*> groups_;  // device group blocks

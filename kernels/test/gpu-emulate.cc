@@ -203,7 +203,7 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
     const int qt = c.rows * G <= 1 ? 1 : c.rows * G <= 2 ? 2 : c.rows * G <= 4 ? 4 : 8;
     size_t n_part = 0, n_scores = 0, n_out = 0, n_fin = 0;
     for (int i = 0; i < c.n_req; ++i) {
-        stores.emplace_back(new layer_store(cfg, c.kind));
+        stores.emplace_back(new layer_store(cfg, c.kind, cfg.master_copy));
         layer_store& s = *stores.back();
         auto k = normal(kvn, seed + 10 * i), v = normal(kvn, seed + 10 * i + 1);
         for (size_t j = 0; j < k.size(); j += 3) k[j] += 2.f;
@@ -405,7 +405,7 @@ void run_pipe_case(const pipe_case& c, uint32_t seed) {
     for (int b = 0; b < c.batch; ++b) {
         const storage_kind kind = c.mixed_kinds ? kinds[b % 3] : c.kind;
         ids.push_back(cpu->create_sequence(kind));
-        stores.emplace_back(new gpu_store(cfg, kind, pool, nullptr));
+        stores.emplace_back(new gpu_store(cfg, kind, cfg.master_copy, pool, nullptr));
         gpu_store& s = *stores.back();
         auto k = normal(kvn, seed + 10 * b), v = normal(kvn, seed + 10 * b + 1);
         cpu->append(ids.back(), 0, c.n_prefix, k.data(), v.data());

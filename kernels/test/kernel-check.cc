@@ -468,7 +468,7 @@ TEST(append_growth_is_predicted_exactly) {
     for (const bool master : {false, true}) {
         engine_config c = reference_layer_config();
         c.master_copy = master;
-        layer_store ls(c, storage_kind::mixed);
+        layer_store ls(c, storage_kind::mixed, master);
         size_t n = 0;
         for (const int rows : {1, 1, 30, 97, 1, 127, 128, 129, 1000, 3, 4096}) {
             auto k = gaussian(size_t(rows) * 128, uint32_t(n)), v = gaussian(size_t(rows) * 128, uint32_t(n) + 1);

@@ -18,6 +18,13 @@ bool bool_field(const Napi::Object& o, const char* key, bool fallback) {
     return v.As<Napi::Boolean>().Value();
 }
 
+std::string string_field(const Napi::Object& o, const char* key, const std::string& fallback) {
+    const Napi::Value v = o.Get(key);
+    if (v.IsUndefined()) return fallback;
+    if (!v.IsString()) throw Napi::TypeError::New(o.Env(), std::string("config.") + key + " must be a string");
+    return v.As<Napi::String>().Utf8Value();
+}
+
 }  // namespace
 
 backend_spec parse_backend_spec(const Napi::Object& o) {
@@ -31,6 +38,7 @@ backend_spec parse_backend_spec(const Napi::Object& o) {
     c.mode = number_field(o, "quant", 0) == 1 ? smartkv::quant_mode::asymmetric : smartkv::quant_mode::symmetric;
     c.gamma = float(number_field(o, "gamma", c.gamma));
     c.master_copy = bool_field(o, "masterCopy", c.master_copy);
+    c.master_dir = string_field(o, "masterDir", c.master_dir);
     c.query_int8 = bool_field(o, "queryInt8", c.query_int8);
     c.fast_path = bool_field(o, "fastPath", c.fast_path);
     c.memory_limit_bytes = size_t(number_field(o, "memoryLimitBytes", 0));

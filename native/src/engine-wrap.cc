@@ -52,15 +52,19 @@ Napi::Value engine_wrap::backend_name(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), backend(info.Env())->name());
 }
 
-// createSequence(kind: 0 mixed | 1 kivi-2 | 2 kivi-4, gamma?: number) -> Promise<number>
+// createSequence(kind: 0 mixed | 1 kivi-2 | 2 kivi-4, gamma?: number,
+//                mode?: 0 downgrade-only | 1 reversible) -> Promise<number>
 Napi::Value engine_wrap::create_sequence(const Napi::CallbackInfo& info) {
     auto be = backend(info.Env());
     const auto kind = smartkv::storage_kind(u32_arg(info[0], "kind"));
     const float gamma = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().FloatValue()
                                                                  : be->config().gamma;
+    const auto mode = info.Length() > 2 && info[2].IsNumber() ? smartkv::precision_mode(u32_arg(info[2], "mode"))
+                                                              : be->default_mode();
     auto id = std::make_shared<uint32_t>(0);
     return promise_worker::start(
-        info.Env(), "smartkv.createSequence", [be, kind, gamma, id] { *id = be->create_sequence(kind, gamma); },
+        info.Env(), "smartkv.createSequence",
+        [be, kind, gamma, mode, id] { *id = be->create_sequence(kind, gamma, mode); },
         [id](Napi::Env env) { return Napi::Number::New(env, *id); }, {info.This()});
 }
 

@@ -8,6 +8,9 @@ import { CachePolicy } from '../../gen/smartkv/v1/common_pb.js';
 import { f32, invalidArgument, RpcError, toServiceError } from '../common/rpc.js';
 import { policyFromPb } from '../common/policy.js';
 import { allocate, isPlanPolicy, type AllocationInput } from './policies.js';
+import { planExactly, type ExactPlan } from './exact-plan.js';
+import type { PlanLayout } from './plan-cost.js';
+import type { PlanLayout as PlanLayoutPb } from '../../gen/smartkv/v1/allocator_pb.js';
 import { trace } from '@opentelemetry/api';
 import { instruments } from '../telemetry/spans.js';
 
@@ -33,6 +36,40 @@ export function allocationInput(req: AllocateRequest): AllocationInput {
   };
 }
 
+/** Decodes and checks a PlanLayout against the request's slots; INVALID_ARGUMENT names the field. */
+export function planLayout(l: PlanLayoutPb, slots: number, current: Uint8Array): PlanLayout {
+  const need = (ok: boolean, msg: string) => {
+    if (!ok) throw invalidArgument(msg);
+  };
+  need(l.targetBeta > 0 && l.targetBeta <= 1, `layout.target_beta must be in (0, 1], got ${l.targetBeta}`);
+  need(l.blockTokens >= 1, `layout.block_tokens must be ≥ 1, got ${l.blockTokens}`);
+  need(l.blockBytes.length === 4 && l.blockBytes.every((b) => b > 0 && Number.isFinite(b)), `layout.block_bytes must be 4 positive sizes (fp16, int8, int4, int2), got [${l.blockBytes.join(', ')}]`);
+  need(l.layers >= 1, `layout.layers must be ≥ 1, got ${l.layers}`);
+  need(l.groups === 1 || l.groups === l.layers, `layout.groups must be 1 or layout.layers (${l.layers}), got ${l.groups}`);
+  need(slots % l.groups === 0, `importance has ${slots} slots, not a multiple of layout.groups (${l.groups})`);
+  need(l.fp16TokenBytes > 0, `layout.fp16_token_bytes must be positive, got ${l.fp16TokenBytes}`);
+  need(l.metaPageTokens >= 1, `layout.meta_page_tokens must be ≥ 1, got ${l.metaPageTokens}`);
+  need(l.tokenMetaBytes >= 0 && l.tableEntryBytes >= 0, 'layout.token_meta_bytes and layout.table_entry_bytes must not be negative');
+  need(l.heldBytes >= 0 && Number.isFinite(l.heldBytes), `layout.held_bytes must be a byte count, got ${l.heldBytes}`);
+  need(current.length === slots, `current_formats has ${current.length} entries, expected ${slots}`);
+  for (let i = 0; i < current.length; i++) need(current[i] <= 3, `current_formats[${i}] must be a format code in [0, 3], got ${current[i]}`);
+  return {
+    targetBeta: l.targetBeta, blockTokens: l.blockTokens, blockBytes: l.blockBytes, tokenMetaBytes: l.tokenMetaBytes,
+    metaPageTokens: l.metaPageTokens, tableEntryBytes: l.tableEntryBytes, fp16TokenBytes: l.fp16TokenBytes, layers: l.layers,
+    groups: l.groups, tokens: l.tokens, outsideFp16Tokens: l.outsideFp16Tokens, aheadTokens: l.aheadTokens,
+    heldBytes: l.heldBytes, protectedTokens: l.protectedTokens,
+  };
+}
+
+function exactResponse(p: ExactPlan, us: number): AllocateResponse {
+  const histogram = [0, 0, 0, 0];
+  for (const f of p.formats) histogram[f]++;
+  return create(AllocateResponseSchema, {
+    formats: p.formats, usedBytes: p.usedBytes, allocateUs: BigInt(us), histogram, fits: p.fits, hotBytes: p.hotBytes,
+    achievedBeta: p.achievedBeta, bindsFromTokens: p.bindsFrom, unchanged: p.unchanged, policyRuns: p.policyRuns,
+  });
+}
+
 export function allocatorHandlers(): grpc.UntypedServiceImplementation {
   return {
     allocate: (call: grpc.ServerUnaryCall<AllocateRequest, AllocateResponse>, cb: grpc.sendUnaryData<AllocateResponse>) => {
@@ -42,6 +79,20 @@ export function allocatorHandlers(): grpc.UntypedServiceImplementation {
         if (!policy || !isPlanPolicy(policy))
           throw invalidArgument(`policy: ${CachePolicy[req.policy] ?? req.policy} is not a precision plan (fp16 and KIVI are storage kinds)`);
         const input = allocationInput(req);
+        if (req.layout) {
+          const lay = planLayout(req.layout, input.importance.length, req.currentFormats);
+          const t0 = performance.now();
+          const p = planExactly(policy, input, lay, req.currentFormats);
+          const us = Math.round((performance.now() - t0) * 1000);
+          if (!p.fits && !req.bestEffort)
+            throw new RpcError(
+              grpc.status.FAILED_PRECONDITION,
+              `layout.target_beta: β ${lay.targetBeta} cannot be met at ${lay.tokens} tokens (best β ${p.achievedBeta.toFixed(3)}); it binds from ${p.bindsFrom || 'no length below 65536'} tokens`,
+            );
+          instruments().allocateDuration.record(us, { policy });
+          trace.getActiveSpan()?.setAttributes({ 'smartkv.policy': policy, 'smartkv.tokens': lay.tokens, 'smartkv.allocate_us': us, 'smartkv.fits': p.fits, 'smartkv.policy_runs': p.policyRuns, 'smartkv.achieved_beta': p.achievedBeta });
+          return cb(null, exactResponse(p, us));
+        }
         const t0 = performance.now();
         const plan = allocate(policy, input);
         const us = Math.round((performance.now() - t0) * 1000);

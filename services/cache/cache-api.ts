@@ -1,7 +1,7 @@
 // What the orchestrator needs from a cache shard, whether it lives in this
 // process (CacheCore) or in a cache service (GrpcCacheShard). Plain numbers
 // and typed arrays; the gRPC layer converts to and from protobuf.
-import type { StorageKind } from '../../native/kv-engine.js';
+import type { PrecisionMode, StorageKind } from '../../native/kv-engine.js';
 
 export interface ShardAttendItem {
   seq: number;
@@ -22,6 +22,14 @@ export interface ImportanceReport {
   importance: Float32Array; // [layers][tokens] f32
   formats: Uint8Array; // [layers][tokens] u8 format code
   sqError: Float32Array; // [layers][tokens][3] f32 at int8, int4, int2
+  bytes: Bytes; // the sequence's bytes now: what a plan is priced against
+}
+
+/** One layer's part of a plan (layer -1: every layer). */
+export interface LayerPlan {
+  layer: number;
+  positions: Uint32Array; // [n] u32
+  formats: Uint8Array; // [n] u8 format codes
 }
 
 export interface Bytes {
@@ -50,7 +58,8 @@ export interface ShardStats {
   memoryLimitBytes: number;
   backend: string;
   gamma: number;
-  masterCopy: boolean;
+  mode: PrecisionMode; // the sequence's, or the shard's default (--mode)
+  masterDir: string; // where the CPU engine's master tier files go (unlinked at once)
   rotateKv: boolean;
   blockTokens: number;
 }
@@ -62,14 +71,15 @@ export interface CreatedSequence {
 
 export interface CacheShard {
   /** Refused with RESOURCE_EXHAUSTED when reserveBytes does not fit the shard's memory limit. */
-  /** gamma: the sequence's importance EMA factor (default: the service's). */
-  createSequence(storage: StorageKind, reserveBytes: number, gamma?: number): Promise<CreatedSequence>;
+  /** gamma, mode: the sequence's importance EMA factor and precision mode (default: the service's). */
+  createSequence(storage: StorageKind, reserveBytes: number, gamma?: number, mode?: PrecisionMode): Promise<CreatedSequence>;
   freeSequence(seq: number): Promise<void>;
   /** traceparent: the caller's attend span, for the service's own span ('' = none). */
   attend(layer: number, items: ShardAttendItem[], traceparent?: string): Promise<ShardAttendResult>;
   exportImportance(seq: number): Promise<ImportanceReport>;
-  /** layer -1: the same plan for every layer. */
-  applyPlan(seq: number, layer: number, positions: Uint32Array, formats: Uint8Array): Promise<PlanApplied>;
+  /** A whole reallocation in one call: every plan is checked before the first
+   * move; layer -1 gives every layer the same plan. */
+  applyPlan(seq: number, plans: readonly LayerPlan[]): Promise<PlanApplied>;
   /** seq undefined: the whole shard. */
   stats(seq?: number): Promise<ShardStats>;
 }

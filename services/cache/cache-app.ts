@@ -1,6 +1,7 @@
 // The cache service application: its engine, shaped by the model's config,
 // and the gRPC server. Loaded by main.ts after telemetry has started.
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { CacheService } from '../../gen/smartkv/v1/cache_pb.js';
@@ -10,6 +11,7 @@ import { LISTEN, log, runService, SERVED, type ListenOptions } from '../common/s
 import { parseModelConfig } from '../orchestrator/model/config.js';
 import { defaultModelDir } from '../orchestrator/model/paths.js';
 import { CacheCore } from './cache-core.js';
+import { PRECISION_MODES, type PrecisionMode } from '../../native/kv-engine.js';
 import { cacheHandlers } from './cache-server.js';
 import { ATTEND_CODECS } from './cache-proto.js';
 import { instruments } from '../telemetry/spans.js';
@@ -20,6 +22,16 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
   const cfg = parseModelConfig(JSON.parse(readFileSync(cfgFile, 'utf8')), cfgFile);
   const quant = o.quant as string;
   if (quant !== 'symmetric' && quant !== 'asymmetric') throw new UsageError(`--quant must be symmetric or asymmetric, got ${quant}`);
+  const mode = o.mode as string;
+  if (!(PRECISION_MODES as readonly string[]).includes(mode)) throw new UsageError(`--mode must be downgrade-only or reversible, got ${mode}`);
+  // The master tier's directory: ours (made here, removed on stop) unless given.
+  const given = o['master-dir'] as string | undefined;
+  const masterDir = given ?? join(tmpdir(), `smartkv-master-${process.pid}`);
+  mkdirSync(masterDir, { recursive: true });
+  const removeDir = () => {
+    if (!given) rmSync(masterDir, { recursive: true, force: true });
+  };
+  process.once('exit', removeDir);
   const core = new CacheCore(
     {
       layers: cfg.layers,
@@ -28,19 +40,27 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
       headDim: cfg.headDim,
       quant,
       gamma: o.gamma as number,
-      masterCopy: o['master-copy'] as boolean,
+      mode: mode as PrecisionMode,
+      masterDir,
       rotateKv: o['rotate-kv'] as boolean,
       threads: o.threads as number,
       device: o.device as 'cpu' | 'cuda' | 'auto',
     },
     o['memory-limit'] as number,
   );
-  const listen: ListenOptions = { role: 'cache', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, afterStop: () => telemetry.shutdown() };
-  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'}`);
+  const listen: ListenOptions = { role: 'cache', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, afterStop: async () => {
+    await core.close(); // frees every sequence: their master tier files close with them
+    removeDir();
+    await telemetry.shutdown();
+  } };
+  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}`);
   // Bytes held, read from the engine when Prometheus scrapes.
   instruments()
     .meter.createObservableGauge('smartkv_cache_bytes_held', { unit: 'By', description: 'KV bytes held by this cache service (payload, scales, bookkeeping)' })
     .addCallback(async (r) => r.observe((await core.stats()).bytes.heldBytes));
+  instruments()
+    .meter.createObservableGauge('smartkv_cache_bytes_master', { unit: 'By', description: 'FP16 master copies of reversible sequences, in the master tier (not under the memory limit)' })
+    .addCallback(async (r) => r.observe((await core.stats()).bytes.masterBytes));
   instruments()
     .meter.createObservableGauge('smartkv_cache_sequences', { description: 'live sequences in this cache service' })
     .addCallback((r) => r.observe(core.sequenceIds.length));

@@ -2,15 +2,20 @@
 // admission bookkeeping around it — reservations against the memory limit and
 // which owner (orchestrator connection) holds each sequence, so that a
 // vanished owner's sequences can be freed. In-process mode uses it directly.
-import { KvEngine, KvEngineError, type KvEngineConfig, type KvStats, type StorageKind } from '../../native/kv-engine.js';
+//
+// The memory limit counts the hot tier only (the engine's held bytes): the
+// master copies of reversible sequences live in the master tier (files under
+// masterDir, paged by the OS), reported as masterBytes but not limited here.
+import { KvEngine, KvEngineError, type KvEngineConfig, type KvStats, type PrecisionMode, type StorageKind } from '../../native/kv-engine.js';
 import { FORMATS } from '../../native/formats.js';
 import { checkInt } from '../../native/validate.js';
-import type { Bytes, CacheShard, CreatedSequence, ImportanceReport, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from './cache-api.js';
+import type { Bytes, CacheShard, CreatedSequence, ImportanceReport, LayerPlan, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from './cache-api.js';
 import { EMPTY_BYTES } from './cache-api.js';
 
 interface Held {
   reserveBytes: number;
   owner: string;
+  mode: PrecisionMode;
 }
 
 export class CacheCore implements CacheShard {
@@ -31,7 +36,7 @@ export class CacheCore implements CacheShard {
     return [...this.held.keys()];
   }
 
-  async createSequence(storage: StorageKind, reserveBytes: number, gamma?: number, owner = ''): Promise<CreatedSequence> {
+  async createSequence(storage: StorageKind, reserveBytes: number, gamma?: number, owner = '', mode?: PrecisionMode): Promise<CreatedSequence> {
     checkInt('reserve_bytes', reserveBytes, 0);
     if (this.memoryLimitBytes > 0 && this.reserved + reserveBytes > this.memoryLimitBytes) {
       throw new KvEngineError(
@@ -39,8 +44,9 @@ export class CacheCore implements CacheShard {
         `cache memory limit: ${this.reserved} of ${this.memoryLimitBytes} bytes reserved, the sequence needs ${reserveBytes} more`,
       );
     }
-    const seq = await this.engine.createSequence({ storage, gamma });
-    this.held.set(seq, { reserveBytes, owner });
+    const m = mode ?? this.engine.config.mode;
+    const seq = await this.engine.createSequence({ storage, gamma, mode: m });
+    this.held.set(seq, { reserveBytes, owner, mode: m });
     this.reserved += reserveBytes;
     return { seq, tokenBytes: this.engine.tokenBytes() };
   }
@@ -78,16 +84,33 @@ export class CacheCore implements CacheShard {
       formats.set(r.format, l * n);
       sqError.set(r.sqError, l * n * 3);
     }
-    return { tokens: n, layers: L, importance, formats, sqError };
+    return { tokens: n, layers: L, importance, formats, sqError, bytes: toBytes(await this.engine.stats(seq)) };
   }
 
-  async applyPlan(seq: number, layer: number, positions: Uint32Array, formats: Uint8Array): Promise<PlanApplied> {
-    checkInt('layer', layer, -1, this.engine.config.layers - 1);
-    for (let i = 0; i < formats.length; i++) checkInt(`formats[${i}]`, formats[i], 0, FORMATS.length - 1);
+  async applyPlan(seq: number, plans: readonly LayerPlan[]): Promise<PlanApplied> {
+    const n = this.engine.length(seq, 0); // NOT_FOUND before anything else
+    // Every layer's positions and formats are checked here before the first
+    // move, so a malformed plan changes nothing; the engine then checks each
+    // layer's upgrades (a downgrade-only sequence refuses them) before that
+    // layer's moves. The allocator's plans respect the bounds it was given.
+    plans.forEach((p, k) => {
+      checkInt(`layer_plans[${k}].layer`, p.layer, -1, this.engine.config.layers - 1);
+      if (p.positions.length !== p.formats.length)
+        throw new KvEngineError('INVALID_ARGUMENT', `layer_plans[${k}]: positions names ${p.positions.length} tokens but formats has ${p.formats.length}`);
+      for (let i = 0; i < p.formats.length; i++) {
+        checkInt(`layer_plans[${k}].formats[${i}]`, p.formats[i], 0, FORMATS.length - 1);
+        if (p.positions[i] >= n) throw new KvEngineError('INVALID_ARGUMENT', `layer_plans[${k}].positions[${i}] is ${p.positions[i]}, but the sequence holds ${n} tokens`);
+      }
+    });
     const t0 = performance.now();
-    const r = await this.engine.applyPlan(seq, layer === -1 ? 'all' : layer, positions, formats);
+    let tokensChanged = 0, bytesMoved = 0;
+    for (const p of plans) {
+      const r = await this.engine.applyPlan(seq, p.layer === -1 ? 'all' : p.layer, p.positions, p.formats);
+      tokensChanged += r.tokensChanged;
+      bytesMoved += r.bytesMoved;
+    }
     const applyUs = Math.round((performance.now() - t0) * 1000);
-    return { ...r, applyUs, bytes: toBytes(await this.engine.stats(seq)) };
+    return { tokensChanged, bytesMoved, applyUs, bytes: toBytes(await this.engine.stats(seq)) };
   }
 
   async stats(seq?: number): Promise<ShardStats> {
@@ -98,7 +121,8 @@ export class CacheCore implements CacheShard {
       memoryLimitBytes: this.memoryLimitBytes,
       backend: this.engine.backendName,
       gamma: c.gamma,
-      masterCopy: c.masterCopy,
+      mode: (seq !== undefined ? this.held.get(seq)?.mode : undefined) ?? c.mode,
+      masterDir: c.masterDir,
       rotateKv: c.rotateKv ?? false,
       blockTokens: c.blockTokens,
     };

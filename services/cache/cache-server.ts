@@ -18,7 +18,9 @@ import {
 } from '../../gen/smartkv/v1/cache_pb.js';
 import { bytesOf, invalidArgument, statusOf, toServiceError, u32 } from '../common/rpc.js';
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from './attend-codec.js';
-import type { ShardAttendItem } from './cache-api.js';
+import type { LayerPlan, ShardAttendItem } from './cache-api.js';
+import { PrecisionMode } from '../../gen/smartkv/v1/common_pb.js';
+import { modeFromPb, modeToPb } from '../common/policy.js';
 import { childOf, contextFrom, instruments } from '../telemetry/spans.js';
 import type { CacheCore } from './cache-core.js';
 import { bytesToPb, OWNER_HEADER, storageFromPb } from './cache-proto.js';
@@ -80,7 +82,9 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
     createSequence: unary(async (req: CreateSequenceRequest, call) => {
       const storage = storageFromPb(req.storage);
       if (!storage) throw invalidArgument(`storage: unknown storage kind ${req.storage}`);
-      const r = await core.createSequence(storage, Number(req.reserveBytes), req.gamma, ownerOf(call));
+      const mode = req.mode === PrecisionMode.UNSPECIFIED ? undefined : modeFromPb(req.mode);
+      if (req.mode !== PrecisionMode.UNSPECIFIED && !mode) throw invalidArgument(`mode: unknown precision mode ${req.mode}`);
+      const r = await core.createSequence(storage, Number(req.reserveBytes), req.gamma, ownerOf(call), mode);
       return create(CreateSequenceResponseSchema, { sequenceId: r.seq, tokenBytes: r.tokenBytes });
     }),
     freeSequence: unary(async (req: FreeSequenceRequest) => {
@@ -131,15 +135,17 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
         importance: bytesOf(r.importance),
         formats: r.formats,
         sqError: bytesOf(r.sqError),
+        bytes: bytesToPb(r.bytes),
       });
     }),
     applyPlan: unary(async (req) => {
       const r = req as ApplyPlanRequest;
-      if (r.positions.byteLength % 4 !== 0) throw invalidArgument(`positions has ${r.positions.byteLength} bytes, not a multiple of 4`);
-      const positions = u32(r.positions);
-      if (positions.length !== r.formats.length)
-        throw invalidArgument(`positions names ${positions.length} tokens but formats has ${r.formats.length}`);
-      const a = await core.applyPlan(r.sequenceId, r.layer, positions, new Uint8Array(r.formats));
+      const plans = [];
+      // The single plan (layer, positions, formats) first, then layer_plans.
+      if (r.positions.byteLength > 0 || r.formats.byteLength > 0 || r.layerPlans.length === 0)
+        plans.push(layerPlan('', r.layer, r.positions, r.formats));
+      r.layerPlans.forEach((p, k) => plans.push(layerPlan(`layer_plans[${k}].`, p.layer, p.positions, p.formats)));
+      const a = await core.applyPlan(r.sequenceId, plans);
       return create(ApplyPlanResponseSchema, {
         tokensChanged: BigInt(a.tokensChanged),
         bytesMoved: BigInt(a.bytesMoved),
@@ -156,10 +162,21 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
         memoryLimitBytes: BigInt(s.memoryLimitBytes),
         backend: s.backend,
         gamma: s.gamma,
-        masterCopy: s.masterCopy,
+        masterCopy: s.mode === 'reversible',
         rotateKv: s.rotateKv,
+        mode: modeToPb(s.mode),
+        masterDir: s.masterDir,
         blockTokens: s.blockTokens,
       });
     }),
   };
+}
+
+/** One layer's plan from the wire; INVALID_ARGUMENT names the field. */
+function layerPlan(prefix: string, layer: number, positionBytes: Uint8Array, formats: Uint8Array): LayerPlan {
+  if (positionBytes.byteLength % 4 !== 0) throw invalidArgument(`${prefix}positions has ${positionBytes.byteLength} bytes, not a multiple of 4`);
+  const positions = u32(positionBytes);
+  if (positions.length !== formats.length)
+    throw invalidArgument(`${prefix}positions names ${positions.length} tokens but ${prefix}formats has ${formats.length}`);
+  return { layer, positions, formats: new Uint8Array(formats) };
 }

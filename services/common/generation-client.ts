@@ -4,7 +4,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 
-import { CacheSettingsSchema, type CachePolicy } from '../../gen/smartkv/v1/common_pb.js';
+import { CacheSettingsSchema, type CachePolicy, type PrecisionMode } from '../../gen/smartkv/v1/common_pb.js';
 import {
   GenerateRequestSchema,
   GenerationService,
@@ -30,6 +30,7 @@ export interface GenerateOptions {
   policy?: CachePolicy;
   budget?: number;
   gamma?: number;
+  mode?: PrecisionMode;
 }
 
 export function generateRequest(o: GenerateOptions): GenerateRequest {
@@ -41,7 +42,7 @@ export function generateRequest(o: GenerateOptions): GenerateRequest {
     topP: o.topP,
     stop: o.stop ?? [],
     seed: BigInt(o.seed ?? 0),
-    cache: create(CacheSettingsSchema, { policy: o.policy ?? 0, budget: o.budget, gamma: o.gamma }),
+    cache: create(CacheSettingsSchema, { policy: o.policy ?? 0, budget: o.budget, gamma: o.gamma, mode: o.mode ?? 0 }),
   });
 }
 

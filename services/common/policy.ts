@@ -1,5 +1,5 @@
 // Policy names as users write them (CLI, JSON) and as the protos number them.
-import { CachePolicy } from '../../gen/smartkv/v1/common_pb.js';
+import { CachePolicy, PrecisionMode } from '../../gen/smartkv/v1/common_pb.js';
 
 export const POLICY_NAMES = ['fp16', 'uniform-8', 'uniform-4', 'uniform-2', 'kivi-2', 'kivi-4', 'random', 'tiered', 'smartkv'] as const;
 export type PolicyName = (typeof POLICY_NAMES)[number];
@@ -27,4 +27,21 @@ export function policyToPb(name: PolicyName): CachePolicy {
 
 export function isPolicyName(s: string): s is PolicyName {
   return (POLICY_NAMES as readonly string[]).includes(s);
+}
+
+// Precision modes: 'downgrade-only' | 'reversible' (native/kv-engine.ts) and their proto numbers.
+export const MODE_NAMES = ['downgrade-only', 'reversible'] as const;
+export type ModeName = (typeof MODE_NAMES)[number];
+
+/** undefined for UNSPECIFIED and unknown numbers. */
+export function modeFromPb(m: PrecisionMode): ModeName | undefined {
+  return m === PrecisionMode.DOWNGRADE_ONLY ? 'downgrade-only' : m === PrecisionMode.REVERSIBLE ? 'reversible' : undefined;
+}
+
+export function modeToPb(m: ModeName): PrecisionMode {
+  return m === 'reversible' ? PrecisionMode.REVERSIBLE : PrecisionMode.DOWNGRADE_ONLY;
+}
+
+export function isModeName(s: string): s is ModeName {
+  return (MODE_NAMES as readonly string[]).includes(s);
 }

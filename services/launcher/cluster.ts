@@ -61,7 +61,9 @@ export class ServiceProcess {
     // Its own process group: Ctrl-C reaches the launcher only, which stops
     // the services in order. SMARTKV_PARENT_PID makes an orphan exit.
     const child = spawn(process.execPath, [MAIN[this.role], ...this.args], {
-      env: { ...process.env, ...this.env, SMARTKV_PARENT_PID: String(process.pid) },
+      // NODE_TEST_CONTEXT (set when the launcher is a node:test file) would make
+      // the child a test-runner child, which skips the SIGTERM shutdown hooks.
+      env: { ...process.env, ...this.env, NODE_TEST_CONTEXT: undefined, SMARTKV_PARENT_PID: String(process.pid) },
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
     });

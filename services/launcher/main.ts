@@ -12,7 +12,9 @@ const OPTIONS: Record<string, OptionSpec> = {
   'cache-dns': { kind: 'string', help: 'HOST:PORT: also use every cache service HOST resolves to (re-resolved at run time)' },
   'cache-dns-server': { kind: 'list', help: 'DNS servers for --cache-dns, IP[:PORT] comma-separated (default: the system resolver)' },
   model: { kind: 'string', help: 'model folder (default: the bundled reference model)' },
-  'memory-limit': { kind: 'int', default: 0, help: 'KV bytes each cache service may hold (0: no limit)' },
+  'memory-limit': { kind: 'int', default: 0, help: 'hot KV bytes each cache service may hold (0: no limit); the master tier (reversible mode) is on disk and not counted' },
+  mode: { kind: 'string', default: 'downgrade-only', help: 'default precision mode: downgrade-only (no master copy; what the headline tables in docs/evaluation.md measure) or reversible (an FP16 master copy in each cache service\'s file-backed master tier)' },
+  'master-dir': { kind: 'string', help: 'directory for the cache services\' master tier files (default: one per service under the OS temp dir, removed on stop)' },
   policy: { kind: 'string', help: 'default cache policy (fp16, uniform-8/4/2, kivi-2/4, random, tiered, smartkv)' },
   budget: { kind: 'number', help: 'default budget β' },
   help: { kind: 'bool', help: 'print this help' },
@@ -32,14 +34,19 @@ async function main(): Promise<number> {
   if (o['cache-dns-server']) orchestratorArgs.push('--cache-dns-server', (o['cache-dns-server'] as string[]).join(','));
   if (o.policy) orchestratorArgs.push('--policy', o.policy as string);
   if (o.budget !== undefined) orchestratorArgs.push('--budget', String(o.budget));
-  process.stderr.write(`starting the allocator, ${shards} cache service(s)${dns ? ` (and those ${dns} resolves to)` : ''} and the orchestrator …\n`);
+  const mode = o.mode as string;
+  if (mode !== 'downgrade-only' && mode !== 'reversible') throw new UsageError(`--mode must be downgrade-only or reversible, got ${mode}`);
+  orchestratorArgs.push('--mode', mode);
+  const cacheArgs = ['--memory-limit', String(o['memory-limit']), '--mode', mode];
+  if (o['master-dir']) cacheArgs.push('--master-dir', o['master-dir'] as string);
+  process.stderr.write(`starting the allocator, ${shards} cache service(s)${dns ? ` (and those ${dns} resolves to)` : ''} and the orchestrator (mode ${mode}) …\n`);
   const t0 = Date.now();
   const cluster = await Cluster.start({
     host: o.host as string,
     port: o.port as number,
     cacheShards: shards,
     model: o.model as string | undefined,
-    cacheArgs: ['--memory-limit', String(o['memory-limit'])],
+    cacheArgs,
     orchestratorArgs,
   });
   process.stdout.write(

@@ -17,8 +17,9 @@ import {
   type ExportImportanceResponse,
   type StatsResponse,
 } from '../../gen/smartkv/v1/cache_pb.js';
-import type { StorageKind } from '../../native/kv-engine.js';
-import type { CacheShard, CreatedSequence, ImportanceReport, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from '../cache/cache-api.js';
+import type { PrecisionMode, StorageKind } from '../../native/kv-engine.js';
+import { modeFromPb, modeToPb } from '../common/policy.js';
+import type { CacheShard, CreatedSequence, ImportanceReport, LayerPlan, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from '../cache/cache-api.js';
 import { ATTEND_CODECS, bytesFromPb, OWNER_HEADER, storageToPb } from '../cache/cache-proto.js';
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from '../cache/attend-codec.js';
 import { bytesOf, callUnary, f32, makeClient, RpcError } from '../common/rpc.js';
@@ -83,8 +84,8 @@ export class GrpcCacheShard implements CacheShard {
     return s;
   }
 
-  async createSequence(storage: StorageKind, reserveBytes: number, gamma?: number): Promise<CreatedSequence> {
-    const req = create(CreateSequenceRequestSchema, { storage: storageToPb(storage), reserveBytes: BigInt(reserveBytes), gamma });
+  async createSequence(storage: StorageKind, reserveBytes: number, gamma?: number, mode?: PrecisionMode): Promise<CreatedSequence> {
+    const req = create(CreateSequenceRequestSchema, { storage: storageToPb(storage), reserveBytes: BigInt(reserveBytes), gamma, mode: mode ? modeToPb(mode) : 0 });
     this.openStream(); // the owner's stream must exist for the service to tie the sequence to it
     const r = await this.unary<CreateSequenceResponse>('createSequence', req);
     return { seq: r.sequenceId, tokenBytes: r.tokenBytes };
@@ -112,11 +113,19 @@ export class GrpcCacheShard implements CacheShard {
 
   async exportImportance(seq: number): Promise<ImportanceReport> {
     const r = await this.unary<ExportImportanceResponse>('exportImportance', create(ExportImportanceRequestSchema, { sequenceId: seq }));
-    return { tokens: r.tokens, layers: r.layers, importance: f32(r.importance), formats: r.formats, sqError: f32(r.sqError) };
+    return { tokens: r.tokens, layers: r.layers, importance: f32(r.importance), formats: r.formats, sqError: f32(r.sqError), bytes: bytesFromPb(r.bytes) };
   }
 
-  async applyPlan(seq: number, layer: number, positions: Uint32Array, formats: Uint8Array): Promise<PlanApplied> {
-    const req = create(ApplyPlanRequestSchema, { sequenceId: seq, layer, positions: bytesOf(positions), formats });
+  async applyPlan(seq: number, plans: readonly LayerPlan[]): Promise<PlanApplied> {
+    // A shared plan rides in the top-level fields; per-layer plans in layer_plans.
+    const one = plans.length === 1 ? plans[0] : null;
+    const req = create(ApplyPlanRequestSchema, {
+      sequenceId: seq,
+      layer: one ? one.layer : 0,
+      positions: one ? bytesOf(one.positions) : new Uint8Array(0),
+      formats: one ? one.formats : new Uint8Array(0),
+      layerPlans: one ? [] : plans.map((p) => ({ layer: p.layer, positions: bytesOf(p.positions), formats: p.formats })),
+    });
     const r = await this.unary<ApplyPlanResponse>('applyPlan', req);
     return { tokensChanged: Number(r.tokensChanged), bytesMoved: Number(r.bytesMoved), applyUs: Number(r.applyUs), bytes: bytesFromPb(r.bytes) };
   }
@@ -130,7 +139,8 @@ export class GrpcCacheShard implements CacheShard {
       memoryLimitBytes: Number(r.memoryLimitBytes),
       backend: r.backend,
       gamma: r.gamma,
-      masterCopy: r.masterCopy,
+      mode: modeFromPb(r.mode) ?? (r.masterCopy ? 'reversible' : 'downgrade-only'),
+      masterDir: r.masterDir,
       rotateKv: r.rotateKv,
       blockTokens: r.blockTokens,
     };

@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { context } from '@opentelemetry/api';
 import { create } from '@bufbuild/protobuf';
 
-import { BitHistogramSchema, CacheSettingsSchema, ImportanceMode, LayerMode, type CacheSettings } from '../../gen/smartkv/v1/common_pb.js';
+import { BitHistogramSchema, BudgetReportSchema, CacheSettingsSchema, ImportanceMode, LayerMode, type BudgetReport, type CacheSettings } from '../../gen/smartkv/v1/common_pb.js';
 import {
   CompleteResponseSchema,
   FinishReason,
@@ -21,11 +21,11 @@ import {
   type ScoreRequest,
 } from '../../gen/smartkv/v1/generation_pb.js';
 import { bytesToPb } from '../cache/cache-proto.js';
-import { POLICY_NAMES, policyToPb } from '../common/policy.js';
+import { modeToPb, POLICY_NAMES, policyToPb } from '../common/policy.js';
 import { RpcError, statusOf, toServiceError } from '../common/rpc.js';
 import { statusName } from '../common/rpc-error.js';
 import { instruments } from '../telemetry/spans.js';
-import type { Job, JobOutcome } from './job.js';
+import { budgetReport, type BudgetSummary, type Job, type JobOutcome } from './job.js';
 import type { Model } from './model/model.js';
 import type { Scheduler } from './scheduler.js';
 import { generateSpec, scoreSpec, type CacheChoice, type ServerDefaults } from './settings.js';
@@ -55,6 +55,7 @@ export function cacheToPb(c: CacheChoice): CacheSettings {
     window: c.window,
     importance: c.normalised ? ImportanceMode.NORMALISED : ImportanceMode.ACCUMULATED,
     layers: c.perLayer ? LayerMode.PER_LAYER : LayerMode.SHARED,
+    mode: modeToPb(c.mode),
   });
 }
 
@@ -88,6 +89,21 @@ export function summaryOf(o: JobOutcome, cache: CacheChoice): GenerationSummary 
     trailingText: o.trailingText,
     budgetMissed: o.cache.budgetMissed,
     peakBatch: o.peakBatch,
+    budget: budgetToPb(budgetReport(o.cache, cache)),
+    allocateCalls: o.cache.allocateCalls,
+  });
+}
+
+export function budgetToPb(b: BudgetSummary): BudgetReport {
+  return create(BudgetReportSchema, {
+    targetBeta: b.targetBeta,
+    achievedBeta: b.achievedBeta,
+    hotBytes: BigInt(b.hotBytes),
+    masterBytes: BigInt(b.masterBytes),
+    fp16Bytes: BigInt(b.fp16Bytes),
+    mode: modeToPb(b.mode),
+    budgetMet: b.budgetMet,
+    bindsFromTokens: b.bindsFrom,
   });
 }
 

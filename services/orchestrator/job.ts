@@ -4,7 +4,8 @@
 import { context as otelContext, type Context, type Span } from '@opentelemetry/api';
 
 import type { Bytes, CacheShard } from '../cache/cache-api.js';
-import type { JobSpec } from './settings.js';
+import type { CacheChoice, JobSpec } from './settings.js';
+import type { ModeName } from '../common/policy.js';
 import type { SequenceLayout } from './reallocate.js';
 
 export type FinishReason = 'length' | 'eos' | 'stop' | 'context';
@@ -19,13 +20,50 @@ export interface JobSink {
 
 export interface CacheReport {
   reallocations: number;
+  allocateCalls: number; // Allocate calls (one per reallocation)
+  applyCalls: number; // ApplyPlan calls (at most one per reallocation)
   allocateUs: number;
   applyUs: number;
   tokensChanged: number;
   bytesMoved: number;
   maxBeta: number; // largest β right after a plan that changed precision
   budgetMissed: number; // plans whose exact bytes exceed β (now or before the next plan)
+  budgetMissedBinding: number; // of those, plans at a length from which β can bind (a real miss)
+  bindsFrom: number; // the shortest length from which β can bind (from the last plan)
   bytes: Bytes | null; // at the end
+}
+
+/** The bytes behind a result, under the names every report uses (BudgetReport). */
+export interface BudgetSummary {
+  targetBeta: number; // 0: the policy takes no budget
+  achievedBeta: number; // hot / FP16 at the end
+  hotBytes: number;
+  masterBytes: number;
+  fp16Bytes: number;
+  mode: ModeName;
+  budgetMet: boolean;
+  bindsFrom: number;
+}
+
+const BUDGETED = new Set(['smartkv', 'random', 'tiered']);
+
+/** β is met when the end is within it and no plan missed it at a length
+ * from which it can bind (shorter sequences cannot meet it: bindsFrom says so). */
+export function budgetReport(r: CacheReport, cache: CacheChoice): BudgetSummary {
+  const b = r.bytes;
+  const budgeted = BUDGETED.has(cache.policy);
+  const achievedBeta = b && b.fp16Bytes > 0 ? b.heldBytes / b.fp16Bytes : 0;
+  const targetBeta = budgeted ? cache.beta : 0;
+  return {
+    targetBeta,
+    achievedBeta,
+    hotBytes: b?.heldBytes ?? 0,
+    masterBytes: b?.masterBytes ?? 0,
+    fp16Bytes: b?.fp16Bytes ?? 0,
+    mode: cache.mode,
+    budgetMet: !budgeted || (achievedBeta <= targetBeta && r.budgetMissedBinding === 0),
+    bindsFrom: budgeted ? r.bindsFrom : 0,
+  };
 }
 
 export interface JobOutcome {
@@ -47,7 +85,7 @@ export class Job {
   shard: CacheShard | null = null;
   seq = -1;
   layout: SequenceLayout | null = null;
-  metadataBytes = 0; // all layers, as last reported by the engine
+  reservedBytes = 0; // hot bytes reserved on the shard for the sequence at its longest
   cached = 0; // tokens in the cache
   fed = 0; // tokens of `input` fed so far
   readonly input: number[]; // the tokens to feed: prompt (+ forced tokens when scoring)
@@ -60,7 +98,8 @@ export class Job {
   readonly admittedAt = performance.now();
   firstTokenAt = 0;
   readonly report: CacheReport = {
-    reallocations: 0, allocateUs: 0, applyUs: 0, tokensChanged: 0, bytesMoved: 0, maxBeta: 0, budgetMissed: 0, bytes: null,
+    reallocations: 0, allocateCalls: 0, applyCalls: 0, allocateUs: 0, applyUs: 0, tokensChanged: 0, bytesMoved: 0, maxBeta: 0,
+    budgetMissed: 0, budgetMissedBinding: 0, bindsFrom: 0, bytes: null,
   };
   /** The job's span (generate or score) and its context; steps are its children. */
   span: Span | null = null;

@@ -2,7 +2,11 @@
 // `--cache-dns NAME:PORT` (every address NAME resolves to is a cache shard;
 // re-resolved at run time) or `--in-process` (one process, local cache and allocator). Telemetry
 // starts first; the application (and @grpc/grpc-js with it) loads after.
-import { isPolicyName } from '../common/policy.js';
+import { mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { isModeName, isPolicyName } from '../common/policy.js';
 import { parseOptions, usage, UsageError, type OptionSpec } from '../common/args.js';
 import { startTelemetry } from '../telemetry/start.js';
 import { DEFAULTS, type ServerDefaults } from './settings.js';
@@ -31,9 +35,10 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'max-batch': { kind: 'int', default: D.maxBatch, help: 'most sequences in one step' },
   'prefill-chunk': { kind: 'int', default: D.prefillChunk, help: 'prompt tokens per prefill chunk' },
   threads: { kind: 'int', default: 0, help: 'model threads (0: all cores)' },
-  'memory-limit': { kind: 'int', default: 0, help: 'in-process: KV bytes the cache may hold' },
+  'memory-limit': { kind: 'int', default: 0, help: 'in-process: hot KV bytes the cache may hold (the master tier is not counted)' },
   gamma: { kind: 'number', default: 0.9, help: 'in-process: importance EMA factor γ' },
-  'master-copy': { kind: 'bool', default: false, help: 'in-process: keep FP16 originals for upgrades' },
+  mode: { kind: 'string', default: D.cache.mode, help: 'default precision mode: downgrade-only (no master copy; what docs/evaluation.md\'s headline tables measure) or reversible (an FP16 master copy in the cache\'s master tier, so plans may raise precision)' },
+  'master-dir': { kind: 'string', help: 'in-process: directory of the master tier (default: <tmpdir>/smartkv-master-<pid>, removed on stop)' },
   'rotate-kv': { kind: 'bool', default: true, help: 'in-process: store K and V rotated (randomised Hadamard; --rotate-kv=false: off)' },
   'grace-ms': { kind: 'int', default: 10000, help: 'how long running requests may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },
@@ -48,6 +53,8 @@ export function defaultsFrom(o: Record<string, unknown>): ServerDefaults {
   const importance = o.importance as string, layers = o.layers as string;
   if (importance !== 'accumulated' && importance !== 'normalised') throw new UsageError(`--importance must be accumulated or normalised, got ${importance}`);
   if (layers !== 'shared' && layers !== 'per-layer') throw new UsageError(`--layers must be shared or per-layer, got ${layers}`);
+  const mode = o.mode as string;
+  if (!isModeName(mode)) throw new UsageError(`--mode must be downgrade-only or reversible, got ${mode}`);
   return {
     ...DEFAULTS,
     cache: {
@@ -59,10 +66,19 @@ export function defaultsFrom(o: Record<string, unknown>): ServerDefaults {
       window: o.window as number,
       normalised: importance === 'normalised',
       perLayer: layers === 'per-layer',
+      mode,
     },
     maxBatch: o['max-batch'] as number,
     prefillChunk: o['prefill-chunk'] as number,
   };
+}
+
+/** In-process: the master tier's directory, made now and (when it is ours) removed at exit. */
+function localMasterDir(given: string | undefined): string {
+  const dir = given ?? join(tmpdir(), `smartkv-master-${process.pid}`);
+  mkdirSync(dir, { recursive: true });
+  if (!given) process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  return dir;
 }
 
 async function main(): Promise<void> {
@@ -99,7 +115,7 @@ async function main(): Promise<void> {
     healthEveryMs: o['cache-health-ms'] as number,
     cacheWaitMs: o['cache-wait-ms'] as number,
     allocatorAddress: o.allocator as string | undefined,
-    local: inProcess ? { engine: { quant: 'symmetric', gamma: o.gamma as number, masterCopy: o['master-copy'] as boolean, rotateKv: o['rotate-kv'] as boolean }, memoryLimitBytes: o['memory-limit'] as number } : undefined,
+    local: inProcess ? { engine: { quant: 'symmetric', gamma: o.gamma as number, mode: defaults.cache.mode, masterDir: localMasterDir(o['master-dir'] as string | undefined), rotateKv: o['rotate-kv'] as boolean }, memoryLimitBytes: o['memory-limit'] as number } : undefined,
     log: say,
   });
   const graceMs = o['grace-ms'] as number;

@@ -82,7 +82,6 @@ export class Orchestrator {
       allocator,
       defaults: o.defaults,
       blockTokens: first.blockTokens,
-      upgrades: first.masterCopy,
       log: o.log,
     });
     const context: GenerationContext = {

@@ -1,15 +1,16 @@
-// One reallocation for one sequence: importance from the cache → a plan from
-// the allocator under the byte budget → the plan applied in the cache.
+// One reallocation for one sequence: importance (and the bytes held) from
+// the cache → one plan from the allocator → one ApplyPlan for all layers.
 //
-// The budget is for the bytes the engine really holds, so it is computed from
-// the engine's own numbers: β × the FP16 bytes of the tokens there will be
-// when the *next* plan runs (the `ahead` tokens that arrive meanwhile come in
-// at 16 bits), minus bookkeeping, minus the protected tokens. Storage blocks
-// round each format up to whole blocks; the plan is checked against that
-// exact count and the budget shrunk by any excess (one or two rounds).
+// What a plan costs is the allocator's business (services/allocator/
+// plan-cost.ts): this sends it the engine's layout — block size and bytes,
+// bookkeeping per token, the bytes held now, the protected tokens, the tokens
+// that arrive at 16 bits before the next plan — and the plan that comes back
+// meets β in the engine's exact bytes right after it and until the next one,
+// or is the best effort with fits = false.
 import type { AllocationInput, PlanPolicy } from '../allocator/policies.js';
-import type { Bytes, CacheShard, ImportanceReport } from '../cache/cache-api.js';
-import { TOKEN_META_BYTES } from '../../native/formats.js';
+import type { PlanLayout } from '../allocator/plan-cost.js';
+import type { Bytes, CacheShard, ImportanceReport, LayerPlan } from '../cache/cache-api.js';
+import { META_PAGE_TOKENS, TABLE_ENTRY_BYTES, TOKEN_META_BYTES } from '../../native/formats.js';
 import type { Allocator } from './allocator-client.js';
 
 export interface SequenceLayout {
@@ -36,8 +37,13 @@ export interface ReallocOutcome {
   applyUs: number;
   tokensChanged: number;
   bytesMoved: number;
-  bytes: Bytes | null; // after the plan (null: nothing changed, not applied)
-  fits: boolean; // the plan's exact bytes (protected tokens, blocks, bookkeeping) are within β
+  bytes: Bytes; // after the plan (the bytes before when nothing changed)
+  fits: boolean; // the plan's exact bytes are within β now and until the next plan
+  achievedBeta: number; // the allocator's exact worst β until the next plan
+  predictedHotBytes: number; // the allocator's price of the plan (≥ what the engine holds after it)
+  bindsFrom: number; // the shortest length from which β can bind
+  allocateCalls: number; // Allocate calls this reallocation made (1)
+  applyCalls: number; // ApplyPlan calls (0 or 1)
   formats: Uint8Array; // the plan: [n] shared, or [layers][unprotected tokens] per layer
 }
 
@@ -69,13 +75,6 @@ export function combineLayers(r: ImportanceReport): { importance: Float32Array; 
   return { importance, sqError, current };
 }
 
-/** Exact engine bytes of one layer holding `counts` tokens per format. */
-export function layoutBytes(counts: readonly number[], lay: SequenceLayout): number {
-  let b = 0;
-  for (let f = 0; f < 4; f++) b += Math.ceil(counts[f] / lay.blockTokens) * lay.blockTokens * lay.tokenBytes[f];
-  return b;
-}
-
 /** Divides each token's EMA by the weight it could have gathered: a token
  * seen by k queries has had k updates, so its EMA carries 1 − γ^k of the
  * weight an old token's does. Position p of n is seen by n − p queries. */
@@ -95,10 +94,10 @@ interface Problem {
   current: Uint8Array; // [m] current format (upper bound without a master copy)
   sinks: number;
   window: number;
-  /** Per layer: format counts of a plan (protected tokens included). */
-  counts(plan: Uint8Array): number[][];
+  groups: number; // 1 (shared) or layers (per layer)
+  outsideFp16: number; // per group: protected tokens that are not slots
   /** The plan's changes as (layer, positions, formats); layer -1 = all layers. */
-  changes(plan: Uint8Array): { layer: number; positions: Uint32Array; formats: Uint8Array }[];
+  changes(plan: Uint8Array): LayerPlan[];
 }
 
 /** Shared: one bit-width per token; importance averaged over layers. */
@@ -106,12 +105,7 @@ function sharedProblem(r: ImportanceReport, opt: ReallocOptions): Problem {
   const { importance, sqError, current } = combineLayers(r);
   const n = r.tokens;
   return {
-    importance, sqError, current, sinks: opt.sinks, window: opt.window,
-    counts: (plan) => {
-      const c = [0, 0, 0, 0];
-      for (const f of plan) c[f]++;
-      return Array.from({ length: r.layers }, () => c);
-    },
+    importance, sqError, current, sinks: opt.sinks, window: opt.window, groups: 1, outsideFp16: 0,
     changes: (plan) => {
       const changed: number[] = [];
       for (let i = 0; i < n; i++) if (plan[i] !== current[i]) changed.push(i);
@@ -138,15 +132,9 @@ function perLayerProblem(r: ImportanceReport, opt: ReallocOptions): Problem {
     }
   const protectedCount = n - free.length;
   return {
-    importance, sqError, current, sinks: 0, window: 0,
-    counts: (plan) =>
-      Array.from({ length: L }, (_, l) => {
-        const c = [protectedCount, 0, 0, 0];
-        for (let k = l * free.length; k < (l + 1) * free.length; k++) c[plan[k]]++;
-        return c;
-      }),
+    importance, sqError, current, sinks: 0, window: 0, groups: L, outsideFp16: protectedCount,
     changes: (plan) => {
-      const out = [];
+      const out: LayerPlan[] = [];
       for (let l = 0; l < L; l++) {
         const pos: number[] = [], fmt: number[] = [];
         free.forEach((p, j) => {
@@ -169,65 +157,51 @@ export async function reallocate(
   allocator: Allocator,
   lay: SequenceLayout,
   opt: ReallocOptions,
-  metadataBytes: number, // all layers, as last reported by the engine
-  upgrades: boolean, // the cache keeps a master copy
+  reversible: boolean, // the sequence keeps a master copy: plans may raise precision
 ): Promise<ReallocOutcome> {
   const report = await shard.exportImportance(seq);
-  const n = report.tokens, L = lay.layers;
   if (opt.normalised) normaliseImportance(report, opt.gamma);
   const prob = opt.perLayer ? perLayerProblem(report, opt) : sharedProblem(report, opt);
-  // β must hold right after the plan (n tokens) and just before the next one
-  // (n + ahead): blocks round up, so the ahead tokens may cost nothing yet.
-  // All in bytes over every layer.
-  const allowedNow = opt.beta * n * lay.fp16TokenBytes * L;
-  const allowed = opt.beta * (n + opt.ahead) * lay.fp16TokenBytes * L;
-  const metaNow = metadataBytes;
-  const meta = metaNow + opt.ahead * TOKEN_META_BYTES * L;
-  const protectedNow = Math.min(n, opt.sinks + opt.window);
-  const unprotectedLayers = opt.perLayer ? L : 1; // the shared problem's budget is per layer
-  let budget = (allowed - meta - (protectedNow + opt.ahead) * lay.tokenBytes[0] * L) / (L / unprotectedLayers);
   const input: AllocationInput = {
     importance: prob.importance,
     sqError: prob.sqError,
-    upperBounds: upgrades ? null : prob.current,
-    tokenBytes: lay.tokenBytes,
-    budgetBytes: Math.max(0, budget),
+    upperBounds: reversible ? null : prob.current,
+    tokenBytes: lay.tokenBytes, // the layout's block bytes decide; kept for the wire's checks
+    budgetBytes: 0,
     sinks: prob.sinks,
     window: prob.window,
     seed: opt.seed,
   };
-  let allocateUs = 0;
-  let plan;
-  let within = false;
-  for (let round = 0; ; round++) {
-    const r = await allocator.allocate(opt.policy, input);
-    allocateUs += r.allocateUs;
-    plan = r.allocation;
-    let now = metaNow, later = meta;
-    for (const c of prob.counts(plan.formats)) {
-      now += layoutBytes(c, lay);
-      later += layoutBytes([c[0] + opt.ahead, c[1], c[2], c[3]], lay);
-    }
-    const excess = Math.max(now - allowedNow, later - allowed);
-    within = excess <= 0;
-    // Stop when it fits, or when a smaller budget cannot change the plan.
-    if (within || !plan.fits || input.budgetBytes === 0 || round === 5 || opt.policy.startsWith('uniform')) break;
-    // Shrink by the excess; from the second round on also by a block of the
-    // dearest quantised format per round: block rounding means fewer upgrades
-    // can free less than they cost (a format's last block stays partly full).
-    const margin = round * lay.blockTokens * lay.tokenBytes[1] * (opt.perLayer ? L : 1);
-    budget -= (opt.perLayer ? excess : excess / L) + margin;
-    input.budgetBytes = Math.max(0, budget);
-  }
-  const out: ReallocOutcome = { allocateUs, fits: within, formats: plan.formats, applyUs: 0, tokensChanged: 0, bytesMoved: 0, bytes: null };
-  for (const c of prob.changes(plan.formats)) {
-    const a = await shard.applyPlan(seq, c.layer, c.positions, c.formats);
-    out.applyUs += a.applyUs;
-    out.tokensChanged += a.tokensChanged;
-    out.bytesMoved += a.bytesMoved;
-    out.bytes = a.bytes;
-  }
+  const r = await allocator.plan(opt.policy, input, planLayout(lay, opt, report, prob), prob.current);
+  const out: ReallocOutcome = {
+    allocateUs: r.allocateUs, applyUs: 0, tokensChanged: 0, bytesMoved: 0, bytes: report.bytes, fits: r.fits,
+    achievedBeta: r.achievedBeta, predictedHotBytes: r.hotBytes, bindsFrom: r.bindsFrom, allocateCalls: 1, applyCalls: 0, formats: r.formats,
+  };
+  const changes = prob.changes(r.formats);
+  if (changes.length === 0) return out;
+  const a = await shard.applyPlan(seq, changes);
+  Object.assign(out, { applyUs: a.applyUs, tokensChanged: a.tokensChanged, bytesMoved: a.bytesMoved, bytes: a.bytes, applyCalls: 1 });
   return out;
+}
+
+/** What the allocator needs to price a plan in this engine's bytes. */
+function planLayout(lay: SequenceLayout, opt: ReallocOptions, r: ImportanceReport, prob: Problem): PlanLayout {
+  return {
+    targetBeta: opt.beta,
+    blockTokens: lay.blockTokens,
+    blockBytes: lay.tokenBytes.map((t) => Math.round(t * lay.blockTokens)),
+    tokenMetaBytes: TOKEN_META_BYTES,
+    metaPageTokens: META_PAGE_TOKENS,
+    tableEntryBytes: TABLE_ENTRY_BYTES,
+    fp16TokenBytes: lay.fp16TokenBytes,
+    layers: lay.layers,
+    groups: prob.groups,
+    tokens: r.tokens,
+    outsideFp16Tokens: prob.outsideFp16,
+    aheadTokens: opt.ahead,
+    heldBytes: r.bytes.heldBytes,
+    protectedTokens: opt.sinks + opt.window,
+  };
 }
 
 /** The smallest β any sequence can reach: every token at 2 bits, with its

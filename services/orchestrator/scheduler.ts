@@ -12,10 +12,12 @@ import type { CacheShard } from '../cache/cache-api.js';
 import type { StorageKind } from '../../native/kv-engine.js';
 import { RpcError } from '../common/rpc.js';
 import type { Allocator } from './allocator-client.js';
-import { Job, type JobOutcome, type JobSink } from './job.js';
+import { budgetReport, Job, type JobOutcome, type JobSink } from './job.js';
 import type { Model } from './model/model.js';
 import { argmax, sample, seededRng } from './model/sampler.js';
-import { minimumBeta, reallocate } from './reallocate.js';
+import { minimumBeta, reallocate, type ReallocOutcome } from './reallocate.js';
+import { reservationBytes } from '../allocator/plan-cost.js';
+import { META_PAGE_TOKENS, TABLE_ENTRY_BYTES, TOKEN_META_BYTES, tokenBytes as layoutTokenBytes } from '../../native/formats.js';
 import { logProb, runStep, type StepItem } from './runner.js';
 import type { JobSpec, ServerDefaults } from './settings.js';
 import type { ShardSet } from './shard-directory.js';
@@ -34,7 +36,6 @@ export interface SchedulerOptions {
   allocator: Allocator;
   defaults: ServerDefaults;
   blockTokens: number; // the cache engines' storage block
-  upgrades: boolean; // the cache engines keep a master copy
   log: (line: string) => void;
 }
 
@@ -140,42 +141,40 @@ export class Scheduler {
     }
   }
 
-  /** The shard holding the fewest bytes (held + reserved) among the eligible ones that answer. */
+  /** Reserves what the sequence will hold at its longest on the eligible shard
+   * (listed, healthy: shard-directory.ts) with the most room for it (memory
+   * limit − reservations; without limits, the fewest bytes reserved), so that
+   * nothing can fail for memory after the first token: RESOURCE_EXHAUSTED here
+   * when no shard has room. */
   private async place(job: Job): Promise<void> {
-    const shards = this.o.shards.eligible();
-    const loads = await Promise.all(
-      shards.map((h) =>
-        h.shard.stats(undefined, 2000).then(
-          (s) => s.bytes.heldBytes + s.reservedBytes,
-          () => Infinity,
-        ),
-      ),
-    );
-    let best = -1;
-    loads.forEach((l, i) => {
-      if (l < Infinity && (best < 0 || l < loads[best])) best = i;
-    });
-    if (best < 0) throw new RpcError(grpc.status.UNAVAILABLE, `no cache shard answers (${shards.map((s) => s.address).join(', ') || 'none is healthy'})`);
     const c = this.o.model.config, cache = job.spec.cache;
-    const shard = shards[best].shard;
+    const shards = this.o.shards.eligible();
     const storage: StorageKind = cache.policy === 'kivi-2' || cache.policy === 'kivi-4' ? cache.policy : 'mixed';
-    const total = job.input.length + (job.spec.kind === 'generate' ? job.spec.maxTokens : 0);
-    const fp16TokenBytes = 2 * c.kvHeads * c.headDim * 2;
-    const planned = isPlanPolicy(cache.policy);
-    // What the sequence may hold at most: its budget, plus a prefill chunk and
-    // the protected tokens at 16 bits, plus bookkeeping.
-    const beta = planned ? cache.beta : 1;
-    const perLayer = beta * total * fp16TokenBytes + (this.o.defaults.prefillChunk + cache.sinks + cache.window + cache.reallocInterval) * fp16TokenBytes * 1.05 + 64 * 1024;
-    const created = await shard.createSequence(storage, Math.ceil(perLayer * c.layers), cache.gamma);
+    const reserve = this.reservation(job);
+    const stats = await Promise.all(shards.map((h) => h.shard.stats(undefined, 2000).catch(() => null)));
+    let best = -1, room = -Infinity;
+    stats.forEach((s, i) => {
+      if (!s) return;
+      const free = s.memoryLimitBytes > 0 ? s.memoryLimitBytes - s.reservedBytes : -s.reservedBytes;
+      if (s.memoryLimitBytes > 0 && free < reserve) return;
+      if (free > room) (best = i), (room = free);
+    });
+    if (best < 0) {
+      if (stats.every((s) => !s)) throw new RpcError(grpc.status.UNAVAILABLE, `no cache shard answers (${shards.map((s) => s.address).join(', ') || 'none is healthy'})`);
+      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `no cache shard has room for this request within its memory limit: it may hold ${reserve} hot bytes at its maximum length (${this.maxTokens(job)} tokens, mode ${cache.mode}); retry later or lower max_tokens or cache.budget`);
+    }
+    const shard = shards[best].shard;
+    const created = await shard.createSequence(storage, reserve, cache.gamma, cache.mode);
     job.shard = shard;
     job.shardIndex = shards[best].index;
     job.shardAddress = shards[best].address;
     job.seq = created.seq;
-    job.layout = { layers: c.layers, fp16TokenBytes, tokenBytes: created.tokenBytes, blockTokens: this.o.blockTokens };
-    if (planned) {
+    job.reservedBytes = reserve;
+    job.layout = { layers: c.layers, fp16TokenBytes: 2 * c.kvHeads * c.headDim * 2, tokenBytes: created.tokenBytes, blockTokens: this.o.blockTokens };
+    if (isPlanPolicy(cache.policy)) {
       // Below this no length of sequence can meet the budget. Above it, a
       // short sequence may still miss it (its protected tokens alone exceed
-      // β); plans are then best effort and the summary counts them.
+      // β); plans are then best effort and the summary says from which length β binds.
       const min = minimumBeta(job.layout);
       if (cache.beta < min) {
         await this.free(job);
@@ -185,8 +184,31 @@ export class Scheduler {
         );
       }
     }
-    const st = await shard.stats(job.seq);
-    job.metadataBytes = st.bytes.metadataBytes;
+  }
+
+  private maxTokens(job: Job): number {
+    return job.input.length + (job.spec.kind === 'generate' ? job.spec.maxTokens : 0);
+  }
+
+  /** Hot bytes the sequence may hold at most (plan-cost.ts: reservationBytes). */
+  private reservation(job: Job): number {
+    const c = this.o.model.config, cache = job.spec.cache, T = this.o.blockTokens;
+    const tb = layoutTokenBytes({ headDim: c.headDim, kvHeads: c.kvHeads, blockTokens: T, quant: 'symmetric' });
+    const fp16TokenBytes = 2 * c.kvHeads * c.headDim * 2;
+    const budgeted = cache.policy === 'smartkv' || cache.policy === 'random' || cache.policy === 'tiered';
+    return reservationBytes({
+      layers: c.layers,
+      fp16TokenBytes,
+      blockTokens: T,
+      blockBytes: tb.map((t) => t * T),
+      tokenMetaBytes: TOKEN_META_BYTES,
+      metaPageTokens: META_PAGE_TOKENS,
+      tableEntryBytes: TABLE_ENTRY_BYTES,
+      // Unbudgeted policies hold at most FP16 blocks (uniform plans never exceed leaving tokens alone).
+      beta: budgeted ? cache.beta : tb[0] / fp16TokenBytes,
+      tokens: this.maxTokens(job),
+      ahead: Math.max(this.o.defaults.prefillChunk, cache.reallocInterval),
+    });
   }
 
   // --- one step ------------------------------------------------------------
@@ -310,6 +332,8 @@ export class Scheduler {
     const span = childOf(j.stepSpan ? trace.setSpan(j.ctx, j.stepSpan) : j.ctx, 'reallocate', {
       'smartkv.policy': cache.policy,
       'smartkv.budget': cache.beta,
+      'smartkv.target_beta': cache.beta,
+      'smartkv.mode': cache.mode,
       'smartkv.tokens': j.cached,
     });
     const t0 = performance.now();
@@ -330,44 +354,30 @@ export class Scheduler {
           normalised: cache.normalised,
           perLayer: cache.perLayer,
         },
-        j.metadataBytes,
-        this.o.upgrades,
+        cache.mode === 'reversible',
       ));
       j.stepsSincePlan = 0;
       const rep = j.report;
       rep.reallocations++;
+      rep.allocateCalls += r.allocateCalls;
+      rep.applyCalls += r.applyCalls;
       rep.allocateUs += r.allocateUs;
       rep.applyUs += r.applyUs;
       rep.tokensChanged += r.tokensChanged;
       rep.bytesMoved += r.bytesMoved;
-      if (r.bytes) {
-        j.metadataBytes = r.bytes.metadataBytes;
-        rep.maxBeta = Math.max(rep.maxBeta, r.bytes.heldBytes / r.bytes.fp16Bytes);
+      rep.bindsFrom = r.bindsFrom;
+      const beta = r.bytes.fp16Bytes > 0 ? r.bytes.heldBytes / r.bytes.fp16Bytes : 0;
+      if (r.tokensChanged > 0) rep.maxBeta = Math.max(rep.maxBeta, beta);
+      const budgeted = policy === 'smartkv' || policy === 'random' || policy === 'tiered';
+      if (budgeted && !r.fits) {
+        rep.budgetMissed++;
+        if (r.bindsFrom > 0 && j.cached >= r.bindsFrom) rep.budgetMissedBinding++;
       }
-      if (!r.fits) rep.budgetMissed++;
       const ms = performance.now() - t0;
       const m = instruments();
       m.reallocationDuration.record(ms);
-      const attrs: Record<string, number | boolean> = {
-        'smartkv.allocate_us': r.allocateUs,
-        'smartkv.apply_us': r.applyUs,
-        'smartkv.tokens_changed': r.tokensChanged,
-        'smartkv.bytes_moved': r.bytesMoved,
-        'smartkv.within_budget': r.fits,
-      };
-      if (r.bytes) {
-        const beta = r.bytes.heldBytes / r.bytes.fp16Bytes;
-        m.achievedBeta.record(beta);
-        Object.assign(attrs, {
-          'smartkv.achieved_beta': beta,
-          'smartkv.bytes_held': r.bytes.heldBytes,
-          'smartkv.bits16_tokens': r.bytes.tokensByFormat[0],
-          'smartkv.bits8_tokens': r.bytes.tokensByFormat[1],
-          'smartkv.bits4_tokens': r.bytes.tokensByFormat[2],
-          'smartkv.bits2_tokens': r.bytes.tokensByFormat[3],
-        });
-      }
-      span.setAttributes(attrs);
+      m.achievedBeta.record(beta);
+      span.setAttributes(reallocAttributes(r, beta, !budgeted || r.fits));
     } catch (e) {
       span.recordException(e as Error);
       span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
@@ -418,14 +428,22 @@ export class Scheduler {
       shardAddress: j.shardAddress,
       peakBatch: j.peakBatch,
     };
-    const b = j.report.bytes;
+    const budget = budgetReport(j.report, j.spec.cache);
     j.span?.setAttributes({
       'smartkv.generated_tokens': j.generated.length,
       'smartkv.finish_reason': outcome.finish,
       'smartkv.reallocations': j.report.reallocations,
+      'smartkv.allocate_calls': j.report.allocateCalls,
       'smartkv.allocate_us': j.report.allocateUs,
       'smartkv.apply_us': j.report.applyUs,
-      'smartkv.achieved_beta': b && b.fp16Bytes ? b.heldBytes / b.fp16Bytes : 0,
+      'smartkv.target_beta': budget.targetBeta,
+      'smartkv.achieved_beta': budget.achievedBeta,
+      'smartkv.hot_bytes': budget.hotBytes,
+      'smartkv.master_bytes': budget.masterBytes,
+      'smartkv.fp16_bytes': budget.fp16Bytes,
+      'smartkv.mode': budget.mode,
+      'smartkv.budget_met': budget.budgetMet,
+      'smartkv.binds_from_tokens': budget.bindsFrom,
       'smartkv.shard': j.shardIndex,
       'smartkv.shard_address': j.shardAddress,
     });
@@ -444,4 +462,29 @@ export class Scheduler {
       if ((e as RpcError).code !== grpc.status.UNAVAILABLE) this.o.log(`freeing sequence ${seq}: ${(e as Error).message}`);
     }
   }
+}
+
+/** The reallocate span's attributes: its cost, and the bytes under the report names. */
+function reallocAttributes(r: ReallocOutcome, beta: number, met: boolean): Record<string, number | boolean> {
+  return {
+    'smartkv.allocate_us': r.allocateUs,
+    'smartkv.apply_us': r.applyUs,
+    'smartkv.allocate_calls': r.allocateCalls,
+    'smartkv.apply_calls': r.applyCalls,
+    'smartkv.tokens_changed': r.tokensChanged,
+    'smartkv.bytes_moved': r.bytesMoved,
+    'smartkv.within_budget': r.fits,
+    'smartkv.budget_met': met,
+    'smartkv.binds_from_tokens': r.bindsFrom,
+    'smartkv.planned_beta': r.achievedBeta,
+    'smartkv.achieved_beta': beta,
+    'smartkv.hot_bytes': r.bytes.heldBytes,
+    'smartkv.master_bytes': r.bytes.masterBytes,
+    'smartkv.fp16_bytes': r.bytes.fp16Bytes,
+    'smartkv.bytes_held': r.bytes.heldBytes,
+    'smartkv.bits16_tokens': r.bytes.tokensByFormat[0],
+    'smartkv.bits8_tokens': r.bytes.tokensByFormat[1],
+    'smartkv.bits4_tokens': r.bytes.tokensByFormat[2],
+    'smartkv.bits2_tokens': r.bytes.tokensByFormat[3],
+  };
 }

@@ -4,8 +4,8 @@
 import type { CacheSettings } from '../../gen/smartkv/v1/common_pb.js';
 import type { GenerateRequest, ScoreRequest } from '../../gen/smartkv/v1/generation_pb.js';
 import { invalidArgument } from '../common/rpc-error.js';
-import { policyFromPb, type PolicyName } from '../common/policy.js';
-import { CachePolicy, ImportanceMode, LayerMode } from '../../gen/smartkv/v1/common_pb.js';
+import { modeFromPb, policyFromPb, type ModeName, type PolicyName } from '../common/policy.js';
+import { CachePolicy, ImportanceMode, LayerMode, PrecisionMode } from '../../gen/smartkv/v1/common_pb.js';
 import type { ModelConfig } from './model/config.js';
 import type { TextTokenizer } from './model/tokenizer.js';
 
@@ -18,6 +18,7 @@ export interface CacheChoice {
   window: number;
   normalised: boolean; // importance read normalised (IMPORTANCE_MODE_NORMALISED)
   perLayer: boolean; // a bit-width per (token, layer) (LAYER_MODE_PER_LAYER)
+  mode: ModeName; // downgrade-only (no master copy) or reversible (master copy in its own tier)
 }
 
 export interface ServerDefaults {
@@ -29,7 +30,7 @@ export interface ServerDefaults {
 }
 
 export const DEFAULTS: ServerDefaults = {
-  cache: { policy: 'smartkv', beta: 0.5, gamma: 0.9, reallocInterval: 16, sinks: 4, window: 64, normalised: false, perLayer: false },
+  cache: { policy: 'smartkv', beta: 0.5, gamma: 0.9, reallocInterval: 16, sinks: 4, window: 64, normalised: false, perLayer: false, mode: 'downgrade-only' },
   prefillChunk: 128,
   maxBatch: 16,
   maxStopStrings: 8,
@@ -92,6 +93,11 @@ export function resolveCache(c: CacheSettings | undefined, d: ServerDefaults): C
   if (c.layers !== LayerMode.UNSPECIFIED) {
     if (!LayerMode[c.layers]) throw invalidArgument(`cache.layers: unknown mode ${c.layers}`);
     out.perLayer = c.layers === LayerMode.PER_LAYER;
+  }
+  if (c.mode !== PrecisionMode.UNSPECIFIED) {
+    const m = modeFromPb(c.mode);
+    if (!m) throw invalidArgument(`cache.mode: unknown precision mode ${c.mode}`);
+    out.mode = m;
   }
   if (c.window !== undefined) {
     if (c.window > 65536) throw invalidArgument(`cache.window must be ≤ 65536, got ${c.window}`);

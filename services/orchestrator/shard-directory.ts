@@ -72,9 +72,10 @@ interface Entry {
   goneSince: number; // when it left the listing (0: listed)
 }
 
-/** Engine settings every shard must share (the scheduler plans with them). */
+/** Engine settings every shard must share (the scheduler plans with them; the
+ * precision mode is per sequence, so shards need not agree on their default). */
 function settingsOf(s: ShardStats): string {
-  return `block ${s.blockTokens} tokens, master copy ${s.masterCopy}`;
+  return `block ${s.blockTokens} tokens`;
 }
 
 /** How long an unlisted shard's client is kept for the sequences it may still hold. */

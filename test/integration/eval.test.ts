@@ -57,6 +57,14 @@ describe('smartkv eval', () => {
         const sum = Object.values(h).reduce((a, x) => a + x, 0);
         assert.ok(Math.abs(sum - 1) < 1e-3, `histogram sums to ${sum}`);
         assert.ok(row.policy === 'fp16' ? row.ppl_increase === 0 : finite(row.ppl_increase));
+        // The bytes, under the report names: downgrade-only (the default) holds no master bytes.
+        assert.equal(row.mode, 'downgrade-only');
+        assert.ok(finite(row.hot_bytes) && finite(row.fp16_bytes) && (row.hot_bytes as number) > 0);
+        assert.equal(row.master_bytes, 0);
+        assert.equal(typeof row.budget_met, 'boolean');
+        if (row.target_beta === null) assert.equal(row.budget_met, true);
+        // One Allocate call per reallocation.
+        assert.equal(row.allocate_calls, row.reallocations);
       }
       const text = readFileSync(md, 'utf8');
       assert.match(text, /<!-- smartkv eval ppl: begin/);
@@ -66,8 +74,8 @@ describe('smartkv eval', () => {
     }
   });
 
-  it('needle --quick --json: a row per policy × budget × context × depth, with per-context and per-policy summaries', () => {
-    const r = smartkv('eval', 'needle', '--quick', '--json');
+  it('needle --quick --json --mode reversible: a row per policy × budget × context × depth, with per-context and per-policy summaries', () => {
+    const r = smartkv('eval', 'needle', '--quick', '--json', '--mode', 'reversible');
     assert.equal(r.status, 0, r.stderr);
     const rows = jsonRows(r.stdout);
     const summaries = rows.filter((x) => x.kind === 'policy');
@@ -80,6 +88,10 @@ describe('smartkv eval', () => {
       assert.ok(finite(row.accuracy) && (row.accuracy as number) >= 0 && (row.accuracy as number) <= 1);
       assert.ok(finite(row.achieved_beta) && (row.achieved_beta as number) > 0);
       assert.equal(row.correct, Math.round((row.accuracy as number) * (row.samples as number)));
+      assert.equal(row.mode, 'reversible');
+      // Mixed-storage rows keep master copies in the master tier; KIVI sequences take no plans and keep none.
+      const kivi = (row.policy as string).startsWith('kivi');
+      assert.ok(kivi ? row.master_bytes === 0 : (row.master_bytes as number) >= (row.fp16_bytes as number), `${String(row.policy)}: master ${String(row.master_bytes)}`);
     }
     for (const c of cells) assert.ok(finite(c.context_bytes) && finite(c.depth) && c.samples === 1);
     for (const s of summaries) assert.equal(s.samples, 4);

@@ -84,9 +84,22 @@ describe('telemetry across the services', () => {
     assert.ok(reallocs.length >= 3, `${reallocs.length} reallocations`);
     for (const re of reallocs) assert.equal(parent(re)?.name, 'step');
     // The allocator's server spans hang under a reallocation (through the gRPC client span).
+    // Exactly one Allocate RPC per reallocation (the exact plan comes back in
+    // one call), and at most one ApplyPlan RPC for all layers.
     const allocs = spans.filter((s) => s.service === 'smartkv-allocator' && s.name.endsWith('AllocatorService/Allocate'));
-    assert.ok(allocs.length >= reallocs.length);
+    assert.equal(allocs.length, reallocs.length, `${allocs.length} Allocate calls for ${reallocs.length} reallocations`);
     for (const a of allocs) assert.equal(parent(parent(a)!)?.name, 'reallocate');
+    for (const re of reallocs) {
+      const applies = spans.filter((s) => s.service === 'smartkv-cache' && s.name.endsWith('CacheService/ApplyPlan') && parent(parent(s)!)?.spanId === re.spanId);
+      assert.ok(applies.length <= 1, `${applies.length} ApplyPlan calls in one reallocation`);
+      assert.equal(re.attributes['smartkv.allocate_calls'], 1);
+      assert.equal(Number(re.attributes['smartkv.apply_calls']), applies.length);
+    }
+    // The generate span carries the bytes under the report names.
+    for (const k of ['smartkv.target_beta', 'smartkv.achieved_beta', 'smartkv.hot_bytes', 'smartkv.master_bytes', 'smartkv.fp16_bytes', 'smartkv.mode', 'smartkv.budget_met'])
+      assert.ok(k in gen!.attributes, `${k} on the generate span`);
+    assert.equal(gen!.attributes['smartkv.mode'], 'downgrade-only');
+    assert.equal(Number(gen!.attributes['smartkv.master_bytes']), 0);
 
     // The cost attributes, with plausible values.
     const applied = reallocs.filter((s) => Number(s.attributes['smartkv.tokens_changed']) > 0);
@@ -119,5 +132,8 @@ describe('telemetry across the services', () => {
     assert.ok(value(cache, 'smartkv_attend_duration_count', 'side="cache"') >= 160);
     assert.equal(value(cache, 'smartkv_cache_bytes_held'), 0, 'all freed after the request');
     assert.ok(value(allocator, 'smartkv_allocate_duration_count', 'policy="smartkv"') >= 1);
+    // The allocator's own count of Allocate calls equals the orchestrator's reallocations.
+    assert.equal(value(allocator, 'smartkv_allocate_duration_count', 'policy="smartkv"'), value(orchestrator, 'smartkv_reallocation_duration_count'));
+    assert.equal(value(cache, 'smartkv_cache_bytes_master'), 0);
   });
 });

@@ -30,7 +30,9 @@ describe('config errors', () => {
     ['unknown device', { device: 'tpu' }, /device must be one of/],
     ['gamma out of range', { gamma: 1 }, /gamma/],
     ['fractional threads', { threads: 1.5 }, /threads/],
-    ['non-boolean flag', { masterCopy: 'yes' }, /masterCopy must be a boolean/],
+    ['non-boolean flag', { rotateKv: 'yes' }, /rotateKv must be a boolean/],
+    ['unknown precision mode', { mode: 'both' }, /mode must be one of 'downgrade-only', 'reversible'/],
+    ['non-string master directory', { masterDir: 7 }, /masterDir must be a string/],
   ];
   for (const [name, patch, pattern] of bad)
     it(name, () => assert.throws(() => new KvEngine({ ...CONFIG, ...patch } as KvEngineConfig), isCode('INVALID_ARGUMENT', pattern)));
@@ -110,6 +112,7 @@ describe('operation errors change nothing', () => {
       eng.applyPlan(seq, 0, Uint32Array.of(3, 6), ['int2', 'int8'])],
     ['plan on a KIVI sequence', 'FAILED_PRECONDITION', /kivi-2 storage/, () => eng.applyPlan(kivi, 0, Uint32Array.of(), [])],
     ['unknown storage kind', 'INVALID_ARGUMENT', /storage must be one of/, () => eng.createSequence({ storage: 'kivi-3' as 'kivi-2' })],
+    ['unknown precision mode of a sequence', 'INVALID_ARGUMENT', /mode must be one of/, () => eng.createSequence({ mode: 'up' as 'reversible' })],
   ];
   for (const [name, code, pattern, call] of cases)
     it(`${name}: ${code}`, async () => {

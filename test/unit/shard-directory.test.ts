@@ -10,7 +10,7 @@ import { dnsLookup, ShardDirectory, type ConnectedShard } from '../../services/o
 import { TestDnsServer } from '../helpers/dns-server.js';
 
 function stats(blockTokens: number): ShardStats {
-  return { bytes: EMPTY_BYTES, sequences: 0, reservedBytes: 0, memoryLimitBytes: 0, backend: 'cpu', gamma: 0.9, masterCopy: false, rotateKv: true, blockTokens };
+  return { bytes: EMPTY_BYTES, sequences: 0, reservedBytes: 0, memoryLimitBytes: 0, backend: 'cpu', gamma: 0.9, mode: 'downgrade-only', masterDir: '', rotateKv: true, blockTokens };
 }
 
 /** A world the test controls: what DNS answers, which shards are healthy, each shard's block size. */

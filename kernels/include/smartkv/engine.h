@@ -28,6 +28,13 @@ struct engine_error : std::runtime_error {
 // per-token values, a 16-bit residual window of the newest tokens).
 enum class storage_kind : uint8_t { mixed = 0, kivi2 = 1, kivi4 = 2 };
 
+// Whether a sequence can raise precision again. downgrade_only keeps no
+// master copy: a token's current format is an upper bound, and the bytes held
+// are all the bytes. reversible keeps an FP16 master copy of every token in a
+// separate, counted tier (master-tier.h: a memory-mapped file for the CPU
+// cache, host memory for CUDA), outside the hot cache, β and the memory limit.
+enum class precision_mode : uint8_t { downgrade_only = 0, reversible = 1 };
+
 struct engine_config {
     int n_layers = 0;
     int n_q_heads = 0;
@@ -36,7 +43,9 @@ struct engine_config {
     int block_tokens = 32;
     quant_mode mode = quant_mode::symmetric;
     float gamma = 0.9f;           // importance EMA: I <- gamma*I + (1-gamma)*a
-    bool master_copy = false;     // keep an FP16 copy so precision can go up again
+    bool master_copy = false;     // the precision mode of sequences created without one:
+                                  // true = reversible (FP16 master copy), false = downgrade-only
+    std::string master_dir;       // CPU: directory of the master tier's files (empty: $TMPDIR or /tmp)
     bool query_int8 = true;       // quantise q to int8 per head for integer dot products
     bool fast_path = true;        // false: the portable scalar reference everywhere
     size_t memory_limit_bytes = 0;  // 0: no limit
@@ -68,11 +77,12 @@ struct memory_stats {
     size_t params = 0;            // scales and zero points
     size_t metadata = 0;          // positions, importance, token maps, block tables
     size_t fp16_equivalent = 0;   // the same tokens as FP16 K and V
-    size_t master = 0;            // optional FP16 master copy (host memory, outside beta)
+    size_t master = 0;            // FP16 master copy of a reversible sequence, in its own tier
+                                  // (CPU: file-backed; CUDA: host memory); outside beta and the limit
     size_t tokens = 0;            // tokens per layer summed over layers
     size_t tokens_by_format[n_formats] = {0, 0, 0, 0};  // summed over layers
     size_t kivi_tokens = 0;       // tokens in KIVI groups (KIVI sequences)
-    size_t held() const { return payload + params + metadata; }
+    size_t held() const { return payload + params + metadata; }  // the hot bytes
     double beta() const { return fp16_equivalent ? double(held()) / double(fp16_equivalent) : 0.0; }
 };
 
@@ -95,9 +105,14 @@ public:
     virtual const char* name() const = 0;
 
     // gamma: this sequence's importance EMA factor in [0, 1) (a request may
-    // choose its own); the one-argument form takes the engine's.
-    virtual uint32_t create_sequence(storage_kind kind, float gamma) = 0;
+    // choose its own); mode: whether it keeps a master copy. The shorter forms
+    // take the engine's defaults (config().gamma, config().master_copy).
+    virtual uint32_t create_sequence(storage_kind kind, float gamma, precision_mode mode) = 0;
+    uint32_t create_sequence(storage_kind kind, float gamma) { return create_sequence(kind, gamma, default_mode()); }
     uint32_t create_sequence(storage_kind kind) { return create_sequence(kind, config().gamma); }
+    precision_mode default_mode() const {
+        return config().master_copy ? precision_mode::reversible : precision_mode::downgrade_only;
+    }
     virtual void free_sequence(uint32_t seq) = 0;
     virtual bool has_sequence(uint32_t seq) const = 0;
     virtual size_t sequence_length(uint32_t seq, int layer) const = 0;

@@ -64,7 +64,7 @@ const layer_store& cpu_engine::get_layer(uint32_t seq, int layer) const {
     return const_cast<cpu_engine*>(this)->get_layer(seq, layer);
 }
 
-uint32_t cpu_engine::create_sequence(storage_kind kind, float gamma) {
+uint32_t cpu_engine::create_sequence(storage_kind kind, float gamma, precision_mode mode) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (kind != storage_kind::mixed && kind != storage_kind::kivi2 && kind != storage_kind::kivi4)
         fail(error_code::invalid_argument, "unknown storage kind");
@@ -72,7 +72,9 @@ uint32_t cpu_engine::create_sequence(storage_kind kind, float gamma) {
     cpu_sequence s;
     s.kind = kind;
     s.gamma = gamma;
-    for (int l = 0; l < cfg_.n_layers; ++l) s.layers.push_back(std::make_unique<layer_store>(cfg_, kind));
+    // KIVI sequences never take plans: a master copy would only cost bytes.
+    const bool reversible = mode == precision_mode::reversible && kind == storage_kind::mixed;
+    for (int l = 0; l < cfg_.n_layers; ++l) s.layers.push_back(std::make_unique<layer_store>(cfg_, kind, reversible));
     const uint32_t id = next_id_++;
     seqs_.emplace(id, std::move(s));
     return id;
@@ -149,7 +151,8 @@ move_result cpu_engine::apply_plan(uint32_t seq, int layer, const uint32_t* posi
                 fail(error_code::failed_precondition,
                      "plan raises token " + std::to_string(positions[i]) + " from " +
                          k_format_traits[int(ls.where(positions[i]).fmt)].name + " to " +
-                         k_format_traits[formats[i]].name + ", which needs the FP16 master copy (off)");
+                         k_format_traits[formats[i]].name +
+                         ", which needs the FP16 master copy: the sequence is downgrade-only");
         }
         growth += ls.growth_for_moves(positions, formats, n);
     }
@@ -157,13 +160,18 @@ move_result cpu_engine::apply_plan(uint32_t seq, int layer, const uint32_t* posi
     move_result r;
     for (int l = l0; l < l1; ++l) {
         layer_store& ls = *s.layers[size_t(l)];
-        for (size_t i = 0; i < n; ++i) {
-            const size_t b = ls.move(positions[i], kv_format(formats[i]));
-            if (b) {
-                ++r.tokens_changed;
-                r.bytes_moved += b;
+        // Tokens that lose bits first, then those that gain: the peak stays
+        // what growth_for_moves charged (the losers' blocks are freed first).
+        for (const bool gaining : {false, true})
+            for (size_t i = 0; i < n; ++i) {
+                const kv_format to = kv_format(formats[i]);
+                if ((format_bits(to) > format_bits(ls.where(positions[i]).fmt)) != gaining) continue;
+                const size_t b = ls.move(positions[i], to);
+                if (b) {
+                    ++r.tokens_changed;
+                    r.bytes_moved += b;
+                }
             }
-        }
     }
     return r;
 }
@@ -200,7 +208,7 @@ void cpu_engine::report(uint32_t seq, int layer, const token_report& out) const 
             }
             for (int i = 0; i < 3; ++i) {
                 // A token cannot get better than its current format without the master copy.
-                const kv_format f = (!cfg_.master_copy && format_bits(levels[i]) > format_bits(s.fmt)) ? s.fmt : levels[i];
+                const kv_format f = (!ls.reversible() && format_bits(levels[i]) > format_bits(s.fmt)) ? s.fmt : levels[i];
                 err[i] += modelled_sq_error_from(f, s.fmt, range_k, cfg_.mode, rotated, D) +
                           modelled_sq_error_from(f, s.fmt, range_v, cfg_.mode, rotated, D);
             }

@@ -43,7 +43,7 @@ public:
     const engine_config& config() const override { return cfg_; }
     const char* name() const override { return "cpu"; }
     using kv_backend::create_sequence;
-    uint32_t create_sequence(storage_kind kind, float gamma) override;
+    uint32_t create_sequence(storage_kind kind, float gamma, precision_mode mode) override;
     void free_sequence(uint32_t seq) override;
     bool has_sequence(uint32_t seq) const override;
     size_t sequence_length(uint32_t seq, int layer) const override;

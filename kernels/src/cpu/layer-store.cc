@@ -1,5 +1,6 @@
 #include "layer-store.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -9,7 +10,8 @@
 
 namespace smartkv {
 
-layer_store::layer_store(const engine_config& cfg, storage_kind kind) : cfg_(cfg), kind_(kind) {
+layer_store::layer_store(const engine_config& cfg, storage_kind kind, bool reversible) : cfg_(cfg), kind_(kind) {
+    if (reversible) master_ = make_master_tier(cfg.master_dir, cfg.n_kv_heads, cfg.head_dim);
     for (int f = 0; f < n_formats; ++f)
         buckets_[f] = bucket(make_block_layout(kv_format(f), cfg.mode, cfg.head_dim, cfg.n_kv_heads, cfg.block_tokens));
     if (kind != storage_kind::mixed) {
@@ -33,11 +35,7 @@ size_t layer_store::growth_for_append(int n_rows) const {
     size_t g = bucket_growth(kv_format::fp16, size_t(n_rows));
     g += slot_of_.held_bytes_if(n_after) - slot_of_.held_bytes();
     g += importance_.held_bytes_if(n_after) - importance_.held_bytes();
-    if (cfg_.master_copy) {
-        const size_t per = size_t(2) * cfg_.n_kv_heads * cfg_.head_dim;
-        g += master_.held_bytes_if(n_after * per) - master_.held_bytes();
-    }
-    return g;
+    return g;  // the master tier is not hot memory
 }
 
 void layer_store::write_fp16_slot(uint32_t slot, const float* k, const float* v) {
@@ -49,29 +47,11 @@ void layer_store::write_fp16_slot(uint32_t slot, const float* k, const float* v)
     }
 }
 
-void layer_store::write_master(size_t pos, const float* k, const float* v) {
-    const size_t hd = size_t(cfg_.n_kv_heads) * cfg_.head_dim;
-    const size_t base = pos * 2 * hd;
-    for (size_t i = 0; i < hd; ++i) {
-        master_[base + i] = float_to_half(k[i]);
-        master_[base + hd + i] = float_to_half(v[i]);
-    }
-}
-
-void layer_store::read_master(size_t pos, int head, float* k, float* v) const {
-    const size_t D = size_t(cfg_.head_dim), hd = size_t(cfg_.n_kv_heads) * D;
-    const size_t base = pos * 2 * hd + size_t(head) * D;
-    for (size_t d = 0; d < D; ++d) {
-        k[d] = half_to_float(master_[base + d]);
-        v[d] = half_to_float(master_[base + hd + d]);
-    }
-}
-
 void layer_store::append(int n_rows, const float* k, const float* v) {
     const size_t hd = size_t(cfg_.n_kv_heads) * cfg_.head_dim;
     slot_of_.resize(n_ + size_t(n_rows));
     importance_.resize(n_ + size_t(n_rows), 0.f);
-    if (cfg_.master_copy) master_.resize((n_ + size_t(n_rows)) * 2 * hd);
+    if (master_) master_->resize(n_ + size_t(n_rows));
     bucket& b = buckets_[int(kv_format::fp16)];
     for (int r = 0; r < n_rows; ++r) {
         const size_t pos = n_ + size_t(r);
@@ -79,7 +59,7 @@ void layer_store::append(int n_rows, const float* k, const float* v) {
         write_fp16_slot(slot, k + r * hd, v + r * hd);
         b.position(slot) = int32_t(pos);
         slot_of_[pos] = encode_slot(kv_format::fp16, slot);
-        if (cfg_.master_copy) write_master(pos, k + r * hd, v + r * hd);
+        if (master_) master_->write(pos, k + r * hd, v + r * hd);
     }
     n_ += size_t(n_rows);
 }
@@ -105,16 +85,43 @@ void layer_store::read(size_t pos, int head, float* k, float* v) const {
 bool layer_store::can_move(size_t pos, kv_format to) const {
     const kv_format from = where(pos).fmt;
     // More bits than stored need the original values.
-    return cfg_.master_copy || format_bits(to) <= format_bits(from);
+    return master_ || format_bits(to) <= format_bits(from);
 }
 
 size_t layer_store::growth_for_moves(const uint32_t* positions, const uint8_t* formats, size_t n) const {
-    size_t extra[n_formats] = {0, 0, 0, 0};
-    for (size_t i = 0; i < n; ++i)
-        if (where(positions[i]).fmt != kv_format(formats[i])) ++extra[formats[i]];
-    size_t g = 0;  // sources shrink too, but blocks are only freed after the moves; count the peak
-    for (int f = 0; f < n_formats; ++f) g += bucket_growth(kv_format(f), extra[f]);
-    return g;
+    // Replays apply_plan's order (tokens that lose bits first, then those that
+    // gain) on the bucket sizes: a move pushes into its target (maybe a new
+    // block) and then frees its source slot (the trailing block goes when it
+    // empties). The peak of the blocks' bytes over the replay is what the
+    // plan needs at most; block tables only grow, to the most blocks seen.
+    size_t size[n_formats], most[n_formats];
+    size_t now = 0;
+    for (int f = 0; f < n_formats; ++f) {
+        size[f] = most[f] = buckets_[f].size();
+        now += buckets_[f].n_blocks() * buckets_[f].layout().bytes;
+    }
+    auto bytes = [&](int f) { return buckets_[f].blocks_for(size[f]) * buckets_[f].layout().bytes; };
+    size_t cur = now, peak = now;
+    for (const bool gaining : {false, true})
+        for (size_t i = 0; i < n; ++i) {
+            const int from = int(where(positions[i]).fmt), to = formats[i];
+            if (from == to || (format_bits(kv_format(to)) > format_bits(kv_format(from))) != gaining) continue;
+            cur -= bytes(to);
+            ++size[to];
+            cur += bytes(to);
+            most[to] = std::max(most[to], size[to]);
+            peak = std::max(peak, cur);
+            cur -= bytes(from);
+            --size[from];
+            cur += bytes(from);
+        }
+    size_t table = 0;
+    for (int f = 0; f < n_formats; ++f) {
+        const bucket& b = buckets_[f];
+        const size_t blocks = b.blocks_for(most[f]);
+        if (blocks > b.n_blocks()) table += b.growth_for_blocks(blocks) - (blocks - b.n_blocks()) * b.layout().bytes;
+    }
+    return peak - now + table;
 }
 
 size_t layer_store::move(size_t pos, kv_format to) {
@@ -129,7 +136,7 @@ size_t layer_store::move(size_t pos, kv_format to) {
     // rotate_kv: this (SmartKV-format) store holds rotated K and V, near Gaussian.
     const float clip = symmetric_clip(to, cfg_.mode, stores_rotated(cfg_, kind_));
     for (int h = 0; h < H; ++h) {
-        if (upgrade) read_master(pos, h, k, v);
+        if (upgrade) master_->read(pos, h, k, v);
         else read(pos, h, k, v);
         quantize_row(to, cfg_.mode, k, D, dst.k_row(slot, h), dst.k_params(slot, h), clip);
         quantize_row(to, cfg_.mode, v, D, dst.v_row(slot, h), dst.v_params(slot, h), clip);
@@ -190,7 +197,7 @@ held_split layer_store::held() const {
         h.metadata += groups_.size() * group_layout_.meta_bytes + groups_.capacity() * sizeof(void*);
     }
     h.metadata += slot_of_.held_bytes() + importance_.held_bytes();
-    if (cfg_.master_copy) h.master = master_.held_bytes();
+    if (master_) h.master = master_->held_bytes();
     return h;
 }
 

@@ -5,7 +5,8 @@
 //   importance[pos] : f32, the EMA of attention received
 //                     (both paged-array.h, 128 entries a page: held bytes
 //                     follow the tokens, a short sequence holds ~1 KiB)
-//   master[pos]     : [2][H][D] f16, optional FP16 copy (K then V) for upgrades
+//   master[pos]     : [2][H][D] f16, the FP16 copy (K then V) of a reversible
+//                     sequence, in its own tier (master-tier.h), not in held()'s hot bytes
 //
 // KIVI sequences use the same class: tokens enter the fp16 bucket (the
 // residual window) and leave it in order, 32 at a time, into group blocks.
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "bucket.h"
+#include "master-tier.h"
 #include "paged-array.h"
 #include "smartkv/engine.h"
 
@@ -28,12 +30,14 @@ inline slot_ref decode_slot(uint32_t v) { return {kv_format(v >> 28), v & 0x0fff
 
 struct held_split {
     size_t payload = 0, params = 0, metadata = 0, master = 0;
-    size_t total() const { return payload + params + metadata + master; }
+    // The hot bytes: what β and the memory limit count. The master tier is apart.
+    size_t total() const { return payload + params + metadata; }
 };
 
 class layer_store {
 public:
-    layer_store(const engine_config& cfg, storage_kind kind);
+    // reversible: keep an FP16 master copy (in cfg.master_dir's tier) for upgrades.
+    layer_store(const engine_config& cfg, storage_kind kind, bool reversible);
     ~layer_store();
     layer_store(const layer_store&) = delete;
     layer_store& operator=(const layer_store&) = delete;
@@ -49,7 +53,8 @@ public:
     float& importance(size_t pos) { return importance_[pos]; }
     float importance(size_t pos) const { return importance_[pos]; }
 
-    // Bytes that appending n_rows more tokens would add (for limit checks).
+    bool reversible() const { return master_ != nullptr; }
+    // Hot bytes that appending n_rows more tokens would add (for limit checks).
     size_t growth_for_append(int n_rows) const;
     // k, v: [n_rows][H][D] f32. New tokens go to the fp16 bucket.
     void append(int n_rows, const float* k, const float* v);
@@ -58,6 +63,7 @@ public:
     void flush_kivi_groups();
 
     bool can_move(size_t pos, kv_format to) const;  // false: needs a master copy
+    // Hot bytes a plan may add at its peak (move() order: see apply_plan).
     size_t growth_for_moves(const uint32_t* positions, const uint8_t* formats, size_t n) const;
     // Returns bytes written into the target slot (0 when already there).
     size_t move(size_t pos, kv_format to);
@@ -68,8 +74,6 @@ public:
 
 private:
     void write_fp16_slot(uint32_t slot, const float* k, const float* v);  // k, v: [H][D]
-    void write_master(size_t pos, const float* k, const float* v);
-    void read_master(size_t pos, int head, float* k, float* v) const;
     size_t bucket_growth(kv_format f, size_t extra) const;
 
     const engine_config& cfg_;
@@ -78,7 +82,7 @@ private:
     bucket buckets_[n_formats];
     paged_array<uint32_t> slot_of_;
     paged_array<float> importance_;
-    paged_array<half_bits, 16384> master_;  // [n][2][H][D] when cfg_.master_copy
+    std::unique_ptr<master_tier> master_;  // [n][2][H][D] f16 when reversible, else null
     // KIVI only
     kv_format kivi_fmt_ = kv_format::int2;
     block_layout group_layout_;

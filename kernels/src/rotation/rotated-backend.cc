@@ -27,8 +27,8 @@ public:
     const char* name() const override { return inner_->name(); }
 
     using kv_backend::create_sequence;
-    uint32_t create_sequence(storage_kind kind, float gamma) override {
-        const uint32_t seq = inner_->create_sequence(kind, gamma);
+    uint32_t create_sequence(storage_kind kind, float gamma, precision_mode mode) override {
+        const uint32_t seq = inner_->create_sequence(kind, gamma, mode);
         if (!stores_rotated(config(), kind)) {
             std::lock_guard<std::mutex> lock(mutex_);
             unrotated_.insert(seq);

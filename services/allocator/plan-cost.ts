@@ -1,0 +1,197 @@
+// What a plan costs in the engine's bytes: the one place that knows it
+// (DESIGN.md §5). The cache reports its hot bytes and layout; from them this
+// prices any plan exactly — whole storage blocks per format, the block and
+// page tables (charged at their bound: they double and never shrink), and
+// the bookkeeping pages of the tokens that arrive before the next plan.
+//
+//   hot(plan, k) = fixed + Σ_layers Σ_formats ceil(count_f / T) × blockBytes_f      (fp16 count + k)
+//                + table growth bound + pages for tokens n+1 … n+k
+//   fixed        = held now − Σ blocks of the current formats
+//
+// β holds for a plan when hot(plan, k) ≤ β × (n + k) × fp16 bytes for every
+// k in 0 … ahead: right after it and for every token before the next plan.
+export interface PlanLayout {
+  targetBeta: number; // β in (0, 1]
+  blockTokens: number; // T, token slots per storage block
+  blockBytes: readonly number[]; // [4] bytes of one block by format code (fp16, int8, int4, int2)
+  tokenMetaBytes: number; // bookkeeping per token and layer (token map + importance, 4 bytes each)
+  metaPageTokens: number; // tokens per bookkeeping page
+  tableEntryBytes: number; // a block or page pointer
+  fp16TokenBytes: number; // FP16 K+V of one token in one layer
+  layers: number;
+  groups: number; // 1: slots = tokens, one plan for every layer; = layers: slots = [layer][unprotected token]
+  tokens: number; // n, tokens per layer now
+  outsideFp16Tokens: number; // per group: protected fp16 tokens that are not slots
+  aheadTokens: number; // tokens arriving at 16 bits before the next plan
+  heldBytes: number; // the engine's hot bytes now, all layers
+  protectedTokens: number; // sinks + window, for bindsFrom
+}
+
+export interface Price {
+  hotBytes: number; // right after the plan, all layers
+  worstBeta: number; // the largest hot / FP16 from right after the plan until the next one
+  fits: boolean; // worstBeta ≤ β at every k (in bytes, exactly)
+}
+
+const FP16 = 0;
+const META_ARRAYS_BYTES = 4; // the bookkeeping is arrays of 4-byte entries, one page table each
+
+/** Growth of a doubling table from `cur` used entries (capacity ≥ cur) to `next`, at most. */
+function tableBound(next: number, cur: number, entry: number): number {
+  return next > cur ? (2 * next - 1 - cur) * entry : 0;
+}
+
+export class PlanPricer {
+  readonly perGroup: number; // layers each group's counts stand for
+  private readonly cur: Int32Array; // [groups][4] current counts
+  private readonly fixed: number;
+
+  constructor(
+    readonly lay: PlanLayout,
+    current: Uint8Array, // [slots] current format codes
+  ) {
+    this.perGroup = lay.layers / lay.groups;
+    this.cur = this.counts(current);
+    this.fixed = lay.heldBytes - this.blockBytes(this.cur);
+  }
+
+  /** [groups][4] tokens per format of each group, protected outside tokens included. */
+  counts(formats: Uint8Array): Int32Array {
+    const G = this.lay.groups, per = formats.length / G;
+    const c = new Int32Array(G * 4);
+    for (let g = 0; g < G; g++) {
+      c[g * 4 + FP16] = this.lay.outsideFp16Tokens;
+      for (let i = g * per; i < (g + 1) * per; i++) c[g * 4 + formats[i]]++;
+    }
+    return c;
+  }
+
+  private blocks(count: number): number {
+    return Math.ceil(count / this.lay.blockTokens);
+  }
+
+  private blockBytes(c: Int32Array): number {
+    let b = 0;
+    for (let k = 0; k < c.length; k++) b += this.blocks(c[k]) * this.lay.blockBytes[k & 3];
+    return b * this.perGroup;
+  }
+
+  /** Bytes of the blocks, plus table growth, with `extra` fp16 tokens per group. */
+  private storage(c: Int32Array, extra: number): number {
+    const lay = this.lay, e = lay.tableEntryBytes;
+    let b = 0;
+    for (let k = 0; k < c.length; k++) {
+      const n = c[k] + ((k & 3) === FP16 ? extra : 0);
+      const blocks = this.blocks(n);
+      b += blocks * lay.blockBytes[k & 3] + tableBound(blocks, this.blocks(this.cur[k]), e);
+    }
+    return b * this.perGroup;
+  }
+
+  /** Bookkeeping pages (and their tables' bound) that k more tokens add, all layers. */
+  private metaGrowth(k: number): number {
+    const lay = this.lay, P = lay.metaPageTokens;
+    const now = Math.ceil(lay.tokens / P), next = Math.ceil((lay.tokens + k) / P);
+    if (next === now) return 0;
+    const arrays = lay.tokenMetaBytes / META_ARRAYS_BYTES;
+    return lay.layers * ((next - now) * P * lay.tokenMetaBytes + arrays * tableBound(next, now, lay.tableEntryBytes));
+  }
+
+  price(formats: Uint8Array): Price {
+    return this.priceCounts(this.counts(formats));
+  }
+
+  priceCounts(c: Int32Array): Price {
+    const lay = this.lay, fp16Layer = lay.fp16TokenBytes * lay.layers;
+    const hotBytes = this.fixed + this.storage(c, 0);
+    let worstBeta = 0, fits = true;
+    for (let k = 0; k <= lay.aheadTokens; k++) {
+      const hot = k === 0 ? hotBytes : this.fixed + this.storage(c, k) + this.metaGrowth(k);
+      const fp16 = (lay.tokens + k) * fp16Layer;
+      if (fp16 === 0) continue;
+      worstBeta = Math.max(worstBeta, hot / fp16);
+      if (hot > lay.targetBeta * fp16) fits = false;
+    }
+    return { hotBytes, worstBeta, fits };
+  }
+}
+
+/** The smallest β any sequence can reach: every token at 2 bits with its
+ * scales and bookkeeping (long sequences approach it). */
+export function minimumBeta(lay: Pick<PlanLayout, 'blockBytes' | 'blockTokens' | 'tokenMetaBytes' | 'fp16TokenBytes'>): number {
+  return (lay.blockBytes[3] / lay.blockTokens + lay.tokenMetaBytes) / lay.fp16TokenBytes;
+}
+
+/** Hot bytes of the cheapest storage of n tokens per layer: protected tokens
+ * at 16 bits, the rest at 2 bits, whole blocks and pages (tables left out). */
+export function cheapestBytes(lay: Omit<PlanLayout, 'heldBytes' | 'tokens' | 'groups' | 'outsideFp16Tokens' | 'aheadTokens' | 'targetBeta'>, n: number): number {
+  const T = lay.blockTokens, P = lay.metaPageTokens;
+  const p = Math.min(n, lay.protectedTokens);
+  const perLayer = Math.ceil(p / T) * lay.blockBytes[0] + Math.ceil((n - p) / T) * lay.blockBytes[3] + Math.ceil(n / P) * P * lay.tokenMetaBytes;
+  return perLayer * lay.layers;
+}
+
+const bindsCache = new Map<string, number>();
+
+type BindsLayout = Omit<PlanLayout, 'heldBytes' | 'tokens' | 'groups' | 'outsideFp16Tokens'>;
+
+/** The shortest length from which β can bind: from there on (up to 2^16
+ * tokens) the cheapest storage fits β right after a plan and with the
+ * ahead tokens arrived at 16 bits. 0 when it never does. */
+export function bindsFrom(lay: BindsLayout): number {
+  const key = JSON.stringify(lay);
+  const hit = bindsCache.get(key);
+  if (hit !== undefined) return hit;
+  const LIMIT = 1 << 16, L = lay.layers, T = lay.blockTokens, P = lay.metaPageTokens, e = lay.tableEntryBytes;
+  // The cheapest storage at n, then with k = 1 … ahead tokens arrived at 16
+  // bits, each with the tables at their bound: what any plan at n pays at least.
+  const fits = (n: number) => {
+    const p = Math.min(n, lay.protectedTokens);
+    for (let k = 0; k <= lay.aheadTokens; k++) {
+      const pages = Math.ceil((n + k) / P), b16 = Math.ceil((p + k) / T), b2 = Math.ceil((n - p) / T);
+      const tables = 2 * (b16 + b2) + 2 * (lay.tokenMetaBytes / 4) * pages;
+      const hot = L * (b16 * lay.blockBytes[0] + b2 * lay.blockBytes[3] + pages * P * lay.tokenMetaBytes + tables * e);
+      if (hot > lay.targetBeta * (n + k) * lay.fp16TokenBytes * L) return false;
+    }
+    return true;
+  };
+  let from = 0;
+  for (let n = LIMIT; n >= 1 && fits(n); n--) from = n;
+  if (bindsCache.size > 256) bindsCache.clear();
+  bindsCache.set(key, from);
+  return from;
+}
+
+export interface ReserveInput {
+  layers: number;
+  fp16TokenBytes: number;
+  blockTokens: number;
+  blockBytes: readonly number[]; // [4]
+  tokenMetaBytes: number;
+  metaPageTokens: number;
+  tableEntryBytes: number;
+  beta: number; // the budget a planned policy keeps; 1 for policies that take none
+  tokens: number; // the most tokens the sequence will hold (prompt + max tokens)
+  ahead: number; // the most tokens that arrive at 16 bits between plans (prefill chunk, R)
+}
+
+/** Hot bytes a sequence may hold at most, at any moment up to its maximum
+ * length — what a reservation against the memory limit must cover:
+ *
+ *   β × (tokens + ahead) × FP16      where β binds, plans keep it (bookkeeping included);
+ *                                     before that, the cheapest storage of the shorter
+ *                                     sequence is below β at the length β binds from
+ * + the ahead tokens' FP16 blocks    (they arrive before the next plan; rounded up)
+ * + a last block per format per layer, and one more per format for a plan's transient
+ *   (apply_plan moves one layer at a time, losers of bits first)
+ * + bookkeeping pages and the tables' bound. */
+export function reservationBytes(r: ReserveInput): number {
+  const L = r.layers, T = r.blockTokens, P = r.metaPageTokens, n = r.tokens + r.ahead;
+  const blocksAll = r.blockBytes.reduce((a, b) => a + b, 0);
+  const pages = Math.ceil(n / P);
+  const tables = L * (4 * 2 * Math.ceil(n / T) + 2 * 2 * pages) * r.tableEntryBytes;
+  const meta = L * pages * P * r.tokenMetaBytes;
+  return Math.ceil(
+    r.beta * n * r.fp16TokenBytes * L + L * (Math.ceil(r.ahead / T) + 1) * r.blockBytes[0] + (L + 1) * blocksAll + meta + tables,
+  );
+}
