@@ -102,16 +102,17 @@ void cpu_engine::run_attention(std::vector<prepared>& wave, size_t n_wave) {
     prepared* const batch_begin = wave.data();
     prepared* const batch_end = wave.data() + n_wave;
     const int H = cfg_.n_kv_heads, G = cfg_.n_q_heads / cfg_.n_kv_heads, D = cfg_.head_dim;
-    // Split long contexts so there are a few tasks per thread even for one sequence.
-    const size_t want_tasks = size_t(pool_.size()) * 4;
-    size_t base_tasks = n_wave * size_t(H);
+    // Split long contexts so one sequence still gives every thread work. The split count
+    // depends on the sequence's own length only, never on the batch or the thread count:
+    // the merge order — and so every output bit — is the same whoever shares the call
+    // (batch invariance; the evaluation relies on it).
+    constexpr size_t blocks_per_split = 16, max_splits = 16;
     struct task { prepared* p; int head, split; };
     std::vector<task> tasks;
     for (prepared* pp = batch_begin; pp != batch_end; ++pp) {
         prepared& p = *pp;
         const size_t nb = p.blocks.size();
-        size_t splits = base_tasks >= want_tasks ? 1 : (want_tasks + base_tasks - 1) / base_tasks;
-        splits = std::max<size_t>(1, std::min(splits, nb / 8));
+        const size_t splits = std::clamp<size_t>(nb / blocks_per_split, 1, max_splits);
         p.n_splits = int(splits);
         const size_t states = splits * size_t(H) * p.nq;
         p.m.assign(states, -std::numeric_limits<float>::infinity());
