@@ -21,7 +21,8 @@ commands:
                                        and the per-layer attend round trip (p50, p99);
                                        --tracing: also the cost of OTLP tracing through the API
   bench model [--json] [--quick] [--model DIR]
-                                       the reference model in-process: prefill and decode tokens/s
+                                       the reference model in-process: prefill and decode tokens/s,
+                                       and fp16 vs smartkv β 0.25 at 1K/4K/8K context (those it holds)
   bench allocator [--json] [--quick]   allocator plan time per policy at 4K, 32K, 128K tokens (p50, p99)
 ${EVAL_USAGE_LINES}`;
 
