@@ -26,11 +26,14 @@ namespace smartkv::cuda {
 
 #define SKV_NEG_INF (-__int_as_float(0x7f800000))  // -infinity, on the device
 
-// Intrinsics with host stand-ins (same results).
+// Intrinsics with host stand-ins (same results). The device branch must name
+// the intrinsic (__ldg): a call to ldg itself here is infinite recursion, which
+// the compiler is free to drop; smartkv-ptx-check (test/ptx-check.sh) asserts
+// the 128-bit read-only loads this produces, since the host emulator cannot.
 template <typename T>
 SKV_DEV T ldg(const T* p) {
 #if defined(__CUDA_ARCH__)
-    return ldg(p);
+    return __ldg(p);
 #else
     return *p;
 #endif
