@@ -83,7 +83,7 @@ void attend_batch::build(const std::vector<attend_input>& inputs, cudaStream_t s
     max_slots_ = max_n_after_ = n_qv_ = 0;
     int max_head_slots = 0;
     for (const attend_input& in : inputs) max_head_slots = std::max(max_head_slots, in.n_rows * G);
-    q_tile_ = attend_q_tile_size(max_head_slots);
+    q_tile_ = attend_q_tile_size(max_head_slots, D);
 
     // First pass: blocks, queries, sizes.
     size_t n_scores = 0, n_probs = 0, n_out = 0;

@@ -116,13 +116,21 @@ SKV_DEV dequant_params load_params(kv_format f, quant_mode m, const half_bits* p
     return {scale, -scale * (0.5f * float(format_max_code(f)))};
 }
 
+// 16-byte chunks of a key row in flight per loop step: fewer as the query
+// slots' state (QT x D/32 accumulators a lane) grows, so nothing spills
+// (ptx-check.sh asserts it).
+template <int D, int QT>
+SKV_DEV constexpr int key_row_unroll() {
+    return D * QT >= 2048 || (D == 64 && QT >= 4) ? 1 : D * QT >= 256 ? 2 : 4;
+}
+
 // Integer dot of one packed key row with QT s8 queries: acc[j] += sum_d code_d * q8[j][d].
 // q8w: shared [QT][D/4] words.
 template <int D, int BITS, int QT>
 SKV_DEV void dot_codes_int(const uint8_t* row, const int* q8w, int acc[QT]) {
     constexpr int R = D * BITS / 8;
     const uint4* r4 = reinterpret_cast<const uint4*>(row);
-#pragma unroll 4  // 64 bytes of a row in flight per step: bounds the registers
+#pragma unroll(key_row_unroll<D, QT>())
     for (int c = 0; c < R / 16; ++c) {
         const uint4 v = ldg(r4 + c);
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};
@@ -144,7 +152,7 @@ template <int D, int BITS, int QT>
 SKV_DEV void dot_codes_float(const uint8_t* row, const float* w, float acc[QT]) {
     constexpr int R = D * BITS / 8;
     const uint4* r4 = reinterpret_cast<const uint4*>(row);
-#pragma unroll 4  // 64 bytes of a row in flight per step: bounds the registers
+#pragma unroll(key_row_unroll<D, QT>())
     for (int c = 0; c < R / 16; ++c) {
         const uint4 v = ldg(r4 + c);
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};
@@ -168,7 +176,7 @@ SKV_DEV void dot_codes_float(const uint8_t* row, const float* w, float acc[QT]) 
 template <int D, int QT>
 SKV_DEV void dot_fp16(const uint8_t* row, const float* w, float acc[QT]) {
     const uint4* r4 = reinterpret_cast<const uint4*>(row);
-#pragma unroll 4
+#pragma unroll(key_row_unroll<D, QT>())
     for (int c = 0; c < D / 8; ++c) {
         const uint4 v = ldg(r4 + c);
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};

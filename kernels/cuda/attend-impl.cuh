@@ -207,8 +207,9 @@ __device__ void fold_block(const cta_ctx& c, const gpu_block& blk, warp_state<D,
             c.pbuf[c.lane * QT + j] = p * vscale;
         }
         __syncwarp();
-        // Values: lanes over dims, tokens in turn.
-#pragma unroll 4
+        // Values: lanes over dims, tokens in turn; value rows in flight per
+        // step shrink as the accumulators (QT x D/32 a lane) grow.
+#pragma unroll(D * QT >= 1024 ? 1 : D * QT >= 512 ? 2 : 4)
         for (int tt = 0; tt < n_tile; ++tt) {
             const uint8_t* vrow = h.v + size_t(t0 + tt) * R;
             float v[DPL];
@@ -329,10 +330,14 @@ __device__ void write_partials(const attend_args& a, const gpu_request& r, const
     }
 }
 
-template <int D, int QT>
 // Up to 168 registers (3 CTAs, 12 warps an SM) where the state fits; the
-// largest tiles take what they need instead of spilling.
-__global__ void __launch_bounds__(k_threads, D * QT <= 512 ? 3 : 1) attend_partials_kernel(const __grid_constant__ attend_args a) {
+// largest tiles take what they need instead of spilling (ptx-check.sh
+// asserts no spills: D=64 with 8 slots needs 254 registers, 2 CTAs an SM).
+template <int D, int QT>
+constexpr int partials_min_ctas() { return D * QT <= 512 && !(D == 64 && QT == 8) ? 3 : 1; }
+
+template <int D, int QT>
+__global__ void __launch_bounds__(k_threads, partials_min_ctas<D, QT>()) attend_partials_kernel(const __grid_constant__ attend_args a) {
     using P = smem_plan<D, QT>;
     extern __shared__ __align__(16) uint8_t smem[];
     const gpu_work w = a.work[blockIdx.x];
@@ -399,7 +404,9 @@ void launch_attend_d(const attend_args& a, int qt, cudaStream_t stream) {
         case 1: return launch_attend<D, 1>(a, stream);
         case 2: return launch_attend<D, 2>(a, stream);
         case 4: return launch_attend<D, 4>(a, stream);
-        default: return launch_attend<D, 8>(a, stream);
+        default:
+            if constexpr (attend_max_q_tile(D) >= 8) return launch_attend<D, 8>(a, stream);
+            else return launch_attend<D, attend_max_q_tile(D)>(a, stream);
     }
 }
 

@@ -184,7 +184,8 @@ void run_partials_qt(const attend_args& a, int qt) {
     if (qt == 1) run_partials<D, 1>(a);
     else if (qt == 2) run_partials<D, 2>(a);
     else if (qt == 4) run_partials<D, 4>(a);
-    else run_partials<D, 8>(a);
+    else if constexpr (attend_max_q_tile(D) >= 8) run_partials<D, 8>(a);
+    else throw std::logic_error("query tile over attend_max_q_tile");
 }
 
 void run_emu_case(const emu_case& c, uint32_t seed) {
@@ -200,7 +201,7 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
     std::vector<gpu_work> work;
     std::vector<float> q_all;
     std::mt19937 rng(seed);
-    const int qt = c.rows * G <= 1 ? 1 : c.rows * G <= 2 ? 2 : c.rows * G <= 4 ? 4 : 8;
+    const int qt = attend_q_tile_size(c.rows * G, D);
     size_t n_part = 0, n_scores = 0, n_out = 0, n_fin = 0;
     for (int i = 0; i < c.n_req; ++i) {
         stores.emplace_back(new layer_store(cfg, c.kind));
