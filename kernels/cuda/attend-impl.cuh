@@ -378,7 +378,7 @@ __global__ void __launch_bounds__(k_threads, partials_min_ctas<D, QT>()) attend_
     const int b0 = int(int64_t(r.n_blocks) * w.split / r.n_splits);
     const int b1 = int(int64_t(r.n_blocks) * (w.split + 1) / r.n_splits);
     for (int b = b0 + warp; b < b1; b += k_warps) {
-        const gpu_block blk = a.blocks[r.block0 + b];
+        const gpu_block blk = r.blocks[b];
         fold_any_block<D, QT>(c, blk, st);
     }
     write_partials<D, QT>(a, r, w, smem, st, warp, lane);
