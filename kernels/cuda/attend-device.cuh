@@ -39,6 +39,26 @@ SKV_DEV T ldg(const T* p) {
 #endif
 }
 
+// 16 bytes global -> shared without passing through registers (cp.async, sm_80+;
+// .cg: not kept in L1, the tile is read once). Completed by cp_async_wait_all();
+// the host stand-in copies at once.
+SKV_DEV void cp_async16(void* smem_dst, const void* gmem_src) {
+#if defined(__CUDA_ARCH__)
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+#else
+    std::memcpy(smem_dst, gmem_src, 16);
+#endif
+}
+
+// Waits for this thread's cp.async copies; a __syncwarp after it makes every
+// lane's copies visible to the warp.
+SKV_DEV void cp_async_wait_all() {
+#if defined(__CUDA_ARCH__)
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
 SKV_DEV uint32_t byte_perm(uint32_t x, uint32_t y, uint32_t sel) {
 #if defined(__CUDA_ARCH__)
     return __byte_perm(x, y, sel);
@@ -194,7 +214,8 @@ SKV_DEV void dot_fp16(const uint8_t* row, const float* w, float acc[QT]) {
 }
 
 // The DPL = D/32 consecutive dims a lane owns in the value accumulator,
-// dims lane*DPL .. +DPL-1, from a packed value row (codes as floats).
+// dims lane*DPL .. +DPL-1, from a packed value row (codes as floats). Rows
+// come from the warp's shared value tile (plain loads, not __ldg).
 template <int D, int BITS>
 SKV_DEV void value_codes(const uint8_t* row, int lane, float v[D / 32]) {
     constexpr int R = D * BITS / 8, DPL = D / 32;
@@ -206,11 +227,11 @@ SKV_DEV void value_codes(const uint8_t* row, int lane, float v[D / 32]) {
         codes_to_floats((w >> shift) & plane_bits<BITS>::mask, f);
         v[0] = f[0], v[1] = f[1];
     } else if constexpr (DPL == 4) {
-        const uint32_t w = ldg(reinterpret_cast<const unsigned int*>(row + off));
+        const uint32_t w = *reinterpret_cast<const unsigned int*>(row + off);
         codes_to_floats((w >> shift) & plane_bits<BITS>::mask, v);
     } else {
         static_assert(DPL == 8, "head_dim 64, 128 or 256");
-        const uint2 w = ldg(reinterpret_cast<const uint2*>(row + off));
+        const uint2 w = *reinterpret_cast<const uint2*>(row + off);
         codes_to_floats((w.x >> shift) & plane_bits<BITS>::mask, v);
         codes_to_floats((w.y >> shift) & plane_bits<BITS>::mask, v + 4);
     }
@@ -221,14 +242,14 @@ SKV_DEV void value_fp16(const uint8_t* row, int lane, float v[D / 32]) {
     constexpr int DPL = D / 32;
     const uint8_t* p = row + size_t(lane) * DPL * 2;
     if constexpr (DPL == 2) {
-        const float_pair f = halves_to_floats(ldg(reinterpret_cast<const unsigned int*>(p)));
+        const float_pair f = halves_to_floats(*reinterpret_cast<const unsigned int*>(p));
         v[0] = f.x, v[1] = f.y;
     } else if constexpr (DPL == 4) {
-        const uint2 w = ldg(reinterpret_cast<const uint2*>(p));
+        const uint2 w = *reinterpret_cast<const uint2*>(p);
         const float_pair a = halves_to_floats(w.x), b = halves_to_floats(w.y);
         v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
     } else {
-        const uint4 w = ldg(reinterpret_cast<const uint4*>(p));
+        const uint4 w = *reinterpret_cast<const uint4*>(p);
         const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {

@@ -24,6 +24,9 @@
 //   kc0  [NW][QT] f32             per-warp KIVI constant sum_d q*channel_min
 //   pbuf [NW][32][QT] f32         p*scale_v per token of the tile
 //   mlz  [3][NW][QT] f32          warp states for the merge
+//   vt   [NW][32][2D] u8          per-warp value tile: the tile's V rows
+//                                 (32 x R contiguous bytes of the block), copied
+//                                 with cp.async while the warp scores its keys
 #include <climits>
 
 #include "attend-device.cuh"
@@ -50,7 +53,9 @@ struct smem_plan {
     static constexpr size_t kc0 = kw + align16(size_t(k_warps) * QT * D * 4);
     static constexpr size_t pbuf = kc0 + align16(k_warps * QT * 4);
     static constexpr size_t mlz = pbuf + align16(size_t(k_warps) * 32 * QT * 4);
-    static constexpr size_t bytes = mlz + align16(3 * k_warps * QT * 4);
+    static constexpr size_t vt = mlz + align16(3 * k_warps * QT * 4);
+    static constexpr size_t vt_warp = size_t(32) * 2 * D;  // the widest row: fp16
+    static constexpr size_t bytes = vt + size_t(k_warps) * vt_warp;
 };
 
 // Per-warp running state of QT query slots.
@@ -73,6 +78,7 @@ struct cta_ctx {
     float* kw;            // this warp's [QT][D]
     float* kc0;           // this warp's [QT]
     float* pbuf;          // this warp's [32][QT]
+    uint8_t* vt;          // this warp's value tile [32][R]
     int64_t score_base;   // scores offset of slot 0's row; slot j's is + j*n_after
     int n_scored;         // slots whose scores are written (0 without a score buffer)
     bool write_cols;
@@ -170,6 +176,13 @@ __device__ void fold_block(const cta_ctx& c, const gpu_block& blk, warp_state<D,
     for (int t0 = 0; t0 < blk.n_valid; t0 += 32) {
         const int t = t0 + c.lane, n_tile = min(32, blk.n_valid - t0);
         const bool valid = c.lane < n_tile;
+        // The tile's value rows (n_tile x R contiguous bytes of this head) go
+        // to the warp's shared tile in flight together, overlapping the key
+        // pass, instead of one dependent row load per token in the value loop.
+        {
+            const uint8_t* src = h.v + size_t(t0) * R;
+            for (int i = c.lane; i < n_tile * R / 16; i += 32) cp_async16(c.vt + 16 * i, src + 16 * i);
+        }
         float s[QT];
         float vscale = 0.f, vzero = 0.f;
         if (valid) {
@@ -206,12 +219,13 @@ __device__ void fold_block(const cta_ctx& c, const gpu_block& blk, warp_state<D,
             for (int i = 0; i < DPL; ++i) st.acc[j][i] *= alpha;
             c.pbuf[c.lane * QT + j] = p * vscale;
         }
-        __syncwarp();
-        // Values: lanes over dims, tokens in turn; value rows in flight per
-        // step shrink as the accumulators (QT x D/32 a lane) grow.
-#pragma unroll(D * QT >= 1024 ? 1 : D * QT >= 512 ? 2 : 4)
+        cp_async_wait_all();
+        __syncwarp();  // pbuf and every lane's part of the value tile are visible
+        // Values: lanes over dims, tokens in turn, rows from the shared tile;
+        // rows per step shrink as the accumulators (QT x D/32 a lane) grow.
+#pragma unroll(D * QT >= 512 ? 1 : D * QT >= 256 ? 2 : 4)
         for (int tt = 0; tt < n_tile; ++tt) {
-            const uint8_t* vrow = h.v + size_t(t0 + tt) * R;
+            const uint8_t* vrow = c.vt + size_t(tt) * R;
             float v[DPL];
             if constexpr (KIND == blk_fp16) value_fp16<D>(vrow, c.lane, v);
             else value_codes<D, BITS>(vrow, c.lane, v);
@@ -231,7 +245,7 @@ __device__ void fold_block(const cta_ctx& c, const gpu_block& blk, warp_state<D,
 #pragma unroll
                 for (int i = 0; i < DPL; ++i) st.acc[j][i] += pa[j] * v[i];
         }
-        __syncwarp();  // pbuf is rewritten by the next tile
+        __syncwarp();  // pbuf and the value tile are rewritten by the next tile
     }
 }
 
@@ -361,6 +375,7 @@ __global__ void __launch_bounds__(k_threads, partials_min_ctas<D, QT>()) attend_
     c.kw = reinterpret_cast<float*>(smem + P::kw) + warp * QT * D;
     c.kc0 = reinterpret_cast<float*>(smem + P::kc0) + warp * QT;
     c.pbuf = reinterpret_cast<float*>(smem + P::pbuf) + warp * 32 * QT;
+    c.vt = smem + P::vt + size_t(warp) * P::vt_warp;
     const int slots = r.n_rows * a.group;
     c.score_base = (int64_t(w.kv_head) * slots + int64_t(w.q_tile) * QT) * int64_t(r.n_after);
     c.n_scored = r.scores ? min(QT, slots - w.q_tile * QT) : 0;

@@ -118,7 +118,7 @@ inline float warp_sum(float v) {
     return v;
 }
 namespace attend_detail {
-alignas(16) uint8_t smem[65536];  // dynamic shared memory of the one CTA running
+alignas(16) uint8_t smem[232448];  // dynamic shared memory of the one CTA running (the H100/H200 maximum, 227 KiB)
 }
 }  // namespace smartkv::cuda
 
@@ -176,6 +176,7 @@ struct emu_case {
 
 template <int D, int QT>
 void run_partials(const attend_args& a) {
+    static_assert(attend_detail::smem_plan<D, QT>::bytes <= sizeof(attend_detail::smem), "emulator shared memory too small");
     emu::launch(dim3(unsigned(a.n_work)), dim3(128), [&] { attend_detail::attend_partials_kernel<D, QT>(a); });
 }
 

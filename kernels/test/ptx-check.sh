@@ -9,7 +9,9 @@
 # Per kernel (one .entry of the PTX, one "Compiling entry function" of ptxas):
 #   attend_partials_kernel<D,QT>  128-bit read-only global loads
 #                                 (ld.global.nc.v4) are present: key rows are
-#                                 read 16 bytes at a time through __ldg
+#                                 read 16 bytes at a time through __ldg; and
+#                                 cp.async (global -> shared) with its wait:
+#                                 the value tiles are copied asynchronously
 #   every kernel checked          no local memory in the PTX (.local / ld.local
 #                                 / st.local), ptxas: 0 bytes of stack frame,
 #                                 spill stores and spill loads; registers at
@@ -96,10 +98,13 @@ for u in "${UNITS[@]}"; do
     file == 1 && /^\.(visible )?\.?entry / || (file == 1 && /\.entry /) {
       name = $0; sub(/.*\.entry[ \t]+/, "", name); sub(/[( \t].*/, "", name)
       cur = name; order[++n] = name; v4[name] = 0; loc[name] = 0; ntid[name] = 0; ncta[name] = 0
+      cpa[name] = 0; cpw[name] = 0
       next
     }
     file == 1 && cur != "" {
       if ($0 ~ /ld\.global\.nc\.v4\./) v4[cur]++
+      if ($0 ~ /cp\.async\.c[ag]\.shared\.global/) cpa[cur]++
+      if ($0 ~ /cp\.async\.wait_(all|group)/) cpw[cur]++
       if ($0 ~ /(^|[ \t])\.local[ \t]|ld\.local|st\.local/) loc[cur]++
       if ($0 ~ /\.maxntid/) { t = $0; sub(/.*\.maxntid[ \t]+/, "", t); sub(/,.*/, "", t); ntid[cur] = t + 0 }
       if ($0 ~ /\.minnctapersm/) { t = $0; sub(/.*\.minnctapersm[ \t]+/, "", t); ncta[cur] = t + 0 }
@@ -123,8 +128,8 @@ for u in "${UNITS[@]}"; do
           m = ncta[e] > 0 ? ncta[e] : 1
           c = int(65536 / (ntid[e] * m)); c = c - c % 8; if (c < cap) cap = c
         }
-        printf "%s %s %d %d %d %d %d %d %d %d %d\n", unit, e, want_v4, v4[e], loc[e], \
-          (e in regs) ? regs[e] : -1, cap, stack[e] + 0, sst[e] + 0, sld[e] + 0, ncta[e] + 0
+        printf "%s %s %d %d %d %d %d %d %d %d %d %d %d\n", unit, e, want_v4, v4[e], loc[e], \
+          (e in regs) ? regs[e] : -1, cap, stack[e] + 0, sst[e] + 0, sld[e] + 0, ncta[e] + 0, cpa[e] + 0, cpw[e] + 0
       }
     }' "$WORK/$base.ptx" "$WORK/$base.ptxas.log"
 done > "$WORK/kernels.txt"
@@ -138,15 +143,17 @@ demangle() { if command -v c++filt >/dev/null; then c++filt "$1" | sed -e 's/(an
 
 n_partials=0
 table=""
-while read -r unit name want_v4 v4 loc regs cap stack sst sld ncta; do
+while read -r unit name want_v4 v4 loc regs cap stack sst sld ncta cpa cpw; do
   short=$(demangle "$name")
-  row=$(printf '  %-16s %-40s regs %3s/%3s  v4.nc %3s  local %s  stack %s  spill %s/%s' \
-    "$unit" "$short" "$regs" "$cap" "$v4" "$loc" "$stack" "$sst" "$sld")
+  row=$(printf '  %-16s %-40s regs %3s/%3s  v4.nc %3s  cp.async %3s  local %s  stack %s  spill %s/%s' \
+    "$unit" "$short" "$regs" "$cap" "$v4" "$cpa" "$loc" "$stack" "$sst" "$sld")
   table+="$row"$'\n'
   bad=()
   [ "$want_v4" = 1 ] && n_partials=$((n_partials + 1))
   [ "$want_v4" = 1 ] && [ "$v4" -eq 0 ] &&
     bad+=("no 128-bit read-only global loads (ld.global.nc.v4): K/V rows are not read through __ldg")
+  [ "$want_v4" = 1 ] && { [ "$cpa" -eq 0 ] || [ "$cpw" -eq 0 ]; } &&
+    bad+=("no cp.async global->shared copies with a wait ($cpa copies, $cpw waits): the value tiles are not loaded asynchronously")
   [ "$loc" -ne 0 ] && bad+=("$loc local-memory instructions in the PTX")
   [ "$regs" -lt 0 ] && bad+=("no ptxas register report for it")
   [ "$regs" -gt "$cap" ] && bad+=("$regs registers over the launch bound's $cap")
@@ -172,4 +179,4 @@ if [ "$fail" != 0 ]; then
   echo "ptx-check: FAILED"
   exit 1
 fi
-echo "ptx-check: passed ($(wc -l < "$WORK/kernels.txt") kernels, sm_$ARCH: 128-bit read-only loads in all $n_partials attention partials kernels, no local memory, no spills, registers within launch bounds)"
+echo "ptx-check: passed ($(wc -l < "$WORK/kernels.txt") kernels, sm_$ARCH: 128-bit read-only loads and cp.async value tiles in all $n_partials attention partials kernels, no local memory, no spills, registers within launch bounds)"
