@@ -27,7 +27,13 @@ gpu_block make_block(const uint8_t* data, uint8_t kind, kv_format f, int fill) {
     return b;
 }
 
-// The fixed part: KIVI groups and quantised buckets, interleaved by relative index.
+// Blocks of one format stay together in runs of this many: the 4 warps of a
+// CTA take consecutive blocks, so a run keeps them on one format's code path
+// at a time, while runs of the formats still interleave in proportion.
+constexpr size_t k_format_run = 4;
+
+// The fixed part: KIVI groups and quantised buckets, interleaved by relative
+// index in runs of k_format_run blocks of one format.
 void build_fixed(const gpu_store& s, block_list_cache& c) {
     struct keyed {
         double key;
@@ -38,7 +44,8 @@ void build_fixed(const gpu_store& s, block_list_cache& c) {
     c.fixed_kv_bytes = 0;
     auto add = [&](const uint8_t* data, uint8_t kind, kv_format f, int fill, size_t i, size_t n, const block_layout& L,
                    bool kivi) {
-        all.push_back({(double(i) + 0.5) / double(n), make_block(data, kind, f, fill)});
+        const size_t runs = (n + k_format_run - 1) / k_format_run;
+        all.push_back({(double(i / k_format_run) + 0.5) / double(runs), make_block(data, kind, f, fill)});
         c.fixed_kv_bytes += block_read_bytes(L, fill, H, kivi);
     };
     for (size_t g = 0; g < s.n_groups(); ++g)

@@ -8,9 +8,10 @@
 //                                                        uploaded (a decode
 //                                                        step: the last one)
 //
-// Interleaving by relative index makes every contiguous range (a context
-// split) carry the quantised formats in proportion; the fp16 blocks (sinks,
-// window, recent tokens: a few blocks once the allocator has run) go last.
+// Interleaving by relative index (in runs of 4 blocks of one format: a CTA's
+// 4 warps share a code path) makes every contiguous range (a context split)
+// carry the quantised formats in proportion; the fp16 blocks (sinks, window,
+// recent tokens: a few blocks once the allocator has run) go last.
 // Columns (slot_base) count tokens in list order.
 #pragma once
 #include <cuda_runtime.h>
