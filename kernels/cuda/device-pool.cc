@@ -9,6 +9,15 @@
 
 namespace smartkv::cuda {
 
+device_pool::device_pool(cudaStream_t stream, bool host_memory) : stream_(stream), host_(host_memory) {
+    if (host_) return;
+    int device = 0, pools = 0;
+    if (cudaGetDevice(&device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, device) == cudaSuccess)
+        async_alloc_ = pools != 0;
+    cudaGetLastError();
+}
+
 device_pool::~device_pool() {
     if (!host_) cudaStreamSynchronize(stream_);
     for (void* s : slabs_) slab_free(s);
@@ -37,13 +46,15 @@ void device_pool::slab_free(void* p) {
 void* device_pool::raw_alloc(size_t bytes) {
     if (host_) return host_alloc(bytes, "host test pool");
     void* p = nullptr;
-    SKV_CUDA_CHECK(cudaMallocAsync(&p, bytes, stream_));
+    if (async_alloc_) SKV_CUDA_CHECK(cudaMallocAsync(&p, bytes, stream_));
+    else SKV_CUDA_CHECK(cudaMalloc(&p, bytes));  // no memory pools (rare): synchronising fallback
     return p;
 }
 
 void device_pool::raw_free(void* p) {
     if (host_) std::free(p);
-    else cudaFreeAsync(p, stream_);
+    else if (async_alloc_) cudaFreeAsync(p, stream_);
+    else cudaFree(p);
 }
 
 void device_pool::raw_zero(void* p, size_t bytes) {

@@ -30,7 +30,7 @@ namespace smartkv::cuda {
 
 class device_pool {
 public:
-    explicit device_pool(cudaStream_t stream, bool host_memory = false) : stream_(stream), host_(host_memory) {}
+    explicit device_pool(cudaStream_t stream, bool host_memory = false);
     ~device_pool();
     device_pool(const device_pool&) = delete;
     device_pool& operator=(const device_pool&) = delete;
@@ -56,6 +56,7 @@ private:
 
     cudaStream_t stream_;
     bool host_;
+    bool async_alloc_ = false;  // the device has memory pools (cudaMallocAsync); else plain cudaMalloc
     std::map<size_t, std::vector<uint8_t*>> free_;      // zeroed (from a cleared slab)
     std::map<size_t, std::vector<uint8_t*>> recycled_;  // given back: cleared when handed out
     std::vector<std::pair<uint8_t*, size_t>> pending_;

@@ -34,7 +34,7 @@ if [ -z "$NVCC" ]; then
   [ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc
 fi
 if [ -z "$NVCC" ] || [ ! -x "$NVCC" ]; then
-  echo "ptx-check: SKIP: nvcc not found (PATH, /usr/local/cuda/bin); the device code was not checked"
+  echo "ptx-check: SKIP: nvcc not found (NVCC=${NVCC:-unset}, PATH, /usr/local/cuda/bin); the device code was not checked"
   exit 0
 fi
 PTXAS=$(dirname "$NVCC")/ptxas
