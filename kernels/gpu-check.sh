@@ -70,7 +70,7 @@ SAN=$(command -v compute-sanitizer || true)
 [ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
 [ "${SMARTKV_GPU_MEMCHECK:-1}" = 0 ] && SAN=""
 SAN_BUDGET=0
-[ -n "$SAN" ] && SAN_BUDGET=90
+[ -n "$SAN" ] && SAN_BUDGET=60
 
 ARGS=(--json "$JSON")
 [ "${SMARTKV_GPU_QUICK:-0}" = 1 ] && ARGS+=(--quick)
@@ -91,9 +91,11 @@ if [ -n "$SAN" ]; then
     "$BUILD/cuda/smartkv-gpu-check" --quick --json "$OUT_DIR/gpu-check-memcheck.json" gpu_ > "$MLOG" 2>&1
   MRC=$?
   SUMMARY=$(grep -h "ERROR SUMMARY" "$MLOG" | tail -n 1)
-  echo "== memcheck exit $MRC: ${SUMMARY:-no summary (timed out?)}" | tee -a "$LOG"
-  # memory errors fail the run; a memcheck timeout is reported, not failed
-  [ "$MRC" = 86 ] && RC=1
+  # errors are printed as they happen, so a run cut short still shows them
+  NERR=$(grep -cE '^========= (Invalid|Program hit|Uninitialized|Race|Barrier|Error)' "$MLOG")
+  echo "== memcheck exit $MRC: ${SUMMARY:-no summary (timed out after ${MLEFT} s)}; $NERR error reports" | tee -a "$LOG"
+  # memory errors fail the run; a memcheck timeout without errors is reported, not failed
+  { [ "$MRC" = 86 ] || [ "$NERR" -gt 0 ]; } && RC=1
 else
   echo "== memcheck: compute-sanitizer not found, skipped" | tee -a "$LOG"
 fi
