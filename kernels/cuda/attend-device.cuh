@@ -144,8 +144,28 @@ SKV_DEV constexpr int key_row_unroll() {
     return D * QT >= 2048 || (D == 64 && QT >= 4) ? 1 : D * QT >= 256 ? 2 : 4;
 }
 
+// The QT slots' query words for one word index, together: one 128-bit shared
+// load per 4 slots instead of one load per dp4a.
+template <int QT>
+SKV_DEV void load_slot_words(const int* p, int out[QT]) {
+    if constexpr (QT % 4 == 0) {
+#pragma unroll
+        for (int j = 0; j < QT; j += 4) {
+            const int4 v = *reinterpret_cast<const int4*>(p + j);
+            out[j] = v.x, out[j + 1] = v.y, out[j + 2] = v.z, out[j + 3] = v.w;
+        }
+    } else if constexpr (QT == 2) {
+        const int2 v = *reinterpret_cast<const int2*>(p);
+        out[0] = v.x, out[1] = v.y;
+    } else {
+#pragma unroll
+        for (int j = 0; j < QT; ++j) out[j] = p[j];
+    }
+}
+
 // Integer dot of one packed key row with QT s8 queries: acc[j] += sum_d code_d * q8[j][d].
-// q8w: shared [QT][D/4] words.
+// q8w: shared [D/4][QT] words (word w of every slot side by side: 4 dims of slot j
+// at q8w[w*QT + j]), 16-byte aligned.
 template <int D, int BITS, int QT>
 SKV_DEV void dot_codes_int(const uint8_t* row, const int* q8w, int acc[QT]) {
     constexpr int R = D * BITS / 8;
@@ -160,8 +180,10 @@ SKV_DEV void dot_codes_int(const uint8_t* row, const int* q8w, int acc[QT]) {
             for (int s = 0; s < plane_bits<BITS>::planes; ++s) {
                 const uint32_t cw = (words[wi] >> (BITS * s)) & plane_bits<BITS>::mask;
                 const int widx = (s * R + 16 * c + 4 * wi) / 4;
+                int qw[QT];
+                load_slot_words<QT>(q8w + widx * QT, qw);
 #pragma unroll
-                for (int j = 0; j < QT; ++j) acc[j] = dp4a_us(cw, q8w[j * (D / 4) + widx], acc[j]);
+                for (int j = 0; j < QT; ++j) acc[j] = dp4a_us(cw, qw[j], acc[j]);
             }
     }
 }

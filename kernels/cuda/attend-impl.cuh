@@ -19,7 +19,8 @@
 //   out = (acc + z) / l,  acc = sum_t p_t scale_t code_t,  z = sum_t p_t zero_t
 //
 // Shared memory (dynamic), offsets from smem_plan below:
-//   q    [QT][D] f32 (scaled)     q8 [QT][D] s8     q8_scale, q8_sum, q_sum, row_pos [QT]
+//   q    [QT][D] f32 (scaled)     q8 [D/4][QT][4] s8 (dims d..d+3 of every slot
+//                                 side by side)     q8_scale, q8_sum, q_sum, row_pos [QT]
 //   kw   [NW][QT][D] f32          per-warp KIVI weights q*channel_scale; reused for the merge
 //   kc0  [NW][QT] f32             per-warp KIVI constant sum_d q*channel_min
 //   pbuf [NW][32][QT] f32         p*scale_v per token of the tile
@@ -70,7 +71,7 @@ struct cta_ctx {
     const gpu_request* req;
     int head, lane, warp;
     const float* q;       // shared [QT][D]
-    const int* q8w;       // shared [QT][D/4]
+    const int* q8w;       // shared [D/4][QT] words
     const float* q8_scale;
     const int* q8_sum;
     const float* q_sum;
@@ -279,7 +280,7 @@ __device__ void load_queries(const attend_args& a, const gpu_request& r, const g
             if (a.use_q8) x8 = a.q8[qv * D + d];
         }
         q[i] = x;
-        q8[i] = x8;
+        q8[(d / 4) * QT * 4 + j * 4 + d % 4] = x8;
     }
     if (threadIdx.x < QT) {
         const int j = threadIdx.x, li = w.q_tile * QT + j;

@@ -214,7 +214,10 @@ void check_row_helpers(uint32_t seed) {
     for (int i = 0; i < QT * D; ++i) q8[i] = int8_t(int(rng() % 255) - 127), w[i] = float(int(rng() % 2001) - 1000) / 512.f;
     int dot[QT] = {0, 0, 0, 0};
     float fdot[QT] = {0, 0, 0, 0};
-    cuda::dot_codes_int<D, BITS, QT>(row, reinterpret_cast<const int*>(q8), dot);
+    alignas(16) int8_t q8t[QT * D];  // the kernel's shared layout: [D/4][QT][4]
+    for (int j = 0; j < QT; ++j)
+        for (int d = 0; d < D; ++d) q8t[(d / 4) * QT * 4 + j * 4 + d % 4] = q8[j * D + d];
+    cuda::dot_codes_int<D, BITS, QT>(row, reinterpret_cast<const int*>(q8t), dot);
     cuda::dot_codes_float<D, BITS, QT>(row, w, fdot);
     for (int j = 0; j < QT; ++j) {
         int want = 0;
