@@ -51,6 +51,16 @@ SKV_DEV void cp_async16(void* smem_dst, const void* gmem_src) {
 #endif
 }
 
+// Asks for the 128-byte line at p to be brought into L2 (no registers, no
+// wait); a no-op on the host.
+SKV_DEV void prefetch_l2(const void* p) {
+#if defined(__CUDA_ARCH__)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+    (void)p;
+#endif
+}
+
 // Waits for this thread's cp.async copies; a __syncwarp after it makes every
 // lane's copies visible to the warp.
 SKV_DEV void cp_async_wait_all() {

@@ -250,6 +250,22 @@ __device__ void fold_block(const cta_ctx& c, const gpu_block& blk, warp_state<D,
     }
 }
 
+// The warp's next block (K and V rows of this head, their parameters) into L2
+// while it works on the current one: its loads then wait on L2, not DRAM.
+__device__ __forceinline__ void prefetch_block(const cta_ctx& c, const gpu_block& blk) {
+    const block_layout& L = blk.kind == blk_kivi ? c.a->kivi_layout[blk.fmt] : c.a->layout[blk.fmt];
+    const head_rows h = rows_of(L, blk.data, c.head);
+    const int rows = int(blk.n_valid) * L.row;  // bytes of the head's K rows (and of its V rows)
+    for (int o = c.lane * 128; o < rows; o += 32 * 128) {
+        prefetch_l2(h.k + o);
+        prefetch_l2(h.v + o);
+    }
+    if (c.lane == 0 && blk.kind != blk_fp16) {
+        prefetch_l2(h.kp);
+        prefetch_l2(h.vp);
+    }
+}
+
 template <int D, int QT>
 __device__ void fold_any_block(const cta_ctx& c, const gpu_block& blk, warp_state<D, QT>& st) {
     if (blk.kind == blk_fp16) return fold_block<D, QT, blk_fp16, 16>(c, blk, st);
@@ -395,6 +411,9 @@ __global__ void __launch_bounds__(k_threads, partials_min_ctas<D, QT>()) attend_
     const int b1 = int(int64_t(r.n_blocks) * (w.split + 1) / r.n_splits);
     for (int b = b0 + warp; b < b1; b += k_warps) {
         const gpu_block blk = r.blocks[b];
+        // (not at D=64 with 8 slots: at 255 registers its addresses would spill; ptx-check.sh)
+        if constexpr (!(D == 64 && QT == 8))
+            if (b + k_warps < b1) prefetch_block(c, r.blocks[b + k_warps]);
         fold_any_block<D, QT>(c, blk, st);
     }
     write_partials<D, QT>(a, r, w, smem, st, warp, lane);
