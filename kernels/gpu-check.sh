@@ -4,11 +4,18 @@
 #
 #   kernels/gpu-check.sh OUT_DIR
 #
+# Stages: build; the device-code check (test/ptx-check.sh: PTX/SASS facts,
+# no GPU needed); smartkv-gpu-check (checks, then timings; its JSON is
+# rewritten after every record, so a timeout keeps what was measured); then,
+# when compute-sanitizer exists, memcheck over the quick grid
+# (OUT_DIR/gpu-check-memcheck.{json,log}, its verdict added to the log).
+#
 # Needs CMake >= 3.22, a C++17 compiler and nvcc (CUDA 12+; /usr/local/cuda
 # is searched when nvcc is not on PATH). No network, no Node. Budget: under
 # 5 minutes on a 16-core H200 machine, a few GB of device memory.
 # Env: SMARTKV_GPU_BUILD (build dir), SMARTKV_CUDA_ARCH (default 90),
-#      SMARTKV_GPU_QUICK=1 (smaller grid, headline timing only).
+#      SMARTKV_GPU_QUICK=1 (smaller grid, headline timing only),
+#      SMARTKV_GPU_MEMCHECK=0 (skip compute-sanitizer even where it exists).
 set -uo pipefail
 
 OUT_DIR=${1:?usage: kernels/gpu-check.sh OUT_DIR}
@@ -51,14 +58,47 @@ echo "== build" >> "$LOG"
 timeout 200 cmake --build "$BUILD" -j "$JOBS" --target smartkv-gpu-check >> "$LOG" 2>&1 || fail_json build "$LOG"
 echo "== build done after $(( $(date +%s) - START )) s" >> "$LOG"
 
+echo "== device-code check (ptx-check.sh)" >> "$LOG"
+NVCC="$NVCC" timeout 60 bash "$HERE/test/ptx-check.sh" "$BUILD/ptx-check" >> "$LOG" 2>&1
+PTX_RC=$?
+echo "== device-code check exit $PTX_RC" >> "$LOG"
+
+# compute-sanitizer: PATH, then beside nvcc. It slows kernels 10-100x, so it
+# runs the quick grid's GPU checks only (no timings), with the time kept for it.
+SAN=$(command -v compute-sanitizer || true)
+[ -z "$SAN" ] && [ -x "$(dirname "$NVCC")/compute-sanitizer" ] && SAN=$(dirname "$NVCC")/compute-sanitizer
+[ -z "$SAN" ] && [ -x /usr/local/cuda/bin/compute-sanitizer ] && SAN=/usr/local/cuda/bin/compute-sanitizer
+[ "${SMARTKV_GPU_MEMCHECK:-1}" = 0 ] && SAN=""
+SAN_BUDGET=0
+[ -n "$SAN" ] && SAN_BUDGET=60
+
 ARGS=(--json "$JSON")
 [ "${SMARTKV_GPU_QUICK:-0}" = 1 ] && ARGS+=(--quick)
-LEFT=$(( 285 - ($(date +%s) - START) ))
+LEFT=$(( 285 - SAN_BUDGET - ($(date +%s) - START) ))
 [ "$LEFT" -lt 30 ] && LEFT=30
 echo "== run (limit ${LEFT} s)" >> "$LOG"
 timeout "$LEFT" "$BUILD/cuda/smartkv-gpu-check" "${ARGS[@]}" 2>&1 | tee -a "$LOG"
 RC=${PIPESTATUS[0]}
 echo "== exit $RC after $(( $(date +%s) - START )) s" >> "$LOG"
 [ -s "$JSON" ] || fail_json "run (exit $RC)" "$LOG"
+
+if [ -n "$SAN" ]; then
+  MLOG="$OUT_DIR/gpu-check-memcheck.log"
+  MLEFT=$(( 290 - ($(date +%s) - START) ))
+  [ "$MLEFT" -lt 30 ] && MLEFT=30
+  echo "== memcheck: $SAN --tool memcheck, quick grid, GPU checks only (limit ${MLEFT} s)" >> "$LOG"
+  timeout "$MLEFT" "$SAN" --tool memcheck --error-exitcode 86 --print-limit 20 \
+    "$BUILD/cuda/smartkv-gpu-check" --quick --json "$OUT_DIR/gpu-check-memcheck.json" gpu_ > "$MLOG" 2>&1
+  MRC=$?
+  SUMMARY=$(grep -h "ERROR SUMMARY" "$MLOG" | tail -n 1)
+  # errors are printed as they happen, so a run cut short still shows them
+  NERR=$(grep -cE '^========= (Invalid|Program hit|Uninitialized|Race|Barrier|Error)' "$MLOG")
+  echo "== memcheck exit $MRC: ${SUMMARY:-no summary (timed out after ${MLEFT} s)}; $NERR error reports" | tee -a "$LOG"
+  # memory errors fail the run; a memcheck timeout without errors is reported, not failed
+  { [ "$MRC" = 86 ] || [ "$NERR" -gt 0 ]; } && RC=1
+else
+  echo "== memcheck: compute-sanitizer not found, skipped" | tee -a "$LOG"
+fi
+[ "$PTX_RC" != 0 ] && echo "gpu-check: device-code check FAILED (see $LOG)" && RC=1
 echo "gpu-check: results in $JSON (log: $LOG)"
 exit "$RC"

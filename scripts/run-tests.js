@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npm test`: the kernels' C++ checks (built with the addon by
-// `npm run build:native`), then node's test runner over the compiled
-// TypeScript tests. Both always run; the exit code is non-zero if either fails.
+// `npm run build:native`) and the CUDA device-code check, then node's test
+// runner over the compiled TypeScript tests. All always run; the exit code is
+// non-zero if any fails.
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -31,6 +32,12 @@ const cppOk = existsSync(checkExe)
 // Built only when nvcc was found; without a GPU it runs its host-side half
 // (layout checks and the kernels on a host emulator) and skips the rest.
 const gpuOk = existsSync(gpuCheckExe) ? run('CUDA checks (host half without a GPU)', gpuCheckExe, []) : true;
+// The device code itself, no GPU needed: the attention kernels compiled to
+// PTX and SASS (nvcc -ptx, ptxas -v) must hold 128-bit read-only global loads,
+// no local memory or spills, registers within the launch bounds. The host
+// emulator above runs the host branch of `#if __CUDA_ARCH__`; this sees the
+// other. Skips (and passes) with a message when nvcc is absent.
+const ptxOk = run('CUDA device-code check (PTX/SASS)', 'bash', [join(root, 'kernels', 'test', 'ptx-check.sh')]);
 
 const tests = existsSync(testDir)
   ? readdirSync(testDir, { recursive: true })
@@ -42,5 +49,6 @@ const jsOk = tests.length
   ? run(`node --test (${tests.length} files)`, process.execPath, ['--test', ...tests])
   : missing('dist/test/**/*.test.js', 'run `npm run build:ts` (or `npm install`)');
 
-process.stdout.write(`\n== C++ checks: ${cppOk && gpuOk ? 'passed' : 'FAILED'}; node tests: ${jsOk ? 'passed' : 'FAILED'}\n`);
-process.exit(cppOk && gpuOk && jsOk ? 0 : 1);
+const cOk = cppOk && gpuOk && ptxOk;
+process.stdout.write(`\n== C++ checks: ${cOk ? 'passed' : 'FAILED'}; node tests: ${jsOk ? 'passed' : 'FAILED'}\n`);
+process.exit(cOk && jsOk ? 0 : 1);

@@ -20,70 +20,39 @@ T* grab(device_buffer& b, size_t n) {
 attend_batch::attend_batch(const engine_config& cfg, int n_sms, bool host_memory)
     : cfg_(cfg), n_sms_(n_sms), host_(host_memory) {
     if (!host_) return;
-    for (device_buffer* b : {&reqs_, &blocks_, &work_, &q_, &qf_, &q8_, &q8s_, &q8sum_, &qsum_, &part_m_, &part_l_,
+    for (device_buffer* b : {&reqs_, &work_, &q_, &qf_, &q8_, &q8s_, &q8sum_, &qsum_, &part_m_, &part_l_,
                              &part_z_, &part_acc_, &scores_, &cols_, &out_, &fin_m_, &fin_l_, &probs_})
         b->use_host_memory();
+    stage_.use_host_memory();
 }
 
 void attend_batch::copy_in(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
     if (host_) std::memcpy(dst, src, bytes);
-    else SKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+    else upload_bytes(dst, src, bytes, stream, stage_);
 }
 
+// Device -> pinned staging now (queued), staging -> dst at deliver().
 void attend_batch::copy_out(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
-    if (host_) std::memcpy(dst, src, bytes);
-    else SKV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream));
-}
-
-// Blocks of every bucket, interleaved by relative index so that a contiguous
-// range (one context split) holds each format in proportion.
-void attend_batch::build_blocks(const gpu_store& s, std::vector<gpu_block>& out, uint32_t& n_cols) {
-    struct keyed {
-        double key;
-        gpu_block b;
-    };
-    std::vector<keyed> all;
-    const int H = cfg_.n_kv_heads;
-    auto add = [&](const uint8_t* data, uint8_t kind, kv_format f, int fill, size_t i, size_t n,
-                   const block_layout& L, bool kivi) {
-        gpu_block b;
-        b.data = data;
-        b.n_valid = uint16_t(fill);
-        b.kind = kind;
-        b.fmt = uint8_t(f);
-        all.push_back({(double(i) + 0.5) / double(n), b});
-        kv_bytes_ += size_t(fill) * H * 2 * size_t(L.row) + size_t(fill) * sizeof(int32_t);
-        kv_bytes_ += kivi ? size_t(H) * L.head_dim * 2 * sizeof(half_bits) + size_t(fill) * H * 2 * sizeof(half_bits)
-                          : size_t(fill) * H * 2 * size_t(L.n_params) * sizeof(half_bits);
-    };
-    for (size_t g = 0; g < s.n_groups(); ++g)
-        add(s.group(g), blk_kivi, s.kivi_format(), kivi_group, g, s.n_groups(), s.group_layout(), true);
-    for (int f = 0; f < n_formats; ++f) {
-        const gpu_bucket& b = s.bucket_of(kv_format(f));
-        const uint8_t kind = f == int(kv_format::fp16) ? blk_fp16 : blk_quantized;
-        for (size_t i = 0; i < b.n_blocks(); ++i)
-            add(b.block(i), kind, kv_format(f), b.block_fill(i), i, b.n_blocks(), b.layout(), false);
+    if (host_) {
+        std::memcpy(dst, src, bytes);
+        return;
     }
-    std::stable_sort(all.begin(), all.end(), [](const keyed& a, const keyed& b) { return a.key < b.key; });
-    n_cols = 0;
-    for (keyed& k : all) {
-        k.b.slot_base = n_cols;
-        n_cols += k.b.n_valid;
-        out.push_back(k.b);
-    }
+    if (bytes == 0) return;
+    void* s = stage_.take(bytes);
+    SKV_CUDA_CHECK(cudaMemcpyAsync(s, src, bytes, cudaMemcpyDeviceToHost, stream));
+    deliveries_.push_back({dst, s, bytes});
 }
 
 void attend_batch::build(const std::vector<attend_input>& inputs, cudaStream_t stream) {
     inputs_ = inputs;
     const int Hq = cfg_.n_q_heads, H = cfg_.n_kv_heads, G = Hq / H, D = cfg_.head_dim;
     std::vector<gpu_request> reqs(inputs.size());
-    std::vector<gpu_block> blocks;
     std::vector<float> q;
     kv_bytes_ = score_bytes_ = 0;
     max_slots_ = max_n_after_ = n_qv_ = 0;
     int max_head_slots = 0;
     for (const attend_input& in : inputs) max_head_slots = std::max(max_head_slots, in.n_rows * G);
-    q_tile_ = attend_q_tile_size(max_head_slots);
+    q_tile_ = attend_q_tile_size(max_head_slots, D);
 
     // First pass: blocks, queries, sizes.
     size_t n_scores = 0, n_probs = 0, n_out = 0;
@@ -93,10 +62,11 @@ void attend_batch::build(const std::vector<attend_input>& inputs, cudaStream_t s
     for (size_t i = 0; i < inputs.size(); ++i) {
         const attend_input& in = inputs[i];
         gpu_request& r = reqs[i];
-        r.block0 = int(blocks.size());
-        uint32_t n_cols = 0;
-        build_blocks(*in.store, blocks, n_cols);
-        r.n_blocks = int(blocks.size()) - r.block0;
+        const block_list_view list = block_list_update(*in.store, host_, stream, stage_);
+        const uint32_t n_cols = list.n_cols;
+        r.blocks = list.blocks;
+        r.n_blocks = list.n_blocks;
+        kv_bytes_ += list.kv_bytes;
         r.n_rows = in.n_rows;
         r.pos0 = in.pos0;
         r.n_after = int(n_cols);
@@ -185,9 +155,8 @@ void attend_batch::build(const std::vector<attend_input>& inputs, cudaStream_t s
     a.q8_scale = grab<float>(q8s_, size_t(n_qv_));
     a.q8_sum = grab<int32_t>(q8sum_, size_t(n_qv_));
     a.q_sum = grab<float>(qsum_, size_t(n_qv_));
-    a.reqs = upload(reqs_, reqs, stream);
-    a.blocks = upload(blocks_, blocks, stream);
-    a.work = upload(work_, work, stream);
+    a.reqs = upload(reqs_, reqs, stream, stage_);
+    a.work = upload(work_, work, stream, stage_);
     if (!q.empty()) copy_in(qraw, q.data(), q.size() * sizeof(float), stream);
 }
 
@@ -203,7 +172,7 @@ void attend_batch::run(cudaStream_t stream) {
     score_probabilities(a, max_n_after_, stream);
 }
 
-void attend_batch::finish(cudaStream_t stream) {
+void attend_batch::download(cudaStream_t stream) {
     const size_t per_row = size_t(cfg_.n_q_heads) * cfg_.head_dim;
     const float* out = static_cast<const float*>(out_.data());
     const float* probs = static_cast<const float*>(probs_.data());
@@ -212,7 +181,18 @@ void attend_batch::finish(cudaStream_t stream) {
         copy_out(in.out, out + out_off_[i], size_t(in.n_rows) * per_row * sizeof(float), stream);
         if (in.probs) copy_out(in.probs, probs + probs_off_[i], size_t(in.n_rows) * in.store->size() * sizeof(float), stream);
     }
+}
+
+void attend_batch::deliver() {
+    for (const delivery& d : deliveries_) std::memcpy(d.dst, d.src, d.bytes);
+    deliveries_.clear();
+    stage_.reset();
+}
+
+void attend_batch::finish(cudaStream_t stream) {
+    download(stream);
     if (!host_) SKV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    deliver();
 }
 
 }  // namespace smartkv::cuda

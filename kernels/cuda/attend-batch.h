@@ -1,13 +1,18 @@
 // One batched attention launch over GPU stores: host descriptors, device
 // scratch, and the four kernels (query prep, partials, merge, probabilities).
 //
-//   build()    block lists (formats interleaved so context splits carry equal
-//              bytes), work items, split counts; uploads them and the queries
+//   build()    block lists (each store's, kept on the device and updated in
+//              place: block-list.h), work items, split counts; uploads the
+//              work, requests and queries through pinned staging
 //   run()      the kernels, asynchronously, on the stream
-//   finish()   outputs and probabilities back to the host; waits
+//   download() outputs and probabilities into pinned staging (queued)
+//   deliver()  after the caller's synchronisation: staging -> the callers'
+//              buffers, staging reset
+//   finish()   download(), synchronise, deliver()
 //
-// The engine builds one per wave of rows; the benchmark builds one and calls
-// run() under CUDA events.
+// The engine builds one per wave of rows and delivers every wave after its
+// step's one synchronisation; the benchmark builds one and calls run() under
+// CUDA events.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -37,6 +42,8 @@ public:
     attend_batch(const engine_config& cfg, int n_sms, bool host_memory = false);
     void build(const std::vector<attend_input>& inputs, cudaStream_t stream);
     void run(cudaStream_t stream);
+    void download(cudaStream_t stream);
+    void deliver();
     void finish(cudaStream_t stream);
 
     // What one run() reads and writes, for bandwidth figures.
@@ -51,10 +58,14 @@ public:
     float* raw_queries() const { return static_cast<float*>(q_.data()); }
 
 private:
-    void build_blocks(const gpu_store& s, std::vector<gpu_block>& out, uint32_t& n_cols);
-
     void copy_in(void* dst, const void* src, size_t bytes, cudaStream_t stream);
     void copy_out(void* dst, const void* src, size_t bytes, cudaStream_t stream);
+
+    struct delivery {
+        void* dst;        // the caller's host buffer
+        const void* src;  // pinned staging
+        size_t bytes;
+    };
 
     const engine_config& cfg_;
     int n_sms_;
@@ -65,8 +76,10 @@ private:
     size_t kv_bytes_ = 0, score_bytes_ = 0;
     std::vector<size_t> out_off_, probs_off_;  // per input, floats into out_ / probs_
     size_t out_floats_ = 0, probs_floats_ = 0;
-    device_buffer reqs_, blocks_, work_, q_, qf_, q8_, q8s_, q8sum_, qsum_;
+    device_buffer reqs_, work_, q_, qf_, q8_, q8s_, q8sum_, qsum_;
     device_buffer part_m_, part_l_, part_z_, part_acc_, scores_, cols_, out_, fin_m_, fin_l_, probs_;
+    pinned_arena stage_;                // uploads and downloads of the waves since the last deliver()
+    std::vector<delivery> deliveries_;  // downloads waiting for the caller's synchronisation
 };
 
 }  // namespace smartkv::cuda

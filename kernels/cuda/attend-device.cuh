@@ -26,13 +26,46 @@ namespace smartkv::cuda {
 
 #define SKV_NEG_INF (-__int_as_float(0x7f800000))  // -infinity, on the device
 
-// Intrinsics with host stand-ins (same results).
+// Intrinsics with host stand-ins (same results). The device branch must name
+// the intrinsic (__ldg): a call to ldg itself here is infinite recursion, which
+// the compiler is free to drop; smartkv-ptx-check (test/ptx-check.sh) asserts
+// the 128-bit read-only loads this produces, since the host emulator cannot.
 template <typename T>
 SKV_DEV T ldg(const T* p) {
 #if defined(__CUDA_ARCH__)
-    return ldg(p);
+    return __ldg(p);
 #else
     return *p;
+#endif
+}
+
+// 16 bytes global -> shared without passing through registers (cp.async, sm_80+;
+// .cg: not kept in L1, the tile is read once). Completed by cp_async_wait_all();
+// the host stand-in copies at once.
+SKV_DEV void cp_async16(void* smem_dst, const void* gmem_src) {
+#if defined(__CUDA_ARCH__)
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem_src) : "memory");
+#else
+    std::memcpy(smem_dst, gmem_src, 16);
+#endif
+}
+
+// Asks for the 128-byte line at p to be brought into L2 (no registers, no
+// wait); a no-op on the host.
+SKV_DEV void prefetch_l2(const void* p) {
+#if defined(__CUDA_ARCH__)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+    (void)p;
+#endif
+}
+
+// Waits for this thread's cp.async copies; a __syncwarp after it makes every
+// lane's copies visible to the warp.
+SKV_DEV void cp_async_wait_all() {
+#if defined(__CUDA_ARCH__)
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
 #endif
 }
 
@@ -113,13 +146,41 @@ SKV_DEV dequant_params load_params(kv_format f, quant_mode m, const half_bits* p
     return {scale, -scale * (0.5f * float(format_max_code(f)))};
 }
 
+// 16-byte chunks of a key row in flight per loop step: fewer as the query
+// slots' state (QT x D/32 accumulators a lane) grows, so nothing spills
+// (ptx-check.sh asserts it).
+template <int D, int QT>
+SKV_DEV constexpr int key_row_unroll() {
+    return D * QT >= 2048 || (D == 64 && QT >= 4) ? 1 : D * QT >= 256 ? 2 : 4;
+}
+
+// The QT slots' query words for one word index, together: one 128-bit shared
+// load per 4 slots instead of one load per dp4a.
+template <int QT>
+SKV_DEV void load_slot_words(const int* p, int out[QT]) {
+    if constexpr (QT % 4 == 0) {
+#pragma unroll
+        for (int j = 0; j < QT; j += 4) {
+            const int4 v = *reinterpret_cast<const int4*>(p + j);
+            out[j] = v.x, out[j + 1] = v.y, out[j + 2] = v.z, out[j + 3] = v.w;
+        }
+    } else if constexpr (QT == 2) {
+        const int2 v = *reinterpret_cast<const int2*>(p);
+        out[0] = v.x, out[1] = v.y;
+    } else {
+#pragma unroll
+        for (int j = 0; j < QT; ++j) out[j] = p[j];
+    }
+}
+
 // Integer dot of one packed key row with QT s8 queries: acc[j] += sum_d code_d * q8[j][d].
-// q8w: shared [QT][D/4] words.
+// q8w: shared [D/4][QT] words (word w of every slot side by side: 4 dims of slot j
+// at q8w[w*QT + j]), 16-byte aligned.
 template <int D, int BITS, int QT>
 SKV_DEV void dot_codes_int(const uint8_t* row, const int* q8w, int acc[QT]) {
     constexpr int R = D * BITS / 8;
     const uint4* r4 = reinterpret_cast<const uint4*>(row);
-#pragma unroll 4  // 64 bytes of a row in flight per step: bounds the registers
+#pragma unroll(key_row_unroll<D, QT>())
     for (int c = 0; c < R / 16; ++c) {
         const uint4 v = ldg(r4 + c);
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};
@@ -129,8 +190,10 @@ SKV_DEV void dot_codes_int(const uint8_t* row, const int* q8w, int acc[QT]) {
             for (int s = 0; s < plane_bits<BITS>::planes; ++s) {
                 const uint32_t cw = (words[wi] >> (BITS * s)) & plane_bits<BITS>::mask;
                 const int widx = (s * R + 16 * c + 4 * wi) / 4;
+                int qw[QT];
+                load_slot_words<QT>(q8w + widx * QT, qw);
 #pragma unroll
-                for (int j = 0; j < QT; ++j) acc[j] = dp4a_us(cw, q8w[j * (D / 4) + widx], acc[j]);
+                for (int j = 0; j < QT; ++j) acc[j] = dp4a_us(cw, qw[j], acc[j]);
             }
     }
 }
@@ -141,7 +204,7 @@ template <int D, int BITS, int QT>
 SKV_DEV void dot_codes_float(const uint8_t* row, const float* w, float acc[QT]) {
     constexpr int R = D * BITS / 8;
     const uint4* r4 = reinterpret_cast<const uint4*>(row);
-#pragma unroll 4  // 64 bytes of a row in flight per step: bounds the registers
+#pragma unroll(key_row_unroll<D, QT>())
     for (int c = 0; c < R / 16; ++c) {
         const uint4 v = ldg(r4 + c);
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};
@@ -165,7 +228,7 @@ SKV_DEV void dot_codes_float(const uint8_t* row, const float* w, float acc[QT]) 
 template <int D, int QT>
 SKV_DEV void dot_fp16(const uint8_t* row, const float* w, float acc[QT]) {
     const uint4* r4 = reinterpret_cast<const uint4*>(row);
-#pragma unroll 4
+#pragma unroll(key_row_unroll<D, QT>())
     for (int c = 0; c < D / 8; ++c) {
         const uint4 v = ldg(r4 + c);
         const uint32_t words[4] = {v.x, v.y, v.z, v.w};
@@ -183,7 +246,8 @@ SKV_DEV void dot_fp16(const uint8_t* row, const float* w, float acc[QT]) {
 }
 
 // The DPL = D/32 consecutive dims a lane owns in the value accumulator,
-// dims lane*DPL .. +DPL-1, from a packed value row (codes as floats).
+// dims lane*DPL .. +DPL-1, from a packed value row (codes as floats). Rows
+// come from the warp's shared value tile (plain loads, not __ldg).
 template <int D, int BITS>
 SKV_DEV void value_codes(const uint8_t* row, int lane, float v[D / 32]) {
     constexpr int R = D * BITS / 8, DPL = D / 32;
@@ -195,11 +259,11 @@ SKV_DEV void value_codes(const uint8_t* row, int lane, float v[D / 32]) {
         codes_to_floats((w >> shift) & plane_bits<BITS>::mask, f);
         v[0] = f[0], v[1] = f[1];
     } else if constexpr (DPL == 4) {
-        const uint32_t w = ldg(reinterpret_cast<const unsigned int*>(row + off));
+        const uint32_t w = *reinterpret_cast<const unsigned int*>(row + off);
         codes_to_floats((w >> shift) & plane_bits<BITS>::mask, v);
     } else {
         static_assert(DPL == 8, "head_dim 64, 128 or 256");
-        const uint2 w = ldg(reinterpret_cast<const uint2*>(row + off));
+        const uint2 w = *reinterpret_cast<const uint2*>(row + off);
         codes_to_floats((w.x >> shift) & plane_bits<BITS>::mask, v);
         codes_to_floats((w.y >> shift) & plane_bits<BITS>::mask, v + 4);
     }
@@ -210,14 +274,14 @@ SKV_DEV void value_fp16(const uint8_t* row, int lane, float v[D / 32]) {
     constexpr int DPL = D / 32;
     const uint8_t* p = row + size_t(lane) * DPL * 2;
     if constexpr (DPL == 2) {
-        const float_pair f = halves_to_floats(ldg(reinterpret_cast<const unsigned int*>(p)));
+        const float_pair f = halves_to_floats(*reinterpret_cast<const unsigned int*>(p));
         v[0] = f.x, v[1] = f.y;
     } else if constexpr (DPL == 4) {
-        const uint2 w = ldg(reinterpret_cast<const uint2*>(p));
+        const uint2 w = *reinterpret_cast<const uint2*>(p);
         const float_pair a = halves_to_floats(w.x), b = halves_to_floats(w.y);
         v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
     } else {
-        const uint4 w = ldg(reinterpret_cast<const uint4*>(p));
+        const uint4 w = *reinterpret_cast<const uint4*>(p);
         const uint32_t words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {

@@ -19,11 +19,15 @@
 //   out = (acc + z) / l,  acc = sum_t p_t scale_t code_t,  z = sum_t p_t zero_t
 //
 // Shared memory (dynamic), offsets from smem_plan below:
-//   q    [QT][D] f32 (scaled)     q8 [QT][D] s8     q8_scale, q8_sum, q_sum, row_pos [QT]
+//   q    [QT][D] f32 (scaled)     q8 [D/4][QT][4] s8 (dims d..d+3 of every slot
+//                                 side by side)     q8_scale, q8_sum, q_sum, row_pos [QT]
 //   kw   [NW][QT][D] f32          per-warp KIVI weights q*channel_scale; reused for the merge
 //   kc0  [NW][QT] f32             per-warp KIVI constant sum_d q*channel_min
 //   pbuf [NW][32][QT] f32         p*scale_v per token of the tile
 //   mlz  [3][NW][QT] f32          warp states for the merge
+//   vt   [NW][32][2D] u8          per-warp value tile: the tile's V rows
+//                                 (32 x R contiguous bytes of the block), copied
+//                                 with cp.async while the warp scores its keys
 #include <climits>
 
 #include "attend-device.cuh"
@@ -50,7 +54,9 @@ struct smem_plan {
     static constexpr size_t kc0 = kw + align16(size_t(k_warps) * QT * D * 4);
     static constexpr size_t pbuf = kc0 + align16(k_warps * QT * 4);
     static constexpr size_t mlz = pbuf + align16(size_t(k_warps) * 32 * QT * 4);
-    static constexpr size_t bytes = mlz + align16(3 * k_warps * QT * 4);
+    static constexpr size_t vt = mlz + align16(3 * k_warps * QT * 4);
+    static constexpr size_t vt_warp = size_t(32) * 2 * D;  // the widest row: fp16
+    static constexpr size_t bytes = vt + size_t(k_warps) * vt_warp;
 };
 
 // Per-warp running state of QT query slots.
@@ -65,7 +71,7 @@ struct cta_ctx {
     const gpu_request* req;
     int head, lane, warp;
     const float* q;       // shared [QT][D]
-    const int* q8w;       // shared [QT][D/4]
+    const int* q8w;       // shared [D/4][QT] words
     const float* q8_scale;
     const int* q8_sum;
     const float* q_sum;
@@ -73,6 +79,7 @@ struct cta_ctx {
     float* kw;            // this warp's [QT][D]
     float* kc0;           // this warp's [QT]
     float* pbuf;          // this warp's [32][QT]
+    uint8_t* vt;          // this warp's value tile [32][R]
     int64_t score_base;   // scores offset of slot 0's row; slot j's is + j*n_after
     int n_scored;         // slots whose scores are written (0 without a score buffer)
     bool write_cols;
@@ -170,6 +177,13 @@ __device__ void fold_block(const cta_ctx& c, const gpu_block& blk, warp_state<D,
     for (int t0 = 0; t0 < blk.n_valid; t0 += 32) {
         const int t = t0 + c.lane, n_tile = min(32, blk.n_valid - t0);
         const bool valid = c.lane < n_tile;
+        // The tile's value rows (n_tile x R contiguous bytes of this head) go
+        // to the warp's shared tile in flight together, overlapping the key
+        // pass, instead of one dependent row load per token in the value loop.
+        {
+            const uint8_t* src = h.v + size_t(t0) * R;
+            for (int i = c.lane; i < n_tile * R / 16; i += 32) cp_async16(c.vt + 16 * i, src + 16 * i);
+        }
         float s[QT];
         float vscale = 0.f, vzero = 0.f;
         if (valid) {
@@ -206,11 +220,13 @@ __device__ void fold_block(const cta_ctx& c, const gpu_block& blk, warp_state<D,
             for (int i = 0; i < DPL; ++i) st.acc[j][i] *= alpha;
             c.pbuf[c.lane * QT + j] = p * vscale;
         }
-        __syncwarp();
-        // Values: lanes over dims, tokens in turn.
-#pragma unroll 4
+        cp_async_wait_all();
+        __syncwarp();  // pbuf and every lane's part of the value tile are visible
+        // Values: lanes over dims, tokens in turn, rows from the shared tile;
+        // rows per step shrink as the accumulators (QT x D/32 a lane) grow.
+#pragma unroll(D * QT >= 512 ? 1 : D * QT >= 256 ? 2 : 4)
         for (int tt = 0; tt < n_tile; ++tt) {
-            const uint8_t* vrow = h.v + size_t(t0 + tt) * R;
+            const uint8_t* vrow = c.vt + size_t(tt) * R;
             float v[DPL];
             if constexpr (KIND == blk_fp16) value_fp16<D>(vrow, c.lane, v);
             else value_codes<D, BITS>(vrow, c.lane, v);
@@ -230,7 +246,23 @@ __device__ void fold_block(const cta_ctx& c, const gpu_block& blk, warp_state<D,
 #pragma unroll
                 for (int i = 0; i < DPL; ++i) st.acc[j][i] += pa[j] * v[i];
         }
-        __syncwarp();  // pbuf is rewritten by the next tile
+        __syncwarp();  // pbuf and the value tile are rewritten by the next tile
+    }
+}
+
+// The warp's next block (K and V rows of this head, their parameters) into L2
+// while it works on the current one: its loads then wait on L2, not DRAM.
+__device__ __forceinline__ void prefetch_block(const cta_ctx& c, const gpu_block& blk) {
+    const block_layout& L = blk.kind == blk_kivi ? c.a->kivi_layout[blk.fmt] : c.a->layout[blk.fmt];
+    const head_rows h = rows_of(L, blk.data, c.head);
+    const int rows = int(blk.n_valid) * L.row;  // bytes of the head's K rows (and of its V rows)
+    for (int o = c.lane * 128; o < rows; o += 32 * 128) {
+        prefetch_l2(h.k + o);
+        prefetch_l2(h.v + o);
+    }
+    if (c.lane == 0 && blk.kind != blk_fp16) {
+        prefetch_l2(h.kp);
+        prefetch_l2(h.vp);
     }
 }
 
@@ -264,7 +296,7 @@ __device__ void load_queries(const attend_args& a, const gpu_request& r, const g
             if (a.use_q8) x8 = a.q8[qv * D + d];
         }
         q[i] = x;
-        q8[i] = x8;
+        q8[(d / 4) * QT * 4 + j * 4 + d % 4] = x8;
     }
     if (threadIdx.x < QT) {
         const int j = threadIdx.x, li = w.q_tile * QT + j;
@@ -329,10 +361,14 @@ __device__ void write_partials(const attend_args& a, const gpu_request& r, const
     }
 }
 
-template <int D, int QT>
 // Up to 168 registers (3 CTAs, 12 warps an SM) where the state fits; the
-// largest tiles take what they need instead of spilling.
-__global__ void __launch_bounds__(k_threads, D * QT <= 512 ? 3 : 1) attend_partials_kernel(const __grid_constant__ attend_args a) {
+// largest tiles take what they need instead of spilling (ptx-check.sh
+// asserts no spills: D=64 with 8 slots needs 254 registers, 2 CTAs an SM).
+template <int D, int QT>
+constexpr int partials_min_ctas() { return D * QT <= 512 && !(D == 64 && QT == 8) ? 3 : 1; }
+
+template <int D, int QT>
+__global__ void __launch_bounds__(k_threads, partials_min_ctas<D, QT>()) attend_partials_kernel(const __grid_constant__ attend_args a) {
     using P = smem_plan<D, QT>;
     extern __shared__ __align__(16) uint8_t smem[];
     const gpu_work w = a.work[blockIdx.x];
@@ -356,6 +392,7 @@ __global__ void __launch_bounds__(k_threads, D * QT <= 512 ? 3 : 1) attend_parti
     c.kw = reinterpret_cast<float*>(smem + P::kw) + warp * QT * D;
     c.kc0 = reinterpret_cast<float*>(smem + P::kc0) + warp * QT;
     c.pbuf = reinterpret_cast<float*>(smem + P::pbuf) + warp * 32 * QT;
+    c.vt = smem + P::vt + size_t(warp) * P::vt_warp;
     const int slots = r.n_rows * a.group;
     c.score_base = (int64_t(w.kv_head) * slots + int64_t(w.q_tile) * QT) * int64_t(r.n_after);
     c.n_scored = r.scores ? min(QT, slots - w.q_tile * QT) : 0;
@@ -373,7 +410,10 @@ __global__ void __launch_bounds__(k_threads, D * QT <= 512 ? 3 : 1) attend_parti
     const int b0 = int(int64_t(r.n_blocks) * w.split / r.n_splits);
     const int b1 = int(int64_t(r.n_blocks) * (w.split + 1) / r.n_splits);
     for (int b = b0 + warp; b < b1; b += k_warps) {
-        const gpu_block blk = a.blocks[r.block0 + b];
+        const gpu_block blk = r.blocks[b];
+        // (not at D=64 with 8 slots: at 255 registers its addresses would spill; ptx-check.sh)
+        if constexpr (!(D == 64 && QT == 8))
+            if (b + k_warps < b1) prefetch_block(c, r.blocks[b + k_warps]);
         fold_any_block<D, QT>(c, blk, st);
     }
     write_partials<D, QT>(a, r, w, smem, st, warp, lane);
@@ -399,7 +439,9 @@ void launch_attend_d(const attend_args& a, int qt, cudaStream_t stream) {
         case 1: return launch_attend<D, 1>(a, stream);
         case 2: return launch_attend<D, 2>(a, stream);
         case 4: return launch_attend<D, 4>(a, stream);
-        default: return launch_attend<D, 8>(a, stream);
+        default:
+            if constexpr (attend_max_q_tile(D) >= 8) return launch_attend<D, 8>(a, stream);
+            else return launch_attend<D, attend_max_q_tile(D)>(a, stream);
     }
 }
 

@@ -16,8 +16,9 @@ extern template void launch_attend_d<128>(const attend_args&, int, cudaStream_t)
 extern template void launch_attend_d<256>(const attend_args&, int, cudaStream_t);
 }  // namespace attend_detail
 
-int attend_q_tile_size(int max_slots_per_head) {
-    return max_slots_per_head <= 1 ? 1 : max_slots_per_head <= 2 ? 2 : max_slots_per_head <= 4 ? 4 : 8;
+int attend_q_tile_size(int max_slots_per_head, int head_dim) {
+    const int qt = max_slots_per_head <= 1 ? 1 : max_slots_per_head <= 2 ? 2 : max_slots_per_head <= 4 ? 4 : 8;
+    return qt < attend_max_q_tile(head_dim) ? qt : attend_max_q_tile(head_dim);
 }
 
 void attend_partials(const attend_args& a, int q_tile_size, cudaStream_t stream) {

@@ -113,19 +113,28 @@ void cuda_engine::flush(gpu_ops& ops) {
     // Order matters: new rows are written before groups read them, and slot
     // copies (swap-removes) run after every read of the slots they overwrite.
     if (!ops.converts.empty())
-        convert_vectors(upload(items_convert_, ops.converts, stream_), int(ops.converts.size()), cfg_.head_dim, stream_);
-    if (!ops.kivi.empty()) form_kivi_groups(upload(items_kivi_, ops.kivi, stream_), int(ops.kivi.size()), l16, stream_);
+        convert_vectors(upload(items_convert_, ops.converts, stream_, stage_), int(ops.converts.size()), cfg_.head_dim,
+                        stream_);
+    if (!ops.kivi.empty())
+        form_kivi_groups(upload(items_kivi_, ops.kivi, stream_, stage_), int(ops.kivi.size()), l16, stream_);
     if (!ops.copies.empty()) {
         block_layout layouts[n_formats];
         for (int f = 0; f < n_formats; ++f)
             layouts[f] = make_block_layout(kv_format(f), cfg_.mode, cfg_.head_dim, cfg_.n_kv_heads, cfg_.block_tokens);
-        copy_slots(upload(items_copy_, ops.copies, stream_), int(ops.copies.size()), layouts, stream_);
+        copy_slots(upload(items_copy_, ops.copies, stream_, stage_), int(ops.copies.size()), layouts, stream_);
     }
     ops.converts.clear();
     ops.kivi.clear();
     ops.copies.clear();
-    SKV_CUDA_CHECK(cudaStreamSynchronize(stream_));  // item arrays and staging are reused by the next call
+    // No wait: a later upload into the same item buffers is queued after
+    // these kernels on the one stream, and freed blocks are cleared (when
+    // reused) after them too.
     pool_->commit();
+}
+
+void cuda_engine::step_done() {
+    SKV_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    stage_.reset();
 }
 
 void cuda_engine::append_rows(std::vector<gpu_store*>& stores, const std::vector<const float*>& k,
@@ -148,8 +157,8 @@ void cuda_engine::append_rows(std::vector<gpu_store*>& stores, const std::vector
     size_t off = 0;
     for (size_t i = 0; i < stores.size(); ++i) {
         const size_t n = size_t(rows[i]) * hd;
-        SKV_CUDA_CHECK(cudaMemcpyAsync(kd + off, k[i], n * sizeof(float), cudaMemcpyHostToDevice, stream_));
-        SKV_CUDA_CHECK(cudaMemcpyAsync(vd + off, v[i], n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+        upload_bytes(kd + off, k[i], n * sizeof(float), stream_, stage_);
+        upload_bytes(vd + off, v[i], n * sizeof(float), stream_, stage_);
         stores[i]->append(rows[i], kd + off, vd + off, k[i], v[i], ops);
         off += n;
     }
@@ -166,6 +175,7 @@ void cuda_engine::append(uint32_t seq, int layer, int n_rows, const float* k, co
     gpu_ops ops;
     s.flush_kivi_groups(ops);
     flush(ops);
+    step_done();
 }
 
 void cuda_engine::attend(const attend_request* requests, size_t n_requests) {
@@ -218,11 +228,13 @@ void cuda_engine::attend(const attend_request* requests, size_t n_requests) {
         if (wave.empty()) break;
         batch_->build(wave, stream_);
         batch_->run(stream_);
-        batch_->finish(stream_);
+        batch_->download(stream_);  // into pinned staging; delivered after the step's sync
     }
     gpu_ops ops;
     for (gpu_store* s : stores) s->flush_kivi_groups(ops);
     flush(ops);
+    step_done();
+    batch_->deliver();
 }
 
 void cuda_engine::move_layer(gpu_store& s, const uint32_t* positions, const uint8_t* formats, size_t n,
@@ -242,7 +254,7 @@ void cuda_engine::move_layer(gpu_store& s, const uint32_t* positions, const uint
             if (s.where(pos).fmt != to) ++changed;
         if (changed == 0) continue;
         const std::vector<half_bits> master = s.master_rows(round);
-        const half_bits* master_dev = upload(stage_master_, master, stream_);
+        const half_bits* master_dev = upload(stage_master_, master, stream_, stage_);
         gpu_ops ops;
         r.bytes_moved += s.move_round(round, master_dev, ops);
         r.tokens_changed += changed;
@@ -285,6 +297,7 @@ move_result cuda_engine::apply_plan(uint32_t seq, int layer, const uint32_t* pos
     check_memory(growth);
     move_result r;
     for (int l = l0; l < l1; ++l) move_layer(*s.layers[size_t(l)], positions, formats, n, r);
+    step_done();
     return r;
 }
 

@@ -2,6 +2,12 @@
 // bookkeeping (gpu_store) and device-side bytes (device_pool blocks). One
 // stream per engine; every public call is synchronous on return, like the
 // CPU's, and one call runs at a time (mutex).
+//
+// A call is one "step" on the stream: uploads staged through pinned memory
+// (stage_), kernels, downloads into pinned memory, then exactly one
+// cudaStreamSynchronize (step_done()), after which outputs are handed to the
+// caller and the staging is reset. Growth of a scratch buffer is the only
+// other wait (geometric, so O(log size) times in a buffer's life).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -63,7 +69,8 @@ private:
     const gpu_store& get_layer(uint32_t seq, int layer) const;
     void check_memory(size_t extra) const;
     size_t held_unlocked() const;
-    void flush(gpu_ops& ops);  // uploads and launches the batch, then recycles freed blocks
+    void flush(gpu_ops& ops);  // uploads and launches the batch, then recycles freed blocks; no wait
+    void step_done();          // the step's one synchronisation; staging reset
     void append_rows(std::vector<gpu_store*>& stores, const std::vector<const float*>& k,
                      const std::vector<const float*>& v, const std::vector<int>& rows);
     void move_layer(gpu_store& s, const uint32_t* positions, const uint8_t* formats, size_t n, move_result& r);
@@ -76,6 +83,7 @@ private:
     std::map<uint32_t, gpu_sequence> seqs_;
     uint32_t next_id_ = 1;
     device_buffer stage_k_, stage_v_, stage_master_, items_convert_, items_kivi_, items_copy_;
+    pinned_arena stage_;  // host staging of this step's uploads
     std::unique_ptr<attend_batch> batch_;
 };
 

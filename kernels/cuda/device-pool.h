@@ -3,12 +3,17 @@
 //
 //   slab = cudaMalloc(max(1, 4 MiB / bytes) * bytes)  ->  blocks of `bytes`
 //
-// Blocks come back zeroed (an async memset on the engine's stream). A block
-// given back goes on a pending list until commit(), called once the work
-// that still reads it has been queued on that same stream, so a reused block
-// is never cleared under a queued reader. reserve() grows the free lists up
-// front: out of device memory throws engine_error(resource_exhausted)
-// before any bookkeeping changes.
+// Blocks come back zeroed: a new slab is cleared whole by one async memset,
+// so its blocks need nothing more; only a recycled block gets its own memset
+// when it is handed out again. A block given back goes on a pending list
+// until commit(), called once the work that still reads it has been queued
+// on that same stream, so a reused block is never cleared under a queued
+// reader. reserve() grows the free lists up front: out of device memory
+// throws engine_error(resource_exhausted) before any bookkeeping changes.
+//
+// Plain buffers (importance arrays) are stream-ordered: cudaMallocAsync and
+// cudaFreeAsync on the engine's stream, so growing one never waits for the
+// device.
 //
 // A pool built with host_memory = true hands out host memory instead, so the
 // bookkeeping above it (gpu-store) can be checked without a GPU: the work
@@ -25,7 +30,7 @@ namespace smartkv::cuda {
 
 class device_pool {
 public:
-    explicit device_pool(cudaStream_t stream, bool host_memory = false) : stream_(stream), host_(host_memory) {}
+    explicit device_pool(cudaStream_t stream, bool host_memory = false);
     ~device_pool();
     device_pool(const device_pool&) = delete;
     device_pool& operator=(const device_pool&) = delete;
@@ -37,7 +42,8 @@ public:
     size_t reserved_bytes() const { return reserved_; }  // all slabs
     bool host_memory() const { return host_; }
 
-    // Plain buffers outside the block lists (importance arrays), same memory kind.
+    // Plain buffers outside the block lists (importance arrays), same memory
+    // kind, stream-ordered on the device (no synchronisation).
     void* raw_alloc(size_t bytes);
     void raw_free(void* p);
     void raw_zero(void* p, size_t bytes);
@@ -45,10 +51,14 @@ public:
 
 private:
     void grow(size_t bytes, size_t min_blocks);
+    void* slab_alloc(size_t bytes);
+    void slab_free(void* p);
 
     cudaStream_t stream_;
     bool host_;
-    std::map<size_t, std::vector<uint8_t*>> free_;
+    bool async_alloc_ = false;  // the device has memory pools (cudaMallocAsync); else plain cudaMalloc
+    std::map<size_t, std::vector<uint8_t*>> free_;      // zeroed (from a cleared slab)
+    std::map<size_t, std::vector<uint8_t*>> recycled_;  // given back: cleared when handed out
     std::vector<std::pair<uint8_t*, size_t>> pending_;
     std::vector<void*> slabs_;
     size_t reserved_ = 0;
@@ -74,9 +84,40 @@ private:
     bool host_ = false;
 };
 
-// Uploads a host vector into a device_buffer on `stream` (pageable copy:
-// cudaMemcpyAsync returns once the source has been staged).
+// Page-locked host staging for one engine call (a "step"): uploads are copied
+// into it and sent with cudaMemcpyAsync (truly asynchronous, unlike a copy
+// from pageable memory, which the driver stages synchronously); downloads
+// land in it. What take() returns stays valid until reset(), which the owner
+// calls after the step's one synchronisation. Grows geometrically; an
+// outgrown chunk is kept until reset(), so no queued copy loses its source.
+// Host-memory mode (the host checks): plain malloc.
+class pinned_arena {
+public:
+    pinned_arena() = default;
+    ~pinned_arena();
+    pinned_arena(const pinned_arena&) = delete;
+    pinned_arena& operator=(const pinned_arena&) = delete;
+    void use_host_memory() { host_ = true; }
+    void* take(size_t bytes);  // 256-byte aligned
+    void reset();              // only once every copy from or into it has completed
+    size_t capacity() const { return cap_; }
+
+private:
+    void* alloc(size_t bytes);
+    void release(void* p);
+
+    uint8_t* base_ = nullptr;
+    size_t cap_ = 0, used_ = 0;
+    std::vector<void*> outgrown_;
+    bool host_ = false;
+};
+
+// Uploads a host vector into a device_buffer on `stream`, staged through
+// `stage` (pinned; valid until the caller's synchronisation). Host buffers:
+// a plain copy.
 template <typename T>
-T* upload(device_buffer& buf, const std::vector<T>& v, cudaStream_t stream);
+T* upload(device_buffer& buf, const std::vector<T>& v, cudaStream_t stream, pinned_arena& stage);
+// Host bytes -> device, staged the same way.
+void upload_bytes(void* dst, const void* src, size_t bytes, cudaStream_t stream, pinned_arena& stage);
 
 }  // namespace smartkv::cuda

@@ -8,9 +8,15 @@
 namespace smartkv::cuda {
 
 namespace {
-// Device importance is one array (kernels index it by position), grown in the
-// CPU's bookkeeping pages so that both backends hold the same bytes for it.
-size_t importance_capacity(size_t n) { return paged_array<float>::pages_for(n) * meta_page_elems; }
+// Device importance is one array (kernels index it by position), in whole
+// pages of the CPU's bookkeeping, grown geometrically (at least doubling) so
+// that a sequence of n tokens reallocates it O(log n) times, not every 4096
+// tokens. Held bytes count the real capacity (up to 2x the CPU's pages:
+// 4 bytes a token against the hundreds of its KV).
+size_t importance_capacity(size_t n, size_t cur) {
+    const size_t need = paged_array<float>::pages_for(n) * meta_page_elems;
+    return need <= cur ? cur : need > 2 * cur ? need : 2 * cur;
+}
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -112,22 +118,20 @@ gpu_store::gpu_store(const engine_config& cfg, storage_kind kind, bool reversibl
 gpu_store::~gpu_store() {
     for (uint8_t* g : groups_) pool_.put(g, group_layout_.bytes);
     pool_.commit();
-    if (importance_) {
-        if (!pool_.host_memory()) cudaStreamSynchronize(stream_);
-        pool_.raw_free(importance_);
-    }
+    if (importance_) pool_.raw_free(importance_);  // stream-ordered: after the work that reads it
 }
 
+// Stream-ordered throughout (allocation, copy, clear of the new tail, free of
+// the old array): no synchronisation and no device-wide cudaMalloc/cudaFree.
 void gpu_store::ensure_importance(size_t n) {
-    const size_t cap = importance_capacity(n);
+    const size_t cap = importance_capacity(n, importance_cap_);
     if (cap <= importance_cap_) return;
     float* mem = static_cast<float*>(pool_.raw_alloc(cap * sizeof(float)));
-    pool_.raw_zero(mem, cap * sizeof(float));
     if (importance_) {
         pool_.raw_copy(mem, importance_, importance_cap_ * sizeof(float));
-        if (!pool_.host_memory()) SKV_CUDA_CHECK(cudaStreamSynchronize(stream_));
         pool_.raw_free(importance_);
     }
+    pool_.raw_zero(mem + importance_cap_, (cap - importance_cap_) * sizeof(float));
     importance_ = mem;
     importance_cap_ = cap;
 }
@@ -137,8 +141,8 @@ size_t gpu_store::growth_for_append(int n_rows) const {
     const gpu_bucket& b = buckets_[int(kv_format::fp16)];
     size_t g = b.growth_for_blocks(b.blocks_for(b.size() + size_t(n_rows)));
     g += slot_of_.held_bytes_if(n_after) - slot_of_.held_bytes();
-    const size_t cap = importance_capacity(n_after);
-    g += cap > importance_cap_ ? (cap - importance_cap_) * sizeof(float) : 0;
+    const size_t cap = importance_capacity(n_after, importance_cap_);
+    g += (cap - importance_cap_) * sizeof(float);
     return g;  // the master copy is host memory: not on the device, not under the limit
 }
 
@@ -228,6 +232,7 @@ size_t gpu_store::move_round(const std::vector<std::pair<uint32_t, kv_format>>& 
     }
     std::vector<uint32_t> removed[n_formats];
     size_t bytes = 0, n_up = 0;
+    ++fixed_version_;  // a quantised bucket may change (fp16-only rounds too: harmless)
     for (const auto& [pos, to] : moves) {
         const slot_ref from = where(pos);
         if (from.fmt == to) continue;
@@ -279,6 +284,7 @@ void gpu_store::flush_kivi_groups(gpu_ops& ops) {
     if (res.size() < resid + kivi_group) return;
     const size_t k = (res.size() - resid) / kivi_group;
     pool_.reserve(group_layout_.bytes, k);
+    ++fixed_version_;
     std::vector<uint32_t> removed;
     for (size_t g = 0; g < k; ++g) {
         kivi_group_item it;

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "block-list.h"
 #include "cpu/layer-store.h"  // slot_ref, encode_slot, held_split, paged_array
 #include "device-pool.h"
 #include "gpu-types.h"
@@ -94,6 +95,7 @@ public:
     gpu_store& operator=(const gpu_store&) = delete;
 
     storage_kind kind() const { return kind_; }
+    const engine_config& config() const { return cfg_; }
     size_t size() const { return n_; }
     const gpu_bucket& bucket_of(kv_format f) const { return buckets_[int(f)]; }
     size_t n_groups() const { return groups_.size(); }
@@ -125,6 +127,12 @@ public:
 
     held_split held() const;
 
+    // Changes whenever KIVI groups or quantised buckets change (plans, KIVI
+    // flushes); appends touch only the fp16 bucket and leave it alone.
+    uint64_t fixed_version() const { return fixed_version_; }
+    // The attention's device block list of this store (block-list.h).
+    block_list_cache& block_cache() const { return block_cache_; }
+
 private:
     void ensure_importance(size_t n);
 
@@ -135,7 +143,7 @@ private:
     size_t n_ = 0;
     gpu_bucket buckets_[n_formats];
     paged_array<uint32_t> slot_of_;
-    float* importance_ = nullptr;  // device [importance_cap_] f32, whole pages of meta_page_elems
+    float* importance_ = nullptr;  // device [importance_cap_] f32, whole pages of meta_page_elems, grown geometrically
     size_t importance_cap_ = 0;
     bool reversible_;
     paged_array<half_bits, 16384> master_;  // [n][2][H][D] f16 (pageable host memory) when reversible_
@@ -143,6 +151,8 @@ private:
     block_layout group_layout_;
     std::vector<uint8_t*> groups_;  // device group blocks
     size_t n_grouped_ = 0;
+    uint64_t fixed_version_ = 0;
+    mutable block_list_cache block_cache_;
 };
 
 }  // namespace smartkv::cuda

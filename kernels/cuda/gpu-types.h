@@ -67,7 +67,8 @@ struct gpu_block {               // one block of a request's block list
 };
 
 struct gpu_request {
-    int block0 = 0, n_blocks = 0;  // range in the block list
+    const gpu_block* blocks = nullptr;  // [n_blocks] this request's block list (the store's, block-list.h)
+    int n_blocks = 0;
     int n_rows = 0;                // query rows in this launch
     int pos0 = 0;                  // position of row 0 (row r sees tokens at pos <= pos0 + r)
     int n_after = 0;               // score columns (tokens visible to the last row)
@@ -95,7 +96,6 @@ struct attend_args {
     uint8_t mode = 0;              // quant_mode of quantized blocks
     uint8_t use_q8 = 1;            // integer dot products for quantized keys
     const gpu_request* reqs = nullptr;
-    const gpu_block* blocks = nullptr;
     const gpu_work* work = nullptr;
     int n_work = 0, n_reqs = 0;
     // prepared queries, by query vector qv: [n_qv][D] f32 scaled by 1/sqrt(D),

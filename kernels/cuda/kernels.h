@@ -36,7 +36,10 @@ void prepare_queries(const float* q, int n_qv, int head_dim, float inv_sqrt_d, b
 // attend.cu: one CTA per work item (request, kv-head, query tile, context
 // split) folds its blocks into an online-softmax partial state. q_tile_size
 // is the number of query slots a CTA carries (1, 2, 4 or 8).
-int attend_q_tile_size(int max_slots_per_head);
+// head_dim 256 stops at 4 slots: 8 slots' accumulators (64 floats a lane)
+// spill at any unroll (ptx-check.sh asserts no spills).
+constexpr int attend_max_q_tile(int head_dim) { return head_dim >= 256 ? 4 : 8; }
+int attend_q_tile_size(int max_slots_per_head, int head_dim);
 void attend_partials(const attend_args& args, int q_tile_size, cudaStream_t stream);
 
 // attend-merge.cu: merge the splits into outputs and the final max/sum, then

@@ -18,6 +18,7 @@
 #include <string>
 
 #include "attend-device.cuh"
+#include "bench-mix.h"
 #include "check.h"
 #include "gpu-report.h"
 #include "cpu/layer-store.h"
@@ -33,10 +34,49 @@
 using namespace smartkv;
 using namespace smartkv::testing;
 
+namespace {
+// What the JSON file says besides the records; set by main().
+struct json_state {
+    const char* path = nullptr;
+    std::string device = "none";
+    bool gpu_present = false;
+    bool complete = false;
+    int passed = 0, failed = 0;
+};
+json_state g_json;
+
+// The whole file, to PATH.tmp and renamed over PATH: a reader (or a
+// timeout) never sees half a file.
+void json_write() {
+    if (!g_json.path) return;
+    const std::string tmp = std::string(g_json.path) + ".tmp";
+    FILE* f = std::fopen(tmp.c_str(), "w");
+    if (!f) return;
+    std::fprintf(f, "{\n\"device\": \"%s\",\n\"gpu_present\": %s,\n\"complete\": %s,\n", g_json.device.c_str(),
+                 g_json.gpu_present ? "true" : "false", g_json.complete ? "true" : "false");
+    if (g_json.complete) std::fprintf(f, "\"passed\": %d,\n\"failed\": %d,\n", g_json.passed, g_json.failed);
+    else std::fprintf(f, "\"passed\": null,\n\"failed\": null,\n");
+    for (const char* sec : {"checks", "timings"}) {
+        std::fprintf(f, "\"%s\": [\n", sec);
+        const auto& recs = json_records(sec);
+        for (size_t i = 0; i < recs.size(); ++i)
+            std::fprintf(f, "  %s%s\n", recs[i].c_str(), i + 1 < recs.size() ? "," : "");
+        std::fprintf(f, "]%s\n", std::strcmp(sec, "checks") == 0 ? "," : "");
+    }
+    std::fprintf(f, "}\n");
+    std::fclose(f);
+    std::rename(tmp.c_str(), g_json.path);
+}
+}  // namespace
+
 namespace smartkv::testing {
 std::vector<std::string>& json_records(const char* section) {
     static std::vector<std::string> checks, timings;
     return std::strcmp(section, "timings") == 0 ? timings : checks;
+}
+void add_record(const char* section, const json_record& r) {
+    json_records(section).push_back(r.text());
+    json_write();
 }
 }  // namespace smartkv::testing
 
@@ -174,7 +214,10 @@ void check_row_helpers(uint32_t seed) {
     for (int i = 0; i < QT * D; ++i) q8[i] = int8_t(int(rng() % 255) - 127), w[i] = float(int(rng() % 2001) - 1000) / 512.f;
     int dot[QT] = {0, 0, 0, 0};
     float fdot[QT] = {0, 0, 0, 0};
-    cuda::dot_codes_int<D, BITS, QT>(row, reinterpret_cast<const int*>(q8), dot);
+    alignas(16) int8_t q8t[QT * D];  // the kernel's shared layout: [D/4][QT][4]
+    for (int j = 0; j < QT; ++j)
+        for (int d = 0; d < D; ++d) q8t[(d / 4) * QT * 4 + j * 4 + d % 4] = q8[j * D + d];
+    cuda::dot_codes_int<D, BITS, QT>(row, reinterpret_cast<const int*>(q8t), dot);
     cuda::dot_codes_float<D, BITS, QT>(row, w, fdot);
     for (int j = 0; j < QT; ++j) {
         int want = 0;
@@ -672,6 +715,39 @@ TEST(gpu_engine_matches_cpu_engine) {
     }
 }
 
+// The timings' beta = 0.25 mix (bench-mix.h) on the CPU engine: the plan
+// must land on the budget and use all three widths, or the GPU run's headline
+// would time something other than what the allocator chooses.
+TEST(bench_mix_is_the_allocators_beta25) {
+    engine_config cfg;
+    cfg.n_layers = 1, cfg.n_q_heads = 32, cfg.n_kv_heads = 8, cfg.head_dim = 128;
+    auto eng = make_cpu_backend(cfg);
+    const int n = 4096, lo = k_sinks, hi = n - k_window;
+    const uint32_t id = eng->create_sequence(storage_kind::mixed);
+    const auto k = randn(size_t(n) * 8 * 128, 7), v = randn(size_t(n) * 8 * 128, 8);
+    eng->append(id, 0, n, k.data(), v.data());
+    std::vector<float> imp(n), err(size_t(n) * 3);
+    std::vector<uint8_t> cur(n);
+    token_report rep;
+    rep.importance = imp.data(), rep.format = cur.data(), rep.sq_error = err.data();
+    eng->report(id, 0, rep);
+    const std::vector<uint8_t> plan = allocator_plan(cfg, heavy_tailed_importance(n, 11), err, lo, hi);
+    std::vector<uint32_t> pos;
+    std::vector<uint8_t> fmt;
+    for (int i = lo; i < hi; ++i) pos.push_back(uint32_t(i)), fmt.push_back(plan[size_t(i)]);
+    eng->apply_plan(id, 0, pos.data(), fmt.data(), pos.size());
+    const memory_stats st = eng->stats(id);
+    const double f8 = double(st.tokens_by_format[1]) / n, f4 = double(st.tokens_by_format[2]) / n;
+    const double f2 = double(st.tokens_by_format[3]) / n;
+    std::printf("    allocator beta 0.25 mix: beta %.4f, int8 %.1f %%, int4 %.1f %%, int2 %.1f %%\n", st.beta(),
+                100 * f8, 100 * f4, 100 * f2);
+    CHECK_MSG(st.beta() > 0.225 && st.beta() <= 0.25, "the allocator mix misses beta = 0.25");
+    CHECK(f8 > 0.01 && f4 > 0.05 && f2 > 0.05);
+    CHECK(st.tokens_by_format[0] == size_t(k_sinks + k_window));
+    add_record("checks", json_record().str("check", "bench_mix_beta25").num("beta", st.beta()).num("frac_int8", f8)
+                             .num("frac_int4", f4).num("frac_int2", f2).boolean("pass", st.beta() > 0.225 && st.beta() <= 0.25));
+}
+
 TEST(gpu_moves_up_and_down_with_master_copy) {
     if (!g_have_gpu) return;
     grid_case c{"master", 8, 2, 128, 517, 1, 1};
@@ -758,6 +834,10 @@ int main(int argc, char** argv) {
     std::printf("smartkv-gpu-check: CUDA backend %s, device: %s\n", cuda_backend_compiled() ? "compiled" : "absent",
                 device.c_str());
     if (!g_have_gpu) std::printf("no CUDA device: GPU checks and timings skipped (CPU-side checks only)\n");
+    g_json.path = json_path;
+    g_json.device = device;
+    g_json.gpu_present = g_have_gpu;
+    json_write();  // a file from the start: "complete": false until the end
     const run_counts counts = run_registered(filter, [](const char* name) {
         if (!g_have_gpu && std::strncmp(name, "gpu_", 4) == 0) return " (skipped: no GPU)";
         if (!g_emulate && std::strstr(name, "emulated")) return " (skipped: GPU present; --emulate runs it)";
@@ -774,20 +854,9 @@ int main(int argc, char** argv) {
         }
     }
     std::printf("%d passed, %d failed\n", passed, failed);
-    if (json_path) {
-        if (FILE* f = std::fopen(json_path, "w")) {
-            std::fprintf(f, "{\n\"device\": \"%s\",\n\"gpu_present\": %s,\n\"passed\": %d,\n\"failed\": %d,\n", device.c_str(),
-                         g_have_gpu ? "true" : "false", passed, failed);
-            for (const char* sec : {"checks", "timings"}) {
-                std::fprintf(f, "\"%s\": [\n", sec);
-                const auto& recs = json_records(sec);
-                for (size_t i = 0; i < recs.size(); ++i)
-                    std::fprintf(f, "  %s%s\n", recs[i].c_str(), i + 1 < recs.size() ? "," : "");
-                std::fprintf(f, "]%s\n", std::strcmp(sec, "checks") == 0 ? "," : "");
-            }
-            std::fprintf(f, "}\n");
-            std::fclose(f);
-        }
-    }
+    g_json.complete = true;
+    g_json.passed = passed;
+    g_json.failed = failed;
+    json_write();
     return failed ? 1 : 0;
 }

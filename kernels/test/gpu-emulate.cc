@@ -118,7 +118,7 @@ inline float warp_sum(float v) {
     return v;
 }
 namespace attend_detail {
-alignas(16) uint8_t smem[65536];  // dynamic shared memory of the one CTA running
+alignas(16) uint8_t smem[232448];  // dynamic shared memory of the one CTA running (the H100/H200 maximum, 227 KiB)
 }
 }  // namespace smartkv::cuda
 
@@ -176,6 +176,7 @@ struct emu_case {
 
 template <int D, int QT>
 void run_partials(const attend_args& a) {
+    static_assert(attend_detail::smem_plan<D, QT>::bytes <= sizeof(attend_detail::smem), "emulator shared memory too small");
     emu::launch(dim3(unsigned(a.n_work)), dim3(128), [&] { attend_detail::attend_partials_kernel<D, QT>(a); });
 }
 
@@ -184,7 +185,8 @@ void run_partials_qt(const attend_args& a, int qt) {
     if (qt == 1) run_partials<D, 1>(a);
     else if (qt == 2) run_partials<D, 2>(a);
     else if (qt == 4) run_partials<D, 4>(a);
-    else run_partials<D, 8>(a);
+    else if constexpr (attend_max_q_tile(D) >= 8) run_partials<D, 8>(a);
+    else throw std::logic_error("query tile over attend_max_q_tile");
 }
 
 void run_emu_case(const emu_case& c, uint32_t seed) {
@@ -197,10 +199,11 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
     std::vector<std::vector<float>> qs;
     std::vector<gpu_block> blocks;
     std::vector<gpu_request> reqs(size_t(c.n_req));
+    std::vector<size_t> block0(size_t(c.n_req));  // each request's first entry in `blocks`
     std::vector<gpu_work> work;
     std::vector<float> q_all;
     std::mt19937 rng(seed);
-    const int qt = c.rows * G <= 1 ? 1 : c.rows * G <= 2 ? 2 : c.rows * G <= 4 ? 4 : 8;
+    const int qt = attend_q_tile_size(c.rows * G, D);
     size_t n_part = 0, n_scores = 0, n_out = 0, n_fin = 0;
     for (int i = 0; i < c.n_req; ++i) {
         stores.emplace_back(new layer_store(cfg, c.kind, cfg.master_copy));
@@ -214,7 +217,7 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
         // the rows' own tokens are the newest; KIVI keeps them in the residual
         qs.push_back(normal(size_t(c.rows) * Hq * D, seed + 10 * i + 2));
         gpu_request& r = reqs[size_t(i)];
-        r.block0 = int(blocks.size());
+        block0[size_t(i)] = blocks.size();
         uint32_t base = 0;
         for (size_t g = 0; g < s.n_groups(); ++g) {
             gpu_block b;
@@ -233,7 +236,7 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
                 base += b.n_valid;
             }
         }
-        r.n_blocks = int(blocks.size()) - r.block0;
+        r.n_blocks = int(blocks.size() - block0[size_t(i)]);
         r.n_rows = c.rows, r.pos0 = c.n - c.rows, r.n_after = int(base);
         r.n_splits = std::max(1, std::min(c.splits, r.n_blocks));
         r.qv0 = int(q_all.size() / size_t(D));
@@ -254,6 +257,7 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
     size_t so = 0, oo = 0, fo = 0;
     for (int i = 0; i < c.n_req; ++i) {
         gpu_request& r = reqs[size_t(i)];
+        r.blocks = blocks.data() + block0[size_t(i)];  // `blocks` is complete: no more reallocation
         r.scores = scores.data() + so, r.col_pos = cols.data() + size_t(i) * c.n, r.out = out.data() + oo;
         r.final_m = fin_m.data() + fo, r.final_l = fin_l.data() + fo;
         r.importance = imp[size_t(i)].data(), r.probs = probs[size_t(i)].data();
@@ -271,7 +275,7 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
     for (int f = 1; f < n_formats; ++f)
         a.kivi_layout[f] = make_block_layout(kv_format(f), quant_mode::asymmetric, D, H, kivi_group, true);
     a.head_dim = D, a.n_q_heads = Hq, a.n_kv_heads = H, a.group = G, a.mode = uint8_t(c.mode);
-    a.use_q8 = c.int8q, a.reqs = reqs.data(), a.blocks = blocks.data(), a.work = work.data();
+    a.use_q8 = c.int8q, a.reqs = reqs.data(), a.work = work.data();
     a.n_work = int(work.size()), a.n_reqs = c.n_req;
     a.qf = qf.data(), a.q8 = q8.data(), a.q8_scale = q8s.data(), a.q8_sum = q8sum.data(), a.q_sum = qsum.data();
     a.part_m = pm.data(), a.part_l = pl.data(), a.part_z = pz.data(), a.part_acc = pacc.data();
@@ -390,6 +394,9 @@ struct pipe_case {
     bool mixed_kinds = false;  // alternate kivi2 / kivi4 / mixed sequences in one batch
 };
 
+void run_pipe_step(const pipe_case& c, const engine_config& cfg, kv_backend& cpu_engine, const std::vector<uint32_t>& ids,
+                   std::vector<std::unique_ptr<gpu_store>>& stores, gpu_ops& ops, device_pool& pool, uint32_t seed);
+
 void run_pipe_case(const pipe_case& c, uint32_t seed) {
     engine_config cfg;
     cfg.n_layers = 1, cfg.n_q_heads = c.hq, cfg.n_kv_heads = c.hkv, cfg.head_dim = c.D;
@@ -432,7 +439,38 @@ void run_pipe_case(const pipe_case& c, uint32_t seed) {
             pool.commit();
         }
     }
-    // One attention step: CPU engine vs the emulated GPU pipeline.
+    // Three attention steps, CPU engine vs the emulated GPU pipeline. A plan
+    // between the second and the third (mixed sequences) makes the stores'
+    // cached device block lists rebuild; the second step updates only their
+    // fp16 tails (block-list.h).
+    for (int step = 0; step < 3; ++step) {
+        if (step == 2) {
+            for (int b = 0; b < c.batch; ++b) {
+                gpu_store& s = *stores[size_t(b)];
+                if (s.kind() != storage_kind::mixed) continue;
+                std::vector<uint32_t> pos;
+                std::vector<uint8_t> fmt;
+                for (uint32_t p = 4; p + 24 < uint32_t(s.size()); p += 3) {
+                    const kv_format now = s.where(p).fmt;
+                    const kv_format to = now == kv_format::int2 ? kv_format::int2 : kv_format(int(now) + 1);
+                    pos.push_back(p);
+                    fmt.push_back(uint8_t(to));
+                }
+                cpu->apply_plan(ids[size_t(b)], 0, pos.data(), fmt.data(), pos.size());
+                std::vector<std::pair<uint32_t, kv_format>> moves;
+                for (size_t i = 0; i < pos.size(); ++i) moves.emplace_back(pos[i], kv_format(fmt[i]));
+                s.move_round(moves, nullptr, ops);
+                emu_execute(ops, cfg);
+                pool.commit();
+            }
+        }
+        run_pipe_step(c, cfg, *cpu, ids, stores, ops, pool, seed + 1000 * uint32_t(step));
+    }
+}
+
+void run_pipe_step(const pipe_case& c, const engine_config& cfg, kv_backend& cpu_engine, const std::vector<uint32_t>& ids,
+                   std::vector<std::unique_ptr<gpu_store>>& stores, gpu_ops& ops, device_pool& pool, uint32_t seed) {
+    kv_backend* cpu = &cpu_engine;
     const size_t qn = size_t(c.rows) * c.hq * c.D, rn = size_t(c.rows) * c.hkv * c.D;
     std::vector<std::vector<float>> q, kn, vn, oc, og, pc, pg;
     std::vector<attend_request> reqs;
@@ -441,7 +479,7 @@ void run_pipe_case(const pipe_case& c, uint32_t seed) {
         q.push_back(normal(qn, seed + 100 + b));
         kn.push_back(normal(rn, seed + 200 + b));
         vn.push_back(normal(rn, seed + 300 + b));
-        const size_t n_after = size_t(c.n_prefix + c.rows);
+        const size_t n_after = stores[size_t(b)]->size() + size_t(c.rows);
         oc.emplace_back(qn), og.emplace_back(qn), pc.emplace_back(c.rows * n_after), pg.emplace_back(c.rows * n_after);
     }
     for (int b = 0; b < c.batch; ++b) {
@@ -485,8 +523,8 @@ void run_pipe_case(const pipe_case& c, uint32_t seed) {
             }
     }
     char msg[300];
-    std::snprintf(msg, sizeof msg, "pipeline hq=%d hkv=%d D=%d n=%d rows=%d batch=%d kind=%d master=%d: out %.1e probs %.1e importance %.1e, %d vectors differ",
-                  c.hq, c.hkv, c.D, c.n_prefix, c.rows, c.batch, int(c.kind), int(c.master), out_err, probs_err, imp_err, kv_bad);
+    std::snprintf(msg, sizeof msg, "pipeline hq=%d hkv=%d D=%d n=%d rows=%d batch=%d kind=%d master=%d step seed %u: out %.1e probs %.1e importance %.1e, %d vectors differ",
+                  c.hq, c.hkv, c.D, int(stores[0]->size()), c.rows, c.batch, int(c.kind), int(c.master), seed, out_err, probs_err, imp_err, kv_bad);
     CHECK_MSG(out_err <= 2e-4 && probs_err <= 1e-5 && imp_err <= 1e-6 && kv_bad == 0, msg);
 }
 

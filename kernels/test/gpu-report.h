@@ -1,5 +1,7 @@
-// Results of smartkv-gpu-check: every check and timing adds a JSON record;
-// main() writes them all to the file named by --json.
+// Results of smartkv-gpu-check: every check and timing adds a JSON record,
+// and the file named by --json is rewritten after each one (write to a
+// temporary, then rename), so a run cut short by a timeout keeps what it had
+// measured ("complete": false until main() writes the final counts).
 #pragma once
 #include <cstdio>
 #include <string>
@@ -36,7 +38,8 @@ private:
 };
 
 std::vector<std::string>& json_records(const char* section);  // "checks" or "timings"
-inline void add_record(const char* section, const json_record& r) { json_records(section).push_back(r.text()); }
+// Appends to a section and rewrites the JSON file (when --json named one).
+void add_record(const char* section, const json_record& r);
 
 // Whether the host emulation of the kernels runs (gpu-emulate.cc): always
 // without a GPU, with one only on --emulate (the real kernels are checked).
