@@ -71,9 +71,23 @@ export class CacheCore implements CacheShard {
     return { out, engineUs: Math.round((performance.now() - t0) * 1000) };
   }
 
+  /** Tokens per layer. A client can attend a step on some layers only (a
+   * unary Attend, or a stream that broke mid-step); every layer then holds a
+   * different count and no per-token report or plan fits them all — that is
+   * the caller's state, not a bug, so it is FAILED_PRECONDITION, not INTERNAL. */
+  private tokensPerLayer(seq: number): number {
+    const n = this.engine.length(seq, 0); // NOT_FOUND before anything else
+    for (let l = 1; l < this.engine.config.layers; l++) {
+      const m = this.engine.length(seq, l);
+      if (m !== n)
+        throw new KvEngineError('FAILED_PRECONDITION', `sequence ${seq}: layer ${l} holds ${m} tokens but layer 0 holds ${n}; attend the same rows on every layer before exporting importance or applying a plan`);
+    }
+    return n;
+  }
+
   async exportImportance(seq: number): Promise<ImportanceReport> {
     const L = this.engine.config.layers;
-    const n = this.engine.length(seq, 0);
+    const n = this.tokensPerLayer(seq);
     const importance = new Float32Array(L * n); // [layers][n]
     const formats = new Uint8Array(L * n); // [layers][n]
     const sqError = new Float32Array(L * n * 3); // [layers][n][3]
@@ -88,7 +102,7 @@ export class CacheCore implements CacheShard {
   }
 
   async applyPlan(seq: number, plans: readonly LayerPlan[]): Promise<PlanApplied> {
-    const n = this.engine.length(seq, 0); // NOT_FOUND before anything else
+    const n = this.tokensPerLayer(seq);
     // Every layer's positions and formats are checked here before the first
     // move, so a malformed plan changes nothing; the engine then checks each
     // layer's upgrades (a downgrade-only sequence refuses them) before that
