@@ -15,6 +15,7 @@ import { PRECISION_MODES, type PrecisionMode } from '../../native/kv-engine.js';
 import { cacheHandlers } from './cache-server.js';
 import { ATTEND_CODECS } from './cache-proto.js';
 import { instruments } from '../telemetry/spans.js';
+import { cacheLimits } from '../common/limits.js';
 
 export async function runCache(o: Options, telemetry: Telemetry): Promise<void> {
   const modelDir = (o.model as string | undefined) ?? defaultModelDir();
@@ -48,12 +49,15 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
     },
     o['memory-limit'] as number,
   );
-  const listen: ListenOptions = { role: 'cache', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, afterStop: async () => {
+  const rows = o['max-attend-rows'] as number;
+  if (!(rows >= 1)) throw new UsageError(`--max-attend-rows must be ≥ 1, got ${rows}`);
+  const limits = cacheLimits(cfg, rows);
+  const listen: ListenOptions = { role: 'cache', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, limits, afterStop: async () => {
     await core.close(); // frees every sequence: their master tier files close with them
     removeDir();
     await telemetry.shutdown();
   } };
-  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}`);
+  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}; requests ≤ ${limits.receiveBytes} bytes, Attend ≤ ${rows} rows`);
   // Bytes held, read from the engine when Prometheus scrapes.
   instruments()
     .meter.createObservableGauge('smartkv_cache_bytes_held', { unit: 'By', description: 'KV bytes held by this cache service (payload, scales, bookkeeping)' })
@@ -66,7 +70,7 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
     .addCallback((r) => r.observe(core.sequenceIds.length));
   await runService('cache', [
     { provide: LISTEN, useValue: listen },
-    { provide: SERVED, useValue: [{ service: CacheService, implementation: cacheHandlers(core, (l) => log('cache', l)), codecs: ATTEND_CODECS }] },
+    { provide: SERVED, useValue: [{ service: CacheService, implementation: cacheHandlers(core, (l) => log('cache', l), limits), codecs: ATTEND_CODECS }] },
     { provide: CacheCore, useValue: core },
   ]);
 }

@@ -16,7 +16,8 @@ import {
   type FreeSequenceRequest,
   type StatsRequest,
 } from '../../gen/smartkv/v1/cache_pb.js';
-import { bytesOf, invalidArgument, statusOf, toServiceError, u32 } from '../common/rpc.js';
+import { bytesOf, invalidArgument, MalformedMessage, malformedStatus, RpcError, statusOf, toServiceError, u32 } from '../common/rpc.js';
+import type { CacheLimits } from '../common/limits.js';
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from './attend-codec.js';
 import type { LayerPlan, ShardAttendItem } from './cache-api.js';
 import { PrecisionMode } from '../../gen/smartkv/v1/common_pb.js';
@@ -44,12 +45,16 @@ export interface CacheLog {
   (line: string): void;
 }
 
-export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServiceImplementation {
+export function cacheHandlers(core: CacheCore, log: CacheLog, limits: CacheLimits): grpc.UntypedServiceImplementation {
   const { qHeads, kvHeads, headDim } = core.engine.config;
   const streamsByOwner = new Map<string, number>();
 
   function items(req: AttendRequest): ShardAttendItem[] {
     if (req.items.length === 0) throw invalidArgument('items: the batch is empty');
+    // Bounded before the engine runs: an 8,192-row Attend held an engine for 3.1 s.
+    const rows = req.items.reduce((a, it) => a + it.rows, 0);
+    if (rows > limits.attendRows)
+      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `items: ${rows} query rows in one Attend exceed the limit of ${limits.attendRows} (max_attend_rows, --max-attend-rows)`);
     return req.items.map((it, i) => {
       const rows = it.rows;
       const want = (name: string, b: Float32Array, heads: number) => {
@@ -108,7 +113,9 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
           (e) => log(`freeing ${owner}'s sequences failed: ${(e as Error).message}`),
         );
       };
-      call.on('data', (req: AttendRequest) => {
+      call.on('data', (req: AttendRequest | MalformedMessage) => {
+        // No id to answer a malformed message with: the stream ends with INVALID_ARGUMENT.
+        if (req instanceof MalformedMessage) return void (!call.destroyed && call.emit('error', malformedStatus(req)));
         attend(req).then(
           (res) => !call.destroyed && call.write(res),
           (err) => {
@@ -167,6 +174,8 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
         mode: modeToPb(s.mode),
         masterDir: s.masterDir,
         blockTokens: s.blockTokens,
+        maxRequestBytes: BigInt(limits.receiveBytes),
+        maxAttendRows: limits.attendRows,
       });
     }),
   };

@@ -16,6 +16,7 @@ export const CACHE_OPTIONS: Record<string, OptionSpec> = {
   'master-dir': { kind: 'string', help: 'directory of the master tier (reversible sequences\' FP16 copies, memory-mapped files unlinked as soon as they are made; default: <tmpdir>/smartkv-master-<pid>, removed on stop)' },
   'rotate-kv': { kind: 'bool', default: true, help: 'store K and V rotated (randomised Hadamard of q, k and v; clipped 2-bit scales): same attention, much better 2-bit K and V; KIVI sequences untouched; --rotate-kv=false turns it off' },
   quant: { kind: 'string', default: 'symmetric', help: 'symmetric or asymmetric quantisation' },
+  'max-attend-rows': { kind: 'int', default: 1024, help: 'query rows one Attend may carry over all its items; sizes the request limit (the orchestrator sends at most --prefill-chunk + --max-batch)' },
   'grace-ms': { kind: 'int', default: 5000, help: 'how long in-flight calls may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },
   help: { kind: 'bool', help: 'print this help' },

@@ -8,6 +8,7 @@ import 'reflect-metadata';
 import { Inject, Injectable, Module, type BeforeApplicationShutdown, type DynamicModule, type OnApplicationBootstrap, type Provider } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 
+import type { MessageLimits } from './limits.js';
 import { startServer, type RunningServer, type ServedService } from './server.js';
 
 export const SERVED = Symbol('served services');
@@ -18,6 +19,8 @@ export interface ListenOptions {
   host: string;
   port: number;
   graceMs: number;
+  /** Message-size limits of this server (limits.ts). */
+  limits: MessageLimits;
   /** Runs before the server stops accepting calls: drain work that needs the server. */
   beforeStop?: () => Promise<void>;
   /** Runs after the server stopped (flush telemetry). */
@@ -39,7 +42,7 @@ export class GrpcHost implements OnApplicationBootstrap, BeforeApplicationShutdo
 
   async onApplicationBootstrap(): Promise<void> {
     const { role, host, port } = this.listen;
-    this.running = await startServer(host, port, this.services);
+    this.running = await startServer(host, port, this.services, this.listen.limits);
     // The launcher and the tests wait for this line.
     process.stdout.write(`READY smartkv-${role} ${this.running.address}\n`);
   }

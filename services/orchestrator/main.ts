@@ -40,6 +40,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   mode: { kind: 'string', default: D.cache.mode, help: 'default precision mode: downgrade-only (no master copy; what docs/evaluation.md\'s headline tables measure) or reversible (an FP16 master copy in the cache\'s master tier, so plans may raise precision)' },
   'master-dir': { kind: 'string', help: 'in-process: directory of the master tier (default: <tmpdir>/smartkv-master-<pid>, removed on stop)' },
   'rotate-kv': { kind: 'bool', default: true, help: 'in-process: store K and V rotated (randomised Hadamard; --rotate-kv=false: off)' },
+  'max-prompt-bytes': { kind: 'int', default: 0, help: 'UTF-8 bytes of a prompt or Score text, checked before tokenising; also sizes the request limit (0: 16 per token of context, at least 64 KiB)' },
   'grace-ms': { kind: 'int', default: 10000, help: 'how long running requests may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },
   help: { kind: 'bool', help: 'print this help' },
@@ -70,6 +71,7 @@ export function defaultsFrom(o: Record<string, unknown>): ServerDefaults {
     },
     maxBatch: o['max-batch'] as number,
     prefillChunk: o['prefill-chunk'] as number,
+    maxPromptBytes: Math.max(0, (o['max-prompt-bytes'] as number | undefined) ?? 0),
   };
 }
 
@@ -119,7 +121,10 @@ async function main(): Promise<void> {
     log: say,
   });
   const graceMs = o['grace-ms'] as number;
+  const { publicLimits } = await import('../common/limits.js');
+  const limits = publicLimits(orch.context.model.config, orch.context.defaults.maxPromptBytes);
   const listen = {
+    limits,
     role: 'orchestrator',
     host: o.host as string,
     port: o.port as number,
@@ -128,7 +133,7 @@ async function main(): Promise<void> {
     afterStop: () => telemetry.shutdown(),
   };
   const caches = [...((o.cache as string[] | undefined) ?? []), ...(o['cache-dns'] ? [`DNS ${o['cache-dns']}`] : [])];
-  say(`model ${modelDir}; ${inProcess ? 'in-process cache and allocator' : `cache ${caches.join(', ')}, allocator ${o.allocator}`}`);
+  say(`model ${modelDir}; ${inProcess ? 'in-process cache and allocator' : `cache ${caches.join(', ')}, allocator ${o.allocator}`}; requests ≤ ${limits.receiveBytes} bytes, prompts ≤ ${limits.promptBytes} bytes`);
   await runService('orchestrator', [
     { provide: LISTEN, useValue: listen },
     { provide: SERVED, useValue: [{ service: GenerationService, implementation: generationHandlers(orch.context) }] },

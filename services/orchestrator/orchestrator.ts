@@ -6,6 +6,7 @@ import { basename } from 'node:path';
 import { randomUUID } from 'node:crypto';
 
 import { CacheCore } from '../cache/cache-core.js';
+import { defaultPromptBytes } from '../common/limits.js';
 import type { ShardStats } from '../cache/cache-api.js';
 import type { KvEngineConfig } from '../../native/kv-engine.js';
 import { GrpcAllocator, LocalAllocator, type Allocator } from './allocator-client.js';
@@ -88,7 +89,8 @@ export class Orchestrator {
       model,
       modelName: basename(o.modelDir),
       scheduler,
-      defaults: { ...o.defaults, cache: { ...o.defaults.cache, gamma: first.gamma } },
+      // The prompt limit resolved here, so Info, the check and the server's message limit agree.
+      defaults: { ...o.defaults, maxPromptBytes: o.defaults.maxPromptBytes || defaultPromptBytes(c), cache: { ...o.defaults.cache, gamma: first.gamma } },
       get shardAddresses() {
         return shards.eligible().map((s) => s.address);
       },
