@@ -32,6 +32,11 @@ export class CacheCore implements CacheShard {
     this.engine = new KvEngine({ ...config, memoryLimitBytes });
   }
 
+  /** The owner token `seq` was created with (undefined: no such sequence). */
+  ownerOf(seq: number): string | undefined {
+    return this.held.get(seq)?.owner;
+  }
+
   get sequenceIds(): number[] {
     return [...this.held.keys()];
   }

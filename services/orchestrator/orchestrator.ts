@@ -3,7 +3,7 @@
 // scheduler. `npm start` runs it split; --in-process runs the same code with
 // local adapters.
 import { basename } from 'node:path';
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 
 import { CacheCore } from '../cache/cache-core.js';
 import { defaultPromptBytes } from '../common/limits.js';
@@ -59,7 +59,9 @@ export class Orchestrator {
     } else {
       if (!o.cacheAddresses?.length && !o.cacheDns) throw new Error('no cache services (--cache host:port[,host:port…] or --cache-dns host:port)');
       if (!o.allocatorAddress) throw new Error('no allocator address (--allocator host:port)');
-      const owner = `orchestrator-${randomUUID()}`;
+      // The secret that makes this process's sequences its own on every shard
+      // (128 random bits; services/cache/owners.ts).
+      const owner = `orchestrator-${randomBytes(16).toString('hex')}`;
       const directory = new ShardDirectory({
         addresses: o.cacheAddresses,
         dns: o.cacheDns,
