@@ -208,7 +208,7 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
           maxBatch: defaults.maxBatch,
           prefillChunk: defaults.prefillChunk,
           maxStopStrings: defaults.maxStopStrings,
-          limits: { maxRequestBytes: BigInt(publicLimits(c, defaults.maxPromptBytes).receiveBytes), maxPromptBytes: BigInt(defaults.maxPromptBytes) },
+          limits: { maxRequestBytes: BigInt(publicLimits(c, defaults.maxPromptBytes).receiveBytes), maxPromptBytes: BigInt(defaults.maxPromptBytes), maxQueued: defaults.maxQueue },
         }),
       );
     },

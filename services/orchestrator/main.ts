@@ -41,6 +41,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'master-dir': { kind: 'string', help: 'in-process: directory of the master tier (default: <tmpdir>/smartkv-master-<pid>, removed on stop)' },
   'rotate-kv': { kind: 'bool', default: true, help: 'in-process: store K and V rotated (randomised Hadamard; --rotate-kv=false: off)' },
   'max-prompt-bytes': { kind: 'int', default: 0, help: 'UTF-8 bytes of a prompt or Score text, checked before tokenising; also sizes the request limit (0: 16 per token of context, at least 64 KiB)' },
+  'max-queue': { kind: 'int', default: D.maxQueue, help: 'requests that may wait for a batch slot; one more gets RESOURCE_EXHAUSTED' },
   'grace-ms': { kind: 'int', default: 10000, help: 'how long running requests may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },
   help: { kind: 'bool', help: 'print this help' },
@@ -72,6 +73,7 @@ export function defaultsFrom(o: Record<string, unknown>): ServerDefaults {
     maxBatch: o['max-batch'] as number,
     prefillChunk: o['prefill-chunk'] as number,
     maxPromptBytes: Math.max(0, (o['max-prompt-bytes'] as number | undefined) ?? 0),
+    maxQueue: (o['max-queue'] as number | undefined) ?? D.maxQueue,
   };
 }
 
@@ -98,6 +100,7 @@ async function main(): Promise<void> {
   for (const k of ['cache-resolve-ms', 'cache-health-ms'])
     if ((o[k] as number) < 50) throw new UsageError(`--${k} must be ≥ 50, got ${o[k]}`);
   const defaults = defaultsFrom(o);
+  if (!(defaults.maxQueue >= 0)) throw new UsageError(`--max-queue must be ≥ 0, got ${defaults.maxQueue}`);
   const telemetry = startTelemetry('smartkv-orchestrator', { metricsPort: o['metrics-port'] as number, metricsHost: o.host as string });
   const { GenerationService } = await import('../../gen/smartkv/v1/generation_pb.js');
   const { LISTEN, log, runService, SERVED } = await import('../common/service-app.js');

@@ -81,6 +81,14 @@ export class Scheduler {
       job.reject(this.closing);
       return job;
     }
+    // Bounded: 2,000 concurrent streams used to be queued. Jobs cancelled
+    // while queued are dropped first so they do not hold places.
+    if (this.queue.length >= this.o.defaults.maxQueue) this.dropQueued((j) => j.cancelled !== null);
+    if (this.queue.length >= this.o.defaults.maxQueue) {
+      job.span?.end();
+      job.reject(new RpcError(grpc.status.RESOURCE_EXHAUSTED, `the queue is full: ${this.queue.length} requests wait for the ${this.o.defaults.maxBatch} batch slots (max_queued, --max-queue); retry later`));
+      return job;
+    }
     this.queue.push(job);
     this.kick();
     return job;
@@ -89,12 +97,26 @@ export class Scheduler {
   /** Stops admitting; lets running jobs finish for up to graceMs, then cancels them. */
   async drain(graceMs: number): Promise<void> {
     this.closing = new RpcError(grpc.status.UNAVAILABLE, 'the server is shutting down');
-    for (const j of this.queue) j.cancel(this.closing);
+    // Queued jobs end now (they used to wait for a batch slot, i.e. the whole
+    // grace time); running ones may finish within it, else UNAVAILABLE, which
+    // a client may retry elsewhere (CANCELLED would say the client gave up).
+    this.dropQueued(() => true);
     const timer = setTimeout(() => {
-      for (const r of this.active) r.job.cancel(new RpcError(grpc.status.CANCELLED, 'the server shut down before the request finished'));
+      for (const r of this.active) r.job.cancel(new RpcError(grpc.status.UNAVAILABLE, `the server shut down before the request finished (grace ${graceMs} ms); retry`));
     }, graceMs);
     await this.idle;
     clearTimeout(timer);
+  }
+
+  /** Removes the queued jobs `which` selects; each ends with its cancel reason (or the shutdown). */
+  private dropQueued(which: (j: Job) => boolean): void {
+    const keep = this.queue.filter((j) => !which(j));
+    for (const j of this.queue) {
+      if (keep.includes(j)) continue;
+      j.span?.end();
+      j.reject(j.cancelled ?? this.closing ?? new RpcError(grpc.status.CANCELLED, 'cancelled while queued'));
+    }
+    this.queue.splice(0, this.queue.length, ...keep);
   }
 
   private kick(): void {

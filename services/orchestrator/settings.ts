@@ -30,6 +30,8 @@ export interface ServerDefaults {
   maxStopBytes: number;
   /** UTF-8 bytes of a prompt or Score text, checked before tokenising (0: limits.ts's default for the model). */
   maxPromptBytes: number;
+  /** Requests waiting for a batch slot; one more is refused with RESOURCE_EXHAUSTED. */
+  maxQueue: number;
 }
 
 export const DEFAULTS: ServerDefaults = {
@@ -39,6 +41,7 @@ export const DEFAULTS: ServerDefaults = {
   maxStopStrings: 8,
   maxStopBytes: 256,
   maxPromptBytes: 0,
+  maxQueue: 256,
 };
 
 export interface SamplingChoice {
