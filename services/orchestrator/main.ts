@@ -22,6 +22,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'cache-dns-server': { kind: 'list', help: 'DNS servers to ask for --cache-dns, IP[:PORT] comma-separated (default: the system resolver)' },
   'cache-resolve-ms': { kind: 'int', default: 5000, help: 'how often --cache-dns is resolved again' },
   'cache-health-ms': { kind: 'int', default: 1000, help: 'how often each cache shard is health-checked (grpc.health.v1); a shard that fails takes no new sequences' },
+  'shard-deadline-ms': { kind: 'int', default: 2000, help: 'the least deadline of a call to a cache shard; the deadline is 10 × the slowest of its last 64 calls when that is more. A shard that misses it fails only its own requests (DEADLINE_EXCEEDED)' },
   'cache-wait-ms': { kind: 'int', default: 30000, help: 'how long to wait at start for a first cache shard' },
   allocator: { kind: 'string', help: 'allocator service address' },
   'in-process': { kind: 'bool', default: false, help: 'run the cache and the allocator in this process' },
@@ -97,7 +98,7 @@ async function main(): Promise<void> {
   } catch (e) {
     throw new UsageError(`--cache-dns: ${(e as Error).message}`);
   }
-  for (const k of ['cache-resolve-ms', 'cache-health-ms'])
+  for (const k of ['cache-resolve-ms', 'cache-health-ms', 'shard-deadline-ms'])
     if ((o[k] as number) < 50) throw new UsageError(`--${k} must be ≥ 50, got ${o[k]}`);
   const defaults = defaultsFrom(o);
   if (!(defaults.maxQueue >= 0)) throw new UsageError(`--max-queue must be ≥ 0, got ${defaults.maxQueue}`);
@@ -118,6 +119,7 @@ async function main(): Promise<void> {
     cacheDnsServers: o['cache-dns-server'] as string[] | undefined,
     resolveEveryMs: o['cache-resolve-ms'] as number,
     healthEveryMs: o['cache-health-ms'] as number,
+    shardDeadlineMs: o['shard-deadline-ms'] as number,
     cacheWaitMs: o['cache-wait-ms'] as number,
     allocatorAddress: o.allocator as string | undefined,
     local: inProcess ? { engine: { quant: 'symmetric', gamma: o.gamma as number, mode: defaults.cache.mode, masterDir: localMasterDir(o['master-dir'] as string | undefined), rotateKv: o['rotate-kv'] as boolean }, memoryLimitBytes: o['memory-limit'] as number } : undefined,

@@ -28,6 +28,7 @@ export interface OrchestratorOptions {
   cacheDnsServers?: string[]; // resolvers to ask (default: the system's)
   resolveEveryMs?: number;
   healthEveryMs?: number;
+  shardDeadlineMs?: number; // the least deadline of a call to a cache shard (shard-deadline.ts)
   cacheWaitMs?: number; // how long to wait for a first shard at start (default 30 s)
   allocatorAddress?: string;
   /** In-process: the engine settings of the one local cache. */
@@ -68,7 +69,7 @@ export class Orchestrator {
         dnsServers: o.cacheDnsServers,
         resolveEveryMs: o.resolveEveryMs,
         healthEveryMs: o.healthEveryMs,
-        connect: (a) => new GrpcCacheShard(a, owner),
+        connect: (a) => new GrpcCacheShard(a, owner, o.shardDeadlineMs),
         log: o.log,
       });
       closers.push(() => directory.close());

@@ -475,14 +475,28 @@ export class Scheduler {
 
   private async free(j: Job): Promise<void> {
     if (!j.shard || j.seq < 0) return;
-    const seq = j.seq;
+    const seq = j.seq, shard = j.shard;
     j.seq = -1;
+    const code = (j.cancelled as RpcError | null)?.code;
+    // A job that failed because its shard missed a deadline: that shard may
+    // be hung, so the free must not hold up the step loop (the others' requests).
+    if (code === grpc.status.DEADLINE_EXCEEDED) return void this.freeLater(shard, seq, 30);
     try {
-      await j.shard.freeSequence(seq);
+      await shard.freeSequence(seq);
     } catch (e) {
       // A shard that died took the sequence with it; anything else is worth a line.
-      if ((e as RpcError).code !== grpc.status.UNAVAILABLE) this.o.log(`freeing sequence ${seq}: ${(e as Error).message}`);
+      if ((e as RpcError).code === grpc.status.DEADLINE_EXCEEDED) this.freeLater(shard, seq, 30);
+      else if ((e as RpcError).code !== grpc.status.UNAVAILABLE) this.o.log(`freeing sequence ${seq}: ${(e as Error).message}`);
     }
+  }
+
+  /** Frees in the background, retrying every 2 s while the shard misses deadlines (a hung shard that comes back). */
+  private freeLater(shard: CacheShard, seq: number, tries: number): void {
+    shard.freeSequence(seq).catch((e) => {
+      const code = (e as RpcError).code;
+      if (code === grpc.status.DEADLINE_EXCEEDED && tries > 1) setTimeout(() => this.freeLater(shard, seq, tries - 1), 2000).unref();
+      else if (code !== grpc.status.UNAVAILABLE && code !== grpc.status.NOT_FOUND) this.o.log(`freeing sequence ${seq}: ${(e as Error).message}`);
+    });
   }
 }
 
