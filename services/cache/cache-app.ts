@@ -52,7 +52,9 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
   );
   const rows = o['max-attend-rows'] as number;
   if (!(rows >= 1)) throw new UsageError(`--max-attend-rows must be ≥ 1, got ${rows}`);
-  const limits = cacheLimits(cfg, rows);
+  const perOwner = o['max-sequences-per-owner'] as number;
+  if (!(perOwner >= 1)) throw new UsageError(`--max-sequences-per-owner must be ≥ 1, got ${perOwner}`);
+  const limits = cacheLimits(cfg, rows, perOwner);
   const leaseMs = o['lease-ms'] as number;
   if (!(leaseMs >= 100)) throw new UsageError(`--lease-ms must be ≥ 100, got ${leaseMs}`);
   const leases = new OwnerLeases(leaseMs);
@@ -62,7 +64,7 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
     removeDir();
     await telemetry.shutdown();
   } };
-  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}; requests ≤ ${limits.receiveBytes} bytes, Attend ≤ ${rows} rows; owner lease ${leaseMs} ms`);
+  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}; requests ≤ ${limits.receiveBytes} bytes, Attend ≤ ${rows} rows, ≤ ${perOwner} sequences per owner; owner lease ${leaseMs} ms`);
   // Bytes held, read from the engine when Prometheus scrapes.
   instruments()
     .meter.createObservableGauge('smartkv_cache_bytes_held', { unit: 'By', description: 'KV bytes held by this cache service (payload, scales, bookkeeping)' })

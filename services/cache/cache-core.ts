@@ -21,6 +21,7 @@ interface Held {
 export class CacheCore implements CacheShard {
   readonly engine: KvEngine;
   private readonly held = new Map<number, Held>();
+  private readonly perOwner = new Map<string, number>(); // sequences held by each owner
   private reserved = 0;
 
   constructor(
@@ -35,6 +36,11 @@ export class CacheCore implements CacheShard {
   /** The owner token `seq` was created with (undefined: no such sequence). */
   ownerOf(seq: number): string | undefined {
     return this.held.get(seq)?.owner;
+  }
+
+  /** Sequences `owner` holds now. */
+  sequencesOf(owner: string): number {
+    return this.perOwner.get(owner) ?? 0;
   }
 
   get sequenceIds(): number[] {
@@ -52,6 +58,7 @@ export class CacheCore implements CacheShard {
     const m = mode ?? this.engine.config.mode;
     const seq = await this.engine.createSequence({ storage, gamma, mode: m });
     this.held.set(seq, { reserveBytes, owner, mode: m });
+    this.perOwner.set(owner, this.sequencesOf(owner) + 1);
     this.reserved += reserveBytes;
     return { seq, tokenBytes: this.engine.tokenBytes() };
   }
@@ -59,7 +66,12 @@ export class CacheCore implements CacheShard {
   async freeSequence(seq: number): Promise<void> {
     await this.engine.freeSequence(seq); // NOT_FOUND for an unknown id, before any change here
     const h = this.held.get(seq);
-    if (h) this.reserved -= h.reserveBytes;
+    if (h) {
+      this.reserved -= h.reserveBytes;
+      const n = this.sequencesOf(h.owner) - 1;
+      if (n > 0) this.perOwner.set(h.owner, n);
+      else this.perOwner.delete(h.owner);
+    }
     this.held.delete(seq);
   }
 
@@ -163,6 +175,7 @@ export class CacheCore implements CacheShard {
 
   async close(): Promise<void> {
     this.held.clear();
+    this.perOwner.clear();
     this.reserved = 0;
     await this.engine.close();
   }

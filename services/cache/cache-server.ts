@@ -111,6 +111,9 @@ export function cacheHandlers(core: CacheCore, log: CacheLog, limits: CacheLimit
       if (!validOwner(owner))
         throw new RpcError(grpc.status.UNAUTHENTICATED, `${OWNER_HEADER} header: give a secret token of at least ${MIN_OWNER_CHARS} characters (128 random bits in hex) to own sequences; got ${owner.length} characters`);
       leases.touch(owner);
+      const held = core.sequencesOf(owner);
+      if (held >= limits.sequencesPerOwner)
+        throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `this caller holds ${held} sequences, the limit per caller (max_sequences_per_owner, --max-sequences-per-owner); free some first`);
       const storage = storageFromPb(req.storage);
       if (!storage) throw invalidArgument(`storage: unknown storage kind ${req.storage}`);
       const mode = req.mode === PrecisionMode.UNSPECIFIED ? undefined : modeFromPb(req.mode);
@@ -201,6 +204,7 @@ export function cacheHandlers(core: CacheCore, log: CacheLog, limits: CacheLimit
         blockTokens: s.blockTokens,
         maxRequestBytes: BigInt(limits.receiveBytes),
         maxAttendRows: limits.attendRows,
+        maxSequencesPerOwner: limits.sequencesPerOwner,
       });
     }),
   };

@@ -24,6 +24,7 @@ export interface MessageLimits {
 
 export interface CacheLimits extends MessageLimits {
   attendRows: number; // query rows in one AttendRequest, over all its items
+  sequencesPerOwner: number; // live sequences one owner token may hold
 }
 
 export interface PublicLimits extends MessageLimits {
@@ -61,9 +62,10 @@ function perSequence(s: ModelShape, perTokenLayer: number): number {
 }
 
 /** The cache service: Attend of `attendRows` rows, or a plan / export of a whole context. */
-export function cacheLimits(s: ModelShape, attendRows: number): CacheLimits {
+export function cacheLimits(s: ModelShape, attendRows: number, sequencesPerOwner = 1024): CacheLimits {
   return {
     attendRows,
+    sequencesPerOwner,
     receiveBytes: withMargin(Math.max(attendRequestBytes(s, attendRows), perSequence(s, PLAN_PER_TOKEN_LAYER))),
     sendBytes: withMargin(Math.max(attendResponseBytes(s, attendRows), perSequence(s, EXPORT_PER_TOKEN_LAYER))),
   };

@@ -5,7 +5,7 @@
 // and the victim's sequence is untouched; CreateSequence without a token of
 // 128 bits is refused; sequences of an owner that goes away without a stream
 // are freed when its lease runs out, while an owner that sends heartbeats,
-// or holds an attend stream, keeps its own.
+// or holds an attend stream, keeps its own; sequences per caller are bounded.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
@@ -38,7 +38,7 @@ describe('sequences belong to their creator, under a lease', () => {
   };
 
   before(async () => {
-    cache = new ServiceProcess('cache', 'cache', ['--port', '0', '--threads', '1', '--lease-ms', String(LEASE_MS)], undefined, logs.log);
+    cache = new ServiceProcess('cache', 'cache', ['--port', '0', '--threads', '1', '--lease-ms', String(LEASE_MS), '--max-sequences-per-owner', '3'], undefined, logs.log);
     await cache.start(60_000);
   });
 
@@ -72,6 +72,18 @@ describe('sequences belong to their creator, under a lease', () => {
   test('CreateSequence needs an owner token of 128 bits', async () => {
     for (const owner of ['', 'short-token'])
       await assert.rejects(client(owner).createSequence('mixed', 0), (e: { code?: number; message: string }) => e.code === grpc.status.UNAUTHENTICATED && /smartkv-owner header: .* at least 32 characters/.test(e.message));
+  });
+
+  test('sequences per caller are bounded: RESOURCE_EXHAUSTED naming the limit', async () => {
+    const greedy = client(token()), other = client(token());
+    const seqs = [];
+    for (let i = 0; i < 3; i++) seqs.push((await greedy.createSequence('mixed', 0)).seq);
+    await assert.rejects(greedy.createSequence('mixed', 0), (e: { code?: number; message: string }) => e.code === grpc.status.RESOURCE_EXHAUSTED && /holds 3 sequences, the limit per caller \(max_sequences_per_owner/.test(e.message));
+    const o = await other.createSequence('mixed', 0); // others are not affected
+    await greedy.freeSequence(seqs.pop()!);
+    seqs.push((await greedy.createSequence('mixed', 0)).seq); // a freed place is free again
+    for (const s of seqs) await greedy.freeSequence(s);
+    await other.freeSequence(o.seq);
   });
 
   test('sequences of an owner that goes away are freed when its lease runs out; heartbeats and streams keep theirs', async () => {
