@@ -9,6 +9,7 @@
 import { KvEngine, KvEngineError, type KvEngineConfig, type KvStats, type PrecisionMode, type StorageKind } from '../../native/kv-engine.js';
 import { FORMATS } from '../../native/formats.js';
 import { checkInt } from '../../native/validate.js';
+import type { ShardReservations } from './cache-api.js';
 import type { Bytes, CacheShard, CreatedSequence, ImportanceReport, LayerPlan, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from './cache-api.js';
 import { EMPTY_BYTES } from './cache-api.js';
 
@@ -142,6 +143,10 @@ export class CacheCore implements CacheShard {
     }
     const applyUs = Math.round((performance.now() - t0) * 1000);
     return { tokensChanged, bytesMoved, applyUs, bytes: toBytes(await this.engine.stats(seq)) };
+  }
+
+  async reservations(): Promise<ShardReservations> {
+    return { sequences: this.held.size, reservedBytes: this.reserved, memoryLimitBytes: this.memoryLimitBytes };
   }
 
   async stats(seq?: number): Promise<ShardStats> {

@@ -189,6 +189,17 @@ export function cacheHandlers(core: CacheCore, log: CacheLog, limits: CacheLimit
     // With the header it is the owner's heartbeat.
     stats: unary(async (req: StatsRequest, call) => {
       const owner = touched(call);
+      if (req.reservationsOnly && req.sequenceId === undefined) {
+        const r = await core.reservations();
+        return create(StatsResponseSchema, {
+          sequences: r.sequences,
+          reservedBytes: BigInt(r.reservedBytes),
+          memoryLimitBytes: BigInt(r.memoryLimitBytes),
+          maxRequestBytes: BigInt(limits.receiveBytes),
+          maxAttendRows: limits.attendRows,
+          maxSequencesPerOwner: limits.sequencesPerOwner,
+        });
+      }
       const s = await core.stats(req.sequenceId === undefined ? undefined : mine(req.sequenceId, owner));
       return create(StatsResponseSchema, {
         bytes: bytesToPb(s.bytes),

@@ -19,6 +19,7 @@ import {
 } from '../../gen/smartkv/v1/cache_pb.js';
 import type { PrecisionMode, StorageKind } from '../../native/kv-engine.js';
 import { modeFromPb, modeToPb } from '../common/policy.js';
+import type { ShardReservations } from '../cache/cache-api.js';
 import type { CacheShard, CreatedSequence, ImportanceReport, LayerPlan, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from '../cache/cache-api.js';
 import { ATTEND_CODECS, bytesFromPb, OWNER_HEADER, storageToPb } from '../cache/cache-proto.js';
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from '../cache/attend-codec.js';
@@ -152,6 +153,11 @@ export class GrpcCacheShard implements CacheShard {
     });
     const r = await this.unary<ApplyPlanResponse>('applyPlan', req);
     return { tokensChanged: Number(r.tokensChanged), bytesMoved: Number(r.bytesMoved), applyUs: Number(r.applyUs), bytes: bytesFromPb(r.bytes) };
+  }
+
+  async reservations(deadlineMs = this.deadline.ms): Promise<ShardReservations> {
+    const r = await this.unary<StatsResponse>('stats', create(StatsRequestSchema, { reservationsOnly: true }), deadlineMs);
+    return { sequences: r.sequences, reservedBytes: Number(r.reservedBytes), memoryLimitBytes: Number(r.memoryLimitBytes) };
   }
 
   async stats(seq?: number, deadlineMs = this.deadline.ms): Promise<ShardStats> {

@@ -25,7 +25,7 @@ import { StopText } from './stop-text.js';
 import { childOf, instruments, withSpan } from '../telemetry/spans.js';
 
 export interface ShardHandle {
-  shard: CacheShard & { stats(seq?: number, deadlineMs?: number): ReturnType<CacheShard['stats']> };
+  shard: CacheShard & { stats(seq?: number, deadlineMs?: number): ReturnType<CacheShard['stats']>; reservations(deadlineMs?: number): ReturnType<CacheShard['reservations']> };
   address: string;
   index: number; // the shard's number, fixed when the orchestrator first saw it
 }
@@ -173,7 +173,8 @@ export class Scheduler {
     const shards = this.o.shards.eligible();
     const storage: StorageKind = cache.policy === 'kivi-2' || cache.policy === 'kivi-4' ? cache.policy : 'mixed';
     const reserve = this.reservation(job);
-    const stats = await Promise.all(shards.map((h) => h.shard.stats(undefined, 2000).catch(() => null)));
+    // Reservations only: O(1) per shard, however many sequences it holds.
+    const stats = await Promise.all(shards.map((h) => h.shard.reservations(2000).catch(() => null)));
     let best = -1, room = -Infinity;
     stats.forEach((s, i) => {
       if (!s) return;

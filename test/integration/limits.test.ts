@@ -69,6 +69,10 @@ describe('limits on every message', () => {
     const st = fromBinary(StatsResponseSchema, r.body!);
     assert.equal(st.maxAttendRows, 1024);
     assert.equal(Number(st.maxRequestBytes), cacheLimits(shape, 1024).receiveBytes);
+    // What admission asks: counts and reservations only, no bytes (no walk).
+    const ro = await raw.cache.unary(CACHE + 'Stats', Buffer.from([0x10, 0x01]));
+    const rs = fromBinary(StatsResponseSchema, ro.body!);
+    assert.deepEqual([rs.sequences, rs.reservedBytes, rs.bytes, rs.maxRequestBytes], [st.sequences, st.reservedBytes, undefined, st.maxRequestBytes]);
     // A few MB for the reference model, not the 256 MiB it used to accept.
     assert.ok(Number(st.maxRequestBytes) < 8 << 20, `cache limit ${st.maxRequestBytes}`);
   });
