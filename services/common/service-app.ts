@@ -41,10 +41,13 @@ export class GrpcHost implements OnApplicationBootstrap, BeforeApplicationShutdo
   }
 
   async onApplicationBootstrap(): Promise<void> {
-    const { role, host, port } = this.listen;
+    const { host, port } = this.listen;
     this.running = await startServer(host, port, this.services, this.listen.limits);
-    // The launcher and the tests wait for this line.
-    process.stdout.write(`READY smartkv-${role} ${this.running.address}\n`);
+  }
+
+  /** The launcher and the tests wait for this line: printed once SIGTERM is handled. */
+  announce(): void {
+    process.stdout.write(`READY smartkv-${this.listen.role} ${this.address}\n`);
   }
 
   async beforeApplicationShutdown(signal?: string): Promise<void> {
@@ -73,6 +76,9 @@ export async function runService(role: string, providers: Provider[]): Promise<v
   }
   const app = await NestFactory.createApplicationContext(ServiceModule.with(), { logger: ['error', 'warn'] });
   app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
+  // Only now: a SIGTERM between READY and the hooks killed the process
+  // without its shutdown (a master tier directory was left behind).
+  app.get(GrpcHost).announce();
   watchParent(role, () => app.close());
   process.on('uncaughtException', (e) => {
     log(role, `uncaught: ${e.stack ?? e}`);

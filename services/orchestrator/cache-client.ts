@@ -36,7 +36,9 @@ export class GrpcCacheShard implements CacheShard {
   private stream: grpc.ClientDuplexStream<AttendRequest, AttendResponse> | null = null;
   private readonly pending = new Map<bigint, Pending>();
   private nextId = 1n;
-  readonly deadline: ShardDeadline;
+  // Per method: an attend takes microseconds to milliseconds, a plan for a
+  // long context much longer, and neither should set the other's deadline.
+  private readonly deadlines = new Map<string, ShardDeadline>();
 
   /** deadlineFloorMs: the least deadline of a call (shard-deadline.ts). */
   constructor(
@@ -44,7 +46,7 @@ export class GrpcCacheShard implements CacheShard {
     private readonly owner: string,
     deadlineFloorMs = 2000,
   ) {
-    this.deadline = new ShardDeadline(deadlineFloorMs);
+    this.deadlineFloorMs = deadlineFloorMs;
     this.client = makeClient(CacheService, address, { 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 1000 }, ATTEND_CODECS);
   }
 
@@ -54,15 +56,25 @@ export class GrpcCacheShard implements CacheShard {
     return md;
   }
 
-  private unary<O>(method: string, req: unknown, deadlineMs = this.deadline.ms): Promise<O> {
-    const t0 = performance.now();
+  private readonly deadlineFloorMs: number;
+
+  /** The deadline tracker of one method. */
+  deadline(method: string): ShardDeadline {
+    let d = this.deadlines.get(method);
+    if (!d) this.deadlines.set(method, (d = new ShardDeadline(this.deadlineFloorMs)));
+    return d;
+  }
+
+  private unary<O>(method: string, req: unknown, deadlineMs?: number): Promise<O> {
+    const t0 = performance.now(), tracker = this.deadline(method);
+    deadlineMs ??= tracker.ms;
     return callUnary<O>(this.client, method, req, { deadlineMs, metadata: this.metadata() }).then(
       (r) => {
-        this.deadline.record(performance.now() - t0);
+        tracker.record(performance.now() - t0);
         return r;
       },
       (e) => {
-        if ((e as grpc.ServiceError)?.code !== grpc.status.DEADLINE_EXCEEDED) this.deadline.record(performance.now() - t0);
+        if ((e as grpc.ServiceError)?.code !== grpc.status.DEADLINE_EXCEEDED) tracker.record(performance.now() - t0);
         throw this.wrap(e);
       },
     );
@@ -118,7 +130,7 @@ export class GrpcCacheShard implements CacheShard {
       traceparent,
     };
     const s = this.openStream();
-    const ms = this.deadline.ms, t0 = performance.now();
+    const tracker = this.deadline('attend'), ms = tracker.ms, t0 = performance.now();
     const res = await new Promise<AttendResponse>((resolve, reject) => {
       // The stream has no per-message deadline: a timer gives up on this one
       // (a late answer finds no pending entry and is dropped).
@@ -127,7 +139,7 @@ export class GrpcCacheShard implements CacheShard {
       }, ms);
       const done = (f: () => void) => {
         clearTimeout(timer);
-        this.deadline.record(performance.now() - t0);
+        tracker.record(performance.now() - t0);
         f();
       };
       this.pending.set(id, { resolve: (r) => done(() => resolve(r)), reject: (e) => done(() => reject(e)) });
@@ -155,12 +167,12 @@ export class GrpcCacheShard implements CacheShard {
     return { tokensChanged: Number(r.tokensChanged), bytesMoved: Number(r.bytesMoved), applyUs: Number(r.applyUs), bytes: bytesFromPb(r.bytes) };
   }
 
-  async reservations(deadlineMs = this.deadline.ms): Promise<ShardReservations> {
+  async reservations(deadlineMs?: number): Promise<ShardReservations> {
     const r = await this.unary<StatsResponse>('stats', create(StatsRequestSchema, { reservationsOnly: true }), deadlineMs);
     return { sequences: r.sequences, reservedBytes: Number(r.reservedBytes), memoryLimitBytes: Number(r.memoryLimitBytes) };
   }
 
-  async stats(seq?: number, deadlineMs = this.deadline.ms): Promise<ShardStats> {
+  async stats(seq?: number, deadlineMs?: number): Promise<ShardStats> {
     const r = await this.unary<StatsResponse>('stats', create(StatsRequestSchema, { sequenceId: seq }), deadlineMs);
     return {
       bytes: bytesFromPb(r.bytes),

@@ -22,7 +22,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'cache-dns-server': { kind: 'list', help: 'DNS servers to ask for --cache-dns, IP[:PORT] comma-separated (default: the system resolver)' },
   'cache-resolve-ms': { kind: 'int', default: 5000, help: 'how often --cache-dns is resolved again' },
   'cache-health-ms': { kind: 'int', default: 1000, help: 'how often each cache shard is health-checked (grpc.health.v1); a shard that fails takes no new sequences' },
-  'shard-deadline-ms': { kind: 'int', default: 2000, help: 'the least deadline of a call to a cache shard; the deadline is 10 × the slowest of its last 64 calls when that is more. A shard that misses it fails only its own requests (DEADLINE_EXCEEDED)' },
+  'shard-deadline-ms': { kind: 'int', default: 2000, help: 'the least deadline of a call to a cache shard; the deadline is 10 × the slowest of its last 64 calls of the same method when that is more. A shard that misses it fails only its own requests (DEADLINE_EXCEEDED)' },
   'cache-wait-ms': { kind: 'int', default: 30000, help: 'how long to wait at start for a first cache shard' },
   allocator: { kind: 'string', help: 'allocator service address' },
   'in-process': { kind: 'bool', default: false, help: 'run the cache and the allocator in this process' },

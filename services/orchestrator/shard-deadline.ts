@@ -1,10 +1,11 @@
-// The deadline of every orchestrator → cache shard call. Without one, a hung
-// shard (SIGSTOPped, a stuck engine) stalled every request: a step waits for
-// every shard's attend, and the reallocations and frees between steps were
-// awaited with 30 s deadlines. The deadline follows what this shard's calls
-// have been taking: `factor` × the slowest of the last `window` calls, and no
-// less than `floorMs` (--shard-deadline-ms), so a slow model gets the time its
-// steps need and a stopped shard is given up on within ~floorMs. A call that
+// The deadline of every orchestrator → cache shard call (one tracker per
+// shard and method). Without one, a hung shard (SIGSTOPped, a stuck engine)
+// stalled every request: a step waits for every shard's attend, and the
+// reallocations and frees between steps were awaited with 30 s deadlines.
+// The deadline follows what this shard's calls of the same method have been
+// taking: `factor` × the slowest of the last `window`, and no less than
+// `floorMs` (--shard-deadline-ms), so a slow model gets the time its calls
+// need and a stopped shard is given up on within ~floorMs. A call that
 // misses it fails only the sequences on that shard (DEADLINE_EXCEEDED); the
 // health checks take the shard out of placement until it answers again.
 export class ShardDeadline {
