@@ -64,6 +64,12 @@ export interface ShardStats {
   blockTokens: number;
 }
 
+export interface ShardReservations {
+  sequences: number;
+  reservedBytes: number;
+  memoryLimitBytes: number;
+}
+
 export interface CreatedSequence {
   seq: number;
   tokenBytes: number[]; // [4] bytes per token and layer by format code
@@ -82,6 +88,9 @@ export interface CacheShard {
   applyPlan(seq: number, plans: readonly LayerPlan[]): Promise<PlanApplied>;
   /** seq undefined: the whole shard. */
   stats(seq?: number): Promise<ShardStats>;
+  /** Sequences, reservations and the memory limit: kept as they change, O(1)
+   * (stats() walks every sequence for its bytes); what admission needs. */
+  reservations(deadlineMs?: number): Promise<ShardReservations>;
 }
 
 export const EMPTY_BYTES: Bytes = {

@@ -15,6 +15,8 @@ import { PRECISION_MODES, type PrecisionMode } from '../../native/kv-engine.js';
 import { cacheHandlers } from './cache-server.js';
 import { ATTEND_CODECS } from './cache-proto.js';
 import { instruments } from '../telemetry/spans.js';
+import { cacheLimits } from '../common/limits.js';
+import { OwnerLeases } from './owners.js';
 
 export async function runCache(o: Options, telemetry: Telemetry): Promise<void> {
   const modelDir = (o.model as string | undefined) ?? defaultModelDir();
@@ -48,12 +50,21 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
     },
     o['memory-limit'] as number,
   );
-  const listen: ListenOptions = { role: 'cache', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, afterStop: async () => {
+  const rows = o['max-attend-rows'] as number;
+  if (!(rows >= 1)) throw new UsageError(`--max-attend-rows must be ≥ 1, got ${rows}`);
+  const perOwner = o['max-sequences-per-owner'] as number;
+  if (!(perOwner >= 1)) throw new UsageError(`--max-sequences-per-owner must be ≥ 1, got ${perOwner}`);
+  const limits = cacheLimits(cfg, rows, perOwner);
+  const leaseMs = o['lease-ms'] as number;
+  if (!(leaseMs >= 100)) throw new UsageError(`--lease-ms must be ≥ 100, got ${leaseMs}`);
+  const leases = new OwnerLeases(leaseMs);
+  const listen: ListenOptions = { role: 'cache', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, limits, afterStop: async () => {
+    leases.stop();
     await core.close(); // frees every sequence: their master tier files close with them
     removeDir();
     await telemetry.shutdown();
   } };
-  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}`);
+  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}; requests ≤ ${limits.receiveBytes} bytes, Attend ≤ ${rows} rows, ≤ ${perOwner} sequences per owner; owner lease ${leaseMs} ms`);
   // Bytes held, read from the engine when Prometheus scrapes.
   instruments()
     .meter.createObservableGauge('smartkv_cache_bytes_held', { unit: 'By', description: 'KV bytes held by this cache service (payload, scales, bookkeeping)' })
@@ -66,7 +77,7 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
     .addCallback((r) => r.observe(core.sequenceIds.length));
   await runService('cache', [
     { provide: LISTEN, useValue: listen },
-    { provide: SERVED, useValue: [{ service: CacheService, implementation: cacheHandlers(core, (l) => log('cache', l)), codecs: ATTEND_CODECS }] },
+    { provide: SERVED, useValue: [{ service: CacheService, implementation: cacheHandlers(core, (l) => log('cache', l), limits, leases), codecs: ATTEND_CODECS }] },
     { provide: CacheCore, useValue: core },
   ]);
 }

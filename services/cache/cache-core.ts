@@ -9,6 +9,7 @@
 import { KvEngine, KvEngineError, type KvEngineConfig, type KvStats, type PrecisionMode, type StorageKind } from '../../native/kv-engine.js';
 import { FORMATS } from '../../native/formats.js';
 import { checkInt } from '../../native/validate.js';
+import type { ShardReservations } from './cache-api.js';
 import type { Bytes, CacheShard, CreatedSequence, ImportanceReport, LayerPlan, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from './cache-api.js';
 import { EMPTY_BYTES } from './cache-api.js';
 
@@ -21,6 +22,7 @@ interface Held {
 export class CacheCore implements CacheShard {
   readonly engine: KvEngine;
   private readonly held = new Map<number, Held>();
+  private readonly perOwner = new Map<string, number>(); // sequences held by each owner
   private reserved = 0;
 
   constructor(
@@ -30,6 +32,16 @@ export class CacheCore implements CacheShard {
     // The engine enforces the same limit on every append: reservations gate
     // admission, the engine guarantees no allocation past the limit.
     this.engine = new KvEngine({ ...config, memoryLimitBytes });
+  }
+
+  /** The owner token `seq` was created with (undefined: no such sequence). */
+  ownerOf(seq: number): string | undefined {
+    return this.held.get(seq)?.owner;
+  }
+
+  /** Sequences `owner` holds now. */
+  sequencesOf(owner: string): number {
+    return this.perOwner.get(owner) ?? 0;
   }
 
   get sequenceIds(): number[] {
@@ -47,6 +59,7 @@ export class CacheCore implements CacheShard {
     const m = mode ?? this.engine.config.mode;
     const seq = await this.engine.createSequence({ storage, gamma, mode: m });
     this.held.set(seq, { reserveBytes, owner, mode: m });
+    this.perOwner.set(owner, this.sequencesOf(owner) + 1);
     this.reserved += reserveBytes;
     return { seq, tokenBytes: this.engine.tokenBytes() };
   }
@@ -54,7 +67,12 @@ export class CacheCore implements CacheShard {
   async freeSequence(seq: number): Promise<void> {
     await this.engine.freeSequence(seq); // NOT_FOUND for an unknown id, before any change here
     const h = this.held.get(seq);
-    if (h) this.reserved -= h.reserveBytes;
+    if (h) {
+      this.reserved -= h.reserveBytes;
+      const n = this.sequencesOf(h.owner) - 1;
+      if (n > 0) this.perOwner.set(h.owner, n);
+      else this.perOwner.delete(h.owner);
+    }
     this.held.delete(seq);
   }
 
@@ -71,9 +89,23 @@ export class CacheCore implements CacheShard {
     return { out, engineUs: Math.round((performance.now() - t0) * 1000) };
   }
 
+  /** Tokens per layer. A client can attend a step on some layers only (a
+   * unary Attend, or a stream that broke mid-step); every layer then holds a
+   * different count and no per-token report or plan fits them all — that is
+   * the caller's state, not a bug, so it is FAILED_PRECONDITION, not INTERNAL. */
+  private tokensPerLayer(seq: number): number {
+    const n = this.engine.length(seq, 0); // NOT_FOUND before anything else
+    for (let l = 1; l < this.engine.config.layers; l++) {
+      const m = this.engine.length(seq, l);
+      if (m !== n)
+        throw new KvEngineError('FAILED_PRECONDITION', `sequence ${seq}: layer ${l} holds ${m} tokens but layer 0 holds ${n}; attend the same rows on every layer before exporting importance or applying a plan`);
+    }
+    return n;
+  }
+
   async exportImportance(seq: number): Promise<ImportanceReport> {
     const L = this.engine.config.layers;
-    const n = this.engine.length(seq, 0);
+    const n = this.tokensPerLayer(seq);
     const importance = new Float32Array(L * n); // [layers][n]
     const formats = new Uint8Array(L * n); // [layers][n]
     const sqError = new Float32Array(L * n * 3); // [layers][n][3]
@@ -88,7 +120,7 @@ export class CacheCore implements CacheShard {
   }
 
   async applyPlan(seq: number, plans: readonly LayerPlan[]): Promise<PlanApplied> {
-    const n = this.engine.length(seq, 0); // NOT_FOUND before anything else
+    const n = this.tokensPerLayer(seq);
     // Every layer's positions and formats are checked here before the first
     // move, so a malformed plan changes nothing; the engine then checks each
     // layer's upgrades (a downgrade-only sequence refuses them) before that
@@ -111,6 +143,10 @@ export class CacheCore implements CacheShard {
     }
     const applyUs = Math.round((performance.now() - t0) * 1000);
     return { tokensChanged, bytesMoved, applyUs, bytes: toBytes(await this.engine.stats(seq)) };
+  }
+
+  async reservations(): Promise<ShardReservations> {
+    return { sequences: this.held.size, reservedBytes: this.reserved, memoryLimitBytes: this.memoryLimitBytes };
   }
 
   async stats(seq?: number): Promise<ShardStats> {
@@ -144,6 +180,7 @@ export class CacheCore implements CacheShard {
 
   async close(): Promise<void> {
     this.held.clear();
+    this.perOwner.clear();
     this.reserved = 0;
     await this.engine.close();
   }

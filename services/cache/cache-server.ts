@@ -1,6 +1,8 @@
 // The cache service's gRPC handlers over a CacheCore. Sequences belong to the
-// owner named in the `smartkv-owner` header; when the last attend stream of
-// an owner closes (the orchestrator stopped or died), its sequences are freed.
+// owner token sent in the `smartkv-owner` header and only that owner may act
+// on them; they live under the owner's lease (owners.ts): freed when the
+// owner's last attend stream closes, or when an owner without a stream has
+// not been heard from for the lease time.
 import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 
@@ -16,7 +18,8 @@ import {
   type FreeSequenceRequest,
   type StatsRequest,
 } from '../../gen/smartkv/v1/cache_pb.js';
-import { bytesOf, invalidArgument, statusOf, toServiceError, u32 } from '../common/rpc.js';
+import { bytesOf, invalidArgument, MalformedMessage, malformedStatus, RpcError, statusOf, toServiceError, u32 } from '../common/rpc.js';
+import type { CacheLimits } from '../common/limits.js';
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from './attend-codec.js';
 import type { LayerPlan, ShardAttendItem } from './cache-api.js';
 import { PrecisionMode } from '../../gen/smartkv/v1/common_pb.js';
@@ -24,6 +27,7 @@ import { modeFromPb, modeToPb } from '../common/policy.js';
 import { childOf, contextFrom, instruments } from '../telemetry/spans.js';
 import type { CacheCore } from './cache-core.js';
 import { bytesToPb, OWNER_HEADER, storageFromPb } from './cache-proto.js';
+import { MIN_OWNER_CHARS, ownerTag, validOwner, type OwnerLeases } from './owners.js';
 
 type Unary<I, O> = (call: grpc.ServerUnaryCall<I, O>, cb: grpc.sendUnaryData<O>) => void;
 
@@ -44,12 +48,28 @@ export interface CacheLog {
   (line: string): void;
 }
 
-export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServiceImplementation {
+export function cacheHandlers(core: CacheCore, log: CacheLog, limits: CacheLimits, leases: OwnerLeases): grpc.UntypedServiceImplementation {
   const { qHeads, kvHeads, headDim } = core.engine.config;
-  const streamsByOwner = new Map<string, number>();
 
-  function items(req: AttendRequest): ShardAttendItem[] {
+  const freeOwner = (owner: string, why: string) =>
+    core.freeOwner(owner).then(
+      (n) => n > 0 && log(`${ownerTag(owner)} ${why}: freed ${n} sequence(s)`),
+      (e) => log(`freeing ${ownerTag(owner)}'s sequences failed: ${(e as Error).message}`),
+    );
+  leases.start((owner) => freeOwner(owner, `not heard from for ${leases.leaseMs} ms (lease expired)`));
+
+  /** Someone else's sequence is as unknown as one that does not exist. */
+  function mine(seq: number, owner: string, field = 'sequence_id'): number {
+    if (core.ownerOf(seq) !== owner || !validOwner(owner)) throw new RpcError(grpc.status.NOT_FOUND, `${field}: no sequence ${seq} of this caller (smartkv-owner)`);
+    return seq;
+  }
+
+  function items(req: AttendRequest, owner: string): ShardAttendItem[] {
     if (req.items.length === 0) throw invalidArgument('items: the batch is empty');
+    // Bounded before the engine runs: an 8,192-row Attend held an engine for 3.1 s.
+    const rows = req.items.reduce((a, it) => a + it.rows, 0);
+    if (rows > limits.attendRows)
+      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `items: ${rows} query rows in one Attend exceed the limit of ${limits.attendRows} (max_attend_rows, --max-attend-rows)`);
     return req.items.map((it, i) => {
       const rows = it.rows;
       const want = (name: string, b: Float32Array, heads: number) => {
@@ -58,15 +78,15 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
         return b;
       };
       if (rows < 1) throw invalidArgument(`items[${i}].rows must be ≥ 1`);
-      return { seq: it.sequenceId, rows, q: want('q', it.q, qHeads), kNew: want('k_new', it.kNew, kvHeads), vNew: want('v_new', it.vNew, kvHeads) };
+      return { seq: mine(it.sequenceId, owner, `items[${i}].sequence_id`), rows, q: want('q', it.q, qHeads), kNew: want('k_new', it.kNew, kvHeads), vNew: want('v_new', it.vNew, kvHeads) };
     });
   }
 
-  async function attend(req: AttendRequest): Promise<AttendResponse> {
+  async function attend(req: AttendRequest, owner: string): Promise<AttendResponse> {
     // Spans only for traced callers: the stream carries the context per message.
     const span = req.traceparent ? childOf(contextFrom(req.traceparent), 'cache.attend', { 'smartkv.layer': req.layer, 'smartkv.sequences': req.items.length }) : undefined;
     try {
-      const r = await core.attend(req.layer, items(req));
+      const r = await core.attend(req.layer, items(req, owner));
       span?.setAttribute('smartkv.engine_us', r.engineUs);
       instruments().attendDuration.record(r.engineUs, { side: 'cache' });
       return { id: req.id, out: r.out, engineUs: r.engineUs, errorCode: 0, errorMessage: '' };
@@ -78,38 +98,49 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
     }
   }
 
+  /** The caller's owner token; its call renews its lease. */
+  function touched(call: { metadata: grpc.Metadata }): string {
+    const owner = ownerOf(call);
+    leases.touch(owner);
+    return owner;
+  }
+
   return {
     createSequence: unary(async (req: CreateSequenceRequest, call) => {
+      const owner = ownerOf(call);
+      if (!validOwner(owner))
+        throw new RpcError(grpc.status.UNAUTHENTICATED, `${OWNER_HEADER} header: give a secret token of at least ${MIN_OWNER_CHARS} characters (128 random bits in hex) to own sequences; got ${owner.length} characters`);
+      leases.touch(owner);
+      const held = core.sequencesOf(owner);
+      if (held >= limits.sequencesPerOwner)
+        throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `this caller holds ${held} sequences, the limit per caller (max_sequences_per_owner, --max-sequences-per-owner); free some first`);
       const storage = storageFromPb(req.storage);
       if (!storage) throw invalidArgument(`storage: unknown storage kind ${req.storage}`);
       const mode = req.mode === PrecisionMode.UNSPECIFIED ? undefined : modeFromPb(req.mode);
       if (req.mode !== PrecisionMode.UNSPECIFIED && !mode) throw invalidArgument(`mode: unknown precision mode ${req.mode}`);
-      const r = await core.createSequence(storage, Number(req.reserveBytes), req.gamma, ownerOf(call), mode);
+      const r = await core.createSequence(storage, Number(req.reserveBytes), req.gamma, owner, mode);
       return create(CreateSequenceResponseSchema, { sequenceId: r.seq, tokenBytes: r.tokenBytes });
     }),
-    freeSequence: unary(async (req: FreeSequenceRequest) => {
-      await core.freeSequence(req.sequenceId);
+    freeSequence: unary(async (req: FreeSequenceRequest, call) => {
+      await core.freeSequence(mine(req.sequenceId, touched(call)));
       return create(FreeSequenceResponseSchema, {});
     }),
-    attend: unary(attend),
+    attend: unary((req: AttendRequest, call) => attend(req, touched(call))),
     attendStream: (call: grpc.ServerDuplexStream<AttendRequest, AttendResponse>) => {
       const owner = ownerOf(call);
-      streamsByOwner.set(owner, (streamsByOwner.get(owner) ?? 0) + 1);
+      leases.openStream(owner); // an open stream holds the owner's lease
       let closed = false;
       const close = () => {
         if (closed) return;
         closed = true;
-        const left = (streamsByOwner.get(owner) ?? 1) - 1;
-        if (left > 0) return void streamsByOwner.set(owner, left);
-        streamsByOwner.delete(owner);
-        if (owner === '') return; // anonymous streams (tools) own nothing
-        core.freeOwner(owner).then(
-          (n) => n > 0 && log(`owner ${owner} went away: freed ${n} sequence(s)`),
-          (e) => log(`freeing ${owner}'s sequences failed: ${(e as Error).message}`),
-        );
+        // The owner's last stream closed: the orchestrator stopped or died.
+        if (leases.closeStream(owner)) freeOwner(owner, 'went away (its last attend stream closed)');
       };
-      call.on('data', (req: AttendRequest) => {
-        attend(req).then(
+      call.on('data', (req: AttendRequest | MalformedMessage) => {
+        // No id to answer a malformed message with: the stream ends with INVALID_ARGUMENT.
+        if (req instanceof MalformedMessage) return void (!call.destroyed && call.emit('error', malformedStatus(req)));
+        leases.touch(owner);
+        attend(req, owner).then(
           (res) => !call.destroyed && call.write(res),
           (err) => {
             const code = statusOf(err);
@@ -127,8 +158,8 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
       call.on('error', close);
       call.on('close', close);
     },
-    exportImportance: unary(async (req: ExportImportanceRequest) => {
-      const r = await core.exportImportance(req.sequenceId);
+    exportImportance: unary(async (req: ExportImportanceRequest, call) => {
+      const r = await core.exportImportance(mine(req.sequenceId, touched(call)));
       return create(ExportImportanceResponseSchema, {
         tokens: r.tokens,
         layers: r.layers,
@@ -138,14 +169,15 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
         bytes: bytesToPb(r.bytes),
       });
     }),
-    applyPlan: unary(async (req) => {
+    applyPlan: unary(async (req, call) => {
       const r = req as ApplyPlanRequest;
+      const seq = mine(r.sequenceId, touched(call));
       const plans = [];
       // The single plan (layer, positions, formats) first, then layer_plans.
       if (r.positions.byteLength > 0 || r.formats.byteLength > 0 || r.layerPlans.length === 0)
         plans.push(layerPlan('', r.layer, r.positions, r.formats));
       r.layerPlans.forEach((p, k) => plans.push(layerPlan(`layer_plans[${k}].`, p.layer, p.positions, p.formats)));
-      const a = await core.applyPlan(r.sequenceId, plans);
+      const a = await core.applyPlan(seq, plans);
       return create(ApplyPlanResponseSchema, {
         tokensChanged: BigInt(a.tokensChanged),
         bytesMoved: BigInt(a.bytesMoved),
@@ -153,8 +185,22 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
         bytes: bytesToPb(a.bytes),
       });
     }),
-    stats: unary(async (req: StatsRequest) => {
-      const s = await core.stats(req.sequenceId);
+    // The whole service's totals are anyone's; one sequence's only its owner's.
+    // With the header it is the owner's heartbeat.
+    stats: unary(async (req: StatsRequest, call) => {
+      const owner = touched(call);
+      if (req.reservationsOnly && req.sequenceId === undefined) {
+        const r = await core.reservations();
+        return create(StatsResponseSchema, {
+          sequences: r.sequences,
+          reservedBytes: BigInt(r.reservedBytes),
+          memoryLimitBytes: BigInt(r.memoryLimitBytes),
+          maxRequestBytes: BigInt(limits.receiveBytes),
+          maxAttendRows: limits.attendRows,
+          maxSequencesPerOwner: limits.sequencesPerOwner,
+        });
+      }
+      const s = await core.stats(req.sequenceId === undefined ? undefined : mine(req.sequenceId, owner));
       return create(StatsResponseSchema, {
         bytes: bytesToPb(s.bytes),
         sequences: s.sequences,
@@ -167,6 +213,9 @@ export function cacheHandlers(core: CacheCore, log: CacheLog): grpc.UntypedServi
         mode: modeToPb(s.mode),
         masterDir: s.masterDir,
         blockTokens: s.blockTokens,
+        maxRequestBytes: BigInt(limits.receiveBytes),
+        maxAttendRows: limits.attendRows,
+        maxSequencesPerOwner: limits.sequencesPerOwner,
       });
     }),
   };

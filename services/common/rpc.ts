@@ -25,12 +25,36 @@ export function grpcDefinition(service: DescService, codecs: Record<string, Meth
       requestStream: m.methodKind === 'client_streaming' || m.methodKind === 'bidi_streaming',
       responseStream: m.methodKind === 'server_streaming' || m.methodKind === 'bidi_streaming',
       requestSerialize: c?.serializeRequest ?? serializer(m.input),
-      requestDeserialize: c?.deserializeRequest ?? deserializer(m.input),
+      requestDeserialize: guarded(m.input.typeName, c?.deserializeRequest ?? deserializer(m.input)),
       responseSerialize: c?.serializeResponse ?? serializer(m.output),
       responseDeserialize: c?.deserializeResponse ?? deserializer(m.output),
     } as grpc.MethodDefinition<unknown, unknown>;
   }
   return def as grpc.ServiceDefinition;
+}
+
+/** A request that did not parse. grpc-js answers a deserializer that throws
+ * with INTERNAL ("Error deserializing request"), which alerting reads as a
+ * server bug; so the server's deserializers return this instead, and the
+ * handlers (guardMalformed in server.ts, AttendStream itself) answer
+ * INVALID_ARGUMENT naming the message and what was wrong. */
+export class MalformedMessage {
+  constructor(readonly details: string) {}
+}
+
+function guarded(typeName: string, decode: (b: Buffer) => unknown): (b: Buffer) => unknown {
+  return (b) => {
+    try {
+      return decode(b);
+    } catch (e) {
+      return new MalformedMessage(`malformed ${typeName.split('.').pop()} (${b.length} bytes): ${(e as Error)?.message ?? e}`);
+    }
+  };
+}
+
+/** The status a malformed request gets. */
+export function malformedStatus(m: MalformedMessage): Partial<grpc.StatusObject> {
+  return { code: grpc.status.INVALID_ARGUMENT, details: m.details };
 }
 
 function serializer<D extends DescMessage>(schema: D) {

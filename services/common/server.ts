@@ -11,7 +11,9 @@ import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import type { DescService } from '@bufbuild/protobuf';
 
-import { grpcDefinition, type MethodCodec } from './rpc.js';
+import type { MessageLimits } from './limits.js';
+import { serverOptions } from './limits.js';
+import { grpcDefinition, MalformedMessage, malformedStatus, type MethodCodec } from './rpc.js';
 
 export interface ServedService {
   service: DescService;
@@ -29,6 +31,24 @@ export interface RunningServer {
   shutdown(graceMs: number): Promise<void>;
 }
 
+/** Unary and server-streaming handlers never see a MalformedMessage: the
+ * call ends with INVALID_ARGUMENT. Streaming requests (AttendStream) get
+ * their messages as they come and check each one themselves. */
+function guardMalformed(def: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
+  const out: grpc.UntypedServiceImplementation = {};
+  for (const [name, fn] of Object.entries(impl)) {
+    const m = def[name];
+    if (!m || m.requestStream) out[name] = fn;
+    else if (m.responseStream)
+      out[name] = ((call: grpc.ServerWritableStream<unknown, unknown>) =>
+        call.request instanceof MalformedMessage ? call.emit('error', malformedStatus(call.request)) : (fn as grpc.handleServerStreamingCall<unknown, unknown>)(call)) as grpc.UntypedHandleCall;
+    else
+      out[name] = ((call: grpc.ServerUnaryCall<unknown, unknown>, cb: grpc.sendUnaryData<unknown>) =>
+        call.request instanceof MalformedMessage ? cb(malformedStatus(call.request)) : (fn as grpc.handleUnaryCall<unknown, unknown>)(call, cb)) as grpc.UntypedHandleCall;
+  }
+  return out;
+}
+
 /** proto/ in the repository, found from this file (source or dist). */
 export function protoDir(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
@@ -39,14 +59,14 @@ export function protoDir(): string {
   throw new Error('proto/smartkv/v1 not found above ' + fileURLToPath(import.meta.url));
 }
 
-export async function startServer(host: string, port: number, services: ServedService[]): Promise<RunningServer> {
-  const server = new grpc.Server({
-    'grpc.max_receive_message_length': 256 << 20,
-    'grpc.max_send_message_length': 256 << 20,
-  });
+/** limits: sized from the served model (limits.ts); a larger message is
+ * refused with RESOURCE_EXHAUSTED from its length prefix, before it is read. */
+export async function startServer(host: string, port: number, services: ServedService[], limits: MessageLimits): Promise<RunningServer> {
+  const server = new grpc.Server(serverOptions(limits));
   const health = new HealthImplementation({ '': 'NOT_SERVING' });
   for (const s of services) {
-    server.addService(grpcDefinition(s.service, s.codecs), s.implementation);
+    const def = grpcDefinition(s.service, s.codecs);
+    server.addService(def, guardMalformed(def, s.implementation));
     health.setStatus(s.service.typeName, 'NOT_SERVING');
   }
   health.addToServer(server);

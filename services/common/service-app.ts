@@ -8,6 +8,7 @@ import 'reflect-metadata';
 import { Inject, Injectable, Module, type BeforeApplicationShutdown, type DynamicModule, type OnApplicationBootstrap, type Provider } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 
+import type { MessageLimits } from './limits.js';
 import { startServer, type RunningServer, type ServedService } from './server.js';
 
 export const SERVED = Symbol('served services');
@@ -18,6 +19,8 @@ export interface ListenOptions {
   host: string;
   port: number;
   graceMs: number;
+  /** Message-size limits of this server (limits.ts). */
+  limits: MessageLimits;
   /** Runs before the server stops accepting calls: drain work that needs the server. */
   beforeStop?: () => Promise<void>;
   /** Runs after the server stopped (flush telemetry). */
@@ -38,10 +41,13 @@ export class GrpcHost implements OnApplicationBootstrap, BeforeApplicationShutdo
   }
 
   async onApplicationBootstrap(): Promise<void> {
-    const { role, host, port } = this.listen;
-    this.running = await startServer(host, port, this.services);
-    // The launcher and the tests wait for this line.
-    process.stdout.write(`READY smartkv-${role} ${this.running.address}\n`);
+    const { host, port } = this.listen;
+    this.running = await startServer(host, port, this.services, this.listen.limits);
+  }
+
+  /** The launcher and the tests wait for this line: printed once SIGTERM is handled. */
+  announce(): void {
+    process.stdout.write(`READY smartkv-${this.listen.role} ${this.address}\n`);
   }
 
   async beforeApplicationShutdown(signal?: string): Promise<void> {
@@ -70,6 +76,9 @@ export async function runService(role: string, providers: Provider[]): Promise<v
   }
   const app = await NestFactory.createApplicationContext(ServiceModule.with(), { logger: ['error', 'warn'] });
   app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
+  // Only now: a SIGTERM between READY and the hooks killed the process
+  // without its shutdown (a master tier directory was left behind).
+  app.get(GrpcHost).announce();
   watchParent(role, () => app.close());
   process.on('uncaughtException', (e) => {
     log(role, `uncaught: ${e.stack ?? e}`);

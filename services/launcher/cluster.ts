@@ -118,7 +118,7 @@ export class Cluster {
     const log = o.log ?? ((name, line) => process.stderr.write(`${line.startsWith('[') ? '' : `[${name}] `}${line}\n`));
     const timeoutMs = o.startTimeoutMs ?? 60_000;
     const model = o.model ? ['--model', o.model] : [];
-    const allocator = new ServiceProcess('allocator', 'allocator', ['--host', host, '--port', '0', ...(o.allocatorArgs ?? [])], o.env, log);
+    const allocator = new ServiceProcess('allocator', 'allocator', ['--host', host, '--port', '0', ...model, ...(o.allocatorArgs ?? [])], o.env, log);
     const caches = Array.from(
       { length: o.cacheShards ?? 1 },
       (_, i) => new ServiceProcess('cache', `cache-${i}`, ['--host', host, '--port', '0', ...model, ...(o.cacheArgs ?? [])], o.env, log),

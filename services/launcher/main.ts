@@ -1,7 +1,8 @@
 // `npm start`: SmartKV on this machine as separate processes (allocator,
 // cache service(s), orchestrator) with the bundled reference model. Ctrl-C or
-// SIGTERM stops all of them cleanly. A cache service or the allocator that
-// dies is started again on its port; if the orchestrator dies, all stop.
+// SIGTERM stops all of them cleanly, and so does the end of the launcher's
+// own parent (npm, a shell). A cache service or the allocator that dies is
+// started again on its port; if the orchestrator dies, all stop.
 import { parseOptions, usage, UsageError, type OptionSpec } from '../common/args.js';
 import { Cluster, type ServiceProcess } from './cluster.js';
 
@@ -66,6 +67,7 @@ async function main(): Promise<number> {
   };
   process.on('SIGINT', () => void stop('SIGINT', 0));
   process.on('SIGTERM', () => void stop('SIGTERM', 0));
+  watchParent(() => void stop('the launcher\'s parent went away', 1));
   cluster.orchestrator.exited.then((c) => void stop(`the orchestrator exited (${c})`, 1));
   const supervise = (p: ServiceProcess, restart: () => Promise<void>) => {
     p.exited.then(async (c) => {
@@ -85,6 +87,24 @@ async function main(): Promise<number> {
     await cluster.allocator.start(60_000);
   });
   return -1; // keep running
+}
+
+/** Stops everything when whoever started the launcher is gone: SIGTERM to
+ * the `npm start` process ends npm without passing it on, and used to leave
+ * the launcher and every service serving. An orphan's parent changes (to
+ * init or a subreaper), so a changed ppid is the signal. */
+function watchParent(stop: () => void): void {
+  const parent = process.ppid;
+  // The parent may have held our stdout/stderr (a pipe): writing the stop
+  // messages must not crash the launcher (EPIPE) before it stops the services.
+  for (const out of [process.stdout, process.stderr]) out.on('error', () => {});
+  if (parent <= 1) return; // started by init itself (a container's PID 1): nothing to watch
+  const timer = setInterval(() => {
+    if (process.ppid === parent) return;
+    clearInterval(timer);
+    stop();
+  }, 500);
+  timer.unref();
 }
 
 main().then(

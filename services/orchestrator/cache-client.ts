@@ -19,10 +19,12 @@ import {
 } from '../../gen/smartkv/v1/cache_pb.js';
 import type { PrecisionMode, StorageKind } from '../../native/kv-engine.js';
 import { modeFromPb, modeToPb } from '../common/policy.js';
+import type { ShardReservations } from '../cache/cache-api.js';
 import type { CacheShard, CreatedSequence, ImportanceReport, LayerPlan, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from '../cache/cache-api.js';
 import { ATTEND_CODECS, bytesFromPb, OWNER_HEADER, storageToPb } from '../cache/cache-proto.js';
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from '../cache/attend-codec.js';
 import { bytesOf, callUnary, f32, makeClient, RpcError } from '../common/rpc.js';
+import { ShardDeadline } from './shard-deadline.js';
 
 interface Pending {
   resolve: (r: AttendResponse) => void;
@@ -34,11 +36,17 @@ export class GrpcCacheShard implements CacheShard {
   private stream: grpc.ClientDuplexStream<AttendRequest, AttendResponse> | null = null;
   private readonly pending = new Map<bigint, Pending>();
   private nextId = 1n;
+  // Per method: an attend takes microseconds to milliseconds, a plan for a
+  // long context much longer, and neither should set the other's deadline.
+  private readonly deadlines = new Map<string, ShardDeadline>();
 
+  /** deadlineFloorMs: the least deadline of a call (shard-deadline.ts). */
   constructor(
     readonly address: string,
     private readonly owner: string,
+    deadlineFloorMs = 2000,
   ) {
+    this.deadlineFloorMs = deadlineFloorMs;
     this.client = makeClient(CacheService, address, { 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 1000 }, ATTEND_CODECS);
   }
 
@@ -48,10 +56,28 @@ export class GrpcCacheShard implements CacheShard {
     return md;
   }
 
-  private unary<O>(method: string, req: unknown, deadlineMs = 30_000): Promise<O> {
-    return callUnary<O>(this.client, method, req, { deadlineMs, metadata: this.metadata() }).catch((e) => {
-      throw this.wrap(e);
-    });
+  private readonly deadlineFloorMs: number;
+
+  /** The deadline tracker of one method. */
+  deadline(method: string): ShardDeadline {
+    let d = this.deadlines.get(method);
+    if (!d) this.deadlines.set(method, (d = new ShardDeadline(this.deadlineFloorMs)));
+    return d;
+  }
+
+  private unary<O>(method: string, req: unknown, deadlineMs?: number): Promise<O> {
+    const t0 = performance.now(), tracker = this.deadline(method);
+    deadlineMs ??= tracker.ms;
+    return callUnary<O>(this.client, method, req, { deadlineMs, metadata: this.metadata() }).then(
+      (r) => {
+        tracker.record(performance.now() - t0);
+        return r;
+      },
+      (e) => {
+        if ((e as grpc.ServiceError)?.code !== grpc.status.DEADLINE_EXCEEDED) tracker.record(performance.now() - t0);
+        throw this.wrap(e);
+      },
+    );
   }
 
   /** Errors from this shard name it, and keep their gRPC code. */
@@ -104,8 +130,19 @@ export class GrpcCacheShard implements CacheShard {
       traceparent,
     };
     const s = this.openStream();
+    const tracker = this.deadline('attend'), ms = tracker.ms, t0 = performance.now();
     const res = await new Promise<AttendResponse>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      // The stream has no per-message deadline: a timer gives up on this one
+      // (a late answer finds no pending entry and is dropped).
+      const timer = setTimeout(() => {
+        if (this.pending.delete(id)) reject(new RpcError(grpc.status.DEADLINE_EXCEEDED, `cache shard ${this.address}: no answer to attend (layer ${layer}) within ${ms} ms`));
+      }, ms);
+      const done = (f: () => void) => {
+        clearTimeout(timer);
+        tracker.record(performance.now() - t0);
+        f();
+      };
+      this.pending.set(id, { resolve: (r) => done(() => resolve(r)), reject: (e) => done(() => reject(e)) });
       s.write(req);
     });
     return { out: res.out, engineUs: res.engineUs };
@@ -130,7 +167,12 @@ export class GrpcCacheShard implements CacheShard {
     return { tokensChanged: Number(r.tokensChanged), bytesMoved: Number(r.bytesMoved), applyUs: Number(r.applyUs), bytes: bytesFromPb(r.bytes) };
   }
 
-  async stats(seq?: number, deadlineMs = 30_000): Promise<ShardStats> {
+  async reservations(deadlineMs?: number): Promise<ShardReservations> {
+    const r = await this.unary<StatsResponse>('stats', create(StatsRequestSchema, { reservationsOnly: true }), deadlineMs);
+    return { sequences: r.sequences, reservedBytes: Number(r.reservedBytes), memoryLimitBytes: Number(r.memoryLimitBytes) };
+  }
+
+  async stats(seq?: number, deadlineMs?: number): Promise<ShardStats> {
     const r = await this.unary<StatsResponse>('stats', create(StatsRequestSchema, { sequenceId: seq }), deadlineMs);
     return {
       bytes: bytesFromPb(r.bytes),

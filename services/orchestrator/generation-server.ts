@@ -25,6 +25,7 @@ import { modeToPb, POLICY_NAMES, policyToPb } from '../common/policy.js';
 import { RpcError, statusOf, toServiceError } from '../common/rpc.js';
 import { statusName } from '../common/rpc-error.js';
 import { instruments } from '../telemetry/spans.js';
+import { publicLimits } from '../common/limits.js';
 import { budgetReport, type BudgetSummary, type Job, type JobOutcome } from './job.js';
 import type { Model } from './model/model.js';
 import type { Scheduler } from './scheduler.js';
@@ -207,6 +208,7 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
           maxBatch: defaults.maxBatch,
           prefillChunk: defaults.prefillChunk,
           maxStopStrings: defaults.maxStopStrings,
+          limits: { maxRequestBytes: BigInt(publicLimits(c, defaults.maxPromptBytes).receiveBytes), maxPromptBytes: BigInt(defaults.maxPromptBytes), maxQueued: defaults.maxQueue },
         }),
       );
     },

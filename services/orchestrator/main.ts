@@ -22,6 +22,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'cache-dns-server': { kind: 'list', help: 'DNS servers to ask for --cache-dns, IP[:PORT] comma-separated (default: the system resolver)' },
   'cache-resolve-ms': { kind: 'int', default: 5000, help: 'how often --cache-dns is resolved again' },
   'cache-health-ms': { kind: 'int', default: 1000, help: 'how often each cache shard is health-checked (grpc.health.v1); a shard that fails takes no new sequences' },
+  'shard-deadline-ms': { kind: 'int', default: 2000, help: 'the least deadline of a call to a cache shard; the deadline is 10 × the slowest of its last 64 calls of the same method when that is more. A shard that misses it fails only its own requests (DEADLINE_EXCEEDED)' },
   'cache-wait-ms': { kind: 'int', default: 30000, help: 'how long to wait at start for a first cache shard' },
   allocator: { kind: 'string', help: 'allocator service address' },
   'in-process': { kind: 'bool', default: false, help: 'run the cache and the allocator in this process' },
@@ -40,6 +41,8 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   mode: { kind: 'string', default: D.cache.mode, help: 'default precision mode: downgrade-only (no master copy; what docs/evaluation.md\'s headline tables measure) or reversible (an FP16 master copy in the cache\'s master tier, so plans may raise precision)' },
   'master-dir': { kind: 'string', help: 'in-process: directory of the master tier (default: <tmpdir>/smartkv-master-<pid>, removed on stop)' },
   'rotate-kv': { kind: 'bool', default: true, help: 'in-process: store K and V rotated (randomised Hadamard; --rotate-kv=false: off)' },
+  'max-prompt-bytes': { kind: 'int', default: 0, help: 'UTF-8 bytes of a prompt or Score text, checked before tokenising; also sizes the request limit (0: 16 per token of context, at least 64 KiB)' },
+  'max-queue': { kind: 'int', default: D.maxQueue, help: 'requests that may wait for a batch slot; one more gets RESOURCE_EXHAUSTED' },
   'grace-ms': { kind: 'int', default: 10000, help: 'how long running requests may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },
   help: { kind: 'bool', help: 'print this help' },
@@ -70,6 +73,8 @@ export function defaultsFrom(o: Record<string, unknown>): ServerDefaults {
     },
     maxBatch: o['max-batch'] as number,
     prefillChunk: o['prefill-chunk'] as number,
+    maxPromptBytes: Math.max(0, (o['max-prompt-bytes'] as number | undefined) ?? 0),
+    maxQueue: (o['max-queue'] as number | undefined) ?? D.maxQueue,
   };
 }
 
@@ -93,9 +98,10 @@ async function main(): Promise<void> {
   } catch (e) {
     throw new UsageError(`--cache-dns: ${(e as Error).message}`);
   }
-  for (const k of ['cache-resolve-ms', 'cache-health-ms'])
+  for (const k of ['cache-resolve-ms', 'cache-health-ms', 'shard-deadline-ms'])
     if ((o[k] as number) < 50) throw new UsageError(`--${k} must be ≥ 50, got ${o[k]}`);
   const defaults = defaultsFrom(o);
+  if (!(defaults.maxQueue >= 0)) throw new UsageError(`--max-queue must be ≥ 0, got ${defaults.maxQueue}`);
   const telemetry = startTelemetry('smartkv-orchestrator', { metricsPort: o['metrics-port'] as number, metricsHost: o.host as string });
   const { GenerationService } = await import('../../gen/smartkv/v1/generation_pb.js');
   const { LISTEN, log, runService, SERVED } = await import('../common/service-app.js');
@@ -113,13 +119,17 @@ async function main(): Promise<void> {
     cacheDnsServers: o['cache-dns-server'] as string[] | undefined,
     resolveEveryMs: o['cache-resolve-ms'] as number,
     healthEveryMs: o['cache-health-ms'] as number,
+    shardDeadlineMs: o['shard-deadline-ms'] as number,
     cacheWaitMs: o['cache-wait-ms'] as number,
     allocatorAddress: o.allocator as string | undefined,
     local: inProcess ? { engine: { quant: 'symmetric', gamma: o.gamma as number, mode: defaults.cache.mode, masterDir: localMasterDir(o['master-dir'] as string | undefined), rotateKv: o['rotate-kv'] as boolean }, memoryLimitBytes: o['memory-limit'] as number } : undefined,
     log: say,
   });
   const graceMs = o['grace-ms'] as number;
+  const { publicLimits } = await import('../common/limits.js');
+  const limits = publicLimits(orch.context.model.config, orch.context.defaults.maxPromptBytes);
   const listen = {
+    limits,
     role: 'orchestrator',
     host: o.host as string,
     port: o.port as number,
@@ -128,7 +138,7 @@ async function main(): Promise<void> {
     afterStop: () => telemetry.shutdown(),
   };
   const caches = [...((o.cache as string[] | undefined) ?? []), ...(o['cache-dns'] ? [`DNS ${o['cache-dns']}`] : [])];
-  say(`model ${modelDir}; ${inProcess ? 'in-process cache and allocator' : `cache ${caches.join(', ')}, allocator ${o.allocator}`}`);
+  say(`model ${modelDir}; ${inProcess ? 'in-process cache and allocator' : `cache ${caches.join(', ')}, allocator ${o.allocator}`}; requests ≤ ${limits.receiveBytes} bytes, prompts ≤ ${limits.promptBytes} bytes`);
   await runService('orchestrator', [
     { provide: LISTEN, useValue: listen },
     { provide: SERVED, useValue: [{ service: GenerationService, implementation: generationHandlers(orch.context) }] },

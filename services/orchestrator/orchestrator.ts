@@ -3,9 +3,10 @@
 // scheduler. `npm start` runs it split; --in-process runs the same code with
 // local adapters.
 import { basename } from 'node:path';
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 
 import { CacheCore } from '../cache/cache-core.js';
+import { defaultPromptBytes } from '../common/limits.js';
 import type { ShardStats } from '../cache/cache-api.js';
 import type { KvEngineConfig } from '../../native/kv-engine.js';
 import { GrpcAllocator, LocalAllocator, type Allocator } from './allocator-client.js';
@@ -27,6 +28,7 @@ export interface OrchestratorOptions {
   cacheDnsServers?: string[]; // resolvers to ask (default: the system's)
   resolveEveryMs?: number;
   healthEveryMs?: number;
+  shardDeadlineMs?: number; // the least deadline of a call to a cache shard (shard-deadline.ts)
   cacheWaitMs?: number; // how long to wait for a first shard at start (default 30 s)
   allocatorAddress?: string;
   /** In-process: the engine settings of the one local cache. */
@@ -58,14 +60,16 @@ export class Orchestrator {
     } else {
       if (!o.cacheAddresses?.length && !o.cacheDns) throw new Error('no cache services (--cache host:port[,host:port…] or --cache-dns host:port)');
       if (!o.allocatorAddress) throw new Error('no allocator address (--allocator host:port)');
-      const owner = `orchestrator-${randomUUID()}`;
+      // The secret that makes this process's sequences its own on every shard
+      // (128 random bits; services/cache/owners.ts).
+      const owner = `orchestrator-${randomBytes(16).toString('hex')}`;
       const directory = new ShardDirectory({
         addresses: o.cacheAddresses,
         dns: o.cacheDns,
         dnsServers: o.cacheDnsServers,
         resolveEveryMs: o.resolveEveryMs,
         healthEveryMs: o.healthEveryMs,
-        connect: (a) => new GrpcCacheShard(a, owner),
+        connect: (a) => new GrpcCacheShard(a, owner, o.shardDeadlineMs),
         log: o.log,
       });
       closers.push(() => directory.close());
@@ -88,7 +92,8 @@ export class Orchestrator {
       model,
       modelName: basename(o.modelDir),
       scheduler,
-      defaults: { ...o.defaults, cache: { ...o.defaults.cache, gamma: first.gamma } },
+      // The prompt limit resolved here, so Info, the check and the server's message limit agree.
+      defaults: { ...o.defaults, maxPromptBytes: o.defaults.maxPromptBytes || defaultPromptBytes(c), cache: { ...o.defaults.cache, gamma: first.gamma } },
       get shardAddresses() {
         return shards.eligible().map((s) => s.address);
       },

@@ -25,7 +25,7 @@ import { StopText } from './stop-text.js';
 import { childOf, instruments, withSpan } from '../telemetry/spans.js';
 
 export interface ShardHandle {
-  shard: CacheShard & { stats(seq?: number, deadlineMs?: number): ReturnType<CacheShard['stats']> };
+  shard: CacheShard & { stats(seq?: number, deadlineMs?: number): ReturnType<CacheShard['stats']>; reservations(deadlineMs?: number): ReturnType<CacheShard['reservations']> };
   address: string;
   index: number; // the shard's number, fixed when the orchestrator first saw it
 }
@@ -81,6 +81,14 @@ export class Scheduler {
       job.reject(this.closing);
       return job;
     }
+    // Bounded: 2,000 concurrent streams used to be queued. Jobs cancelled
+    // while queued are dropped first so they do not hold places.
+    if (this.queue.length >= this.o.defaults.maxQueue) this.dropQueued((j) => j.cancelled !== null);
+    if (this.queue.length >= this.o.defaults.maxQueue) {
+      job.span?.end();
+      job.reject(new RpcError(grpc.status.RESOURCE_EXHAUSTED, `the queue is full: ${this.queue.length} requests wait for the ${this.o.defaults.maxBatch} batch slots (max_queued, --max-queue); retry later`));
+      return job;
+    }
     this.queue.push(job);
     this.kick();
     return job;
@@ -89,12 +97,26 @@ export class Scheduler {
   /** Stops admitting; lets running jobs finish for up to graceMs, then cancels them. */
   async drain(graceMs: number): Promise<void> {
     this.closing = new RpcError(grpc.status.UNAVAILABLE, 'the server is shutting down');
-    for (const j of this.queue) j.cancel(this.closing);
+    // Queued jobs end now (they used to wait for a batch slot, i.e. the whole
+    // grace time); running ones may finish within it, else UNAVAILABLE, which
+    // a client may retry elsewhere (CANCELLED would say the client gave up).
+    this.dropQueued(() => true);
     const timer = setTimeout(() => {
-      for (const r of this.active) r.job.cancel(new RpcError(grpc.status.CANCELLED, 'the server shut down before the request finished'));
+      for (const r of this.active) r.job.cancel(new RpcError(grpc.status.UNAVAILABLE, `the server shut down before the request finished (grace ${graceMs} ms); retry`));
     }, graceMs);
     await this.idle;
     clearTimeout(timer);
+  }
+
+  /** Removes the queued jobs `which` selects; each ends with its cancel reason (or the shutdown). */
+  private dropQueued(which: (j: Job) => boolean): void {
+    const keep = this.queue.filter((j) => !which(j));
+    for (const j of this.queue) {
+      if (keep.includes(j)) continue;
+      j.span?.end();
+      j.reject(j.cancelled ?? this.closing ?? new RpcError(grpc.status.CANCELLED, 'cancelled while queued'));
+    }
+    this.queue.splice(0, this.queue.length, ...keep);
   }
 
   private kick(): void {
@@ -151,7 +173,8 @@ export class Scheduler {
     const shards = this.o.shards.eligible();
     const storage: StorageKind = cache.policy === 'kivi-2' || cache.policy === 'kivi-4' ? cache.policy : 'mixed';
     const reserve = this.reservation(job);
-    const stats = await Promise.all(shards.map((h) => h.shard.stats(undefined, 2000).catch(() => null)));
+    // Reservations only: O(1) per shard, however many sequences it holds.
+    const stats = await Promise.all(shards.map((h) => h.shard.reservations(2000).catch(() => null)));
     let best = -1, room = -Infinity;
     stats.forEach((s, i) => {
       if (!s) return;
@@ -453,14 +476,28 @@ export class Scheduler {
 
   private async free(j: Job): Promise<void> {
     if (!j.shard || j.seq < 0) return;
-    const seq = j.seq;
+    const seq = j.seq, shard = j.shard;
     j.seq = -1;
+    const code = (j.cancelled as RpcError | null)?.code;
+    // A job that failed because its shard missed a deadline: that shard may
+    // be hung, so the free must not hold up the step loop (the others' requests).
+    if (code === grpc.status.DEADLINE_EXCEEDED) return void this.freeLater(shard, seq, 30);
     try {
-      await j.shard.freeSequence(seq);
+      await shard.freeSequence(seq);
     } catch (e) {
       // A shard that died took the sequence with it; anything else is worth a line.
-      if ((e as RpcError).code !== grpc.status.UNAVAILABLE) this.o.log(`freeing sequence ${seq}: ${(e as Error).message}`);
+      if ((e as RpcError).code === grpc.status.DEADLINE_EXCEEDED) this.freeLater(shard, seq, 30);
+      else if ((e as RpcError).code !== grpc.status.UNAVAILABLE) this.o.log(`freeing sequence ${seq}: ${(e as Error).message}`);
     }
+  }
+
+  /** Frees in the background, retrying every 2 s while the shard misses deadlines (a hung shard that comes back). */
+  private freeLater(shard: CacheShard, seq: number, tries: number): void {
+    shard.freeSequence(seq).catch((e) => {
+      const code = (e as RpcError).code;
+      if (code === grpc.status.DEADLINE_EXCEEDED && tries > 1) setTimeout(() => this.freeLater(shard, seq, tries - 1), 2000).unref();
+      else if (code !== grpc.status.UNAVAILABLE && code !== grpc.status.NOT_FOUND) this.o.log(`freeing sequence ${seq}: ${(e as Error).message}`);
+    });
   }
 }
 

@@ -24,3 +24,49 @@ test('total Stats does not fail when a sequence is freed during the walk', async
     await core.close();
   }
 });
+
+// A client can attend a step on some layers only (issue 18: ExportImportance
+// then answered INTERNAL "layer 1 holds 40 tokens, layer 0 41"). That is the
+// caller's state: FAILED_PRECONDITION naming the layers, for export and plans,
+// and the sequence is usable again once every layer has the same rows.
+test('ExportImportance and ApplyPlan after an attend on some layers only: FAILED_PRECONDITION', async () => {
+  const core = new CacheCore({ layers: 2, qHeads: 4, kvHeads: 2, headDim: 64, quant: 'symmetric', threads: 1 }, 0);
+  try {
+    const { seq } = await core.createSequence('mixed', 0);
+    const row = (n: number, heads: number) => new Float32Array(n * heads * 64).fill(0.25);
+    const step = (layer: number, n: number) => core.attend(layer, [{ seq, rows: n, q: row(n, 4), kNew: row(n, 2), vNew: row(n, 2) }]);
+    await step(0, 3);
+    await step(1, 3);
+    await step(0, 1); // layer 0: 4 tokens, layer 1: 3
+    const plan = [{ layer: -1, positions: new Uint32Array([0]), formats: new Uint8Array([1]) }];
+    for (const call of [() => core.exportImportance(seq), () => core.applyPlan(seq, plan)])
+      await assert.rejects(call, (e: Error & { code?: string }) => e.code === 'FAILED_PRECONDITION' && /layer 1 holds 3 tokens but layer 0 holds 4/.test(e.message));
+    await step(1, 1);
+    assert.equal((await core.exportImportance(seq)).tokens, 4);
+    assert.equal((await core.applyPlan(seq, plan)).tokensChanged, 2);
+  } finally {
+    await core.close();
+  }
+});
+
+// Admission asks for reservations on every request (issue 18: with 20,000
+// sequences held, a Stats walk per admission made 50 short requests take
+// 43.8 s). reservations() reads counters kept as sequences come and go.
+test('reservations() is O(1): it reads counters, it does not walk the sequences', async () => {
+  const core = new CacheCore({ layers: 2, qHeads: 4, kvHeads: 2, headDim: 64, quant: 'symmetric', threads: 1 }, 5000);
+  try {
+    const a = await core.createSequence('mixed', 1000);
+    await core.createSequence('mixed', 2000);
+    let walked = 0;
+    const stats = core.engine.stats.bind(core.engine);
+    core.engine.stats = ((seq: number) => (walked++, stats(seq))) as typeof core.engine.stats;
+    assert.deepEqual(await core.reservations(), { sequences: 2, reservedBytes: 3000, memoryLimitBytes: 5000 });
+    assert.equal(walked, 0);
+    await core.stats();
+    assert.equal(walked, 2, 'the full Stats walks every sequence');
+    await core.freeSequence(a.seq);
+    assert.deepEqual(await core.reservations(), { sequences: 1, reservedBytes: 2000, memoryLimitBytes: 5000 });
+  } finally {
+    await core.close();
+  }
+});
