@@ -38,10 +38,14 @@ export class GrpcHost implements OnApplicationBootstrap, BeforeApplicationShutdo
   }
 
   async onApplicationBootstrap(): Promise<void> {
-    const { role, host, port } = this.listen;
+    const { host, port } = this.listen;
     this.running = await startServer(host, port, this.services);
-    // The launcher and the tests wait for this line.
-    process.stdout.write(`READY smartkv-${role} ${this.running.address}\n`);
+  }
+
+  /** The launcher and the tests wait for this line; runService prints it once
+   * the shutdown hooks are in place, so a SIGTERM right after it is graceful. */
+  announce(): void {
+    process.stdout.write(`READY smartkv-${this.listen.role} ${this.address}\n`);
   }
 
   async beforeApplicationShutdown(signal?: string): Promise<void> {
@@ -68,6 +72,7 @@ export async function runService(role: string, providers: Provider[]): Promise<v
   }
   const app = await NestFactory.createApplicationContext(ServiceModule.with(), { logger: ['error', 'warn'] });
   app.enableShutdownHooks(['SIGTERM', 'SIGINT']);
+  app.get(GrpcHost).announce();
   watchParent(role, () => app.close());
   process.on('uncaughtException', (e) => {
     log(role, `uncaught: ${e.stack ?? e}`);
