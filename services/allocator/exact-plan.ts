@@ -54,18 +54,17 @@ export function planExactly(policy: PlanPolicy, input: AllocationInput, lay: Pla
     price = pricer.price(formats);
   }
   // Never larger than leaving the cache alone, unless the plan spends a β
-  // that binds on raising precision. A plan that meets β is kept, except in
-  // downgrade-only mode (bounds: it can only lower precision) when leaving
-  // the cache alone also meets β with fewer bytes. A best-effort plan is kept
-  // unless leaving the cache alone is smaller at its largest until the next
-  // plan (the tokens that arrive then come in at 16 bits: a plan that opens a
-  // 2-bit block now may save an FP16 block before then).
+  // that binds on raising precision (reversible mode). A plan that meets β
+  // is kept, except in downgrade-only mode (bounds: it can only lower
+  // precision) when leaving the cache alone also meets β with fewer bytes. A
+  // best-effort plan is kept only when it holds fewer bytes now, or leaving
+  // the cache alone holds as many and is worse before the next plan.
   const leave = pricer.price(current);
   const unchanged = !BUDGETED.has(policy)
     ? leave.hotBytes < price.hotBytes // no budget to meet: only size decides
     : price.fits
       ? input.upperBounds !== null && leave.fits && leave.hotBytes < price.hotBytes
-      : leave.fits || leave.worstBeta < price.worstBeta;
+      : leave.fits || leave.hotBytes < price.hotBytes || (leave.hotBytes === price.hotBytes && leave.worstBeta <= price.worstBeta);
   if (unchanged) {
     formats = current;
     price = leave;
@@ -73,11 +72,12 @@ export function planExactly(policy: PlanPolicy, input: AllocationInput, lay: Pla
   return {
     formats,
     usedBytes: best.a.usedBytes,
+    // (unchanged is also true when the policy's own plan is the current formats)
     fits: BUDGETED.has(policy) ? price.fits : true,
     hotBytes: price.hotBytes,
     achievedBeta: price.worstBeta,
     bindsFrom: BUDGETED.has(policy) ? bindsFrom(bindsKey(lay)) : 0,
-    unchanged,
+    unchanged: unchanged || sameFormats(formats, current),
     policyRuns: runs,
   };
 }
@@ -166,4 +166,9 @@ function fillPaidBlocks(plan: Uint8Array, input: AllocationInput, pricer: PlanPr
     }
   }
   return out;
+}
+
+function sameFormats(a: Uint8Array, b: Uint8Array): boolean {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

@@ -135,9 +135,9 @@ const bindsCache = new Map<string, number>();
 
 type BindsLayout = Omit<PlanLayout, 'heldBytes' | 'tokens' | 'groups' | 'outsideFp16Tokens'>;
 
-/** The shortest length from which β can bind: from there on (up to 2^16
- * tokens) the cheapest storage fits β right after a plan and with the
- * ahead tokens arrived at 16 bits. 0 when it never does. */
+/** The shortest length from which β can bind: from there on the cheapest
+ * storage fits β right after a plan and with the ahead tokens arrived at 16
+ * bits. 0 when it never does below 2^16 tokens. Cached per layout. */
 export function bindsFrom(lay: BindsLayout): number {
   const key = JSON.stringify(lay);
   const hit = bindsCache.get(key);
@@ -155,8 +155,18 @@ export function bindsFrom(lay: BindsLayout): number {
     }
     return true;
   };
+  // Up from 1 to the first length that fits and keeps fitting for a stretch
+  // of several blocks and pages (past it the budget grows faster than the
+  // cheapest storage: only block and page edges can break it, close by).
+  const STRETCH = 4 * Math.max(T, P);
   let from = 0;
-  for (let n = LIMIT; n >= 1 && fits(n); n--) from = n;
+  for (let n = 1; n <= LIMIT && from === 0; n++) {
+    if (!fits(n)) continue;
+    let m = n + 1;
+    while (m <= Math.min(LIMIT, n + STRETCH) && fits(m)) m++;
+    if (m > Math.min(LIMIT, n + STRETCH)) from = n;
+    else n = m; // broke at m: look again after it
+  }
   if (bindsCache.size > 256) bindsCache.clear();
   bindsCache.set(key, from);
   return from;

@@ -45,7 +45,8 @@ export class GrpcHost implements OnApplicationBootstrap, BeforeApplicationShutdo
     this.running = await startServer(host, port, this.services, this.listen.limits);
   }
 
-  /** The launcher and the tests wait for this line: printed once SIGTERM is handled. */
+  /** The launcher and the tests wait for this line; runService prints it once
+   * the shutdown hooks are in place, so a SIGTERM right after it is graceful. */
   announce(): void {
     process.stdout.write(`READY smartkv-${this.listen.role} ${this.address}\n`);
   }

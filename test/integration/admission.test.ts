@@ -75,7 +75,7 @@ describe('admission under a memory limit', () => {
       assert.equal(o.tokens, 480);
       const b = o.summary!.budget!;
       assert.ok(b.budgetMet, `β ${b.achievedBeta} ≤ 0.4 at ${17 + 480} tokens (binds from ${b.bindsFromTokens})`);
-      assert.ok(b.achievedBeta <= 0.4 && b.achievedBeta > 0.35, `β ${b.achievedBeta}`);
+      assert.ok(b.achievedBeta <= 0.4, `β ${b.achievedBeta}`);
       assert.equal(b.mode === PrecisionMode.REVERSIBLE, b.masterBytes > 0n, 'master bytes exactly for reversible sequences');
     }
     assert.ok(done.some((o) => o.summary!.budget!.mode === PrecisionMode.REVERSIBLE), 'a reversible request completed');

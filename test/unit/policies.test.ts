@@ -401,11 +401,18 @@ describe('allocator policies', () => {
 });
 
 describe('bench allocator', () => {
-  it('--quick --json: one row per policy and size with p50 and p99', async () => {
+  it('--quick --json: one row per policy and size with p50 and p99, and the exact plan meeting β', async () => {
     const lines: string[] = [];
     await benchAllocator({ json: true, quick: true }, { out: (l) => lines.push(l), progress: () => {} });
     const rows = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
-    assert.equal(rows.length, 3 * PLAN_POLICIES.length);
+    assert.equal(rows.length, 3 * (PLAN_POLICIES.length + 1)); // + smartkv exact per size
+    for (const r of rows.filter((x) => x.exact)) {
+      // The one-call plan, priced in blocks: β met and nearly spent.
+      assert.equal(r.budget_met, true);
+      assert.ok((r.achieved_beta as number) <= 0.25 && (r.achieved_beta as number) > 0.24, `β ${String(r.achieved_beta)} at n = ${String(r.n)}`);
+      assert.equal(r.mode, 'reversible');
+      assert.equal(r.master_bytes, 0);
+    }
     assert.deepEqual([...new Set(rows.map((r) => r.n))], [4096, 32768, 131072]);
     for (const r of rows) {
       assert.ok(isPlanPolicy(r.policy as string));
@@ -419,7 +426,7 @@ describe('bench allocator', () => {
     const lines: string[] = [];
     await benchAllocator({ json: false, quick: true, sizes: [2048] }, { out: (l) => lines.push(l), progress: () => {} });
     assert.match(lines[1], /policy\s+n\s+p50 ms\s+p99 ms/);
-    assert.equal(lines.length, 2 + PLAN_POLICIES.length);
-    assert.equal(runAllocatorBench({ json: true, quick: true, sizes: [1024] }).length, PLAN_POLICIES.length);
+    assert.equal(lines.length, 2 + PLAN_POLICIES.length + 1);
+    assert.equal(runAllocatorBench({ json: true, quick: true, sizes: [1024] }).length, PLAN_POLICIES.length + 1);
   });
 });
