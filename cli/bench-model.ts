@@ -39,8 +39,8 @@ async function sweepOne(orch: Orchestrator, context: number, decode: number, row
   const prompt = spec.prompt.length;
   const sum = (xs: number[]) => xs.reduce((a, x) => a + x, 0);
   return [
-    { mode: 'in-process', phase: 'prefill', batch: 1, context, policy: row.policy, target_beta: row.policy === 'fp16' ? null : row.beta, tokens: prompt, tokens_per_s: (prompt * 1e6) / sum(prefillUs) },
-    { mode: 'in-process', phase: 'decode', batch: 1, context, policy: row.policy, target_beta: row.policy === 'fp16' ? null : row.beta, tokens: decodeUs.length, step_us: median(decodeUs), tokens_per_s: 1e6 / median(decodeUs), achieved_beta: b.achievedBeta, hot_bytes: b.hotBytes, fp16_bytes: b.fp16Bytes, budget_met: b.budgetMet, precision_mode: b.mode },
+    { system: 'in-process', phase: 'prefill', batch: 1, context, policy: row.policy, target_beta: row.policy === 'fp16' ? null : row.beta, tokens: prompt, tokens_per_s: (prompt * 1e6) / sum(prefillUs) },
+    { system: 'in-process', phase: 'decode', batch: 1, context, policy: row.policy, target_beta: row.policy === 'fp16' ? null : row.beta, tokens: decodeUs.length, step_us: median(decodeUs), tokens_per_s: 1e6 / median(decodeUs), achieved_beta: b.achievedBeta, hot_bytes: b.hotBytes, fp16_bytes: b.fp16Bytes, budget_met: b.budgetMet, mode: b.mode, master_bytes: b.masterBytes },
   ];
 }
 
@@ -73,7 +73,7 @@ export async function benchModel(opts: BenchModelOptions, io: Io): Promise<void>
     prefillUs.push(Number(process.hrtime.bigint() - t0) / 1e3);
     await engine.freeSequence(seq);
   }
-  rows.push({ mode: 'in-process', phase: 'prefill', batch: 1, tokens: prompt, tokens_per_s: (prompt * 1e6) / median(prefillUs) });
+  rows.push({ system: 'in-process', phase: 'prefill', batch: 1, tokens: prompt, tokens_per_s: (prompt * 1e6) / median(prefillUs) });
   io.progress(`prefill ${prompt} tokens: ${(median(prefillUs) / 1e3).toFixed(1)} ms`);
 
   for (const batch of [1, 8]) {
@@ -91,7 +91,7 @@ export async function benchModel(opts: BenchModelOptions, io: Io): Promise<void>
     }
     for (const seq of seqs) await engine.freeSequence(seq);
     const us = median(stepUs);
-    rows.push({ mode: 'in-process', phase: 'decode', batch, context: prompt, step_us: us, tokens_per_s: (batch * 1e6) / us });
+    rows.push({ system: 'in-process', phase: 'decode', batch, context: prompt, step_us: us, tokens_per_s: (batch * 1e6) / us });
     io.progress(`decode batch ${batch}: ${(us / 1e3).toFixed(2)} ms/step`);
   }
   await engine.close();

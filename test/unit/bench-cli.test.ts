@@ -42,10 +42,18 @@ describe('smartkv CLI', () => {
     const r = smartkv('bench', 'model', '--quick', '--json');
     assert.equal(r.status, 0, r.stderr);
     const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-    assert.deepEqual(rows.map((x) => [x.phase, x.batch]), [['prefill', 1], ['decode', 1], ['decode', 8]]);
+    // the engine alone (fp16, batch 1 and 8), then the context sweep: fp16 and smartkv β 0.25 through the in-process orchestrator
+    assert.deepEqual(rows.map((x) => [x.phase, x.batch, x.policy ?? null]), [
+      ['prefill', 1, null], ['decode', 1, null], ['decode', 8, null],
+      ['prefill', 1, 'fp16'], ['decode', 1, 'fp16'], ['prefill', 1, 'smartkv'], ['decode', 1, 'smartkv'],
+    ]);
     for (const row of rows) {
-      assert.equal(row.mode, 'in-process');
+      assert.equal(row.system, 'in-process');
       assert.ok(typeof row.tokens_per_s === 'number' && row.tokens_per_s > 0);
+    }
+    for (const row of rows.filter((x) => x.policy && x.phase === 'decode')) {
+      assert.equal(row.mode, 'downgrade-only');
+      assert.ok((row.hot_bytes as number) > 0 && (row.fp16_bytes as number) > 0 && typeof row.budget_met === 'boolean');
     }
   });
 
