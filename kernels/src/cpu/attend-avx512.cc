@@ -150,22 +150,36 @@ void kivi_scores(const block_layout& L, const block_ref& blk, int head, const he
     }
 }
 
+// Integer dot products of one query with 16 consecutive key rows (P bytes
+// each): lane i = sum_d q8_d * code_{i,d}. Full groups run without a branch
+// per token; rows past n count as zero.
+template <int D, int B>
+inline __m512i key_dots16(const uint8_t* rows, const __m512i* q8, int n) {
+    constexpr int P = D * B / 8;
+    __m512i dot[16];
+    if (n == 16) {
+        for (int i = 0; i < 16; ++i) dot[i] = simd::key_dot<D, B>(rows + i * P, q8);
+    } else {
+        for (int i = 0; i < 16; ++i) dot[i] = i < n ? simd::key_dot<D, B>(rows + i * P, q8) : _mm512_setzero_si512();
+    }
+    return simd::reduce16_epi32(dot);
+}
+
 // Scores of a quantised block for a tile of queries: s[i][t] (pre-softmax).
-// Tokens go 16 at a time: their key codes are unpacked once into kbuf, then
-// each query takes 16 integer dot products and one transpose-reduction.
+// Per query and 16 tokens: unpack each row in registers, two vpdpbusd per
+// 128 dims, one transpose-reduction, then the scales once per token:
+//   s = s_q * (s_k * dot + z_k * sum(q8))
+// Re-unpacking per query of a GQA tile costs 2-4 instructions per row and
+// keeps everything in registers (a shared unpacked buffer spilled).
 template <int D, int B>
 void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
                       const tile_view& tv, float* s, int T) {
     constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
-    constexpr int C = D / 64;
+    constexpr int C = D / 64, P = D * B / 8;  // L.row == P for a quantised block
     const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
     const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.k_params + L.param_offset(head, 0));
-    __m512i kbuf[16][C];  // unpacked u8 codes of 16 tokens
     for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
         const int n = std::min(16, blk.n_valid - t0);
-        for (int i = 0; i < 16; ++i)
-            for (int c = 0; c < C; ++c)
-                kbuf[i][c] = i < n ? simd::codes64<D, B>(rows + size_t(t0 + i) * L.row, c) : _mm512_setzero_si512();
         const __mmask16 k = n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
         __m512 vscale, vzero;
         params16(F, mode, params, t0, n, vscale, vzero);
@@ -173,13 +187,7 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
             const int qi = tv.q0 + j;
             __m512i q8[C];
             for (int c = 0; c < C; ++c) q8[c] = _mm512_loadu_si512(q.q8 + size_t(qi) * D + 64 * c);
-            __m512i dot[16];
-            for (int i = 0; i < 16; ++i) {
-                dot[i] = _mm512_setzero_si512();
-                for (int c = 0; c < C; ++c) dot[i] = _mm512_dpbusd_epi32(dot[i], kbuf[i][c], q8[c]);
-            }
-            const __m512 sums = _mm512_cvtepi32_ps(simd::reduce16_epi32(dot));
-            // s = s_q * (s_k * dot + z_k * sum(q8))
+            const __m512 sums = _mm512_cvtepi32_ps(key_dots16<D, B>(rows + size_t(t0) * P, q8, n));
             const __m512 v = _mm512_mul_ps(_mm512_set1_ps(q.q8_scale[qi]),
                                            _mm512_fmadd_ps(vscale, sums, _mm512_mul_ps(vzero, _mm512_set1_ps(float(q.q8_sum[qi])))));
             _mm512_mask_storeu_ps(s + size_t(j) * T + t0, k, v);
