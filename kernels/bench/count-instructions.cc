@@ -11,9 +11,13 @@
 //   SINGLESTEP × N          kernel calls
 //   wait ── SIGSTOP ──────  raise()        region ends: print N - empty
 //
-// Usage: smartkv-count-instructions [n_blocks]   (32-token blocks, default 8)
+// Usage: smartkv-count-instructions [n_blocks [profile]]   (32-token blocks, default 8)
+// With profile = 1 each region also writes "rip count" lines to
+// /tmp/skv-profile-<region>.txt (addresses in the child, whose
+// /proc/<pid>/maps goes to /tmp/skv-profile-maps.txt) for symbolisation.
 #include <signal.h>
 #include <sys/ptrace.h>
+#include <sys/user.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,6 +25,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -144,6 +149,8 @@ void child(int n_blocks) {
 
 int main(int argc, char** argv) {
     const int n_blocks = argc > 1 ? std::atoi(argv[1]) : 8;
+    const bool profile = argc > 2 && std::atoi(argv[2]) == 1;
+    int region = 0;
     if (!fast_path_available(D)) {
         std::fprintf(stderr, "no AVX-512 fast path on this CPU\n");
         return 1;
@@ -166,12 +173,31 @@ int main(int argc, char** argv) {
             continue;
         }
         long steps = 0;
+        std::map<unsigned long long, long> hist;
         for (;;) {
             ptrace(PTRACE_SINGLESTEP, pid, nullptr, nullptr);
             waitpid(pid, &status, 0);
             if (WIFSTOPPED(status) && WSTOPSIG(status) == SIGSTOP) break;
             ++steps;
+            if (profile) {
+                user_regs_struct regs;
+                ptrace(PTRACE_GETREGS, pid, nullptr, &regs);
+                ++hist[regs.rip];
+            }
         }
+        if (profile) {
+            char path[64];
+            std::snprintf(path, sizeof path, "/tmp/skv-profile-%d.txt", region);
+            if (FILE* f = std::fopen(path, "w")) {
+                for (const auto& [rip, n] : hist) std::fprintf(f, "%llx %ld\n", rip, n);
+                std::fclose(f);
+            }
+            if (region == 0) {
+                std::snprintf(path, sizeof path, "cp /proc/%d/maps /tmp/skv-profile-maps.txt", int(pid));
+                if (std::system(path) != 0) std::fprintf(stderr, "could not copy the maps\n");
+            }
+        }
+        ++region;
         if (empty < 0) {
             empty = steps;
         } else {

@@ -12,6 +12,8 @@
 #include "cpu/bucket.h"
 #include "cpu/layer-store.h"
 #include "cpu/quantize-fast.h"
+#include "cpu/thread-pool.h"
+#include "dense/dense-attention.h"
 #include "reference.h"
 #include "smartkv/engine.h"
 #include "smartkv/kv-rotation.h"
@@ -729,4 +731,38 @@ int main(int argc, char** argv) {
     const run_counts c = run_registered(argc > 1 ? argv[1] : "");
     std::printf("%d passed, %d failed\n", c.passed, c.failed);
     return c.failed ? 1 : 0;
+}
+
+// ---------------------------------------------------------------------------
+// The dense baselines the benchmark divides by: a fast but wrong baseline
+// would make every ratio wrong.
+
+TEST(dense_attention_matches_float64_reference) {
+    struct shape { int hq, hkv, D, n; };
+    const shape grid[] = {{4, 4, 128, 1}, {4, 4, 128, 77}, {8, 2, 64, 300}, {32, 8, 128, 45}, {4, 1, 256, 33}, {2, 2, 32, 19}};
+    uint32_t seed = 500;
+    for (const shape& sh : grid) {
+        const size_t kvn = size_t(sh.n) * sh.hkv * sh.D;
+        auto k = gaussian(kvn, seed++), v = gaussian(kvn, seed++), q = gaussian(size_t(sh.hq) * sh.D, seed++);
+        std::vector<uint16_t> k16(kvn), v16(kvn);  // [H][n][D] halves
+        std::vector<float> kr(kvn), vr(kvn);       // [n][H][D] the same values as floats
+        for (int h = 0; h < sh.hkv; ++h)
+            for (int t = 0; t < sh.n; ++t)
+                for (int d = 0; d < sh.D; ++d) {
+                    const size_t dense = (size_t(h) * sh.n + t) * sh.D + d, ref = (size_t(t) * sh.hkv + h) * sh.D + d;
+                    k16[dense] = float_to_half(k[ref]);
+                    v16[dense] = float_to_half(v[ref]);
+                    kr[ref] = half_to_float(k16[dense]);
+                    vr[ref] = half_to_float(v16[dense]);
+                }
+        std::vector<float> out(q.size());
+        thread_pool pool(2);
+        dense_attention_f16({sh.hq, sh.hkv, sh.D, sh.n, q.data(), k16.data(), v16.data(), out.data()}, pool);
+        ref_problem rp{1, sh.hq, sh.hkv, sh.D, sh.n, q.data(), nullptr, nullptr, kr.data(), vr.data()};
+        std::vector<double> want, want_probs;
+        reference_attention(rp, want, want_probs);
+        const double err = max_rel_error(out, want);
+        CHECK_MSG(err <= 1e-5, "dense f16 hq=" + std::to_string(sh.hq) + " D=" + std::to_string(sh.D) + " n=" +
+                                   std::to_string(sh.n) + ": err " + std::to_string(err));
+    }
 }
