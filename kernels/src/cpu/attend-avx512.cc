@@ -80,9 +80,12 @@ inline bool softmax_update(float* s, int n_valid, head_state& st, int qi) {
 
 // acc[qi] += sum_t w[qi][t] * codes_t  for the tile, 16 dims at a time.
 // w: [tile][T] weights already multiplied by each token's value scale.
-template <int D, int B>
-void accumulate_values(const uint8_t* v_rows, int row_stride, int n_valid, const float* w, int T, const tile_view& tv,
+// NT: the tile size when known at compile time, 0 otherwise (with a run-time
+// count GCC 12 keeps acc[] in memory: a load and a store per FMA).
+template <int D, int B, int NT>
+void accumulate_values(const uint8_t* v_rows, int row_stride, int n_valid, const float* w, int T, const tile_view& tv_in,
                        head_state& st) {
+    const tile_view tv{tv_in.q0, NT ? NT : tv_in.n};
     for (int c = 0; c < D / 16; ++c) {
         __m512 acc[max_tile];
         for (int i = 0; i < tv.n; ++i) acc[i] = _mm512_loadu_ps(st.acc + size_t(tv.q0 + i) * D + 16 * c);
@@ -451,7 +454,14 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
     }
     if (active == 0) return;
     const uint8_t* v_rows = blk.data + L.v_codes + L.code_offset(head, 0);
-    accumulate_values<D, B>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+    switch (tv.n) {
+        case 1: return accumulate_values<D, B, 1>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+        case 2: return accumulate_values<D, B, 2>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+        case 4: return accumulate_values<D, B, 4>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+        case 8: return accumulate_values<D, B, 8>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+        case 16: return accumulate_values<D, B, 16>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+        default: return accumulate_values<D, B, 0>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+    }
 }
 
 template <int D>
