@@ -200,7 +200,7 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
 }
 
 // ---------------------------------------------------------------------------
-// Integer value accumulation for one query (2- and 4-bit codes, D = 64/128).
+// Integer value accumulation for one query (8-, 4- and 2-bit codes, D = 64/128).
 //
 // Per block the weights w_t = p_t * scale_t are quantised to 16 bits with one
 // block scale ws = max_t w_t / 65535 and split into bytes (hi, lo). Four token
@@ -209,7 +209,7 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
 // accumulator, once with the hi and once with the lo weight bytes:
 //
 //   rows t..t+3 ──unpack8/16──> [c_t c_t+1 c_t+2 c_t+3] per dword (u8, b bits)
-//   acc_hi += w_hi·codes, acc_lo += w_lo·codes        (exact in int32: 32·65535·15 < 2^31)
+//   acc_hi += w_hi·codes, acc_lo += w_lo·codes        (exact in int32 for T <= 1024: T·255·128 < 2^31)
 //   acc_out += ws * (256·acc_hi + acc_lo) + sum_t p_t*zero_t
 //
 // The weight rounding error is at most ws/2 = max_t w_t / 131070 per token.
@@ -240,7 +240,7 @@ inline void transpose4_lanes(const __m512* a, __m512* n) {
 template <int D, int B>
 constexpr bool int_values_supported() {
     constexpr int P = D * B / 8;
-    return B < 8 && D <= 128 && (P == 32 || P == 64);
+    return D <= 128 && (B == 8 || P == 32 || P == 64);
 }
 
 // Quantises w[0..n) (n <= T, padded with zeros to a multiple of 4) to 16 bits:
@@ -266,7 +266,7 @@ inline float quantize_weights16(const float* w, int n, uint8_t* hi, uint8_t* lo)
 template <int D, int B>
 __attribute__((noinline)) void accumulate_values_int(const block_layout& L, quant_mode mode, const block_ref& blk, int head,
                                                      const float* p, float* acc_out) {
-    constexpr kv_format F = B == 4 ? kv_format::int4 : kv_format::int2;
+    constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
     constexpr int P = D * B / 8, NG = D / 64;  // groups of 64 dims
     const uint8_t* rows = blk.data + L.v_codes + L.code_offset(head, 0);
     const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.v_params + L.param_offset(head, 0));
@@ -278,8 +278,12 @@ __attribute__((noinline)) void accumulate_values_int(const block_layout& L, quan
         __m512 scale, zero;
         params16(F, mode, params, t0, n, scale, zero);
         const __m512 pv = _mm512_maskz_loadu_ps(n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), p + t0);
-        _mm512_store_ps(w + t0, _mm512_mul_ps(pv, scale));
+        const __m512 wv = _mm512_mul_ps(pv, scale);
+        _mm512_store_ps(w + t0, wv);
         zacc = _mm512_fmadd_ps(pv, zero, zacc);
+        // 8-bit codes are folded as signed code-128 (vpdpbusd's second operand
+        // is s8): scale*code + zero = scale*(code-128) + (zero + 128*scale)
+        if constexpr (B == 8) zacc = _mm512_fmadd_ps(wv, _mm512_set1_ps(128.f), zacc);
     }
     const float zsum = _mm512_reduce_add_ps(zacc);
     const int n4 = (blk.n_valid + 3) & ~3;
@@ -291,6 +295,24 @@ __attribute__((noinline)) void accumulate_values_int(const block_layout& L, quan
         for (int k = 0; k < 4; ++k) ah[g][k] = al[g][k] = _mm512_setzero_si512();
     for (int t = 0; t < n4; t += 4) {
         const uint8_t* r = rows + size_t(t) * P;
+        uint32_t h32, l32;
+        std::memcpy(&h32, whi + t, 4);
+        std::memcpy(&l32, wlo + t, 4);
+        const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
+        if constexpr (B == 8) {  // group g = bytes [64g, 64g+64) of each row
+            const __m512i flip = _mm512_set1_epi8(char(0x80));
+            for (int g = 0; g < NG; ++g) {
+                __m512i x[4];
+                transpose4_rows(_mm512_loadu_si512(r + 64 * g), _mm512_loadu_si512(r + P + 64 * g),
+                                _mm512_loadu_si512(r + 2 * P + 64 * g), _mm512_loadu_si512(r + 3 * P + 64 * g), x);
+                for (int k = 0; k < 4; ++k) {
+                    const __m512i c = _mm512_xor_si512(x[k], flip);
+                    ah[g][k] = simd::dpbusd(ah[g][k], wh, c);
+                    al[g][k] = simd::dpbusd(al[g][k], wl, c);
+                }
+            }
+            continue;
+        }
         __m512i x[4];
         if constexpr (P == 64) {
             transpose4_rows(_mm512_loadu_si512(r), _mm512_loadu_si512(r + P), _mm512_loadu_si512(r + 2 * P),
@@ -299,10 +321,6 @@ __attribute__((noinline)) void accumulate_values_int(const block_layout& L, quan
             auto row = [&](int i) { return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + i * P))); };
             transpose4_rows(row(0), row(1), row(2), row(3), x);
         }
-        uint32_t h32, l32;
-        std::memcpy(&h32, whi + t, 4);
-        std::memcpy(&l32, wlo + t, 4);
-        const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
         for (int g = 0; g < NG; ++g) {
             for (int k = 0; k < 4; ++k) {
                 __m512i c;
@@ -320,7 +338,9 @@ __attribute__((noinline)) void accumulate_values_int(const block_layout& L, quan
     const __m512 vws = _mm512_set1_ps(ws), vz = _mm512_set1_ps(zsum);
     for (int g = 0; g < NG; ++g) {
         __m512 a[4], n[4];
-        for (int k = 0; k < 4; ++k) a[k] = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(ah[g][k], 8), al[g][k]));
+        // combined in float: 256*hi + lo could pass 2^31 in int32 for blocks over 256 tokens
+        for (int k = 0; k < 4; ++k)
+            a[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k]));
         transpose4_lanes(a, n);
         for (int L = 0; L < 4; ++L) {
             float* o = acc_out + 64 * g + 16 * L;
