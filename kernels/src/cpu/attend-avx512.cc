@@ -4,10 +4,13 @@
 // codes are unpacked to u8 lanes and vpdpbusd multiplies and sums 4 pairs per
 // 32-bit lane, so a 128-dim key costs two instructions per query head:
 //   q.k = s_q * (s_k * sum_d q8_d*code_d + z_k * sum_d q8_d)
-// Values are unpacked 16 codes at a time to floats and accumulated with FMA as
+// Values for a single query (MHA decode) are integer too: the block's weights
+// p*s_v are quantised to 16 bits and vpdpbusd folds 4 tokens per channel
+// (accumulate_values_int). Query tiles of up to 16 (q-heads of a group x
+// rows) unpack each value row once to floats and accumulate with FMA as
 // acc += (p*s_v) * code, with the zero point folded into the z accumulator.
-// Queries are handled in tiles of up to 16 (q-heads of a group x rows), so a
-// GQA group unpacks each K and V row once for all its heads.
+// Instruction counts per token: docs/bench-attention.md
+// (smartkv-count-instructions).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
