@@ -233,6 +233,7 @@ struct scenario {
     int hq, hkv, D, n_prefix, n_rows;
     storage_kind kind;
     quant_mode mode = quant_mode::symmetric;
+    int uniform_format = 0;  // 0: a random mix of int8/int4/int2; else every planned token in this format
 };
 
 // Fills a sequence with n_prefix tokens, applies a random plan, then attends
@@ -250,6 +251,7 @@ void check_attention(const scenario& sc, bool fast, bool int8q, uint32_t seed) {
         std::vector<uint32_t> pos;
         std::vector<uint8_t> fmt;
         random_plan(size_t(sc.n_prefix), seed + 2, pos, fmt);
+        if (sc.uniform_format) std::fill(fmt.begin(), fmt.end(), uint8_t(sc.uniform_format));
         eng->apply_plan(seq, 1, pos.data(), fmt.data(), pos.size());
     }
     auto q = gaussian(size_t(sc.n_rows) * sc.hq * sc.D, seed + 3, 1.f);
@@ -317,6 +319,20 @@ TEST(asymmetric_attention_matches_float64_reference) {
     for (const scenario& sc : grid)
         for (bool int8q : {false, true})
             for (bool fast : {false, true}) check_attention(sc, fast, int8q, seed += 10);
+}
+
+// The single-query integer value path (weights quantised per block, 4 tokens
+// per vpdpbusd): every format alone and mixed, both parameter modes, last
+// blocks holding 4k+1, 4k+2 and 4k+3 tokens (12 of n_prefix stay fp16).
+TEST(single_query_integer_values_match_float64_reference) {
+    uint32_t seed = 1300;
+    for (quant_mode mode : {quant_mode::symmetric, quant_mode::asymmetric})
+        for (int D : {64, 128})
+            for (int f : {0, 1, 2, 3})
+                for (int n : {45, 46, 47, 109}) {
+                    scenario sc{4, 4, D, n, 1, storage_kind::mixed, mode, f};
+                    check_attention(sc, true, true, seed += 7);
+                }
 }
 
 TEST(kivi_attention_matches_reference_for_grouped_tokens) {
