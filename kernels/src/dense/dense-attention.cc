@@ -89,17 +89,23 @@ void dense_task_generic(const dense_problem& p, int head, int t0, int t1, split_
 // converted once; every query takes one FMA per 16 dims and the 16 partial
 // vectors of a query fold in one transpose-reduction (no horizontal sum per
 // token).
-template <bool F16, int D>
-inline void scores16(const void* k, size_t row0, const float* q, int G, int n, float (*s)[tile]) {
+template <bool F16, int D, int GC>
+inline void scores16(const void* k, size_t row0, const float* q, int G_run, int n, float (*s)[tile]) {
+    const int G = GC ? GC : G_run;
     alignas(64) float part[max_group][tile][16];  // [g][token] partial sums
-    for (int i = 0; i < tile; ++i) {
+    auto token = [&](int i, bool valid) {
         __m512 kc[D / 16];
-        for (int c = 0; c < D / 16; ++c) kc[c] = i < n ? load16<F16>(k, row0 + size_t(i) * D + 16 * c) : _mm512_setzero_ps();
+        for (int c = 0; c < D / 16; ++c) kc[c] = valid ? load16<F16>(k, row0 + size_t(i) * D + 16 * c) : _mm512_setzero_ps();
         for (int g = 0; g < G; ++g) {
             __m512 dot = _mm512_mul_ps(kc[0], _mm512_loadu_ps(q + size_t(g) * D));
             for (int c = 1; c < D / 16; ++c) dot = _mm512_fmadd_ps(kc[c], _mm512_loadu_ps(q + size_t(g) * D + 16 * c), dot);
             _mm512_store_ps(part[g][i], dot);
         }
+    };
+    if (n == tile) {
+        for (int i = 0; i < tile; ++i) token(i, true);
+    } else {
+        for (int i = 0; i < tile; ++i) token(i, i < n);
     }
     for (int g = 0; g < G; ++g) {
         __m512 v[tile];
@@ -138,9 +144,14 @@ inline void values16(const void* v, size_t row0, int G_run, int n, const float (
     for (int c = 0; c < D / 16; ++c) {
         __m512 acc[max_group];
         for (int g = 0; g < G; ++g) acc[g] = _mm512_loadu_ps(&st.acc[size_t(g) * D + 16 * c]);
-        for (int i = 0; i < n; ++i) {
+        auto token = [&](int i) {
             const __m512 x = load16<F16>(v, row0 + size_t(i) * D + 16 * c);
             for (int g = 0; g < G; ++g) acc[g] = _mm512_fmadd_ps(_mm512_set1_ps(s[g][i]), x, acc[g]);
+        };
+        if (n == tile) {  // a constant trip count: unrolled without a compare per token
+            for (int i = 0; i < tile; ++i) token(i);
+        } else {
+            for (int i = 0; i < n; ++i) token(i);
         }
         for (int g = 0; g < G; ++g) _mm512_storeu_ps(&st.acc[size_t(g) * D + 16 * c], acc[g]);
     }
@@ -160,7 +171,7 @@ void dense_task_d(const dense_problem& p, int head, int t0, int t1, split_state&
     for (int t = t0; t < t1; t += tile) {
         const int n = std::min(tile, t1 - t);
         const size_t row0 = head_off + size_t(t) * D;
-        scores16<F16, D>(p.k, row0, q, G, n, s);
+        scores16<F16, D, GC>(p.k, row0, q, G, n, s);
         softmax16<D>(s, G, n, st);
         values16<F16, D, GC>(p.v, row0, G, n, s, st);
     }
