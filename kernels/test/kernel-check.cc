@@ -771,14 +771,18 @@ TEST(dense_attention_matches_float64_reference) {
                     kr[ref] = half_to_float(k16[dense]);
                     vr[ref] = half_to_float(v16[dense]);
                 }
-        std::vector<float> out(q.size());
+        std::vector<float> k32(kvn), v32(kvn);  // [H][n][D] the halves' values as floats
+        for (size_t i = 0; i < kvn; ++i) k32[i] = half_to_float(k16[i]), v32[i] = half_to_float(v16[i]);
+        std::vector<float> out16(q.size()), out32(q.size());
         thread_pool pool(2);
-        dense_attention_f16({sh.hq, sh.hkv, sh.D, sh.n, q.data(), k16.data(), v16.data(), out.data()}, pool);
+        dense_attention_f16({sh.hq, sh.hkv, sh.D, sh.n, q.data(), k16.data(), v16.data(), out16.data()}, pool);
+        dense_attention_f32({sh.hq, sh.hkv, sh.D, sh.n, q.data(), k32.data(), v32.data(), out32.data()}, pool);
         ref_problem rp{1, sh.hq, sh.hkv, sh.D, sh.n, q.data(), nullptr, nullptr, kr.data(), vr.data()};
         std::vector<double> want, want_probs;
         reference_attention(rp, want, want_probs);
-        const double err = max_rel_error(out, want);
-        CHECK_MSG(err <= 1e-5, "dense f16 hq=" + std::to_string(sh.hq) + " D=" + std::to_string(sh.D) + " n=" +
-                                   std::to_string(sh.n) + ": err " + std::to_string(err));
+        const std::string what = "hq=" + std::to_string(sh.hq) + " D=" + std::to_string(sh.D) + " n=" + std::to_string(sh.n);
+        const double err16 = max_rel_error(out16, want), err32 = max_rel_error(out32, want);
+        CHECK_MSG(err16 <= 1e-5, "dense f16 " + what + ": err " + std::to_string(err16));
+        CHECK_MSG(err32 <= 1e-5, "dense f32 " + what + ": err " + std::to_string(err32));
     }
 }
