@@ -12,6 +12,8 @@
 #include "cpu/bucket.h"
 #include "cpu/layer-store.h"
 #include "cpu/quantize-fast.h"
+#include "cpu/thread-pool.h"
+#include "dense/dense-attention.h"
 #include "reference.h"
 #include "smartkv/engine.h"
 #include "smartkv/kv-rotation.h"
@@ -231,6 +233,7 @@ struct scenario {
     int hq, hkv, D, n_prefix, n_rows;
     storage_kind kind;
     quant_mode mode = quant_mode::symmetric;
+    int uniform_format = 0;  // 0: a random mix of int8/int4/int2; else every planned token in this format
 };
 
 // Fills a sequence with n_prefix tokens, applies a random plan, then attends
@@ -248,6 +251,7 @@ void check_attention(const scenario& sc, bool fast, bool int8q, uint32_t seed) {
         std::vector<uint32_t> pos;
         std::vector<uint8_t> fmt;
         random_plan(size_t(sc.n_prefix), seed + 2, pos, fmt);
+        if (sc.uniform_format) std::fill(fmt.begin(), fmt.end(), uint8_t(sc.uniform_format));
         eng->apply_plan(seq, 1, pos.data(), fmt.data(), pos.size());
     }
     auto q = gaussian(size_t(sc.n_rows) * sc.hq * sc.D, seed + 3, 1.f);
@@ -315,6 +319,20 @@ TEST(asymmetric_attention_matches_float64_reference) {
     for (const scenario& sc : grid)
         for (bool int8q : {false, true})
             for (bool fast : {false, true}) check_attention(sc, fast, int8q, seed += 10);
+}
+
+// The single-query integer value path (weights quantised per block, 4 tokens
+// per vpdpbusd): every format alone and mixed, both parameter modes, last
+// blocks holding 4k+1, 4k+2 and 4k+3 tokens (12 of n_prefix stay fp16).
+TEST(single_query_integer_values_match_float64_reference) {
+    uint32_t seed = 1300;
+    for (quant_mode mode : {quant_mode::symmetric, quant_mode::asymmetric})
+        for (int D : {64, 128})
+            for (int f : {0, 1, 2, 3})
+                for (int n : {45, 46, 47, 109}) {
+                    scenario sc{4, 4, D, n, 1, storage_kind::mixed, mode, f};
+                    check_attention(sc, true, true, seed += 7);
+                }
 }
 
 TEST(kivi_attention_matches_reference_for_grouped_tokens) {
@@ -729,4 +747,42 @@ int main(int argc, char** argv) {
     const run_counts c = run_registered(argc > 1 ? argv[1] : "");
     std::printf("%d passed, %d failed\n", c.passed, c.failed);
     return c.failed ? 1 : 0;
+}
+
+// ---------------------------------------------------------------------------
+// The dense baselines the benchmark divides by: a fast but wrong baseline
+// would make every ratio wrong.
+
+TEST(dense_attention_matches_float64_reference) {
+    struct shape { int hq, hkv, D, n; };
+    const shape grid[] = {{4, 4, 128, 1}, {4, 4, 128, 77}, {8, 2, 64, 300}, {32, 8, 128, 45}, {4, 1, 256, 33}, {2, 2, 32, 19}};
+    uint32_t seed = 500;
+    for (const shape& sh : grid) {
+        const size_t kvn = size_t(sh.n) * sh.hkv * sh.D;
+        auto k = gaussian(kvn, seed++), v = gaussian(kvn, seed++), q = gaussian(size_t(sh.hq) * sh.D, seed++);
+        std::vector<uint16_t> k16(kvn), v16(kvn);  // [H][n][D] halves
+        std::vector<float> kr(kvn), vr(kvn);       // [n][H][D] the same values as floats
+        for (int h = 0; h < sh.hkv; ++h)
+            for (int t = 0; t < sh.n; ++t)
+                for (int d = 0; d < sh.D; ++d) {
+                    const size_t dense = (size_t(h) * sh.n + t) * sh.D + d, ref = (size_t(t) * sh.hkv + h) * sh.D + d;
+                    k16[dense] = float_to_half(k[ref]);
+                    v16[dense] = float_to_half(v[ref]);
+                    kr[ref] = half_to_float(k16[dense]);
+                    vr[ref] = half_to_float(v16[dense]);
+                }
+        std::vector<float> k32(kvn), v32(kvn);  // [H][n][D] the halves' values as floats
+        for (size_t i = 0; i < kvn; ++i) k32[i] = half_to_float(k16[i]), v32[i] = half_to_float(v16[i]);
+        std::vector<float> out16(q.size()), out32(q.size());
+        thread_pool pool(2);
+        dense_attention_f16({sh.hq, sh.hkv, sh.D, sh.n, q.data(), k16.data(), v16.data(), out16.data()}, pool);
+        dense_attention_f32({sh.hq, sh.hkv, sh.D, sh.n, q.data(), k32.data(), v32.data(), out32.data()}, pool);
+        ref_problem rp{1, sh.hq, sh.hkv, sh.D, sh.n, q.data(), nullptr, nullptr, kr.data(), vr.data()};
+        std::vector<double> want, want_probs;
+        reference_attention(rp, want, want_probs);
+        const std::string what = "hq=" + std::to_string(sh.hq) + " D=" + std::to_string(sh.D) + " n=" + std::to_string(sh.n);
+        const double err16 = max_rel_error(out16, want), err32 = max_rel_error(out32, want);
+        CHECK_MSG(err16 <= 1e-5, "dense f16 " + what + ": err " + std::to_string(err16));
+        CHECK_MSG(err32 <= 1e-5, "dense f32 " + what + ": err " + std::to_string(err32));
+    }
 }

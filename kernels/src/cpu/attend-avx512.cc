@@ -4,12 +4,16 @@
 // codes are unpacked to u8 lanes and vpdpbusd multiplies and sums 4 pairs per
 // 32-bit lane, so a 128-dim key costs two instructions per query head:
 //   q.k = s_q * (s_k * sum_d q8_d*code_d + z_k * sum_d q8_d)
-// Values are unpacked 16 codes at a time to floats and accumulated with FMA as
+// Values for a single query (MHA decode) are integer too: the block's weights
+// p*s_v are quantised to 16 bits and vpdpbusd folds 4 tokens per channel
+// (accumulate_values_int). Query tiles of up to 16 (q-heads of a group x
+// rows) unpack each value row once to floats and accumulate with FMA as
 // acc += (p*s_v) * code, with the zero point folded into the z accumulator.
-// Queries are handled in tiles of up to 16 (q-heads of a group x rows), so a
-// GQA group unpacks each K and V row once for all its heads.
+// Instruction counts per token: docs/bench-attention.md
+// (smartkv-count-instructions).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "attend-kernels.h"
@@ -79,9 +83,12 @@ inline bool softmax_update(float* s, int n_valid, head_state& st, int qi) {
 
 // acc[qi] += sum_t w[qi][t] * codes_t  for the tile, 16 dims at a time.
 // w: [tile][T] weights already multiplied by each token's value scale.
-template <int D, int B>
-void accumulate_values(const uint8_t* v_rows, int row_stride, int n_valid, const float* w, int T, const tile_view& tv,
+// NT: the tile size when known at compile time, 0 otherwise (with a run-time
+// count GCC 12 keeps acc[] in memory: a load and a store per FMA).
+template <int D, int B, int NT>
+void accumulate_values(const uint8_t* v_rows, int row_stride, int n_valid, const float* w, int T, const tile_view& tv_in,
                        head_state& st) {
+    const tile_view tv{tv_in.q0, NT ? NT : tv_in.n};
     for (int c = 0; c < D / 16; ++c) {
         __m512 acc[max_tile];
         for (int i = 0; i < tv.n; ++i) acc[i] = _mm512_loadu_ps(st.acc + size_t(tv.q0 + i) * D + 16 * c);
@@ -150,22 +157,36 @@ void kivi_scores(const block_layout& L, const block_ref& blk, int head, const he
     }
 }
 
+// Integer dot products of one query with 16 consecutive key rows (P bytes
+// each): lane i = sum_d q8_d * code_{i,d}. Full groups run without a branch
+// per token; rows past n count as zero.
+template <int D, int B>
+inline __m512i key_dots16(const uint8_t* rows, const __m512i* q8, int n) {
+    constexpr int P = D * B / 8;
+    __m512i dot[16];
+    if (n == 16) {
+        for (int i = 0; i < 16; ++i) dot[i] = simd::key_dot<D, B>(rows + i * P, q8);
+    } else {
+        for (int i = 0; i < 16; ++i) dot[i] = i < n ? simd::key_dot<D, B>(rows + i * P, q8) : _mm512_setzero_si512();
+    }
+    return simd::reduce16_epi32(dot);
+}
+
 // Scores of a quantised block for a tile of queries: s[i][t] (pre-softmax).
-// Tokens go 16 at a time: their key codes are unpacked once into kbuf, then
-// each query takes 16 integer dot products and one transpose-reduction.
+// Per query and 16 tokens: unpack each row in registers, two vpdpbusd per
+// 128 dims, one transpose-reduction, then the scales once per token:
+//   s = s_q * (s_k * dot + z_k * sum(q8))
+// Re-unpacking per query of a GQA tile costs 2-4 instructions per row and
+// keeps everything in registers (a shared unpacked buffer spilled).
 template <int D, int B>
 void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
                       const tile_view& tv, float* s, int T) {
     constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
-    constexpr int C = D / 64;
+    constexpr int C = D / 64, P = D * B / 8;  // L.row == P for a quantised block
     const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
     const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.k_params + L.param_offset(head, 0));
-    __m512i kbuf[16][C];  // unpacked u8 codes of 16 tokens
     for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
         const int n = std::min(16, blk.n_valid - t0);
-        for (int i = 0; i < 16; ++i)
-            for (int c = 0; c < C; ++c)
-                kbuf[i][c] = i < n ? simd::codes64<D, B>(rows + size_t(t0 + i) * L.row, c) : _mm512_setzero_si512();
         const __mmask16 k = n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
         __m512 vscale, vzero;
         params16(F, mode, params, t0, n, vscale, vzero);
@@ -173,16 +194,160 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
             const int qi = tv.q0 + j;
             __m512i q8[C];
             for (int c = 0; c < C; ++c) q8[c] = _mm512_loadu_si512(q.q8 + size_t(qi) * D + 64 * c);
-            __m512i dot[16];
-            for (int i = 0; i < 16; ++i) {
-                dot[i] = _mm512_setzero_si512();
-                for (int c = 0; c < C; ++c) dot[i] = _mm512_dpbusd_epi32(dot[i], kbuf[i][c], q8[c]);
-            }
-            const __m512 sums = _mm512_cvtepi32_ps(simd::reduce16_epi32(dot));
-            // s = s_q * (s_k * dot + z_k * sum(q8))
+            const __m512 sums = _mm512_cvtepi32_ps(key_dots16<D, B>(rows + size_t(t0) * P, q8, n));
             const __m512 v = _mm512_mul_ps(_mm512_set1_ps(q.q8_scale[qi]),
                                            _mm512_fmadd_ps(vscale, sums, _mm512_mul_ps(vzero, _mm512_set1_ps(float(q.q8_sum[qi])))));
             _mm512_mask_storeu_ps(s + size_t(j) * T + t0, k, v);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Integer value accumulation for one query (8-, 4- and 2-bit codes, D = 64/128).
+//
+// Per block the weights w_t = p_t * scale_t are quantised to 16 bits with one
+// block scale ws = max_t w_t / 65535 and split into bytes (hi, lo). Four token
+// rows are transposed on the fly so that each dword holds one byte position's
+// codes of tokens t..t+3; vpdpbusd then folds 4 tokens into a channel's int32
+// accumulator, once with the hi and once with the lo weight bytes:
+//
+//   rows t..t+3 ──unpack8/16──> [c_t c_t+1 c_t+2 c_t+3] per dword (u8, b bits)
+//   acc_hi += w_hi·codes, acc_lo += w_lo·codes        (exact in int32 for T <= 1024: T·255·128 < 2^31)
+//   acc_out += ws * (256·acc_hi + acc_lo) + sum_t p_t*zero_t
+//
+// The weight rounding error is at most ws/2 = max_t w_t / 131070 per token.
+// Each group of 4 accumulators covers 64 dims in a 128-bit-lane order that a
+// 4x4 transpose of 128-bit lanes undoes once per block.
+
+// Raw bytes of 4 consecutive rows at byte offset off, transposed: x[k] lane m
+// holds byte 16*(m/4) + 4k + m%4 of tokens 0..3 (one token per byte).
+inline void transpose4_rows(__m512i r0, __m512i r1, __m512i r2, __m512i r3, __m512i x[4]) {
+    const __m512i a = _mm512_unpacklo_epi8(r0, r1), b = _mm512_unpackhi_epi8(r0, r1);
+    const __m512i c = _mm512_unpacklo_epi8(r2, r3), d = _mm512_unpackhi_epi8(r2, r3);
+    x[0] = _mm512_unpacklo_epi16(a, c);
+    x[1] = _mm512_unpackhi_epi16(a, c);
+    x[2] = _mm512_unpacklo_epi16(b, d);
+    x[3] = _mm512_unpackhi_epi16(b, d);
+}
+
+// The 128-bit-lane transpose: n[L] = [a[0].L, a[1].L, a[2].L, a[3].L].
+inline void transpose4_lanes(const __m512* a, __m512* n) {
+    const __m512 t0 = _mm512_shuffle_f32x4(a[0], a[1], 0x44), t1 = _mm512_shuffle_f32x4(a[0], a[1], 0xee);
+    const __m512 t2 = _mm512_shuffle_f32x4(a[2], a[3], 0x44), t3 = _mm512_shuffle_f32x4(a[2], a[3], 0xee);
+    n[0] = _mm512_shuffle_f32x4(t0, t2, 0x88);
+    n[1] = _mm512_shuffle_f32x4(t0, t2, 0xdd);
+    n[2] = _mm512_shuffle_f32x4(t1, t3, 0x88);
+    n[3] = _mm512_shuffle_f32x4(t1, t3, 0xdd);
+}
+
+template <int D, int B>
+constexpr bool int_values_supported() {
+    constexpr int P = D * B / 8;
+    return D <= 128 && (B == 8 || P == 32 || P == 64);
+}
+
+// Quantises w[0..n) (n <= T, padded with zeros to a multiple of 4) to 16 bits:
+// hi/lo bytes. Returns the block scale ws (0 when every weight is 0).
+inline float quantize_weights16(const float* w, int n, uint8_t* hi, uint8_t* lo) {
+    __m512 mx = _mm512_setzero_ps();
+    for (int t = 0; t < n; t += 16) mx = _mm512_max_ps(mx, _mm512_load_ps(w + t));  // w is padded to 16
+    const float wmax = _mm512_reduce_max_ps(mx);
+    if (!(wmax > 0.f)) return 0.f;
+    const float ws = wmax / 65535.f;
+    const __m512 inv = _mm512_set1_ps(65535.f / wmax);
+    for (int t = 0; t < n; t += 16) {
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(w + t), inv));  // round to nearest
+        q = _mm512_min_epi32(q, _mm512_set1_epi32(65535));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(hi + t), _mm512_cvtepi32_epi8(_mm512_srli_epi32(q, 8)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(lo + t), _mm512_cvtepi32_epi8(_mm512_and_si512(q, _mm512_set1_epi32(255))));
+    }
+    return ws;
+}
+
+// Not inlined: its own register allocation keeps the 2*D/16 accumulators in
+// registers (inlined, GCC 12 copied them around the loop every iteration).
+template <int D, int B>
+__attribute__((noinline)) void accumulate_values_int(const block_layout& L, quant_mode mode, const block_ref& blk, int head,
+                                                     const float* p, float* acc_out) {
+    constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
+    constexpr int P = D * B / 8, NG = D / 64;  // groups of 64 dims
+    const uint8_t* rows = blk.data + L.v_codes + L.code_offset(head, 0);
+    const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.v_params + L.param_offset(head, 0));
+    alignas(64) float w[1024];  // [n_valid rounded up to 16] p*scale, 0 past n_valid (masked loads)
+    alignas(64) uint8_t whi[1024], wlo[1024];
+    __m512 zacc = _mm512_setzero_ps();
+    for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
+        const int n = std::min(16, blk.n_valid - t0);
+        __m512 scale, zero;
+        params16(F, mode, params, t0, n, scale, zero);
+        const __m512 pv = _mm512_maskz_loadu_ps(n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), p + t0);
+        const __m512 wv = _mm512_mul_ps(pv, scale);
+        _mm512_store_ps(w + t0, wv);
+        zacc = _mm512_fmadd_ps(pv, zero, zacc);
+        // 8-bit codes are folded as signed code-128 (vpdpbusd's second operand
+        // is s8): scale*code + zero = scale*(code-128) + (zero + 128*scale)
+        if constexpr (B == 8) zacc = _mm512_fmadd_ps(wv, _mm512_set1_ps(128.f), zacc);
+    }
+    const float zsum = _mm512_reduce_add_ps(zacc);
+    const int n4 = (blk.n_valid + 3) & ~3;
+    const float ws = quantize_weights16(w, n4, whi, wlo);
+    if (ws == 0.f) return;
+    const __m512i mask = _mm512_set1_epi8(char((1 << B) - 1));
+    __m512i ah[NG][4], al[NG][4];
+    for (int g = 0; g < NG; ++g)
+        for (int k = 0; k < 4; ++k) ah[g][k] = al[g][k] = _mm512_setzero_si512();
+    for (int t = 0; t < n4; t += 4) {
+        const uint8_t* r = rows + size_t(t) * P;
+        uint32_t h32, l32;
+        std::memcpy(&h32, whi + t, 4);
+        std::memcpy(&l32, wlo + t, 4);
+        const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
+        if constexpr (B == 8) {  // group g = bytes [64g, 64g+64) of each row
+            const __m512i flip = _mm512_set1_epi8(char(0x80));
+            for (int g = 0; g < NG; ++g) {
+                __m512i x[4];
+                transpose4_rows(_mm512_loadu_si512(r + 64 * g), _mm512_loadu_si512(r + P + 64 * g),
+                                _mm512_loadu_si512(r + 2 * P + 64 * g), _mm512_loadu_si512(r + 3 * P + 64 * g), x);
+                for (int k = 0; k < 4; ++k) {
+                    const __m512i c = _mm512_xor_si512(x[k], flip);
+                    ah[g][k] = simd::dpbusd(ah[g][k], wh, c);
+                    al[g][k] = simd::dpbusd(al[g][k], wl, c);
+                }
+            }
+            continue;
+        }
+        __m512i x[4];
+        if constexpr (P == 64) {
+            transpose4_rows(_mm512_loadu_si512(r), _mm512_loadu_si512(r + P), _mm512_loadu_si512(r + 2 * P),
+                            _mm512_loadu_si512(r + 3 * P), x);
+        } else {  // 32-byte rows, each broadcast to both halves: low half = even plane, high = odd
+            auto row = [&](int i) { return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + i * P))); };
+            transpose4_rows(row(0), row(1), row(2), row(3), x);
+        }
+        for (int g = 0; g < NG; ++g) {
+            for (int k = 0; k < 4; ++k) {
+                __m512i c;
+                if constexpr (P == 64) {  // group g = plane g (D/64 planes of 64 dims)
+                    c = g == 0 ? _mm512_and_si512(x[k], mask) : _mm512_and_si512(_mm512_srli_epi16(x[k], unsigned(B * g)), mask);
+                } else {  // group g = planes 2g (low half) and 2g+1 (high half)
+                    const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * g * B)), _mm256_set1_epi16(short((2 * g + 1) * B)), 1);
+                    c = _mm512_and_si512(_mm512_srlv_epi16(x[k], sh), mask);
+                }
+                ah[g][k] = simd::dpbusd(ah[g][k], wh, c);
+                al[g][k] = simd::dpbusd(al[g][k], wl, c);
+            }
+        }
+    }
+    const __m512 vws = _mm512_set1_ps(ws), vz = _mm512_set1_ps(zsum);
+    for (int g = 0; g < NG; ++g) {
+        __m512 a[4], n[4];
+        // combined in float: 256*hi + lo could pass 2^31 in int32 for blocks over 256 tokens
+        for (int k = 0; k < 4; ++k)
+            a[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k]));
+        transpose4_lanes(a, n);
+        for (int L = 0; L < 4; ++L) {
+            float* o = acc_out + 64 * g + 16 * L;
+            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_fmadd_ps(vws, n[L], vz)));
         }
     }
 }
@@ -232,6 +397,16 @@ void accumulate_values_1(const block_layout& L, quant_mode mode, const block_ref
     for (int c = 0; c < D / 16; ++c) _mm512_storeu_ps(acc_out + 16 * c, acc[c]);
 }
 
+// One query's values: the integer path where it applies, else the table path.
+template <int D, int B>
+void accumulate_values_1p(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const float* p,
+                          float* acc_out) {
+    if constexpr (int_values_supported<D, B>()) {
+        if (L.block_tokens % 4 == 0) return accumulate_values_int<D, B>(L, mode, blk, head, p, acc_out);
+    }
+    accumulate_values_1<D, B>(L, mode, blk, head, p, acc_out);
+}
+
 // The whole block for a single query against quantised keys.
 template <int D, int B>
 void attend_quantized_1(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
@@ -239,7 +414,7 @@ void attend_quantized_1(const block_layout& L, quant_mode mode, const block_ref&
     quantized_scores<D, B>(L, mode, blk, head, q, tile_view{qi, 1}, s, L.block_tokens);
     if (sink.scores) std::copy(s, s + blk.n_valid, sink.scores + size_t(qi) * sink.stride + blk.slot_base);
     if (!softmax_update<D>(s, blk.n_valid, st, qi)) return;
-    accumulate_values_1<D, B>(L, mode, blk, head, s, st.acc + size_t(qi) * D);
+    accumulate_values_1p<D, B>(L, mode, blk, head, s, st.acc + size_t(qi) * D);
 }
 
 template <int D, int B>
@@ -255,7 +430,7 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
             kivi_scores<D, B>(L, blk, head, q, tv, s1, T, scratch + 2 * max_tile * T);
             if (sink.scores) std::copy(s1, s1 + blk.n_valid, sink.scores + size_t(tv.q0) * sink.stride + blk.slot_base);
             if (softmax_update<D>(s1, blk.n_valid, st, tv.q0))
-                accumulate_values_1<D, B>(L, quant_mode::asymmetric, blk, head, s1, st.acc + size_t(tv.q0) * D);
+                accumulate_values_1p<D, B>(L, quant_mode::asymmetric, blk, head, s1, st.acc + size_t(tv.q0) * D);
             return;
         }
     }
@@ -302,7 +477,14 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
     }
     if (active == 0) return;
     const uint8_t* v_rows = blk.data + L.v_codes + L.code_offset(head, 0);
-    accumulate_values<D, B>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+    switch (tv.n) {
+        case 1: return accumulate_values<D, B, 1>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+        case 2: return accumulate_values<D, B, 2>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+        case 4: return accumulate_values<D, B, 4>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+        case 8: return accumulate_values<D, B, 8>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+        case 16: return accumulate_values<D, B, 16>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+        default: return accumulate_values<D, B, 0>(v_rows, L.row, blk.n_valid, w, T, tv, st);
+    }
 }
 
 template <int D>
