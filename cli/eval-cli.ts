@@ -43,8 +43,13 @@ async function suiteCommand(argv: string[], io: EvalIo): Promise<number> {
     io.out(usage(title, SUITE_OPTIONS));
     return 0;
   }
+  return exitCodeOf(() => evalSuite(opts, io, quoteCommand(argv)), io);
+}
+
+/** 0 when run() finishes, 130 when it was interrupted (the services are stopped); other errors propagate. */
+async function exitCodeOf(run: () => Promise<unknown>, io: EvalIo): Promise<number> {
   try {
-    await evalSuite(opts, io, quoteCommand(argv));
+    await run();
     return 0;
   } catch (e) {
     if (e instanceof InterruptedError) {
@@ -76,15 +81,5 @@ export async function evalCommand(argv: string[], io: EvalIo): Promise<number> {
     return 0;
   }
   const command = quoteCommand(argv);
-  try {
-    if (kind === 'ppl') await evalPpl(opts, io, command);
-    else await evalNeedle(opts, io, command);
-    return 0;
-  } catch (e) {
-    if (e instanceof InterruptedError) {
-      io.err.write(`smartkv eval: ${e.message}; the services are stopped\n`);
-      return 130;
-    }
-    throw e;
-  }
+  return exitCodeOf(() => (kind === 'ppl' ? evalPpl(opts, io, command) : evalNeedle(opts, io, command)), io);
 }

@@ -141,12 +141,10 @@ export function suiteRows(o: Pick<SuiteOptions, 'policies' | 'budgets' | 'modes'
   return rows;
 }
 
-/** One line of samples.jsonl. */
-export interface SampleOutcome extends Scored {
+/** What every sample line and every row says about a row's bytes (the report names). */
+interface RowBytes {
   task: SuiteTask;
   context: number;
-  seed: number;
-  depth: number | null;
   policy: PolicyName;
   mode: ModeName;
   target_beta: number | null;
@@ -154,20 +152,17 @@ export interface SampleOutcome extends Scored {
   hot_bytes: number;
   master_bytes: number;
   fp16_bytes: number;
+}
+
+/** One line of samples.jsonl. */
+export interface SampleOutcome extends Scored, RowBytes {
+  seed: number;
+  depth: number | null;
   budget_met: boolean;
 }
 
 /** One line of rows.jsonl: a row's result on one task at one context. */
-export interface SuiteResultRow {
-  task: SuiteTask;
-  context: number;
-  policy: PolicyName;
-  mode: ModeName;
-  target_beta: number | null;
-  achieved_beta: number;
-  hot_bytes: number;
-  master_bytes: number;
-  fp16_bytes: number;
+export interface SuiteResultRow extends RowBytes {
   budget_met_share: number;
   n: number;
   accuracy?: number;
