@@ -1,10 +1,13 @@
-// The bundled reference model (models/smartkv-ref) through the native
-// forward with an uncompressed cache, against PyTorch's logits for fixed
-// prompts (reference-logits.json/.bin, written by training/evaluate.py), and
-// greedy generation against the stored golden continuation.
+// The bundled reference models (models/smartkv-ref, the 1K default, and
+// models/smartkv-ref-8k, the long-context model with llama3 RoPE scaling)
+// through the native forward with an uncompressed cache, against PyTorch's
+// logits for fixed prompts (reference-logits.json/.bin, written by
+// training/evaluate.py; the 8K model's include a 1,301-token prompt, past the
+// scaling's original 1,024 positions), and greedy generation against the
+// stored golden continuation.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { KvEngine } from '../../native/kv-engine.js';
@@ -20,13 +23,18 @@ interface RefFile {
   greedy_continuation: { prompt_token_ids: number[]; token_ids: number[]; n_new_tokens: number };
 }
 
-const dir = defaultModelDir();
+const defaultDir = defaultModelDir();
+const longDir = join(dirname(defaultDir), 'smartkv-ref-8k');
+for (const dir of [defaultDir, ...(existsSync(longDir) ? [longDir] : [])]) describeModel(dir);
+
+function describeModel(dir: string): void {
 const ref = JSON.parse(readFileSync(join(dir, 'reference-logits.json'), 'utf8')) as RefFile;
 const bin = readFileSync(join(dir, 'reference-logits.bin'));
 const refLogits = new Float32Array(bin.buffer, bin.byteOffset, bin.byteLength / 4);
 
 let model: Model;
 let engine: KvEngine;
+describe(`reference model ${dir.split('/').pop()}`, () => {
 before(() => {
   model = Model.load(dir);
   const c = model.config;
@@ -35,7 +43,6 @@ before(() => {
 });
 after(() => engine.close());
 
-describe('reference model', () => {
   it('tokenises bytes with BOS like the training recipe', () => {
     assert.deepEqual(model.tokenizer.encode('The jury said'), ref.prompts.find((p) => p.name === 'jury')?.token_ids);
   });
@@ -92,3 +99,4 @@ describe('reference model', () => {
     assert.deepEqual(out, g.token_ids);
   });
 });
+}
