@@ -13,6 +13,7 @@
 //   tasks-train.jsonl      long-context task samples (training/tasks.mjs): training
 //                          phrasings, seeds TASK_TRAIN_SEED_BASE + i, filler from the
 //                          training documents, 256..--tasks-max-bytes bytes
+//   tasks-dense.jsonl     short samples with many facts and questions (writeTaskDense)
 //   tasks-dev.jsonl        the same tasks with held-out phrasings, held-out documents and
 //                          DEV seeds (TASK_DEV_SEED_BASE + k), for training/evaluate.py;
 //                          the TEST seeds are left for the published evaluation
@@ -25,7 +26,7 @@ import {
 import { makeTaskSample, TASK_NAMES, TASK_TRAIN_SEED_BASE, TASK_DEV_SEED_BASE } from './tasks.mjs';
 
 function parseArgs(argv) {
-  const o = { out: 'training/out', passkeyTrain: 40000, evalPerCell: 25, tasksTrain: 48000, tasksMaxBytes: 8190, tasksDevPerCell: 8 };
+  const o = { out: 'training/out', passkeyTrain: 40000, evalPerCell: 25, tasksTrain: 48000, tasksMaxBytes: 8190, tasksDevPerCell: 8, tasksDense: 24000 };
   for (let i = 2; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--out') o.out = argv[++i];
@@ -34,9 +35,10 @@ function parseArgs(argv) {
     else if (a === '--tasks-train') o.tasksTrain = Number(argv[++i]);
     else if (a === '--tasks-max-bytes') o.tasksMaxBytes = Number(argv[++i]);
     else if (a === '--tasks-dev-per-cell') o.tasksDevPerCell = Number(argv[++i]);
+    else if (a === '--tasks-dense') o.tasksDense = Number(argv[++i]);
     else if (a === '-h' || a === '--help') {
       console.log('usage: node training/prepare-data.mjs --out DIR [--passkey-train N] [--passkey-eval-per-cell N]\n' +
-        '       [--tasks-train N] [--tasks-max-bytes B] [--tasks-dev-per-cell N]');
+        '       [--tasks-train N] [--tasks-max-bytes B] [--tasks-dev-per-cell N] [--tasks-dense N]');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
@@ -55,6 +57,38 @@ function writeTaskTrain(file, count, maxBytes, documents) {
     const seed = TASK_TRAIN_SEED_BASE + i;
     const totalBytes = 256 + Math.floor(mulberry32(seed ^ 0x5bd1e995)() * (maxBytes - 256 + 1));
     const s = makeTaskSample({ task: TASK_NAMES[i % TASK_NAMES.length], seed, totalBytes, phrasing: 'train', documents });
+    fs.writeSync(fd, JSON.stringify({ task: s.task, seed, text: s.text, spans: s.answerSpans }) + '\n');
+  }
+  fs.closeSync(fd);
+}
+
+/** Seeds of the dense samples: training range, after the uniform ones. */
+export const TASK_DENSE_SEED_OFFSET = 1_000_000;
+
+/**
+ * Dense task samples for learning the retrieval skills early: short contexts
+ * (60 % 520..1020 bytes, 30 % 1030..2040, 10 % 2050..4090) holding many
+ * facts and many questions, so a training step carries ~10x the answer bytes
+ * of the uniform samples. Mix: multiquery with 4..8 keys, every key asked
+ * (40 %), then passkey, multikey (4 keys), multivalue and vartrack (1..3 hops)
+ * at 15 % each. Seeds TASK_TRAIN_SEED_BASE + TASK_DENSE_SEED_OFFSET + i.
+ */
+function writeTaskDense(file, count, documents) {
+  const fd = fs.openSync(file, 'w');
+  for (let i = 0; i < count; i++) {
+    const seed = TASK_TRAIN_SEED_BASE + TASK_DENSE_SEED_OFFSET + i;
+    const r = mulberry32(seed ^ 0x2545f491);
+    const band = r();
+    const [lo, hi] = band < 0.6 ? [520, 1020] : band < 0.9 ? [1030, 2040] : [2050, 4090];
+    const totalBytes = lo + Math.floor(r() * (hi - lo + 1));
+    const pickTask = r();
+    let o;
+    if (pickTask < 0.4) { const keys = 4 + Math.floor(r() * 5); o = { task: 'multiquery', keys, queries: keys }; }
+    else if (pickTask < 0.55) o = { task: 'passkey' };
+    else if (pickTask < 0.7) o = { task: 'multikey', keys: 4 };
+    else if (pickTask < 0.85) o = { task: 'multivalue' };
+    else o = { task: 'vartrack', hops: 1 + Math.floor(r() * 3) };
+    const s = makeTaskSample({ ...o, seed, totalBytes, phrasing: 'train', documents });
     fs.writeSync(fd, JSON.stringify({ task: s.task, seed, text: s.text, spans: s.answerSpans }) + '\n');
   }
   fs.closeSync(fd);
@@ -122,9 +156,10 @@ function main() {
   fs.writeFileSync(path.join(args.out, 'passkey-eval.jsonl'), evalLines.join('\n') + '\n');
   fs.writeFileSync(path.join(args.out, 'passkey-template.json'), JSON.stringify(PASSKEY_TEMPLATE, null, 2) + '\n');
   writeTaskTrain(path.join(args.out, 'tasks-train.jsonl'), args.tasksTrain, args.tasksMaxBytes, train);
+  writeTaskDense(path.join(args.out, 'tasks-dense.jsonl'), args.tasksDense, train);
   const nDev = writeTaskDev(path.join(args.out, 'tasks-dev.jsonl'), args.tasksDevPerCell, heldout);
   console.log(JSON.stringify({ ...split, heldout: `${heldout.length} names`, passkey_train: pk.length, passkey_eval: evalLines.length,
-    tasks_train: args.tasksTrain, tasks_dev: nDev }));
+    tasks_train: args.tasksTrain, tasks_dense: args.tasksDense, tasks_dev: nDev }));
 }
 
 main();

@@ -274,7 +274,7 @@ def main():
                     help="long-context mode: 'T:share,...' shares of tokens per sequence length, e.g. "
                          "1024:0.1,2048:0.15,4096:0.3,8192:0.45; each step is --step-tokens tokens of one T")
     ap.add_argument("--step-tokens", type=int, default=8192, help="tokens per step with --seq-mix")
-    ap.add_argument("--tasks", default=None, help="task samples (tasks-train.jsonl from prepare-data.mjs)")
+    ap.add_argument("--tasks", default=None, help="task samples, comma-separated files (tasks-train.jsonl, tasks-dense.jsonl from prepare-data.mjs)")
     ap.add_argument("--task-frac", type=float, default=0.5, help="share of sequences that hold a task sample")
     ap.add_argument("--long-docs", action="store_true",
                     help="plain-text windows from one document long enough for them (else any offset)")
@@ -317,14 +317,18 @@ def main():
     data = Data(args.data, args.seed)
     data.weight_copy = args.weight_copy
     data.long_docs = args.long_docs
-    if args.tasks:
-        data.load_tasks(args.tasks)
+    for tasks_path in (args.tasks.split(",") if args.tasks else []):
+        data.load_tasks(tasks_path)
     theta, scaling, orig_len = args.rope_theta, None, 1024
     if args.init_hf:
         with open(os.path.join(args.init_hf, "config.json")) as f:
             init_cfg = json.load(f)
         theta = theta or init_cfg["rope_theta"]
-        scaling, orig_len = init_cfg.get("rope_scaling"), init_cfg["max_position_embeddings"]
+        scaling = init_cfg.get("rope_scaling")
+        # The length the RoPE was first trained at: an already-scaled model keeps its original
+        # length (re-deriving it from max_position_embeddings would silently change every
+        # frequency between the two lengths and undo what the model learned).
+        orig_len = (scaling or {}).get("original_max_position_embeddings", init_cfg["max_position_embeddings"])
     if args.rope_scaling and args.rope_scaling != "none":
         kind, factor = args.rope_scaling.split(":")
         scaling = {"rope_type": kind, "factor": float(factor)}
