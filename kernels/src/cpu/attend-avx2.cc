@@ -141,7 +141,11 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
             const int qi = tv.q0 + j;
             const key_query<D, B> kq(q.q8 + size_t(qi) * D);
             __m256i part[8];
-            for (int i = 0; i < 8; ++i) part[i] = i < n ? key_partial<D, B>(rows + size_t(t0 + i) * P, kq) : _mm256_setzero_si256();
+            if (n == 8) {  // full groups: no compare per token
+                for (int i = 0; i < 8; ++i) part[i] = key_partial<D, B>(rows + size_t(t0 + i) * P, kq);
+            } else {
+                for (int i = 0; i < 8; ++i) part[i] = i < n ? key_partial<D, B>(rows + size_t(t0 + i) * P, kq) : _mm256_setzero_si256();
+            }
             const __m256 sums = _mm256_cvtepi32_ps(reduce8_epi32(part));
             const __m256 v = _mm256_mul_ps(_mm256_set1_ps(q.q8_scale[qi]),
                                            _mm256_fmadd_ps(vscale, sums, _mm256_mul_ps(vzero, _mm256_set1_ps(float(q.q8_sum[qi])))));
