@@ -104,7 +104,7 @@ export async function benchAttention(opts: BenchAttentionOptions, io: BenchIo): 
   return rows;
 }
 
-/** Dense rows need AVX-512 (the native loops have no fallback); without it they are skipped. */
+/** Dense rows need AVX-512 or AVX2+FMA+F16C (dense-dispatch.cc); without either they are skipped. */
 async function denseOrSkip(c: BenchCase, dtype: 'f32' | 'f16', t: Timing, io: BenchIo): Promise<Measured | null> {
   try {
     return await runDense(c, dtype, t);

@@ -11,7 +11,10 @@
 //   SINGLESTEP × N          kernel calls
 //   wait ── SIGSTOP ──────  raise()        region ends: print N - empty
 //
-// Usage: smartkv-count-instructions [n_blocks [profile]]   (32-token blocks, default 8)
+// Usage: smartkv-count-instructions [n_blocks [profile [ref]]]   (32-token blocks, default 8)
+// With ref = 1 the kernel regions run the scalar reference (attend_block_ref:
+// what a CPU without a fast path runs) instead of attend_block_fast, which
+// takes the AVX-512 or the AVX2 path, whichever this CPU has.
 // With profile = 1 each region also writes "rip count" lines to
 // /tmp/skv-profile-<region>.txt (addresses in the child, whose
 // /proc/<pid>/maps goes to /tmp/skv-profile-maps.txt) for symbolisation.
@@ -40,6 +43,8 @@ namespace {
 constexpr int D = 128, T = 32;
 
 void marker() { raise(SIGSTOP); }
+
+bool use_ref = false;  // count attend_block_ref instead of attend_block_fast
 
 // One kv-head's blocks of format f (fp16 = the protected window's kind).
 struct blocks {
@@ -100,7 +105,7 @@ void run_kernel(const blocks& b, kv_format f, int nq, bool with_importance) {
     marker();
     for (size_t i = 0; i < b.data.size(); ++i) {
         const block_ref ref{b.data[i], kind, f, T, false, uint32_t(i * T)};
-        attend_block_fast(b.L, quant_mode::symmetric, ref, 0, hq, st, sink, scratch.data());
+        (use_ref ? attend_block_ref : attend_block_fast)(b.L, quant_mode::symmetric, ref, 0, hq, st, sink, scratch.data());
     }
     if (with_importance)
         for (int i = 0; i < nq; ++i) add_probabilities(&scores[size_t(i) * n], size_t(n), m[i], 1.f / l[i], probs.data());
@@ -150,9 +155,10 @@ void child(int n_blocks) {
 int main(int argc, char** argv) {
     const int n_blocks = argc > 1 ? std::atoi(argv[1]) : 8;
     const bool profile = argc > 2 && std::atoi(argv[2]) == 1;
+    use_ref = argc > 3 && std::atoi(argv[3]) == 1;
     int region = 0;
-    if (!fast_path_available(D)) {
-        std::fprintf(stderr, "no AVX-512 fast path on this CPU\n");
+    if (!use_ref && !fast_path_available(D)) {
+        std::fprintf(stderr, "no fast path (AVX-512 or AVX2) on this CPU\n");
         return 1;
     }
     std::setvbuf(stdout, nullptr, _IOLBF, 0);

@@ -234,6 +234,7 @@ struct scenario {
     storage_kind kind;
     quant_mode mode = quant_mode::symmetric;
     int uniform_format = 0;  // 0: a random mix of int8/int4/int2; else every planned token in this format
+    int block_tokens = 32;
 };
 
 // Fills a sequence with n_prefix tokens, applies a random plan, then attends
@@ -241,6 +242,7 @@ struct scenario {
 void check_attention(const scenario& sc, bool fast, bool int8q, uint32_t seed) {
     engine_config cfg = small_config(sc.hq, sc.hkv, sc.D, fast, int8q);
     cfg.mode = sc.mode;
+    cfg.block_tokens = sc.block_tokens;
     auto eng = make_cpu_backend(cfg);
     const uint32_t seq = eng->create_sequence(sc.kind);
     const size_t kv = size_t(sc.hkv) * sc.D;
@@ -333,6 +335,26 @@ TEST(single_query_integer_values_match_float64_reference) {
                     scenario sc{4, 4, D, n, 1, storage_kind::mixed, mode, f};
                     check_attention(sc, true, true, seed += 7);
                 }
+}
+
+// Integer values for query tiles (GQA groups and prefill rows): every format
+// alone and mixed, both parameter modes, odd lengths, tiles that leave a
+// remainder after the sub-tiles of 2 or 4 queries (3, 9 and 12 queries), and
+// blocks of 256 tokens (the int32 accumulators are flushed every 128).
+TEST(query_tile_integer_values_match_float64_reference) {
+    uint32_t seed = 2100;
+    for (quant_mode mode : {quant_mode::symmetric, quant_mode::asymmetric})
+        for (int D : {64, 128})
+            for (int f : {0, 1, 2, 3})
+                for (int n : {45, 110}) {
+                    check_attention({6, 2, D, n, 1, storage_kind::mixed, mode, f}, true, true, seed += 7);  // 3 queries
+                    check_attention({8, 2, D, n + 2, 3, storage_kind::mixed, mode, f}, true, true, seed += 7);  // 12
+                }
+    for (int f : {0, 1, 2, 3}) {
+        check_attention({6, 2, 256, 301, 3, storage_kind::mixed, quant_mode::symmetric, f}, true, true, seed += 7);  // 9
+        check_attention({4, 4, 128, 600, 1, storage_kind::mixed, quant_mode::asymmetric, f, 256}, true, true, seed += 7);
+        check_attention({8, 2, 64, 700, 2, storage_kind::mixed, quant_mode::symmetric, f, 256}, true, true, seed += 7);
+    }
 }
 
 TEST(kivi_attention_matches_reference_for_grouped_tokens) {

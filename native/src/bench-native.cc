@@ -73,9 +73,9 @@ Napi::Value dense_attention(const Napi::CallbackInfo& info) {
     return promise_worker::start(
         env, "smartkv.denseAttention",
         [jobs, f16, threads] {
-            // The dense loops are AVX-512 only (dense-attention.cc has no fallback).
-            if (!__builtin_cpu_supports("avx512f"))
-                throw engine_error(error_code::failed_precondition, "dense attention needs AVX-512F");
+            // The dense loops need AVX-512 or AVX2+FMA+F16C (dense-dispatch.cc).
+            if (!smartkv::dense_attention_available())
+                throw engine_error(error_code::failed_precondition, "dense attention needs AVX-512F or AVX2+FMA+F16C");
             std::lock_guard<std::mutex> lock(g_pool_mutex);
             smartkv::thread_pool& pool = pool_for(threads);
             for (const smartkv::dense_problem& p : *jobs)

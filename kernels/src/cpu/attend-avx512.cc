@@ -506,31 +506,24 @@ void attend_block_d(const block_layout& L, quant_mode mode, const block_ref& blk
 
 }  // namespace
 
-bool fast_path_available(int head_dim) {
+bool avx512_path_available(int head_dim) {
     static const bool cpu_ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
                                __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
     return cpu_ok && (head_dim == 64 || head_dim == 128 || head_dim == 256);
 }
 
-void add_probabilities(const float* scores, size_t n, float m, float w, float* out) {
-    static const bool vec = fast_path_available(64);
+void add_probabilities_avx512(const float* scores, size_t n, float m, float w, float* out) {
     size_t j = 0;
-    if (vec) {
-        const __m512 vm = _mm512_set1_ps(m), vw = _mm512_set1_ps(w);
-        for (; j + 16 <= n; j += 16) {
-            const __m512 p = simd::exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + j), vm));
-            _mm512_storeu_ps(out + j, _mm512_fmadd_ps(p, vw, _mm512_loadu_ps(out + j)));
-        }
+    const __m512 vm = _mm512_set1_ps(m), vw = _mm512_set1_ps(w);
+    for (; j + 16 <= n; j += 16) {
+        const __m512 p = simd::exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + j), vm));
+        _mm512_storeu_ps(out + j, _mm512_fmadd_ps(p, vw, _mm512_loadu_ps(out + j)));
     }
     for (; j < n; ++j) out[j] += std::exp(scores[j] - m) * w;
 }
 
-size_t attend_scratch_floats(int head_dim, int block_tokens) {
-    return size_t(2 * max_tile * block_tokens + 2 * head_dim + 4 * block_tokens + 64);
-}
-
-void attend_block_fast(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
+void attend_block_avx512(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
                        head_state& st, const score_sink& sink, float* scratch) {
     // Quantised keys need the int8 query; without it the reference path runs.
     if (blk.kind == block_kind::quantized && !q.q8) return attend_block_ref(L, mode, blk, head, q, st, sink, scratch);

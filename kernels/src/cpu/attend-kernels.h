@@ -12,8 +12,11 @@
 //                                                                  common to all dims)
 //   output = (acc + z) / l  after the last block.
 //
-// Two implementations with one signature: the portable scalar reference
-// (attend-ref.cc) and the AVX-512/VNNI fast path (attend-avx512.cc).
+// Implementations with one signature: the portable scalar reference
+// (attend-ref.cc), the AVX-512/VNNI fast path (attend-avx512.cc) and the AVX2
+// fast path for CPUs without AVX-512 (attend-avx2.cc). attend_block_fast
+// picks one by the CPU once (attend-dispatch.cc, compiled without AVX flags so
+// that nothing there runs an instruction the CPU lacks).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -65,6 +68,16 @@ void attend_block_fast(const block_layout& layout, quant_mode mode, const block_
 
 // True when attend_block_fast has a vectorised path for this shape on this CPU.
 bool fast_path_available(int head_dim);
+// The same question for one instruction set (used by the dispatcher and by
+// code that has its own AVX-512 loops, e.g. the model's matmul).
+bool avx512_path_available(int head_dim);
+bool avx2_path_available(int head_dim);
+void attend_block_avx512(const block_layout& layout, quant_mode mode, const block_ref& blk, int head,
+                         const head_query& q, head_state& st, const score_sink& sink, float* scratch);
+void attend_block_avx2(const block_layout& layout, quant_mode mode, const block_ref& blk, int head,
+                       const head_query& q, head_state& st, const score_sink& sink, float* scratch);
+void add_probabilities_avx512(const float* scores, size_t n, float m, float w, float* out);
+void add_probabilities_avx2(const float* scores, size_t n, float m, float w, float* out);
 
 // out[j] += exp(scores[j] - m) * w for j < n (the importance pass).
 void add_probabilities(const float* scores, size_t n, float m, float w, float* out);

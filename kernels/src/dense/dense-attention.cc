@@ -1,4 +1,5 @@
-// Dense decode attention (see dense-attention.h). One task per
+// Dense decode attention with AVX-512 (see dense-attention.h; dense-avx2.cc is
+// the same structure for CPUs without AVX-512). One task per
 // (kv-head, context split); each task keeps an online-softmax state for the
 // group of q-heads that share the kv-head, so every K and V element is loaded
 // and converted once and used by the whole group.
@@ -227,7 +228,7 @@ void dense_attention(const dense_problem& p, thread_pool& pool) {
 
 }  // namespace
 
-void dense_attention_f32(const dense_problem& p, thread_pool& pool) { dense_attention<false>(p, pool); }
-void dense_attention_f16(const dense_problem& p, thread_pool& pool) { dense_attention<true>(p, pool); }
+void dense_attention_f32_avx512(const dense_problem& p, thread_pool& pool) { dense_attention<false>(p, pool); }
+void dense_attention_f16_avx512(const dense_problem& p, thread_pool& pool) { dense_attention<true>(p, pool); }
 
 }  // namespace smartkv

@@ -19,7 +19,16 @@ struct dense_problem {
     float* out = nullptr;      // [n_q_heads][head_dim] f32
 };
 
+// Pick the AVX-512 or the AVX2 loops by the CPU (dense-dispatch.cc); a CPU
+// with neither throws std::runtime_error.
 void dense_attention_f32(const dense_problem& p, thread_pool& pool);
 void dense_attention_f16(const dense_problem& p, thread_pool& pool);
+bool dense_attention_available();
+
+// One instruction set each (dense-attention.cc, dense-avx2.cc).
+void dense_attention_f32_avx512(const dense_problem& p, thread_pool& pool);
+void dense_attention_f16_avx512(const dense_problem& p, thread_pool& pool);
+void dense_attention_f32_avx2(const dense_problem& p, thread_pool& pool);
+void dense_attention_f16_avx2(const dense_problem& p, thread_pool& pool);
 
 }  // namespace smartkv

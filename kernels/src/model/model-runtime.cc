@@ -18,10 +18,10 @@ float element(const tensor_view& t, int64_t i) {
 }  // namespace
 
 void matmul_avx512(const float* x, int n, const tensor_view& w, const tensor_view* bias, float* y, thread_pool& pool);
-bool fast_path_available(int head_dim);  // attend-avx512.cc: true when the CPU has AVX-512/VNNI/F16C
+bool avx512_path_available(int head_dim);  // attend-avx512.cc: true when the CPU has AVX-512/VNNI/F16C
 
 void matmul(const float* x, int n, const tensor_view& w, const tensor_view* bias, float* y, thread_pool& pool) {
-    static const bool avx512 = fast_path_available(64);
+    static const bool avx512 = avx512_path_available(64);
     if (avx512) return matmul_avx512(x, n, w, bias, y, pool);
     // Portable fallback for CPUs without AVX-512.
     pool.parallel_for(size_t(w.rows), [&](size_t r, int) {
