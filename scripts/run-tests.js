@@ -39,6 +39,17 @@ const gpuOk = existsSync(gpuCheckExe) ? run('CUDA checks (host half without a GP
 // other. Skips (and passes) with a message when nvcc is absent.
 const ptxOk = run('CUDA device-code check (PTX/SASS)', 'bash', [join(root, 'kernels', 'test', 'ptx-check.sh')]);
 
+// The AVX-512 archive's copies of shared inline code must not be the ones
+// linked (a CPU without AVX-512 would fault in generic code).
+const build = join(root, 'native', 'build');
+const simdOk = run('AVX-512 link check', 'bash', [
+  join(root, 'kernels', 'test', 'simd-link-check.sh'),
+  build,
+  join(build, 'Release', 'smartkv_native.node'),
+  checkExe,
+  gpuCheckExe,
+]);
+
 const tests = existsSync(testDir)
   ? readdirSync(testDir, { recursive: true })
       .filter((f) => f.endsWith('.test.js'))
@@ -49,6 +60,6 @@ const jsOk = tests.length
   ? run(`node --test (${tests.length} files)`, process.execPath, ['--test', ...tests])
   : missing('dist/test/**/*.test.js', 'run `npm run build:ts` (or `npm install`)');
 
-const cOk = cppOk && gpuOk && ptxOk;
+const cOk = cppOk && gpuOk && ptxOk && simdOk;
 process.stdout.write(`\n== C++ checks: ${cOk ? 'passed' : 'FAILED'}; node tests: ${jsOk ? 'passed' : 'FAILED'}\n`);
 process.exit(cOk && jsOk ? 0 : 1);

@@ -16,7 +16,7 @@ namespace {
 constexpr size_t max_score_floats = size_t(1) << 24;  // per request wave, as on the CPU
 }  // namespace
 
-cuda_engine::cuda_engine(const engine_config& cfg) : cfg_((validate_config(cfg), cfg)) {
+cuda_engine::cuda_engine(const engine_config& cfg) : sequence_engine(cfg) {
     if (!head_dim_supported(cfg.head_dim))
         fail(error_code::invalid_argument,
              "the CUDA backend supports head_dim 64, 128 and 256, not " + std::to_string(cfg.head_dim));
@@ -31,80 +31,14 @@ cuda_engine::cuda_engine(const engine_config& cfg) : cfg_((validate_config(cfg),
 
 cuda_engine::~cuda_engine() {
     cudaStreamSynchronize(stream_);
-    seqs_.clear();
+    clear_sequences();  // the stores give their blocks back to pool_
     batch_.reset();
     pool_.reset();
     cudaStreamDestroy(stream_);
 }
 
-gpu_sequence& cuda_engine::get(uint32_t seq) {
-    auto it = seqs_.find(seq);
-    if (it == seqs_.end()) fail(error_code::not_found, "unknown sequence " + std::to_string(seq));
-    return it->second;
-}
-const gpu_sequence& cuda_engine::get(uint32_t seq) const { return const_cast<cuda_engine*>(this)->get(seq); }
-
-gpu_store& cuda_engine::get_layer(uint32_t seq, int layer) {
-    gpu_sequence& s = get(seq);
-    if (layer < 0 || layer >= cfg_.n_layers)
-        fail(error_code::invalid_argument,
-             "layer " + std::to_string(layer) + " is out of range [0, " + std::to_string(cfg_.n_layers) + ")");
-    return *s.layers[size_t(layer)];
-}
-const gpu_store& cuda_engine::get_layer(uint32_t seq, int layer) const {
-    return const_cast<cuda_engine*>(this)->get_layer(seq, layer);
-}
-
-uint32_t cuda_engine::create_sequence(storage_kind kind, float gamma, precision_mode mode) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (kind != storage_kind::mixed && kind != storage_kind::kivi2 && kind != storage_kind::kivi4)
-        fail(error_code::invalid_argument, "unknown storage kind");
-    if (!(gamma >= 0.f && gamma < 1.f)) fail(error_code::invalid_argument, "gamma must be in [0, 1)");
-    gpu_sequence s;
-    s.kind = kind;
-    s.gamma = gamma;
-    for (int l = 0; l < cfg_.n_layers; ++l) s.layers.push_back(std::make_unique<gpu_store>(
-            cfg_, kind, mode == precision_mode::reversible && kind == storage_kind::mixed, *pool_, stream_));
-    const uint32_t id = next_id_++;
-    seqs_.emplace(id, std::move(s));
-    return id;
-}
-
-void cuda_engine::free_sequence(uint32_t seq) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    get(seq);
-    seqs_.erase(seq);
-}
-
-bool cuda_engine::has_sequence(uint32_t seq) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return seqs_.count(seq) != 0;
-}
-
-size_t cuda_engine::sequence_length(uint32_t seq, int layer) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return get_layer(seq, layer).size();
-}
-
-size_t cuda_engine::held_unlocked() const {
-    size_t total = 0;
-    for (const auto& [id, s] : seqs_)
-        for (const auto& l : s.layers) total += l->held().total();
-    return total;
-}
-
-size_t cuda_engine::total_held_bytes() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return held_unlocked();
-}
-
-void cuda_engine::check_memory(size_t extra) const {
-    if (cfg_.memory_limit_bytes == 0) return;
-    const size_t held = held_unlocked();
-    if (held + extra > cfg_.memory_limit_bytes)
-        fail(error_code::resource_exhausted, "KV memory limit reached: holding " + std::to_string(held) +
-                                                 " bytes, need " + std::to_string(extra) + " more, limit " +
-                                                 std::to_string(cfg_.memory_limit_bytes));
+std::unique_ptr<gpu_store> cuda_engine::make_layer(storage_kind kind, bool reversible) {
+    return std::make_unique<gpu_store>(cfg_, kind, reversible, *pool_, stream_);
 }
 
 void cuda_engine::flush(gpu_ops& ops) {
@@ -167,9 +101,7 @@ void cuda_engine::append_rows(std::vector<gpu_store*>& stores, const std::vector
 
 void cuda_engine::append(uint32_t seq, int layer, int n_rows, const float* k, const float* v) {
     std::lock_guard<std::mutex> lock(mutex_);
-    gpu_store& s = get_layer(seq, layer);
-    if (n_rows <= 0) fail(error_code::invalid_argument, "n_rows must be positive");
-    check_memory(s.growth_for_append(n_rows));
+    gpu_store& s = store_for_append(seq, layer, n_rows);
     std::vector<gpu_store*> stores{&s};
     append_rows(stores, {k}, {v}, {n_rows});
     gpu_ops ops;
@@ -181,26 +113,14 @@ void cuda_engine::append(uint32_t seq, int layer, int n_rows, const float* k, co
 void cuda_engine::attend(const attend_request* requests, size_t n_requests) {
     std::lock_guard<std::mutex> lock(mutex_);
     // Validate everything and check memory before the first append.
-    size_t growth = 0;
-    std::vector<gpu_store*> stores(n_requests);
+    std::vector<gpu_store*> stores = stores_for_batch(requests, n_requests);
     std::vector<const float*> ks(n_requests), vs(n_requests);
     std::vector<int> rows(n_requests);
     for (size_t i = 0; i < n_requests; ++i) {
-        const attend_request& r = requests[i];
-        stores[i] = &get_layer(r.seq, r.layer);
-        if (r.n_rows <= 0) fail(error_code::invalid_argument, "request " + std::to_string(i) + ": n_rows must be positive");
-        if (!r.q || !r.k_new || !r.v_new || !r.out)
-            fail(error_code::invalid_argument, "request " + std::to_string(i) + ": q, k_new, v_new and out are required");
-        for (size_t j = 0; j < i; ++j)
-            if (stores[j] == stores[i])
-                fail(error_code::invalid_argument, "sequence " + std::to_string(r.seq) + " layer " +
-                                                       std::to_string(r.layer) + " appears twice in one batch");
-        growth += stores[i]->growth_for_append(r.n_rows);
-        ks[i] = r.k_new;
-        vs[i] = r.v_new;
-        rows[i] = r.n_rows;
+        ks[i] = requests[i].k_new;
+        vs[i] = requests[i].v_new;
+        rows[i] = requests[i].n_rows;
     }
-    check_memory(growth);
     append_rows(stores, ks, vs, rows);
 
     // Waves of rows so that scores stay under max_score_floats per request.
@@ -265,38 +185,11 @@ void cuda_engine::move_layer(gpu_store& s, const uint32_t* positions, const uint
 move_result cuda_engine::apply_plan(uint32_t seq, int layer, const uint32_t* positions, const uint8_t* formats,
                                     size_t n) {
     std::lock_guard<std::mutex> lock(mutex_);
-    gpu_sequence& s = get(seq);
-    if (s.kind != storage_kind::mixed)
-        fail(error_code::failed_precondition, "sequence " + std::to_string(seq) + " uses KIVI storage; plans do not apply");
-    if (layer < -1 || layer >= cfg_.n_layers)
-        fail(error_code::invalid_argument, "layer " + std::to_string(layer) + " is out of range");
-    const int l0 = layer < 0 ? 0 : layer, l1 = layer < 0 ? cfg_.n_layers : layer + 1;
-    // Validate the whole plan before the first move (formats simulated in
-    // plan order), so a bad plan changes nothing.
-    size_t growth = 0;
-    for (int l = l0; l < l1; ++l) {
-        const gpu_store& ls = *s.layers[size_t(l)];
-        std::unordered_map<uint32_t, kv_format> now;
-        for (size_t i = 0; i < n; ++i) {
-            if (positions[i] >= ls.size())
-                fail(error_code::invalid_argument, "plan names token " + std::to_string(positions[i]) + " but layer " +
-                                                       std::to_string(l) + " holds " + std::to_string(ls.size()));
-            if (formats[i] >= n_formats)
-                fail(error_code::invalid_argument, "plan gives token " + std::to_string(positions[i]) +
-                                                       " unknown format " + std::to_string(formats[i]));
-            auto it = now.find(positions[i]);
-            const kv_format cur = it == now.end() ? ls.where(positions[i]).fmt : it->second;
-            if (!ls.reversible() && format_bits(kv_format(formats[i])) > format_bits(cur))
-                fail(error_code::failed_precondition,
-                     "plan raises token " + std::to_string(positions[i]) + " from " + k_format_traits[int(cur)].name +
-                         " to " + k_format_traits[formats[i]].name + ", which needs the FP16 master copy: the sequence is downgrade-only");
-            now[positions[i]] = kv_format(formats[i]);
-        }
-        growth += ls.growth_for_moves(positions, formats, n);
-    }
-    check_memory(growth);
+    sequence& s = get(seq);
+    // Upgrades checked against the formats simulated in plan order: moves run in it (in rounds).
+    const layer_span span = check_plan(s, seq, layer, positions, formats, n, plan_order::as_given);
     move_result r;
-    for (int l = l0; l < l1; ++l) move_layer(*s.layers[size_t(l)], positions, formats, n, r);
+    for (int l = span.first; l < span.last; ++l) move_layer(*s.layers[size_t(l)], positions, formats, n, r);
     step_done();
     return r;
 }
@@ -344,24 +237,6 @@ void cuda_engine::report(uint32_t seq, int layer, const token_report& out) const
         }
         for (int i = 0; i < 3; ++i) out.sq_error[pos * 3 + size_t(i)] = err[i];
     }
-}
-
-memory_stats cuda_engine::stats(uint32_t seq) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    const gpu_sequence& s = get(seq);
-    memory_stats m;
-    for (const auto& ls : s.layers) {
-        const held_split h = ls->held();
-        m.payload += h.payload;
-        m.params += h.params;
-        m.metadata += h.metadata;
-        m.master += h.master;
-        m.tokens += ls->size();
-        m.fp16_equivalent += ls->size() * 2 * size_t(cfg_.n_kv_heads) * cfg_.head_dim * sizeof(half_bits);
-        for (int f = 0; f < n_formats; ++f) m.tokens_by_format[f] += ls->bucket_of(kv_format(f)).size();
-        m.kivi_tokens += ls->n_groups() * kivi_group;
-    }
-    return m;
 }
 
 void cuda_engine::read_kv(uint32_t seq, int layer, float* k, float* v) const {

@@ -17,7 +17,6 @@ namespace smartkv {
 
 
 namespace {
-[[noreturn]] void fail(error_code c, const std::string& msg) { throw engine_error(c, msg); }
 constexpr size_t max_score_floats = size_t(1) << 24;  // 64 MiB of scores per request wave
 constexpr size_t prefetch_distance = 2;                // blocks ahead
 
@@ -221,21 +220,7 @@ void cpu_engine::update_importance(const attend_request& req, layer_store& ls, p
 void cpu_engine::attend(const attend_request* requests, size_t n_requests) {
     std::lock_guard<std::mutex> lock(mutex_);
     // Validate everything and check memory before the first append.
-    size_t growth = 0;
-    std::vector<layer_store*> stores(n_requests);
-    for (size_t i = 0; i < n_requests; ++i) {
-        const attend_request& r = requests[i];
-        stores[i] = &get_layer(r.seq, r.layer);
-        if (r.n_rows <= 0) fail(error_code::invalid_argument, "request " + std::to_string(i) + ": n_rows must be positive");
-        if (!r.q || !r.k_new || !r.v_new || !r.out)
-            fail(error_code::invalid_argument, "request " + std::to_string(i) + ": q, k_new, v_new and out are required");
-        for (size_t j = 0; j < i; ++j)
-            if (stores[j] == stores[i])
-                fail(error_code::invalid_argument, "sequence " + std::to_string(r.seq) + " layer " +
-                                                       std::to_string(r.layer) + " appears twice in one batch");
-        growth += stores[i]->growth_for_append(r.n_rows);
-    }
-    check_memory(growth);
+    const std::vector<layer_store*> stores = stores_for_batch(requests, n_requests);
     for (size_t i = 0; i < n_requests; ++i) stores[i]->append(requests[i].n_rows, requests[i].k_new, requests[i].v_new);
 
     // Rows per wave so that scores stay under max_score_floats per request.

@@ -1,12 +1,11 @@
 // The CPU backend: sequences of layer stores, attention over their buckets on
 // a thread pool, importance tracking, plans and accounting.
 #pragma once
-#include <map>
 #include <memory>
-#include <mutex>
 #include <vector>
 
 #include "attend-kernels.h"
+#include "engine/sequence-engine.h"
 #include "layer-store.h"
 #include "smartkv/engine.h"
 #include "thread-pool.h"
@@ -30,41 +29,24 @@ struct attend_prepared {
     std::vector<float> scores;                     // [H][nq][n_after]
 };
 
-struct cpu_sequence {
-    storage_kind kind;
-    float gamma;  // importance EMA factor of this sequence
-    std::vector<std::unique_ptr<layer_store>> layers;
-};
-
-class cpu_engine final : public kv_backend {
+// The registry, argument and memory checks and the accounting come from
+// sequence_engine (engine/sequence-engine.h), shared with the CUDA backend.
+class cpu_engine final : public sequence_engine<layer_store> {
 public:
     explicit cpu_engine(const engine_config& cfg);
 
-    const engine_config& config() const override { return cfg_; }
     const char* name() const override { return "cpu"; }
-    using kv_backend::create_sequence;
-    uint32_t create_sequence(storage_kind kind, float gamma, precision_mode mode) override;
-    void free_sequence(uint32_t seq) override;
-    bool has_sequence(uint32_t seq) const override;
-    size_t sequence_length(uint32_t seq, int layer) const override;
     void append(uint32_t seq, int layer, int n_rows, const float* k, const float* v) override;
     void attend(const attend_request* requests, size_t n_requests) override;
     move_result apply_plan(uint32_t seq, int layer, const uint32_t* positions, const uint8_t* formats,
                            size_t n) override;
     void report(uint32_t seq, int layer, const token_report& out) const override;
-    memory_stats stats(uint32_t seq) const override;
-    size_t total_held_bytes() const override;
     void read_kv(uint32_t seq, int layer, float* k, float* v) const override;
 
 private:
     using prepared = attend_prepared;
 
-    cpu_sequence& get(uint32_t seq);
-    const cpu_sequence& get(uint32_t seq) const;
-    layer_store& get_layer(uint32_t seq, int layer);
-    const layer_store& get_layer(uint32_t seq, int layer) const;
-    void check_memory(size_t extra) const;
-    size_t held_unlocked() const;
+    std::unique_ptr<layer_store> make_layer(storage_kind kind, bool reversible) override;
 
     // cpu-attend.cc
     void prepare_queries(const attend_request& req, prepared& p) const;
@@ -72,11 +54,7 @@ private:
     void run_attention(std::vector<prepared>& wave, size_t n_wave);
     void update_importance(const attend_request& req, layer_store& ls, prepared& p);
 
-    engine_config cfg_;
-    mutable std::mutex mutex_;  // one operation at a time; attention itself is parallel
-    thread_pool pool_;
-    std::map<uint32_t, cpu_sequence> seqs_;
-    uint32_t next_id_ = 1;
+    thread_pool pool_;  // one call at a time (mutex_); attention itself is parallel
     bool use_fast_;
     std::vector<prepared> wave_;                  // reused across calls: no allocation per step
     std::vector<std::vector<float>> scratch_;     // [threads][attend_scratch_floats]
