@@ -183,7 +183,8 @@ export interface SuiteComparison {
   metric: string; // accuracy | bits_per_byte ≥1K | bits_per_byte all
 }
 
-function aggregate(task: SuiteTask, context: number, row: SuiteRow, xs: SampleOutcome[]): SuiteResultRow {
+/** A row's result on one task at one context, from its samples' outcomes (also used by `eval ablation`). */
+export function aggregate(task: SuiteTask, context: number, row: SuiteRow, xs: SampleOutcome[]): SuiteResultRow {
   const r: SuiteResultRow = {
     task, context, policy: row.policy, mode: row.mode, target_beta: row.targetBeta,
     achieved_beta: round(mean(xs.map((x) => x.achieved_beta)), 4),
