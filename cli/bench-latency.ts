@@ -18,7 +18,7 @@
 //             wall time per token over the measured steps (model step, plans,
 //             sampling: what a client waits per token); step_ms_mean the
 //             model step alone.
-import { mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -63,7 +63,7 @@ export const LATENCY_OPTIONS: Record<string, OptionSpec> = {
   model: { kind: 'string', help: 'model folder (default: models/smartkv-ref-8k when present, else the bundled reference model)' },
   json: { kind: 'bool', default: false, help: 'one JSON object per cell instead of the table' },
   quick: { kind: 'bool', default: false, help: 'a tiny run (smoke test): context 256, fp16 / uniform-8 / smartkv β 0.25, 8 steps' },
-  out: { kind: 'string', help: 'also write the rows as JSON lines into FILE' },
+  out: { kind: 'string', help: 'also write the rows as JSON lines into FILE (a line per cell as it is measured)' },
   help: { kind: 'bool', help: 'print this help' },
 };
 
@@ -214,6 +214,7 @@ export async function benchLatency(o: LatencyOptions, io: Io): Promise<LatencyRo
   const cells = latencyCells(o);
   const rows: LatencyRow[] = [];
   const total = o.systems.length * o.contexts.length * cells.length;
+  if (o.out) writeFileSync(o.out, ''); // a line per cell as it is measured: an interrupted run keeps what it measured
   const t0 = performance.now();
   io.progress(`bench latency: ${o.model} (positions raised to ${longest} for timing), ${o.systems.join(' and ')}, contexts ${o.contexts.join(', ')}, ${cells.length} rows, ${o.warmup} warm-up + ${o.steps} measured decode steps: ${total} sequences`);
   try {
@@ -227,6 +228,7 @@ export async function benchLatency(o: LatencyOptions, io: Io): Promise<LatencyRo
           for (const cell of cells) {
             const row = await measureCell(sys.orch, system, context, cell, o);
             rows.push(row);
+            if (o.out) appendFileSync(o.out, JSON.stringify(row) + '\n');
             const elapsed = performance.now() - t0;
             io.progress(
               `[${rows.length}/${total}] ${system} ${context} ${label(row)}: ${row.decode_ms_mean.toFixed(2)} ms/token (step ${row.step_ms_mean.toFixed(2)} ms), β ${row.achieved_beta.toFixed(3)}, ` +
@@ -241,7 +243,6 @@ export async function benchLatency(o: LatencyOptions, io: Io): Promise<LatencyRo
   } finally {
     rmSync(model, { recursive: true, force: true });
   }
-  if (o.out) writeFileSync(o.out, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
   if (o.json) for (const r of rows) io.out(JSON.stringify(r));
   else for (const l of latencyTable(rows, o)) io.out(l);
   return rows;

@@ -20,18 +20,25 @@ export async function startInProcess(modelDir: string, defaults: ServerDefaults,
 
 /** An allocator and one cache service (with `cacheArgs`) as child processes, and an orchestrator on them. */
 export async function startSplit(modelDir: string, defaults: ServerDefaults, cacheArgs: string[], log: (l: string) => void): Promise<BenchSystem> {
-  const quiet = () => undefined;
+  const tail: string[] = []; // the services' last lines, shown if the start fails
+  const quiet = (role: string, line: string) => {
+    tail.push(`${role}: ${line}`);
+    if (tail.length > 20) tail.shift();
+  };
   const model = ['--model', modelDir];
   const allocator = new ServiceProcess('allocator', 'allocator', ['--port', '0'], undefined, quiet);
   const cache = new ServiceProcess('cache', 'cache', ['--port', '0', ...model, ...cacheArgs], undefined, quiet);
+  const started: ServiceProcess[] = []; // stopped in reverse order; one that never started is not stopped
   const stopServices = async () => {
-    await cache.stop();
-    await allocator.stop();
+    for (const p of started.reverse()) await p.stop();
   };
   try {
-    await allocator.start(60_000);
-    await cache.start(60_000);
-    await Promise.all([waitHealthy(allocator.address, 30_000), waitHealthy(cache.address, 30_000)]);
+    // Generous: on the loaded 2-core build machine a service took over a minute to start.
+    for (const p of [allocator, cache]) {
+      started.push(p);
+      await p.start(180_000);
+    }
+    await Promise.all([waitHealthy(allocator.address, 60_000), waitHealthy(cache.address, 60_000)]);
     const orch = await Orchestrator.create({ modelDir, defaults, cacheAddresses: [cache.address], allocatorAddress: allocator.address, log });
     return {
       orch,
@@ -45,6 +52,7 @@ export async function startSplit(modelDir: string, defaults: ServerDefaults, cac
     };
   } catch (e) {
     await stopServices();
+    if (e instanceof Error && tail.length) e.message += `\nservice logs:\n${tail.join('\n')}`;
     throw e;
   }
 }
