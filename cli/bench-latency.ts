@@ -127,7 +127,7 @@ export interface LatencyRow {
   master_bytes: number; // the master tier (reversible only)
   fp16_bytes: number;
   budget_met: boolean;
-  bits: { '16': number; '8': number; '4': number; '2': number; kivi: number }; // tokens per bit-width at the end
+  bits: { '16': number; '8': number; '4': number; '2': number; kivi: number }; // (token, layer) entries per bit-width at the end, as the cache counts them
   warmup: number;
   steps: number;
   decode_ms_mean: number; // wall time per measured token (step, plans, sampling)

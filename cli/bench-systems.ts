@@ -39,7 +39,9 @@ export async function startSplit(modelDir: string, defaults: ServerDefaults, cac
       await p.start(180_000);
     }
     await Promise.all([waitHealthy(allocator.address, 60_000), waitHealthy(cache.address, 60_000)]);
-    const orch = await Orchestrator.create({ modelDir, defaults, cacheAddresses: [cache.address], allocatorAddress: allocator.address, log });
+    // A benchmark waits for slow calls rather than giving up on the shard: the first prefill chunk has no
+    // history for the deadline to follow, and the loaded build machine took over 2 s for one.
+    const orch = await Orchestrator.create({ modelDir, defaults, cacheAddresses: [cache.address], allocatorAddress: allocator.address, shardDeadlineMs: 300_000, log });
     return {
       orch,
       stop: async () => {

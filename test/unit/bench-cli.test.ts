@@ -72,9 +72,9 @@ describe('smartkv CLI', () => {
       assert.equal(x.master_bytes, 0);
       for (const k of ['decode_ms_mean', 'decode_ms_p50', 'step_ms_mean', 'tokens_per_s', 'hot_bytes', 'fp16_bytes', 'achieved_beta']) assert.ok(typeof x[k] === 'number' && (x[k] as number) > 0, `${k} = ${String(x[k])}`);
       const bits = x.bits as Record<string, number>;
-      // the cache holds the prompt and every decoded token but the last
-      assert.equal(bits['16'] + bits['8'] + bits['4'] + bits['2'] + bits.kivi, 256 + 2 + 8);
-      if (x.policy === 'fp16') assert.equal(bits['16'], 256 + 2 + 8);
+      // (token, layer) entries: the prompt and every decoded token but the last, in each of the 8K model's 4 layers
+      assert.equal(bits['16'] + bits['8'] + bits['4'] + bits['2'] + bits.kivi, (256 + 2 + 8) * 4);
+      if (x.policy === 'fp16') assert.equal(bits['16'], (256 + 2 + 8) * 4);
       if (x.policy === 'uniform-8') assert.ok(bits['8'] > 0 && bits['4'] === 0 && bits['2'] === 0);
       if (x.policy === 'smartkv') assert.ok(bits['2'] > 0 && (x.hot_bytes as number) < (rows[0].hot_bytes as number));
     }
