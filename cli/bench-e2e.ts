@@ -6,10 +6,10 @@
 // gRPC clients; the public API layer is not in the loop.
 import { createServer } from 'node:http';
 
-import { Cluster, ServiceProcess } from '../services/launcher/cluster.js';
+import { Cluster } from '../services/launcher/cluster.js';
 import { SmartKvClient, generateRequest } from '../services/common/generation-client.js';
-import { waitHealthy } from '../services/common/health-client.js';
-import { Orchestrator } from '../services/orchestrator/orchestrator.js';
+import type { Orchestrator } from '../services/orchestrator/orchestrator.js';
+import { startInProcess, startSplit } from './bench-systems.js';
 import { defaultModelDir } from '../services/orchestrator/model/paths.js';
 import { DEFAULTS, type GenerateJobSpec } from '../services/orchestrator/settings.js';
 import { isPolicyName, type PolicyName } from '../services/common/policy.js';
@@ -117,35 +117,29 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
   const batches = [1, 8];
   const rows: E2eRow[] = [];
   const log = (l: string) => io.progress(l);
-  const quiet = () => undefined;
 
   io.progress(`in-process: model ${modelDir}, ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
-  const local = await Orchestrator.create({ modelDir, defaults: DEFAULTS, local: { engine: { quant: 'symmetric', rotateKv: true, mode: DEFAULTS.cache.mode }, memoryLimitBytes: 0 }, log });
-  for (const b of batches) {
-    await measure(local, 'in-process', b, { tokens: 8, policy, beta }); // warm-up
-    rows.push(await measure(local, 'in-process', b, { tokens, policy, beta }));
-    io.progress(`  batch ${b}: ${rows[rows.length - 1].tokens_per_s.toFixed(1)} tokens/s`);
-  }
-  await local.close(1000);
-
-  io.progress('split: starting an allocator and a cache service …');
-  const model = opts.model ? ['--model', opts.model] : [];
-  const allocator = new ServiceProcess('allocator', 'allocator', ['--port', '0'], undefined, quiet);
-  const cache = new ServiceProcess('cache', 'cache', ['--port', '0', ...model], undefined, quiet);
+  const local = await startInProcess(modelDir, DEFAULTS, log);
   try {
-    await allocator.start(60_000);
-    await cache.start(60_000);
-    await Promise.all([waitHealthy(allocator.address, 30_000), waitHealthy(cache.address, 30_000)]);
-    const split = await Orchestrator.create({ modelDir, defaults: DEFAULTS, cacheAddresses: [cache.address], allocatorAddress: allocator.address, log });
     for (const b of batches) {
-      await measure(split, 'split', b, { tokens: 8, policy, beta });
-      rows.push(await measure(split, 'split', b, { tokens, policy, beta }));
+      await measure(local.orch, 'in-process', b, { tokens: 8, policy, beta }); // warm-up
+      rows.push(await measure(local.orch, 'in-process', b, { tokens, policy, beta }));
       io.progress(`  batch ${b}: ${rows[rows.length - 1].tokens_per_s.toFixed(1)} tokens/s`);
     }
-    await split.close(1000);
   } finally {
-    await cache.stop();
-    await allocator.stop();
+    await local.stop();
+  }
+
+  io.progress('split: starting an allocator and a cache service …');
+  const split = await startSplit(modelDir, DEFAULTS, [], log);
+  try {
+    for (const b of batches) {
+      await measure(split.orch, 'split', b, { tokens: 8, policy, beta });
+      rows.push(await measure(split.orch, 'split', b, { tokens, policy, beta }));
+      io.progress(`  batch ${b}: ${rows[rows.length - 1].tokens_per_s.toFixed(1)} tokens/s`);
+    }
+  } finally {
+    await split.stop();
   }
 
   const tracingRows = opts.tracing ? await tracingCost(opts, tokens, io) : [];

@@ -1,10 +1,11 @@
-// `smartkv eval ppl|needle [options]`: argument checking and exit codes
+// `smartkv eval ppl|needle|suite|ablation|<task> [options]`: argument checking and exit codes
 // (0 done, 1 failed, 2 usage error, 130 interrupted).
 import { usage, UsageError } from '../services/common/args.js';
 import { evalOptionSpec, InterruptedError, parseEvalOptions, type EvalIo, type EvalKind } from './eval-common.js';
 import { evalNeedle } from './eval-needle.js';
 import { evalPpl } from './eval-ppl.js';
 import { evalSuite, parseSuiteOptions, SUITE_OPTIONS } from './eval-suite.js';
+import { ABLATION_NAMES, ABLATION_OPTIONS, evalAblation, parseAblationOptions } from './eval-ablation.js';
 import { SUITE_TASKS, type SuiteTask } from './eval-tasks.js';
 
 export const EVAL_USAGE_LINES = `  eval ppl [--json] [--quick] [--policy P]... [--budget β]... [--server ADDR] [--markdown FILE]
@@ -16,6 +17,10 @@ export const EVAL_USAGE_LINES = `  eval ppl [--json] [--quick] [--policy P]... [
                                        long-context tasks (${SUITE_TASKS.join(', ')}) per policy, β and
                                        mode, with paired tests and SVG frontiers; \`smartkv eval suite --help\`
   eval <task> [suite options]          one task of the suite, e.g. \`smartkv eval multikey\`
+  eval ablation [--ablation A]... [--task T]... [--context N]... [--budget β] [--mode M]
+                [--seeds dev|test] [--samples N] [--out DIR] [--json] [--quick] [--model DIR]
+                                       one knob at a time (${ABLATION_NAMES.join(', ')}) against
+                                       the default smartkv row, paired; \`smartkv eval ablation --help\`
 `;
 
 function evalUsage(kind: EvalKind | null): string {
@@ -24,6 +29,26 @@ function evalUsage(kind: EvalKind | null): string {
 }
 
 const quoteCommand = (argv: string[]) => ['npx smartkv eval', ...argv].map((a) => (/^[\w@%+=:,./≥-]+$|^npx smartkv eval$/.test(a) ? a : `'${a}'`)).join(' ');
+
+/** `smartkv eval ablation …`. */
+async function ablationCommand(argv: string[], io: EvalIo): Promise<number> {
+  const title = 'smartkv eval ablation [options]';
+  let opts;
+  try {
+    opts = parseAblationOptions(argv.slice(1));
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.err.write(`smartkv eval: ${e.message}\n\n${usage(title, ABLATION_OPTIONS)}`);
+      return 2;
+    }
+    throw e;
+  }
+  if (argv.includes('--help')) {
+    io.out(usage(title, ABLATION_OPTIONS));
+    return 0;
+  }
+  return exitCodeOf(() => evalAblation(opts, io, quoteCommand(argv)), io);
+}
 
 /** `smartkv eval suite …` and `smartkv eval <task> …`. */
 async function suiteCommand(argv: string[], io: EvalIo): Promise<number> {
@@ -62,13 +87,14 @@ async function exitCodeOf(run: () => Promise<unknown>, io: EvalIo): Promise<numb
 
 /** Runs `smartkv eval …`; `argv` starts after "eval". */
 export async function evalCommand(argv: string[], io: EvalIo): Promise<number> {
+  if (argv[0] === 'ablation') return ablationCommand(argv, io);
   if (argv[0] === 'suite' || (SUITE_TASKS as readonly string[]).includes(argv[0])) return suiteCommand(argv, io);
   const kind = argv[0] === 'ppl' || argv[0] === 'needle' ? argv[0] : null;
   const fail = (msg: string) => {
     io.err.write(`smartkv eval: ${msg}\n\n${evalUsage(kind)}`);
     return 2;
   };
-  if (kind === null) return argv.includes('--help') ? (io.out(evalUsage(null)), 0) : fail(argv[0] ? `unknown evaluation ${argv[0]} (ppl, needle, suite or a task: ${SUITE_TASKS.join(', ')})` : 'which evaluation? ppl, needle, suite or a task');
+  if (kind === null) return argv.includes('--help') ? (io.out(evalUsage(null)), 0) : fail(argv[0] ? `unknown evaluation ${argv[0]} (ppl, needle, suite, ablation or a task: ${SUITE_TASKS.join(', ')})` : 'which evaluation? ppl, needle, suite, ablation or a task');
   let opts;
   try {
     opts = parseEvalOptions(kind, argv.slice(1));

@@ -1,7 +1,8 @@
 // The accuracy–memory frontier as SVG: one panel per task (and context), one
 // curve per policy, accuracy (or Δ bits/byte) against bytes held relative to
 // FP16 — hot bytes alone, or hot + master bytes (everything the cache holds).
-// Rendered headless with Vega-Lite → Vega → SVG (no browser, no canvas).
+// Also the ablations as a forest plot (difference from the default with its
+// interval). Rendered headless with Vega-Lite → Vega → SVG (no browser, no canvas).
 import * as vega from 'vega';
 import { compile, type TopLevelSpec } from 'vega-lite';
 
@@ -63,4 +64,49 @@ export async function renderSvg(spec: TopLevelSpec): Promise<string> {
   } finally {
     view.finalize();
   }
+}
+
+/** One variant's difference from the default row, with its 95 % paired interval. */
+export interface AblationPoint {
+  panel: string; // task @ context: metric
+  variant: string;
+  diff: number;
+  lo: number;
+  hi: number;
+}
+
+/** Ablations as a forest plot: one panel per (task, context, metric), a point and
+ * its interval per variant, a rule at zero (no difference from the default). */
+export function ablationSpec(points: readonly AblationPoint[], title: string): TopLevelSpec {
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title,
+    data: { values: [...points] },
+    facet: { field: 'panel', type: 'nominal', title: null },
+    columns: 2,
+    spec: {
+      width: 260,
+      height: { step: 14 },
+      layer: [
+        { mark: { type: 'rule', color: '#999' }, encoding: { x: { datum: 0, type: 'quantitative' } } },
+        {
+          mark: { type: 'rule' },
+          encoding: {
+            y: { field: 'variant', type: 'nominal', title: null, sort: null },
+            x: { field: 'lo', type: 'quantitative', title: 'difference from default (95 % paired interval)' },
+            x2: { field: 'hi' },
+          },
+        },
+        {
+          mark: { type: 'point', filled: true },
+          encoding: {
+            y: { field: 'variant', type: 'nominal', sort: null },
+            x: { field: 'diff', type: 'quantitative' },
+            tooltip: [{ field: 'variant' }, { field: 'diff', format: '.4f' }, { field: 'lo', format: '.4f' }, { field: 'hi', format: '.4f' }],
+          },
+        },
+      ],
+    },
+    resolve: { scale: { x: 'independent', y: 'shared' } },
+  };
 }

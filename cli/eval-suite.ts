@@ -50,6 +50,7 @@ export interface SuiteOptions {
   json: boolean;
   quick: boolean;
   server?: string;
+  model?: string; // model folder of the local split system
   markdown?: string;
   gamma?: number;
   interval?: number;
@@ -70,6 +71,7 @@ export const SUITE_OPTIONS: Record<string, OptionSpec> = {
   json: { kind: 'bool', default: false, help: 'rows and comparisons as JSON lines instead of tables' },
   quick: { kind: 'bool', default: false, help: 'a tiny run (smoke test): 2 tasks, 1 sample, 3 rows' },
   server: { kind: 'string', help: 'measure through this running orchestrator (default: start a local split system)' },
+  model: { kind: 'string', help: 'model folder of the local split system (default: the bundled reference model; models/smartkv-ref-8k for 2K-8K)' },
   markdown: { kind: 'string', help: 'also write the tables as a Markdown section into FILE' },
   gamma: { kind: 'number', help: 'importance EMA factor γ sent with every request (ablation)' },
   interval: { kind: 'int', help: 'reallocation interval R sent with every request (ablation)' },
@@ -116,6 +118,7 @@ export function parseSuiteOptions(argv: readonly string[], onlyTask?: SuiteTask)
     json: o.json as boolean,
     quick,
     server: o.server as string | undefined,
+    model: o.model as string | undefined,
     markdown: o.markdown as string | undefined,
     gamma,
     interval: o.interval as number | undefined,
@@ -183,7 +186,8 @@ export interface SuiteComparison {
   metric: string; // accuracy | bits_per_byte ≥1K | bits_per_byte all
 }
 
-function aggregate(task: SuiteTask, context: number, row: SuiteRow, xs: SampleOutcome[]): SuiteResultRow {
+/** A row's result on one task at one context, from its samples' outcomes (also used by `eval ablation`). */
+export function aggregate(task: SuiteTask, context: number, row: SuiteRow, xs: SampleOutcome[]): SuiteResultRow {
   const r: SuiteResultRow = {
     task, context, policy: row.policy, mode: row.mode, target_beta: row.targetBeta,
     achieved_beta: round(mean(xs.map((x) => x.achieved_beta)), 4),
@@ -225,7 +229,7 @@ function comparisons(task: SuiteTask, context: number, rows: SuiteRow[], outcome
 
 export async function evalSuite(o: SuiteOptions, io: EvalIo, command: string): Promise<{ rows: SuiteResultRow[]; compare: SuiteComparison[] }> {
   const rows = suiteRows(o);
-  const local = { server: o.server, mode: 'downgrade-only' as ModeName, rotateKv: true, quant: 'symmetric', importance: 'accumulated', layers: 'shared', window: undefined, gamma: undefined };
+  const local = { server: o.server, model: o.model, mode: 'downgrade-only' as ModeName, rotateKv: true, quant: 'symmetric', importance: 'accumulated', layers: 'shared', window: undefined, gamma: undefined };
   return withServer(local, io, async ({ client, info, where }) => {
     if (info.vocab !== 258) throw new Error(`the suite scores bytes: it needs the byte-level reference model (vocabulary 258), the server has ${info.vocab}`);
     const contexts = o.contexts.filter((c) => c <= info.maxPositions);

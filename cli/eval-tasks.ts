@@ -4,8 +4,11 @@
 // held-out documents, never the training ones. Seeds are declared up front:
 //   dev  = TASK_DEV_SEED_BASE  + k   (for tuning the method)
 //   test = TASK_TEST_SEED_BASE + k   (published tables, run once)
-// with k = task index · 1e6 + context index · 1e5 + sample index, so every
-// (task, context) cell has its own disjoint seeds.
+// with k = task index · 1e6 + context index · 1e5 + sample index, where the
+// task index is the task's place in SUITE_TASKS and the context index is
+// round(log2(context / 256)) (1K → 2, 2K → 3, 4K → 4, 8K → 5): every
+// (task, context) cell has its own disjoint seeds, and a cell gets the same
+// samples whichever other tasks and contexts a run (suite or ablation) asks for.
 //
 // Scoring goes through the public Score API with prefill_tokens = BOS + the
 // context: the context is prefilled in chunks with plans between them, then
@@ -68,6 +71,11 @@ const byteLen = (s: string) => Buffer.byteLength(s, 'utf8');
 // Low-discrepancy depths: sample i of a cell sits at frac(0.5 + i·φ), so any n samples spread over [0, 1).
 const depthOf = (i: number) => (0.5 + i * 0.6180339887498949) % 1;
 
+/** A context's place in the seed formula: round(log2(context / 256)), clamped to [0, 9]. */
+export function contextSeedIndex(context: number): number {
+  return Math.max(0, Math.min(9, Math.round(Math.log2(context / 256))));
+}
+
 /** Every sample of the run, in (task, context, index) order; the same for every row. */
 export async function buildSamples(tasks: readonly SuiteTask[], contexts: readonly number[], perCell: number, seeds: SeedSet): Promise<TaskSample[]> {
   const tm = await trainingModule<TasksModule>('tasks.mjs');
@@ -76,8 +84,10 @@ export async function buildSamples(tasks: readonly SuiteTask[], contexts: readon
   const base = seeds === 'dev' ? tm.TASK_DEV_SEED_BASE : tm.TASK_TEST_SEED_BASE;
   const heldText = heldout.map((d) => d.text.replace(/\s+/g, ' ').trim()).join(' ');
   const out: TaskSample[] = [];
-  tasks.forEach((task, ti) => {
-    contexts.forEach((context, ci) => {
+  tasks.forEach((task) => {
+    const ti = SUITE_TASKS.indexOf(task);
+    contexts.forEach((context) => {
+      const ci = contextSeedIndex(context);
       for (let i = 0; i < perCell; i++) {
         const seed = base + ti * 1_000_000 + ci * 100_000 + i;
         if (task === 'longppl') {

@@ -4,6 +4,7 @@ import { benchAllocator } from './bench-allocator.js';
 import { benchAttention } from './bench-attention.js';
 import { benchModel } from './bench-model.js';
 import { benchE2e } from './bench-e2e.js';
+import { benchLatency, LATENCY_CONTEXTS, LATENCY_OPTIONS, parseLatencyOptions } from './bench-latency.js';
 import { generate, GENERATE_OPTIONS } from './generate.js';
 import { evalCommand, EVAL_USAGE_LINES } from './eval-cli.js';
 import { usage as optionsUsage, UsageError } from '../services/common/args.js';
@@ -23,6 +24,11 @@ commands:
   bench model [--json] [--quick] [--model DIR]
                                        the reference model in-process: prefill and decode tokens/s,
                                        and fp16 vs smartkv β 0.25 at 1K/4K/8K context (those it holds)
+  bench latency [--context N]... [--budget β]... [--system in-process|split]... [--mode M]...
+                [--steps N] [--warmup N] [--model DIR] [--json] [--quick] [--out FILE]
+                                       decode latency at long contexts (default ${LATENCY_CONTEXTS.join(', ')}),
+                                       fp16, uniform-8 and smartkv per β, in-process and split: ms/token,
+                                       bytes per tier and the bit-width histogram; \`smartkv bench latency --help\`
   bench allocator [--json] [--quick]   allocator plan time per policy at 4K, 32K, 128K tokens (p50, p99)
 ${EVAL_USAGE_LINES}`;
 
@@ -39,6 +45,21 @@ async function main(argv: string[]): Promise<number> {
       if (e instanceof UsageError) return usageError(e.message);
       throw e;
     }
+  }
+  if (argv[0] === 'bench' && argv[1] === 'latency') {
+    if (argv.includes('--help')) {
+      process.stdout.write(optionsUsage('smartkv bench latency [options]', LATENCY_OPTIONS));
+      return 0;
+    }
+    let opts;
+    try {
+      opts = parseLatencyOptions(argv.slice(2));
+    } catch (e) {
+      if (e instanceof UsageError) return usageError(e.message);
+      throw e;
+    }
+    await benchLatency(opts, { out: (l) => process.stdout.write(`${l}\n`), progress: (l) => process.stderr.write(`${l}\n`) });
+    return 0;
   }
   const flags = new Set(argv.filter((a) => a.startsWith('--')));
   // words: the command; a value after --model belongs to the option

@@ -57,6 +57,29 @@ describe('smartkv CLI', () => {
     }
   });
 
+  it('bench latency --quick --json: one row per system and cell, with bytes per tier and the bit-width histogram', () => {
+    const r = smartkv('bench', 'latency', '--quick', '--json');
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /\[6\/6\] split 256 smartkv β 0.25/); // progress goes to stderr
+    const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.deepEqual(rows.map((x) => [x.system, x.context, x.policy, x.target_beta]), [
+      ['in-process', 256, 'fp16', null], ['in-process', 256, 'uniform-8', null], ['in-process', 256, 'smartkv', 0.25],
+      ['split', 256, 'fp16', null], ['split', 256, 'uniform-8', null], ['split', 256, 'smartkv', 0.25],
+    ]);
+    for (const x of rows) {
+      assert.equal(x.steps, 8);
+      assert.equal(x.mode, 'downgrade-only');
+      assert.equal(x.master_bytes, 0);
+      for (const k of ['decode_ms_mean', 'decode_ms_p50', 'step_ms_mean', 'tokens_per_s', 'hot_bytes', 'fp16_bytes', 'achieved_beta']) assert.ok(typeof x[k] === 'number' && (x[k] as number) > 0, `${k} = ${String(x[k])}`);
+      const bits = x.bits as Record<string, number>;
+      // (token, layer) entries: the prompt and every decoded token but the last, in each of the 8K model's 4 layers
+      assert.equal(bits['16'] + bits['8'] + bits['4'] + bits['2'] + bits.kivi, (256 + 2 + 8) * 4);
+      if (x.policy === 'fp16') assert.equal(bits['16'], (256 + 2 + 8) * 4);
+      if (x.policy === 'uniform-8') assert.ok(bits['8'] > 0 && bits['4'] === 0 && bits['2'] === 0);
+      if (x.policy === 'smartkv') assert.ok(bits['2'] > 0 && (x.hot_bytes as number) < (rows[0].hot_bytes as number));
+    }
+  });
+
   it('prints usage for no command and rejects unknown ones', () => {
     assert.equal(smartkv().status, 2);
     const r = smartkv('bench', 'nothing');
