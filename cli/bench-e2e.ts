@@ -130,8 +130,8 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
 
   io.progress('split: starting an allocator and a cache service …');
   const model = opts.model ? ['--model', opts.model] : [];
-  const allocator = new ServiceProcess('allocator', 'allocator', ['--port', '0'], undefined, quiet);
-  const cache = new ServiceProcess('cache', 'cache', ['--port', '0', ...model], undefined, quiet);
+  const allocator = new ServiceProcess('allocator', 'allocator', ['--port', '0', '--plaintext'], undefined, quiet);
+  const cache = new ServiceProcess('cache', 'cache', ['--port', '0', '--plaintext', ...model], undefined, quiet);
   try {
     await allocator.start(60_000);
     await cache.start(60_000);

@@ -118,7 +118,8 @@ export const killedAllocator: Scenario = {
 export const sigtermDrain: Scenario = {
   name: 'sigterm_drain',
   async run(ctx) {
-    const t = new Tally([Status.UNAVAILABLE]);
+    // RESOURCE_EXHAUSTED: refused for memory before the drain (the shards' limit is small).
+    const t = new Tally([Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED]);
     const s = ctx.sys.settings;
     const orch = ctx.sys.cluster.orchestrator;
     const others = ctx.sys.processes.filter((p) => p !== orch);

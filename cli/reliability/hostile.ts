@@ -13,7 +13,8 @@ import { GenerationService } from '../../gen/smartkv/v1/generation_pb.js';
 import { Status } from '../../services/common/rpc-error.js';
 import type { GrpcCacheShard } from '../../services/orchestrator/cache-client.js';
 import { fuzzBody } from './fuzz.js';
-import { rssMb, type RawClient } from './raw-client.js';
+import { RawClient, rssMb } from './raw-client.js';
+import { generateLocalTls, removeLocalTls } from '../../services/common/credentials.js';
 import { Tally, type Miss } from './report.js';
 import { finish, longRequest, type Scenario } from './scenario.js';
 import { openStream, pool } from './streams.js';
@@ -60,7 +61,7 @@ export const fuzz: Scenario = {
     const perMethod = ctx.quick ? 12 : 200;
     const misses: Miss[] = [];
     for (const [service, address, pid] of targets) {
-      const raw = ctx.sys.raw(address);
+      const raw = ctx.sys.raw(address, service.typeName);
       for (const m of service.methods) {
         await pool(perMethod, 8, async () => {
           const owner = service === CacheService && ctx.rand() < 0.7 ? ownerToken() : '';
@@ -85,7 +86,9 @@ export const fuzz: Scenario = {
 
 /** Strangers (another owner token, or none) try every call on the sequences
  * of live requests, guessing their ids, while those requests stream; a
- * stranger also creates sequences by unary calls and goes away. */
+ * stranger also creates sequences by unary calls and goes away; callers
+ * without the deployment's client certificate (none, or another CA's) try
+ * the cache and the allocator. */
 export const stranger: Scenario = {
   name: 'stranger',
   async run(ctx) {
@@ -133,6 +136,26 @@ export const stranger: Scenario = {
         }
       }
       s.close();
+    }
+    // Callers without a certificate of the deployment's CA: no certificate, or one from another CA.
+    if (ctx.sys.cluster.tls) {
+      const foreign = generateLocalTls();
+      try {
+        for (const p of [...ctx.sys.shards, ctx.sys.cluster.allocator]) {
+          for (const creds of [grpc.credentials.createInsecure(), grpc.credentials.createSsl(ctx.sys.cluster.tls.ca, foreign.key, foreign.cert)]) {
+            const raw = new RawClient(p.address, creds);
+            const r = await raw.unary(p === ctx.sys.cluster.allocator ? '/smartkv.v1.AllocatorService/Allocate' : '/smartkv.v1.CacheService/Stats', Buffer.alloc(0), new grpc.Metadata(), 3000);
+            raw.close();
+            if (r.code === 0) {
+              letIn++;
+              t.flag(`a caller without the deployment's certificate reached ${p.name}`);
+              t.requests++;
+            } else t.add(r.code, `no certificate: ${r.details}`, [Status.UNAVAILABLE]);
+          }
+        }
+      } finally {
+        removeLocalTls(foreign);
+      }
     }
     for (const v of victims) {
       const r = await v.done;

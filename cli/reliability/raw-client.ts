@@ -10,9 +10,9 @@ const same = (b: Buffer) => b;
 export class RawClient {
   private readonly client: grpc.Client;
 
-  constructor(address: string) {
+  constructor(address: string, credentials = grpc.credentials.createInsecure()) {
     // No send limit here: the server's limit is what is under test.
-    this.client = new grpc.Client(address, grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': -1 });
+    this.client = new grpc.Client(address, credentials, { 'grpc.max_send_message_length': -1, 'grpc.max_receive_message_length': -1 });
   }
 
   /** Resolves with the status code and details (0 = OK) of a unary call. */

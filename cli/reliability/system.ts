@@ -10,6 +10,7 @@ import { Cluster, type ServiceProcess } from '../../services/launcher/cluster.js
 import { SmartKvClient } from '../../services/common/generation-client.js';
 import { GrpcCacheShard } from '../../services/orchestrator/cache-client.js';
 import { RawClient } from './raw-client.js';
+import { channelCredentials } from '../../services/common/credentials.js';
 import { sleep } from './streams.js';
 
 export interface SystemSettings {
@@ -45,6 +46,7 @@ export class System {
     const tail: string[] = [];
     const cluster = await Cluster.start({
       cacheShards: 2,
+      tls: 'generate', // mutual TLS between the services, as npm start runs them
       log: (name, line) => {
         tail.push(`${name}: ${line}`);
         if (tail.length > 400) tail.shift();
@@ -75,8 +77,9 @@ export class System {
     return new SmartKvClient(this.cluster.address);
   }
 
-  raw(address: string): RawClient {
-    return new RawClient(address);
+  /** A raw client with the credentials this process uses for `serviceTypeName`. */
+  raw(address: string, serviceTypeName: string): RawClient {
+    return new RawClient(address, channelCredentials(serviceTypeName));
   }
 
   shardClient(address: string, owner: string): GrpcCacheShard {
