@@ -20,6 +20,7 @@ export interface SystemSettings {
   shardDeadlineMs: number; // the least deadline of an orchestrator→shard call
   maxQueue: number;
   maxBatch: number;
+  maxStreamsPerClient: number; // the suite is one client: overload and soak meet this limit too
 }
 
 export const SETTINGS: SystemSettings = {
@@ -29,6 +30,7 @@ export const SETTINGS: SystemSettings = {
   shardDeadlineMs: 1000,
   maxQueue: 24,
   maxBatch: 16,
+  maxStreamsPerClient: 28,
 };
 
 export class System {
@@ -59,6 +61,7 @@ export class System {
         ...['--threads', '1', '--grace-ms', String(settings.orchestratorGraceMs)],
         ...['--shard-deadline-ms', String(settings.shardDeadlineMs), '--cache-health-ms', '500'],
         ...['--max-queue', String(settings.maxQueue), '--max-batch', String(settings.maxBatch)],
+        ...['--max-streams-per-client', String(settings.maxStreamsPerClient)],
       ],
     });
     return new System(cluster, settings, progress, tail);

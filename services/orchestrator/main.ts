@@ -44,6 +44,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'rotate-kv': { kind: 'bool', default: true, help: 'in-process: store K and V rotated (randomised Hadamard; --rotate-kv=false: off)' },
   'max-prompt-bytes': { kind: 'int', default: 0, help: 'UTF-8 bytes of a prompt or Score text, checked before tokenising; also sizes the request limit (0: 16 per token of context, at least 64 KiB)' },
   'max-queue': { kind: 'int', default: D.maxQueue, help: 'requests that may wait for a batch slot; one more gets RESOURCE_EXHAUSTED' },
+  'max-streams-per-client': { kind: 'int', default: D.maxStreamsPerClient, help: 'requests one client (its bearer token, certificate, or IP address) may have in flight; one more gets RESOURCE_EXHAUSTED' },
   'grace-ms': { kind: 'int', default: 10000, help: 'how long running requests may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },
   ...TLS_OPTIONS,
@@ -79,6 +80,7 @@ export function defaultsFrom(o: Record<string, unknown>): ServerDefaults {
     prefillChunk: o['prefill-chunk'] as number,
     maxPromptBytes: Math.max(0, (o['max-prompt-bytes'] as number | undefined) ?? 0),
     maxQueue: (o['max-queue'] as number | undefined) ?? D.maxQueue,
+    maxStreamsPerClient: (o['max-streams-per-client'] as number | undefined) ?? D.maxStreamsPerClient,
   };
 }
 
@@ -106,6 +108,7 @@ async function main(): Promise<void> {
     if ((o[k] as number) < 50) throw new UsageError(`--${k} must be ≥ 50, got ${o[k]}`);
   const defaults = defaultsFrom(o);
   if (!(defaults.maxQueue >= 0)) throw new UsageError(`--max-queue must be ≥ 0, got ${defaults.maxQueue}`);
+  if (!(defaults.maxStreamsPerClient >= 1)) throw new UsageError(`--max-streams-per-client must be ≥ 1, got ${defaults.maxStreamsPerClient}`);
   const apiTls = o['api-tls'] as string;
   if (apiTls !== 'off' && apiTls !== 'tls' && apiTls !== 'mtls') throw new UsageError(`--api-tls must be off, tls or mtls, got ${apiTls}`);
   const telemetry = startTelemetry('smartkv-orchestrator', { metricsPort: o['metrics-port'] as number, metricsHost: o.host as string });
