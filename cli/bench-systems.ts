@@ -26,8 +26,8 @@ export async function startSplit(modelDir: string, defaults: ServerDefaults, cac
     if (tail.length > 20) tail.shift();
   };
   const model = ['--model', modelDir];
-  const allocator = new ServiceProcess('allocator', 'allocator', ['--port', '0'], undefined, quiet);
-  const cache = new ServiceProcess('cache', 'cache', ['--port', '0', ...model, ...cacheArgs], undefined, quiet);
+  const allocator = new ServiceProcess('allocator', 'allocator', ['--port', '0', '--plaintext'], undefined, quiet);
+  const cache = new ServiceProcess('cache', 'cache', ['--port', '0', '--plaintext', ...model, ...cacheArgs], undefined, quiet);
   const started: ServiceProcess[] = []; // stopped in reverse order; one that never started is not stopped
   const stopServices = async () => {
     for (const p of started.reverse()) await p.stop();

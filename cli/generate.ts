@@ -9,6 +9,7 @@ import { parseOptions, UsageError, type OptionSpec } from '../services/common/ar
 import { isModeName, isPolicyName, modeToPb, policyToPb, POLICY_NAMES } from '../services/common/policy.js';
 import { budgetFields, budgetPhrase } from './budget-fields.js';
 import { makeClient } from '../services/common/rpc.js';
+import { readTlsDir, readToken, useClientSecurity } from '../services/common/credentials.js';
 
 export const GENERATE_OPTIONS: Record<string, OptionSpec> = {
   server: { kind: 'string', default: '127.0.0.1:50051', help: "the orchestrator's address" },
@@ -23,6 +24,8 @@ export const GENERATE_OPTIONS: Record<string, OptionSpec> = {
   'realloc-interval': { kind: 'int', help: 'decode steps between reallocations' },
   mode: { kind: 'string', help: "precision mode: downgrade-only or reversible (default: the server's)" },
   json: { kind: 'bool', default: false, help: 'print the summary as JSON' },
+  'token-file': { kind: 'string', help: 'a server with --api-token-file: send the bearer token in this file (or set SMARTKV_API_TOKEN)' },
+  'tls-dir': { kind: 'string', help: 'a server with --api-tls tls|mtls: its CA (ca.pem) and, for mtls, this client\'s cert.pem and key.pem' },
 };
 
 export function summaryLine(s: GenerationSummary): string {
@@ -59,6 +62,8 @@ export async function generate(argv: string[], out: (s: string) => void, err: (s
       mode: mode ? modeToPb(mode) : 0,
     }),
   });
+  const token = o['token-file'] ? readToken(o['token-file'] as string) : process.env.SMARTKV_API_TOKEN || undefined;
+  useClientSecurity({ token, publicTls: o['tls-dir'] ? readTlsDir(o['tls-dir'] as string) : null });
   const client = makeClient(GenerationService, o.server as string);
   const call = (client as unknown as { generate: (r: unknown) => grpc.ClientReadableStream<GenerateResponse> }).generate(req);
   process.once('SIGINT', () => call.cancel());

@@ -7,6 +7,7 @@ import { benchE2e } from './bench-e2e.js';
 import { benchLatency, LATENCY_CONTEXTS, LATENCY_OPTIONS, parseLatencyOptions } from './bench-latency.js';
 import { generate, GENERATE_OPTIONS } from './generate.js';
 import { evalCommand, EVAL_USAGE_LINES } from './eval-cli.js';
+import { checkReliability } from './check-reliability.js';
 import { usage as optionsUsage, UsageError } from '../services/common/args.js';
 
 const USAGE = `usage: smartkv <command>
@@ -30,6 +31,10 @@ commands:
                                        fp16, uniform-8 and smartkv per β, in-process and split: ms/token,
                                        bytes per tier and the bit-width histogram; \`smartkv bench latency --help\`
   bench allocator [--json] [--quick]   allocator plan time per policy at 4K, 32K, 128K tokens (p50, p99)
+  check reliability [--json] [--quick] [--only a,b] [--seed N]
+                                       start a local system and run the reliability scenarios (cancel
+                                       storm, overload, fuzz, strangers, killed/hung shard, killed
+                                       allocator, soak, SIGTERM drain); exit 1 when a goal is missed
 ${EVAL_USAGE_LINES}`;
 
 async function main(argv: string[]): Promise<number> {
@@ -63,7 +68,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const flags = new Set(argv.filter((a) => a.startsWith('--')));
   // words: the command; a value after --model belongs to the option
-  const words = argv.filter((a, i) => !a.startsWith('--') && !['--model', '--policy', '--budget'].includes(argv[i - 1]));
+  const words = argv.filter((a, i) => !a.startsWith('--') && !['--model', '--policy', '--budget', '--only', '--seed'].includes(argv[i - 1]));
   if (flags.has('--help') || words.length === 0) {
     process.stdout.write(USAGE);
     return words.length === 0 && !flags.has('--help') ? 2 : 0;
@@ -106,6 +111,16 @@ async function main(argv: string[]): Promise<number> {
       { out: (l) => process.stdout.write(`${l}\n`), progress: (l) => process.stderr.write(`${l}\n`) },
     );
     return 0;
+  }
+  if (words[0] === 'check' && words[1] === 'reliability' && words.length === 2) {
+    const unknown = [...flags].filter((f) => !['--json', '--quick', '--only', '--seed'].includes(f));
+    if (unknown.length) return usageError(`unknown option ${unknown[0]}`);
+    const seed = optionValue(argv, '--seed');
+    const { misses } = await checkReliability(
+      { json: flags.has('--json'), quick: flags.has('--quick'), only: optionValue(argv, '--only')?.split(','), seed: seed === undefined ? undefined : Number(seed) },
+      { out: (l) => process.stdout.write(`${l}\n`), progress: (l) => process.stderr.write(`${l}\n`) },
+    );
+    return misses.length ? 1 : 0;
   }
   return usageError(`unknown command: ${words.join(' ')}`);
 }

@@ -1,6 +1,6 @@
 // The allocator service process: `node dist/services/allocator/main.js [--port N]`.
 // Telemetry starts first; the application (and @grpc/grpc-js) loads after.
-import { parseOptions, usage, UsageError, type OptionSpec } from '../common/args.js';
+import { parseOptions, TLS_OPTIONS, usage, UsageError, type OptionSpec } from '../common/args.js';
 import { startTelemetry } from '../telemetry/start.js';
 
 export const ALLOCATOR_OPTIONS: Record<string, OptionSpec> = {
@@ -10,6 +10,7 @@ export const ALLOCATOR_OPTIONS: Record<string, OptionSpec> = {
   'max-request-bytes': { kind: 'int', default: 0, help: 'the most bytes one Allocate may carry (0: sized from --model: a plan for its whole context)' },
   'grace-ms': { kind: 'int', default: 5000, help: 'how long in-flight calls may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },
+  ...TLS_OPTIONS,
   help: { kind: 'bool', help: 'print this help' },
 };
 
@@ -25,12 +26,19 @@ async function main(): Promise<void> {
   const { parseModelConfig } = await import('../orchestrator/model/config.js');
   const { defaultModelDir } = await import('../orchestrator/model/paths.js');
   const { allocatorLimits } = await import('../common/limits.js');
+  const { internalServerCredentials, tlsFromOptions } = await import('../common/credentials.js');
+  let tls;
+  try {
+    tls = tlsFromOptions(o, 'the allocator');
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
   // The model's shape bounds an Allocate: [layers][context] per-token arrays.
   const cfgFile = join((o.model as string | undefined) ?? defaultModelDir(), 'config.json');
   const limits = allocatorLimits(parseModelConfig(JSON.parse(readFileSync(cfgFile, 'utf8')), cfgFile));
   if ((o['max-request-bytes'] as number) > 0) limits.receiveBytes = o['max-request-bytes'] as number;
-  const listen = { role: 'allocator', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, limits, afterStop: () => telemetry.shutdown() };
-  process.stderr.write(`[smartkv-allocator] model shape from ${cfgFile}: requests ≤ ${limits.receiveBytes} bytes\n`);
+  const listen = { role: 'allocator', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, limits, security: { credentials: internalServerCredentials(tls) }, afterStop: () => telemetry.shutdown() };
+  process.stderr.write(`[smartkv-allocator] model shape from ${cfgFile}: requests ≤ ${limits.receiveBytes} bytes; ${tls ? `mutual TLS (${tls.dir})` : 'plaintext (--plaintext)'}\n`);
   await runService('allocator', [
     { provide: LISTEN, useValue: listen },
     { provide: SERVED, useValue: [{ service: AllocatorService, implementation: allocatorHandlers() }] },

@@ -17,6 +17,7 @@ import { ATTEND_CODECS } from './cache-proto.js';
 import { instruments } from '../telemetry/spans.js';
 import { cacheLimits } from '../common/limits.js';
 import { OwnerLeases } from './owners.js';
+import { internalServerCredentials, tlsFromOptions } from '../common/credentials.js';
 
 export async function runCache(o: Options, telemetry: Telemetry): Promise<void> {
   const modelDir = (o.model as string | undefined) ?? defaultModelDir();
@@ -58,13 +59,20 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
   const leaseMs = o['lease-ms'] as number;
   if (!(leaseMs >= 100)) throw new UsageError(`--lease-ms must be ≥ 100, got ${leaseMs}`);
   const leases = new OwnerLeases(leaseMs);
-  const listen: ListenOptions = { role: 'cache', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, limits, afterStop: async () => {
+  let tls;
+  try {
+    tls = tlsFromOptions(o, 'the cache service');
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const security = { credentials: internalServerCredentials(tls) };
+  const listen: ListenOptions = { role: 'cache', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, limits, security, afterStop: async () => {
     leases.stop();
     await core.close(); // frees every sequence: their master tier files close with them
     removeDir();
     await telemetry.shutdown();
   } };
-  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}; requests ≤ ${limits.receiveBytes} bytes, Attend ≤ ${rows} rows, ≤ ${perOwner} sequences per owner; owner lease ${leaseMs} ms`);
+  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}; requests ≤ ${limits.receiveBytes} bytes, Attend ≤ ${rows} rows, ≤ ${perOwner} sequences per owner; owner lease ${leaseMs} ms; ${tls ? `mutual TLS (${tls.dir})` : 'plaintext (--plaintext)'}`);
   // Bytes held, read from the engine when Prometheus scrapes.
   instruments()
     .meter.createObservableGauge('smartkv_cache_bytes_held', { unit: 'By', description: 'KV bytes held by this cache service (payload, scales, bookkeeping)' })

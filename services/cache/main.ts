@@ -1,7 +1,7 @@
 // The cache service process: `node dist/services/cache/main.js --model DIR [--port N] …`.
 // It owns the KV of its sequences. Telemetry starts first; the application
 // (and @grpc/grpc-js with it) loads after.
-import { parseOptions, usage, UsageError, type OptionSpec } from '../common/args.js';
+import { parseOptions, TLS_OPTIONS, usage, UsageError, type OptionSpec } from '../common/args.js';
 import { startTelemetry } from '../telemetry/start.js';
 
 export const CACHE_OPTIONS: Record<string, OptionSpec> = {
@@ -21,6 +21,7 @@ export const CACHE_OPTIONS: Record<string, OptionSpec> = {
   'lease-ms': { kind: 'int', default: 30000, help: 'an owner (smartkv-owner token) with no open attend stream that makes no call for this long loses its sequences (any call with its token renews the lease)' },
   'grace-ms': { kind: 'int', default: 5000, help: 'how long in-flight calls may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },
+  ...TLS_OPTIONS,
   help: { kind: 'bool', help: 'print this help' },
 };
 

@@ -45,3 +45,9 @@ export function usage(title: string, spec: Record<string, OptionSpec>): string {
   const lines = Object.entries(spec).map(([k, s]) => `  --${k}${s.kind === 'bool' ? '' : ' ' + s.kind.toUpperCase()}`.padEnd(32) + s.help + (s.default !== undefined && s.default !== false ? ` (default ${s.default})` : ''));
   return `${title}\n\noptions:\n${lines.join('\n')}\n`;
 }
+
+/** Options of every service process: how the services reach each other (services/common/credentials.ts). */
+export const TLS_OPTIONS: Record<string, OptionSpec> = {
+  'tls-dir': { kind: 'string', help: "mutual TLS between the services: a directory with ca.pem, cert.pem and key.pem (or a Kubernetes TLS secret's ca.crt, tls.crt, tls.key); npm start makes a throwaway one" },
+  plaintext: { kind: 'bool', default: false, help: 'no TLS between the services: only with this flag (a trusted network, e.g. loopback in tests)' },
+};

@@ -4,6 +4,8 @@
 import * as grpc from '@grpc/grpc-js';
 import { fromBinary, toBinary, type DescMessage, type DescService, type MessageShape } from '@bufbuild/protobuf';
 
+import { channelCredentials, channelInterceptors } from './credentials.js';
+
 /** A hand-written codec for one method's messages (same wire format). */
 export interface MethodCodec {
   serializeRequest: (m: never) => Buffer;
@@ -68,10 +70,12 @@ function deserializer<D extends DescMessage>(schema: D) {
   return (buf: Buffer): MessageShape<D> => fromBinary(schema, buf);
 }
 
-/** A generic grpc-js client for `service` at `address` (host:port). */
+/** A generic grpc-js client for `service` at `address` (host:port), with
+ * the credentials this process uses for that service (credentials.ts). */
 export function makeClient(service: DescService, address: string, options: grpc.ClientOptions = {}, codecs: Record<string, MethodCodec> = {}): grpc.Client {
   const Ctor = grpc.makeGenericClientConstructor(grpcDefinition(service, codecs), service.name);
-  return new Ctor(address, grpc.credentials.createInsecure(), {
+  return new Ctor(address, channelCredentials(service.typeName), {
+    interceptors: channelInterceptors(service.typeName),
     'grpc.max_receive_message_length': 256 << 20,
     'grpc.max_send_message_length': 256 << 20,
     ...options,

@@ -13,6 +13,7 @@ import type { DescService } from '@bufbuild/protobuf';
 
 import type { MessageLimits } from './limits.js';
 import { serverOptions } from './limits.js';
+import { requireBearer } from './credentials.js';
 import { grpcDefinition, MalformedMessage, malformedStatus, type MethodCodec } from './rpc.js';
 
 export interface ServedService {
@@ -59,14 +60,22 @@ export function protoDir(): string {
   throw new Error('proto/smartkv/v1 not found above ' + fileURLToPath(import.meta.url));
 }
 
+/** Who may call: the transport (credentials.ts: mutual TLS, TLS or plaintext)
+ * and, optionally, a bearer token every call of our services must carry. */
+export interface ServerSecurity {
+  credentials: grpc.ServerCredentials;
+  bearerToken?: string;
+}
+
 /** limits: sized from the served model (limits.ts); a larger message is
  * refused with RESOURCE_EXHAUSTED from its length prefix, before it is read. */
-export async function startServer(host: string, port: number, services: ServedService[], limits: MessageLimits): Promise<RunningServer> {
+export async function startServer(host: string, port: number, services: ServedService[], limits: MessageLimits, security?: ServerSecurity): Promise<RunningServer> {
   const server = new grpc.Server(serverOptions(limits));
   const health = new HealthImplementation({ '': 'NOT_SERVING' });
   for (const s of services) {
     const def = grpcDefinition(s.service, s.codecs);
-    server.addService(def, guardMalformed(def, s.implementation));
+    const impl = security?.bearerToken ? requireBearer(s.implementation, security.bearerToken) : s.implementation;
+    server.addService(def, guardMalformed(def, impl));
     health.setStatus(s.service.typeName, 'NOT_SERVING');
   }
   health.addToServer(server);
@@ -78,7 +87,7 @@ export async function startServer(host: string, port: number, services: ServedSe
   new ReflectionService(pkg, { services: [...services.map((s) => s.service.typeName), 'grpc.health.v1.Health'] }).addToServer(server);
 
   const bound = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${host}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(`${host}:${port}`, security?.credentials ?? grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
   );
   health.setStatus('', 'SERVING');
   for (const s of services) health.setStatus(s.service.typeName, 'SERVING');

@@ -9,7 +9,7 @@ import { Inject, Injectable, Module, type BeforeApplicationShutdown, type Dynami
 import { NestFactory } from '@nestjs/core';
 
 import type { MessageLimits } from './limits.js';
-import { startServer, type RunningServer, type ServedService } from './server.js';
+import { startServer, type RunningServer, type ServedService, type ServerSecurity } from './server.js';
 
 export const SERVED = Symbol('served services');
 export const LISTEN = Symbol('listen options');
@@ -21,6 +21,8 @@ export interface ListenOptions {
   graceMs: number;
   /** Message-size limits of this server (limits.ts). */
   limits: MessageLimits;
+  /** Transport and token checks (credentials.ts); plaintext when absent. */
+  security?: ServerSecurity;
   /** Runs before the server stops accepting calls: drain work that needs the server. */
   beforeStop?: () => Promise<void>;
   /** Runs after the server stopped (flush telemetry). */
@@ -42,7 +44,7 @@ export class GrpcHost implements OnApplicationBootstrap, BeforeApplicationShutdo
 
   async onApplicationBootstrap(): Promise<void> {
     const { host, port } = this.listen;
-    this.running = await startServer(host, port, this.services, this.listen.limits);
+    this.running = await startServer(host, port, this.services, this.listen.limits, this.listen.security);
   }
 
   /** The launcher and the tests wait for this line; runService prints it once

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 
 import { waitHealthy } from '../common/health-client.js';
+import { generateLocalTls, PUBLIC_SERVICE, removeLocalTls, useClientSecurity, type ApiTls, type TlsMaterial } from '../common/credentials.js';
 
 const here = dirname(fileURLToPath(import.meta.url)); // dist/services/launcher
 const MAIN = {
@@ -27,6 +28,13 @@ export interface ClusterOptions {
   allocatorArgs?: string[];
   orchestratorArgs?: string[];
   env?: NodeJS.ProcessEnv;
+  /** Between the services: mutual TLS with these certificates, or with a
+   * throwaway CA made now ('generate', removed on stop); plaintext (each
+   * service gets --plaintext) when absent. This process's own calls (health
+   * checks, clients it makes) use the same. */
+  tls?: TlsMaterial | 'generate' | null;
+  /** The public API over TLS or mutual TLS with the same certificate (default off). */
+  apiTls?: ApiTls;
   /** Where the processes' stderr goes (default: this process's stderr). */
   log?: (role: string, line: string) => void;
   startTimeoutMs?: number;
@@ -107,6 +115,8 @@ export class Cluster {
     readonly caches: ServiceProcess[],
     readonly orchestrator: ServiceProcess,
     private readonly timeoutMs: number,
+    readonly tls: TlsMaterial | null,
+    private readonly ownTls: boolean, // made here: removed on stop
   ) {}
 
   get address(): string {
@@ -117,11 +127,15 @@ export class Cluster {
     const host = o.host ?? '127.0.0.1';
     const log = o.log ?? ((name, line) => process.stderr.write(`${line.startsWith('[') ? '' : `[${name}] `}${line}\n`));
     const timeoutMs = o.startTimeoutMs ?? 60_000;
-    const model = o.model ? ['--model', o.model] : [];
-    const allocator = new ServiceProcess('allocator', 'allocator', ['--host', host, '--port', '0', ...model, ...(o.allocatorArgs ?? [])], o.env, log);
+    const tls = o.tls === 'generate' ? generateLocalTls([host]) : (o.tls ?? null);
+    const apiTls = o.apiTls ?? 'off';
+    if (apiTls !== 'off' && !tls) throw new Error(`--api-tls ${apiTls} needs certificates`);
+    useClientSecurity({ internal: tls, publicTls: apiTls === 'off' ? null : tls });
+    const common = [...(o.model ? ['--model', o.model] : []), ...(tls ? ['--tls-dir', tls.dir] : ['--plaintext'])];
+    const allocator = new ServiceProcess('allocator', 'allocator', ['--host', host, '--port', '0', ...common, ...(o.allocatorArgs ?? [])], o.env, log);
     const caches = Array.from(
       { length: o.cacheShards ?? 1 },
-      (_, i) => new ServiceProcess('cache', `cache-${i}`, ['--host', host, '--port', '0', ...model, ...(o.cacheArgs ?? [])], o.env, log),
+      (_, i) => new ServiceProcess('cache', `cache-${i}`, ['--host', host, '--port', '0', ...common, ...(o.cacheArgs ?? [])], o.env, log),
     );
     const started: ServiceProcess[] = [];
     try {
@@ -139,7 +153,8 @@ export class Cluster {
           ...['--host', host, '--port', String(o.port ?? 0), '--allocator', allocator.address],
           // No local cache service: the orchestratorArgs name the shards (--cache-dns).
           ...(caches.length ? ['--cache', caches.map((c) => c.address).join(',')] : []),
-          ...model,
+          ...common,
+          ...['--api-tls', apiTls],
           ...(o.orchestratorArgs ?? []),
         ],
         o.env,
@@ -147,10 +162,11 @@ export class Cluster {
       );
       started.push(orchestrator);
       await orchestrator.start(timeoutMs);
-      await waitHealthy(orchestrator.address, timeoutMs);
-      return new Cluster(allocator, caches, orchestrator, timeoutMs);
+      await waitHealthy(orchestrator.address, timeoutMs, PUBLIC_SERVICE);
+      return new Cluster(allocator, caches, orchestrator, timeoutMs, tls, o.tls === 'generate');
     } catch (e) {
       await Promise.all(started.map((p) => p.stop(2000)));
+      if (o.tls === 'generate') removeLocalTls(tls);
       throw e;
     }
   }
@@ -166,5 +182,6 @@ export class Cluster {
   async stop(): Promise<void> {
     await this.orchestrator.stop();
     await Promise.all([this.allocator, ...this.caches].map((p) => p.stop()));
+    if (this.ownTls) removeLocalTls(this.tls);
   }
 }

@@ -3,7 +3,8 @@
 // SIGTERM stops all of them cleanly, and so does the end of the launcher's
 // own parent (npm, a shell). A cache service or the allocator that dies is
 // started again on its port; if the orchestrator dies, all stop.
-import { parseOptions, usage, UsageError, type OptionSpec } from '../common/args.js';
+import { parseOptions, TLS_OPTIONS, usage, UsageError, type OptionSpec } from '../common/args.js';
+import { readTlsDir } from '../common/credentials.js';
 import { Cluster, type ServiceProcess } from './cluster.js';
 
 const OPTIONS: Record<string, OptionSpec> = {
@@ -18,6 +19,10 @@ const OPTIONS: Record<string, OptionSpec> = {
   'master-dir': { kind: 'string', help: 'directory for the cache services\' master tier files (default: one per service under the OS temp dir, removed on stop)' },
   policy: { kind: 'string', help: 'default cache policy (fp16, uniform-8/4/2, kivi-2/4, random, tiered, smartkv)' },
   budget: { kind: 'number', help: 'default budget β' },
+  ...TLS_OPTIONS,
+  'tls-dir': { kind: 'string', help: 'mutual TLS between the services with these certificates (ca.pem, cert.pem, key.pem); default: a throwaway CA and certificate made with openssl for this run' },
+  'api-tls': { kind: 'string', default: 'off', help: 'the public API: off (plaintext), tls or mtls, with the services\' certificate' },
+  'api-token-file': { kind: 'string', help: 'the public API requires `authorization: Bearer <token>` with the token in this file' },
   help: { kind: 'bool', help: 'print this help' },
 };
 
@@ -35,6 +40,12 @@ async function main(): Promise<number> {
   if (o['cache-dns-server']) orchestratorArgs.push('--cache-dns-server', (o['cache-dns-server'] as string[]).join(','));
   if (o.policy) orchestratorArgs.push('--policy', o.policy as string);
   if (o.budget !== undefined) orchestratorArgs.push('--budget', String(o.budget));
+  const apiTls = o['api-tls'] as string;
+  if (apiTls !== 'off' && apiTls !== 'tls' && apiTls !== 'mtls') throw new UsageError(`--api-tls must be off, tls or mtls, got ${apiTls}`);
+  if (o['api-token-file']) orchestratorArgs.push('--api-token-file', o['api-token-file'] as string);
+  if (o.plaintext && o['tls-dir']) throw new UsageError('give --tls-dir or --plaintext, not both');
+  if (o.plaintext && o['api-tls'] !== 'off') throw new UsageError(`--api-tls ${o['api-tls']} needs certificates: leave out --plaintext`);
+  const tls = o.plaintext ? null : o['tls-dir'] ? readTlsDir(o['tls-dir'] as string) : 'generate';
   const mode = o.mode as string;
   if (mode !== 'downgrade-only' && mode !== 'reversible') throw new UsageError(`--mode must be downgrade-only or reversible, got ${mode}`);
   orchestratorArgs.push('--mode', mode);
@@ -49,10 +60,13 @@ async function main(): Promise<number> {
     model: o.model as string | undefined,
     cacheArgs,
     orchestratorArgs,
+    tls,
+    apiTls,
   });
   process.stdout.write(
     `\nSmartKV is serving on ${cluster.address} (ready in ${((Date.now() - t0) / 1000).toFixed(1)} s)\n` +
       `  cache services: ${[...cluster.caches.map((c) => c.address), ...(dns ? [`DNS ${dns}`] : [])].join(', ')}; allocator: ${cluster.allocator.address}\n` +
+      `  between the services: ${cluster.tls ? `mutual TLS (${o['tls-dir'] ? cluster.tls.dir : `a throwaway CA in ${cluster.tls.dir}, removed on stop`})` : 'plaintext (--plaintext)'}; public API: ${o['api-tls'] === 'off' ? 'plaintext' : o['api-tls']}${o['api-token-file'] ? ', bearer token' : ''}\n` +
       `  try: npx smartkv generate "The old man said" --server ${cluster.address}\n` +
       `  Ctrl-C stops everything.\n\n`,
   );

@@ -30,8 +30,11 @@ import { budgetReport, type BudgetSummary, type Job, type JobOutcome } from './j
 import type { Model } from './model/model.js';
 import type { Scheduler } from './scheduler.js';
 import { generateSpec, scoreSpec, type CacheChoice, type ServerDefaults } from './settings.js';
+import { ClientLimits } from './client-limits.js';
 
 export interface GenerationContext {
+  /** Requests in flight per client (client-limits.ts). */
+  clients?: ClientLimits;
   model: Model;
   modelName: string;
   scheduler: Scheduler;
@@ -123,19 +126,34 @@ function cancelOn(call: NodeJS.EventEmitter, job: Job): void {
 
 export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceImplementation {
   const { model, scheduler, defaults } = ctx;
+  const clients = (ctx.clients ??= new ClientLimits(defaults.maxStreamsPerClient));
+  /** Counts the call against its client until `job` ends. */
+  const admitted = (call: Parameters<ClientLimits['enter']>[0], start: () => Job): Job => {
+    const release = clients.enter(call);
+    try {
+      const job = start();
+      job.done.then(release, release);
+      return job;
+    } catch (e) {
+      release();
+      throw e;
+    }
+  };
   return {
     generate: (call: grpc.ServerWritableStream<GenerateRequest, GenerateResponse>) => {
       let job: Job;
       try {
         const spec = generateSpec(call.request, model.config, model.tokenizer, defaults);
-        job = scheduler.submit(
-          spec,
-          {
-            token: (id, text, logprob) => {
-              if (!call.cancelled) call.write(create(GenerateResponseSchema, { kind: { case: 'token', value: create(GeneratedTokenSchema, { id, text, logprob }) } }));
+        job = admitted(call, () =>
+          scheduler.submit(
+            spec,
+            {
+              token: (id, text, logprob) => {
+                if (!call.cancelled) call.write(create(GenerateResponseSchema, { kind: { case: 'token', value: create(GeneratedTokenSchema, { id, text, logprob }) } }));
+              },
             },
-          },
-          context.active(),
+            context.active(),
+          ),
         );
         cancelOn(call, job);
         counted('Generate', job.done).then(
@@ -154,7 +172,7 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
       try {
         const spec = generateSpec(call.request, model.config, model.tokenizer, defaults);
         let text = '';
-        const job = scheduler.submit(spec, { token: (_id, t) => (text += t) }, context.active());
+        const job = admitted(call, () => scheduler.submit(spec, { token: (_id, t) => (text += t) }, context.active()));
         cancelOn(call, job);
         counted('Complete', job.done).then(
           (o) => cb(null, create(CompleteResponseSchema, { text: text + o.trailingText, tokenIds: o.generated, summary: summaryOf(o, spec.cache) })),
@@ -175,7 +193,7 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
             top.forEach((t, k) => (topIds[pos - 1 + k] = t));
           },
         };
-        const job = scheduler.submit(spec, sink, context.active());
+        const job = admitted(call, () => scheduler.submit(spec, sink, context.active()));
         cancelOn(call, job);
         counted('Score', job.done).then(
           (o) => {
@@ -208,7 +226,7 @@ export function generationHandlers(ctx: GenerationContext): grpc.UntypedServiceI
           maxBatch: defaults.maxBatch,
           prefillChunk: defaults.prefillChunk,
           maxStopStrings: defaults.maxStopStrings,
-          limits: { maxRequestBytes: BigInt(publicLimits(c, defaults.maxPromptBytes).receiveBytes), maxPromptBytes: BigInt(defaults.maxPromptBytes), maxQueued: defaults.maxQueue },
+          limits: { maxRequestBytes: BigInt(publicLimits(c, defaults.maxPromptBytes).receiveBytes), maxPromptBytes: BigInt(defaults.maxPromptBytes), maxQueued: defaults.maxQueue, maxStreamsPerClient: defaults.maxStreamsPerClient },
         }),
       );
     },

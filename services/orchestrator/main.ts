@@ -7,10 +7,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { isModeName, isPolicyName } from '../common/policy.js';
-import { parseOptions, usage, UsageError, type OptionSpec } from '../common/args.js';
+import { parseOptions, TLS_OPTIONS, usage, UsageError, type OptionSpec } from '../common/args.js';
 import { startTelemetry } from '../telemetry/start.js';
 import { DEFAULTS, type ServerDefaults } from './settings.js';
 import { parseDnsTarget, type DnsTarget } from '../common/host-port.js';
+import type { ServerSecurity } from '../common/server.js';
 
 const D = DEFAULTS;
 export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
@@ -43,8 +44,12 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'rotate-kv': { kind: 'bool', default: true, help: 'in-process: store K and V rotated (randomised Hadamard; --rotate-kv=false: off)' },
   'max-prompt-bytes': { kind: 'int', default: 0, help: 'UTF-8 bytes of a prompt or Score text, checked before tokenising; also sizes the request limit (0: 16 per token of context, at least 64 KiB)' },
   'max-queue': { kind: 'int', default: D.maxQueue, help: 'requests that may wait for a batch slot; one more gets RESOURCE_EXHAUSTED' },
+  'max-streams-per-client': { kind: 'int', default: D.maxStreamsPerClient, help: 'requests one client (its bearer token, certificate, or IP address) may have in flight; one more gets RESOURCE_EXHAUSTED' },
   'grace-ms': { kind: 'int', default: 10000, help: 'how long running requests may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },
+  ...TLS_OPTIONS,
+  'api-tls': { kind: 'string', default: 'off', help: 'the public API: off (plaintext), tls, or mtls (clients need a certificate of the --tls-dir CA); uses the --tls-dir certificate' },
+  'api-token-file': { kind: 'string', help: 'the public API requires `authorization: Bearer <token>` with the token in this file (health and reflection stay open)' },
   help: { kind: 'bool', help: 'print this help' },
 };
 
@@ -75,6 +80,7 @@ export function defaultsFrom(o: Record<string, unknown>): ServerDefaults {
     prefillChunk: o['prefill-chunk'] as number,
     maxPromptBytes: Math.max(0, (o['max-prompt-bytes'] as number | undefined) ?? 0),
     maxQueue: (o['max-queue'] as number | undefined) ?? D.maxQueue,
+    maxStreamsPerClient: (o['max-streams-per-client'] as number | undefined) ?? D.maxStreamsPerClient,
   };
 }
 
@@ -102,6 +108,9 @@ async function main(): Promise<void> {
     if ((o[k] as number) < 50) throw new UsageError(`--${k} must be ≥ 50, got ${o[k]}`);
   const defaults = defaultsFrom(o);
   if (!(defaults.maxQueue >= 0)) throw new UsageError(`--max-queue must be ≥ 0, got ${defaults.maxQueue}`);
+  if (!(defaults.maxStreamsPerClient >= 1)) throw new UsageError(`--max-streams-per-client must be ≥ 1, got ${defaults.maxStreamsPerClient}`);
+  const apiTls = o['api-tls'] as string;
+  if (apiTls !== 'off' && apiTls !== 'tls' && apiTls !== 'mtls') throw new UsageError(`--api-tls must be off, tls or mtls, got ${apiTls}`);
   const telemetry = startTelemetry('smartkv-orchestrator', { metricsPort: o['metrics-port'] as number, metricsHost: o.host as string });
   const { GenerationService } = await import('../../gen/smartkv/v1/generation_pb.js');
   const { LISTEN, log, runService, SERVED } = await import('../common/service-app.js');
@@ -110,6 +119,17 @@ async function main(): Promise<void> {
   const { Orchestrator } = await import('./orchestrator.js');
   const modelDir = (o.model as string | undefined) ?? defaultModelDir();
   const say = (l: string) => log('orchestrator', l);
+  const { publicServerCredentials, readToken, tlsFromOptions, useClientSecurity } = await import('../common/credentials.js');
+  let tls, token, security: ServerSecurity;
+  try {
+    // In one process there is no internal channel: TLS is only for the public API then.
+    tls = inProcess && !o['tls-dir'] ? null : tlsFromOptions(o, 'the orchestrator');
+    token = o['api-token-file'] ? readToken(o['api-token-file'] as string) : undefined;
+    useClientSecurity({ internal: tls });
+    security = { credentials: publicServerCredentials(tls, apiTls as 'off' | 'tls' | 'mtls'), bearerToken: token };
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
   const orch = await Orchestrator.create({
     modelDir,
     defaults,
@@ -130,6 +150,7 @@ async function main(): Promise<void> {
   const limits = publicLimits(orch.context.model.config, orch.context.defaults.maxPromptBytes);
   const listen = {
     limits,
+    security,
     role: 'orchestrator',
     host: o.host as string,
     port: o.port as number,
@@ -138,7 +159,7 @@ async function main(): Promise<void> {
     afterStop: () => telemetry.shutdown(),
   };
   const caches = [...((o.cache as string[] | undefined) ?? []), ...(o['cache-dns'] ? [`DNS ${o['cache-dns']}`] : [])];
-  say(`model ${modelDir}; ${inProcess ? 'in-process cache and allocator' : `cache ${caches.join(', ')}, allocator ${o.allocator}`}; requests ≤ ${limits.receiveBytes} bytes, prompts ≤ ${limits.promptBytes} bytes`);
+  say(`model ${modelDir}; ${inProcess ? 'in-process cache and allocator' : `cache ${caches.join(', ')}, allocator ${o.allocator}`}; requests ≤ ${limits.receiveBytes} bytes, prompts ≤ ${limits.promptBytes} bytes; services: ${tls ? `mutual TLS (${tls.dir})` : 'plaintext'}; public API: ${apiTls === 'off' ? 'plaintext' : apiTls}${token ? ', bearer token' : ''}`);
   await runService('orchestrator', [
     { provide: LISTEN, useValue: listen },
     { provide: SERVED, useValue: [{ service: GenerationService, implementation: generationHandlers(orch.context) }] },

@@ -8,7 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { SpanStatusCode, trace, type Context } from '@opentelemetry/api';
 
 import { isPlanPolicy } from '../allocator/policies.js';
-import type { CacheShard } from '../cache/cache-api.js';
+import type { CacheShard, ShardReservations } from '../cache/cache-api.js';
 import type { StorageKind } from '../../native/kv-engine.js';
 import { RpcError } from '../common/rpc.js';
 import type { Allocator } from './allocator-client.js';
@@ -37,6 +37,12 @@ export interface SchedulerOptions {
   defaults: ServerDefaults;
   blockTokens: number; // the cache engines' storage block
   log: (line: string) => void;
+}
+
+/** A shard as one admission pass sees it. */
+interface ShardRoom {
+  handle: ShardHandle;
+  stats: ShardReservations | null;
 }
 
 /** Per-job state only the scheduler touches. */
@@ -143,6 +149,11 @@ export class Scheduler {
   // --- admission -----------------------------------------------------------
 
   private async admit(): Promise<void> {
+    // One reservations call per shard per pass, kept current here as the pass
+    // places jobs: a burst of requests refused for memory used to cost two
+    // calls each, one after another, while every running stream waited for
+    // the next step (11.8 s token gaps in the reliability suite's overload).
+    let room: ShardRoom[] | null = null;
     while (this.queue.length && this.active.length < this.o.defaults.maxBatch) {
       const job = this.queue.shift()!;
       if (job.cancelled) {
@@ -151,7 +162,8 @@ export class Scheduler {
         continue;
       }
       try {
-        await this.place(job);
+        room ??= await this.shardRoom();
+        await this.place(job, room);
         const seed = job.spec.kind === 'generate' ? job.spec.sampling.seed : 0;
         const stop = job.spec.kind === 'generate' ? new StopText(job.spec.stop) : null;
         this.active.push({ job, rng: seededRng(seed), stop });
@@ -168,29 +180,36 @@ export class Scheduler {
    * limit − reservations; without limits, the fewest bytes reserved), so that
    * nothing can fail for memory after the first token: RESOURCE_EXHAUSTED here
    * when no shard has room. */
-  private async place(job: Job): Promise<void> {
-    const c = this.o.model.config, cache = job.spec.cache;
+  /** The eligible shards and their reservations (null: the shard did not answer). */
+  private async shardRoom(): Promise<ShardRoom[]> {
     const shards = this.o.shards.eligible();
-    const storage: StorageKind = cache.policy === 'kivi-2' || cache.policy === 'kivi-4' ? cache.policy : 'mixed';
-    const reserve = this.reservation(job);
     // Reservations only: O(1) per shard, however many sequences it holds.
     const stats = await Promise.all(shards.map((h) => h.shard.reservations(2000).catch(() => null)));
+    return shards.map((handle, i) => ({ handle, stats: stats[i] }));
+  }
+
+  private async place(job: Job, shards: ShardRoom[]): Promise<void> {
+    const c = this.o.model.config, cache = job.spec.cache;
+    const storage: StorageKind = cache.policy === 'kivi-2' || cache.policy === 'kivi-4' ? cache.policy : 'mixed';
+    const reserve = this.reservation(job);
     let best = -1, room = -Infinity;
-    stats.forEach((s, i) => {
+    shards.forEach(({ stats: s }, i) => {
       if (!s) return;
       const free = s.memoryLimitBytes > 0 ? s.memoryLimitBytes - s.reservedBytes : -s.reservedBytes;
       if (s.memoryLimitBytes > 0 && free < reserve) return;
       if (free > room) (best = i), (room = free);
     });
     if (best < 0) {
-      if (stats.every((s) => !s)) throw new RpcError(grpc.status.UNAVAILABLE, `no cache shard answers (${shards.map((s) => s.address).join(', ') || 'none is healthy'})`);
+      if (shards.every((s) => !s.stats)) throw new RpcError(grpc.status.UNAVAILABLE, `no cache shard answers (${shards.map((s) => s.handle.address).join(', ') || 'none is healthy'})`);
       throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `no cache shard has room for this request within its memory limit: it may hold ${reserve} hot bytes at its maximum length (${this.maxTokens(job)} tokens, mode ${cache.mode}); retry later or lower max_tokens or cache.budget`);
     }
-    const shard = shards[best].shard;
+    const { handle, stats } = shards[best];
+    const shard = handle.shard;
     const created = await shard.createSequence(storage, reserve, cache.gamma, cache.mode);
+    stats!.reservedBytes += reserve; // the rest of this pass sees it
     job.shard = shard;
-    job.shardIndex = shards[best].index;
-    job.shardAddress = shards[best].address;
+    job.shardIndex = handle.index;
+    job.shardAddress = handle.address;
     job.seq = created.seq;
     job.reservedBytes = reserve;
     job.layout = { layers: c.layers, fp16TokenBytes: 2 * c.kvHeads * c.headDim * 2, tokenBytes: created.tokenBytes, blockTokens: this.o.blockTokens };
@@ -219,6 +238,8 @@ export class Scheduler {
     const tb = layoutTokenBytes({ headDim: c.headDim, kvHeads: c.kvHeads, blockTokens: T, quant: 'symmetric' });
     const fp16TokenBytes = 2 * c.kvHeads * c.headDim * 2;
     const budgeted = cache.policy === 'smartkv' || cache.policy === 'random' || cache.policy === 'tiered';
+    // Tokens that arrive at 16 bits before a plan: a prefill chunk (no longer than the prompt) or R decode steps.
+    const ahead = Math.max(Math.min(this.o.defaults.prefillChunk, job.promptLength), cache.reallocInterval);
     return reservationBytes({
       layers: c.layers,
       fp16TokenBytes,
@@ -228,9 +249,10 @@ export class Scheduler {
       metaPageTokens: META_PAGE_TOKENS,
       tableEntryBytes: TABLE_ENTRY_BYTES,
       // Unbudgeted policies hold at most FP16 blocks (uniform plans never exceed leaving tokens alone).
-      beta: budgeted ? cache.beta : tb[0] / fp16TokenBytes,
+      beta: budgeted ? cache.beta : 1,
       tokens: this.maxTokens(job),
-      ahead: Math.max(this.o.defaults.prefillChunk, cache.reallocInterval),
+      ahead,
+      protectedTokens: cache.sinks + cache.window,
     });
   }
 

@@ -32,6 +32,8 @@ export interface ServerDefaults {
   maxPromptBytes: number;
   /** Requests waiting for a batch slot; one more is refused with RESOURCE_EXHAUSTED. */
   maxQueue: number;
+  /** Requests one client may have in flight (queued or running); one more is refused with RESOURCE_EXHAUSTED. */
+  maxStreamsPerClient: number;
 }
 
 export const DEFAULTS: ServerDefaults = {
@@ -42,6 +44,7 @@ export const DEFAULTS: ServerDefaults = {
   maxStopBytes: 256,
   maxPromptBytes: 0,
   maxQueue: 256,
+  maxStreamsPerClient: 64,
 };
 
 export interface SamplingChoice {

@@ -21,6 +21,7 @@ import { service as healthService } from 'grpc-health-check';
 
 import type { ShardStats } from '../cache/cache-api.js';
 import { joinHostPort, type DnsTarget } from '../common/host-port.js';
+import { channelCredentials } from '../common/credentials.js';
 import type { ShardHandle } from './scheduler.js';
 
 export type { DnsTarget };
@@ -279,7 +280,7 @@ const HealthClient = grpc.makeGenericClientConstructor(healthService as grpc.Ser
 
 /** grpc.health.v1 Check of the cache service over one long-lived channel. */
 export function grpcHealthProbe(address: string): HealthProbe {
-  const client = new HealthClient(address, grpc.credentials.createInsecure(), { 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 1000 });
+  const client = new HealthClient(address, channelCredentials('smartkv.v1.CacheService'), { 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 1000 });
   type Check = (r: unknown, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r?: { status: string }) => void) => void;
   return {
     check: (deadlineMs) =>

@@ -86,7 +86,7 @@ describe('admission under a memory limit', () => {
 
   test('the master tier directory the service made itself is removed when it stops', async () => {
     const tmp = mkdtempSync(join(tmpdir(), 'smartkv-tmp-'));
-    const cache = new ServiceProcess('cache', 'own-tier', ['--port', '0', '--mode', 'reversible', '--threads', '1'], { TMPDIR: tmp }, logs.log);
+    const cache = new ServiceProcess('cache', 'own-tier', ['--port', '0', '--mode', 'reversible', '--threads', '1', '--plaintext'], { TMPDIR: tmp }, logs.log);
     try {
       await cache.start(60_000);
       const dir = join(tmp, `smartkv-master-${cache.pid}`);

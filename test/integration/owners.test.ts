@@ -38,7 +38,7 @@ describe('sequences belong to their creator, under a lease', () => {
   };
 
   before(async () => {
-    cache = new ServiceProcess('cache', 'cache', ['--port', '0', '--threads', '1', '--lease-ms', String(LEASE_MS), '--max-sequences-per-owner', '3'], undefined, logs.log);
+    cache = new ServiceProcess('cache', 'cache', ['--port', '0', '--threads', '1', '--lease-ms', String(LEASE_MS), '--max-sequences-per-owner', '3', '--plaintext'], undefined, logs.log);
     await cache.start(60_000);
   });
 

@@ -72,7 +72,7 @@ describe('cache shards found by DNS, joining and leaving at run time', () => {
   before(async () => {
     dns = await TestDnsServer.start();
     port = await freePort();
-    caches = IPS.map((ip, i) => new ServiceProcess('cache', `cache-${i}`, ['--host', ip, '--port', String(port), '--threads', '1'], undefined, logs.log));
+    caches = IPS.map((ip, i) => new ServiceProcess('cache', `cache-${i}`, ['--host', ip, '--port', String(port), '--threads', '1', '--plaintext'], undefined, logs.log));
     await Promise.all(caches.map((p) => p.start(60_000)));
     await Promise.all(caches.map((c) => waitHealthy(c.address, 60_000)));
     dns.set(NAME, [IPS[0], IPS[1]]); // the third shard runs but is not listed yet
@@ -152,7 +152,7 @@ describe('cache shards found by DNS, joining and leaving at run time', () => {
   });
 
   test('npm start -- --cache-dns NAME:PORT: the launcher starts no cache of its own and serves from the shards the name lists', async () => {
-    const launcher = spawn(process.execPath, [join(ROOT, 'dist', 'services', 'launcher', 'main.js'), '--port', '0', '--cache-dns', `${NAME}:${port}`, '--cache-dns-server', dns.address], {
+    const launcher = spawn(process.execPath, [join(ROOT, 'dist', 'services', 'launcher', 'main.js'), '--port', '0', '--cache-dns', `${NAME}:${port}`, '--cache-dns-server', dns.address, '--plaintext'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     const exited = new Promise<number | null>((resolve) => launcher.on('exit', (code) => resolve(code)));
