@@ -17,6 +17,7 @@ import { ATTEND_CODECS } from './cache-proto.js';
 import { instruments } from '../telemetry/spans.js';
 import { cacheLimits } from '../common/limits.js';
 import { OwnerLeases } from './owners.js';
+import { RegionTable } from './region-table.js';
 
 export async function runCache(o: Options, telemetry: Telemetry): Promise<void> {
   const modelDir = (o.model as string | undefined) ?? defaultModelDir();
@@ -58,8 +59,10 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
   const leaseMs = o['lease-ms'] as number;
   if (!(leaseMs >= 100)) throw new UsageError(`--lease-ms must be ≥ 100, got ${leaseMs}`);
   const leases = new OwnerLeases(leaseMs);
+  const regions = new RegionTable(core.engine.config, (l) => log('cache', l));
   const listen: ListenOptions = { role: 'cache', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, limits, afterStop: async () => {
     leases.stop();
+    regions.closeAll(); // callers waiting on a doorbell fail at once
     await core.close(); // frees every sequence: their master tier files close with them
     removeDir();
     await telemetry.shutdown();
@@ -77,7 +80,7 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
     .addCallback((r) => r.observe(core.sequenceIds.length));
   await runService('cache', [
     { provide: LISTEN, useValue: listen },
-    { provide: SERVED, useValue: [{ service: CacheService, implementation: cacheHandlers(core, (l) => log('cache', l), limits, leases), codecs: ATTEND_CODECS }] },
+    { provide: SERVED, useValue: [{ service: CacheService, implementation: cacheHandlers(core, (l) => log('cache', l), limits, leases, regions), codecs: ATTEND_CODECS }] },
     { provide: CacheCore, useValue: core },
   ]);
 }

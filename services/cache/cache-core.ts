@@ -85,7 +85,7 @@ export class CacheCore implements CacheShard {
 
   async attend(layer: number, items: ShardAttendItem[]): Promise<ShardAttendResult> {
     const t0 = performance.now();
-    const out = await this.engine.attend(items.map((it) => ({ seq: it.seq, layer, rows: it.rows, q: it.q, kNew: it.kNew, vNew: it.vNew })));
+    const out = await this.engine.attend(items.map((it) => ({ seq: it.seq, layer, rows: it.rows, q: it.q, kNew: it.kNew, vNew: it.vNew, out: it.out })));
     return { out, engineUs: Math.round((performance.now() - t0) * 1000) };
   }
 

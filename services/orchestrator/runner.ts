@@ -28,7 +28,7 @@ export interface StepResult {
   /** Per item: [rows or 1][vocab] f32 logits, or the error that failed it. */
   logits: (Float32Array | Error)[];
   attendUs: number[]; // wall time of each per-layer attention round (all shards)
-  engineUs: number[]; // per layer: the slowest shard's engine time
+  engineUs: number[]; // per layer: the slowest shard's engine time (attendUs − engineUs: transport)
 }
 
 export async function runStep(model: Model, items: readonly StepItem[]): Promise<StepResult> {
@@ -78,6 +78,7 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
             q: q.subarray(r0 * H * D, (r0 + rows) * H * D),
             kNew: k.subarray(r0 * KV * D, (r0 + rows) * KV * D),
             vNew: v.subarray(r0 * KV * D, (r0 + rows) * KV * D),
+            out: o.subarray(r0 * H * D, (r0 + rows) * H * D), // written in place where the shard can
           };
         });
         // One span per shard and layer, under the first sequence's step, linked to the others'.
@@ -90,7 +91,7 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
         const ta = performance.now();
         try {
           const res = await shard.attend(l, part, traceparentOf(span));
-          idx.forEach((i, j) => o.set(res.out[j], rowStart[i] * H * D));
+          idx.forEach((i, j) => res.out[j] !== part[j].out && o.set(res.out[j], rowStart[i] * H * D));
           span?.setAttribute('smartkv.engine_us', res.engineUs);
           engine = Math.max(engine, res.engineUs);
         } catch (e) {
