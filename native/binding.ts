@@ -54,6 +54,7 @@ export interface NativeEngine {
   freeSequence(seq: number): Promise<void>;
   append(seq: number, layer: number, rows: number, k: Float32Array, v: Float32Array): Promise<void>;
   attend(requests: NativeAttendRequest[]): Promise<void>;
+  attendSync(requests: NativeAttendRequest[]): void; // on the calling thread (small requests)
   applyPlan(
     seq: number,
     layer: number,
@@ -120,8 +121,12 @@ export interface NativeDenseProblem {
 export interface NativeShmRegion {
   buffer(): ArrayBuffer; // [bytes] u8, the mapping (services/cache/data-plane-layout.ts)
   path(): string | null; // /proc/<pid>/fd/<fd> of the region this process created; null when opened
-  /** Publishes request n and waits for its answer: 0 answered, 1 torn down, 2 timed out. */
-  ring(n: number, timeoutMs: number): Promise<0 | 1 | 2>;
+  /** Publishes request n (descriptor and tensors written before). */
+  post(n: number): void;
+  /** Blocks this thread up to ms for request n's answer: 0 answered, 1 torn down, 2 not yet. */
+  waitSync(n: number, ms: number): 0 | 1 | 2;
+  /** Waits on a worker thread: 0 answered, 1 torn down, 2 timed out. */
+  wait(n: number, timeoutMs: number): Promise<0 | 1 | 2>;
   /** Calls back on this thread with every new request number the peer rings. */
   watch(onRing: (n: number) => void): void;
   /** Request n is answered. */

@@ -55,7 +55,9 @@ void shm_region::define(Napi::Env env, Napi::Object exports) {
                                       {
                                           InstanceMethod("buffer", &shm_region::buffer),
                                           InstanceMethod("path", &shm_region::path),
-                                          InstanceMethod("ring", &shm_region::ring),
+                                          InstanceMethod("post", &shm_region::post),
+                                          InstanceMethod("waitSync", &shm_region::wait_sync),
+                                          InstanceMethod("wait", &shm_region::wait),
                                           InstanceMethod("watch", &shm_region::watch),
                                           InstanceMethod("complete", &shm_region::complete),
                                           InstanceMethod("close", &shm_region::close),
@@ -139,33 +141,55 @@ Napi::Value shm_region::path(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), "/proc/" + std::to_string(getpid()) + "/fd/" + std::to_string(fd_));
 }
 
-// ring(n, timeoutMs) -> Promise<0 answered | 1 torn down | 2 timed out>:
-// publishes request n and waits, on a worker thread, until the cache
-// service answers it. The descriptor and tensors must be written before.
-Napi::Value shm_region::ring(const Napi::CallbackInfo& info) {
+// post(n): publishes request n (the descriptor and tensors written before).
+Napi::Value shm_region::post(const Napi::CallbackInfo& info) {
     const uint32_t n = u32_arg(info[0], "n");
-    const double ms = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : 0;
-    std::atomic<uint32_t>*req = word(req_seq_at), *resp = word(resp_seq_at), *closed = word(closed_at);
+    std::atomic<uint32_t>* req = word(req_seq_at);
+    req->store(n, std::memory_order_release);
+    futex(req, FUTEX_WAKE, 1, nullptr);
+    return info.Env().Undefined();
+}
+
+namespace {
+
+// Waits until resp_seq is n (0), the region is torn down (1) or `limit` has
+// passed (2). Woken by the answer or a teardown; the 50 ms slice only bounds
+// how late a peer that died without waking us is noticed.
+uint32_t wait_for(std::atomic<uint32_t>* resp, std::atomic<uint32_t>* closed, uint32_t n, std::chrono::nanoseconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+        const uint32_t r = resp->load(std::memory_order_acquire);
+        if (r == n) return 0;
+        if (closed->load(std::memory_order_acquire) != 0) return 1;
+        const auto left = deadline - std::chrono::steady_clock::now();
+        if (left <= std::chrono::nanoseconds(0)) return 2;
+        const timespec ts = span_of(std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(50)));
+        futex(resp, FUTEX_WAIT, r, &ts);
+    }
+}
+
+std::chrono::nanoseconds ms_arg(const Napi::Value& v) {
+    return std::chrono::nanoseconds(int64_t((v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : 0) * 1e6));
+}
+
+}  // namespace
+
+// waitSync(n, ms) -> 0 answered | 1 torn down | 2 not yet: blocks this (JS)
+// thread for at most ms. A short attend is answered sooner than a worker
+// thread could be woken for it and back; longer ones go on with wait().
+Napi::Value shm_region::wait_sync(const Napi::CallbackInfo& info) {
+    const uint32_t n = u32_arg(info[0], "n");
+    return Napi::Number::New(info.Env(), wait_for(word(resp_seq_at), word(closed_at), n, ms_arg(info[1])));
+}
+
+// wait(n, timeoutMs) -> Promise<0 answered | 1 torn down | 2 timed out>, on a worker thread.
+Napi::Value shm_region::wait(const Napi::CallbackInfo& info) {
+    const uint32_t n = u32_arg(info[0], "n");
+    std::atomic<uint32_t>*resp = word(resp_seq_at), *closed = word(closed_at);
+    const auto limit = ms_arg(info[1]);
     auto result = std::make_shared<uint32_t>(0);
-    const auto limit = std::chrono::nanoseconds(int64_t(ms * 1e6));
     return promise_worker::start(
-        info.Env(), "smartkv.shmRing",
-        [=] {
-            const auto deadline = std::chrono::steady_clock::now() + limit;
-            req->store(n, std::memory_order_release);
-            futex(req, FUTEX_WAKE, 1, nullptr);
-            for (;;) {
-                const uint32_t r = resp->load(std::memory_order_acquire);
-                if (r == n) return void(*result = 0);
-                if (closed->load(std::memory_order_acquire) != 0) return void(*result = 1);
-                const auto left = deadline - std::chrono::steady_clock::now();
-                if (left <= std::chrono::nanoseconds(0)) return void(*result = 2);
-                // Woken by the answer or by a teardown; the slice only bounds
-                // how late a peer that died without waking us is noticed.
-                const timespec ts = span_of(std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(50)));
-                futex(resp, FUTEX_WAIT, r, &ts);
-            }
-        },
+        info.Env(), "smartkv.shmWait", [=] { *result = wait_for(resp, closed, n, limit); },
         [result](Napi::Env env) { return Napi::Number::New(env, *result); }, {info.This()});
 }
 

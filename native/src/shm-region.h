@@ -7,11 +7,13 @@
 //   orchestrator                              cache service
 //   write tensors + descriptor
 //   req_seq = n, FUTEX_WAKE  ───────────────► watcher thread wakes (req_seq changed)
-//   ring(): FUTEX_WAIT on resp_seq            → JS callback(n): validate, attend, write outputs
+//   post(n), then FUTEX_WAIT on resp_seq      → JS callback(n): validate, attend, write outputs
+//   (waitSync: briefly on the JS thread,
+//    then wait(): on a worker thread)
 //                             ◄───────────────  complete(n): resp_seq = n, FUTEX_WAKE
 //   read outputs
 //
-// Either side may set `closed` (and wake both words): a waiting ring()
+// Either side may set `closed` (and wake both words): a waiting wait()
 // returns at once, which is how a torn-down region fails its request cleanly.
 #pragma once
 #include <napi.h>
@@ -35,7 +37,9 @@ private:
 
     Napi::Value buffer(const Napi::CallbackInfo& info);
     Napi::Value path(const Napi::CallbackInfo& info);
-    Napi::Value ring(const Napi::CallbackInfo& info);
+    Napi::Value post(const Napi::CallbackInfo& info);
+    Napi::Value wait_sync(const Napi::CallbackInfo& info);
+    Napi::Value wait(const Napi::CallbackInfo& info);
     Napi::Value watch(const Napi::CallbackInfo& info);
     Napi::Value complete(const Napi::CallbackInfo& info);
     Napi::Value close(const Napi::CallbackInfo& info);

@@ -89,6 +89,13 @@ export class CacheCore implements CacheShard {
     return { out, engineUs: Math.round((performance.now() - t0) * 1000) };
   }
 
+  /** attend() on this thread when the engine is idle, else null (cache-server.ts: the data plane's small requests). */
+  attendNow(layer: number, items: ShardAttendItem[]): ShardAttendResult | null {
+    const t0 = performance.now();
+    const out = this.engine.attendNow(items.map((it) => ({ seq: it.seq, layer, rows: it.rows, q: it.q, kNew: it.kNew, vNew: it.vNew, out: it.out })));
+    return out && { out, engineUs: Math.round((performance.now() - t0) * 1000) };
+  }
+
   /** Tokens per layer. A client can attend a step on some layers only (a
    * unary Attend, or a stream that broke mid-step); every layer then holds a
    * different count and no per-token report or plan fits them all — that is

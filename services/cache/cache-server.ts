@@ -34,6 +34,11 @@ import { bytesToPb, OWNER_HEADER, storageFromPb } from './cache-proto.js';
 import { MIN_OWNER_CHARS, ownerTag, validOwner, type OwnerLeases } from './owners.js';
 import { RegionTable } from './region-table.js';
 
+/** Query rows up to which a doorbell attend runs on the service's JS thread
+ * (a decode step of a large batch); bigger ones (prefill chunks) go to a
+ * worker thread so the service keeps answering other calls meanwhile. */
+const SYNC_ATTEND_ROWS = 64;
+
 type Unary<I, O> = (call: grpc.ServerUnaryCall<I, O>, cb: grpc.sendUnaryData<O>) => void;
 
 function unary<I, O>(fn: (req: I, call: grpc.ServerUnaryCall<I, O>) => Promise<O>): Unary<I, O> {
@@ -95,11 +100,14 @@ export function cacheHandlers(
     });
   }
 
-  async function attend(req: AttendRequest, owner: string): Promise<AttendResponse> {
+  /** now: a doorbell request, run on this thread when it is small and the engine idle (region-table.ts). */
+  async function attend(req: AttendRequest, owner: string, now = false): Promise<AttendResponse> {
     // Spans only for traced callers: the stream carries the context per message.
     const span = req.traceparent ? childOf(contextFrom(req.traceparent), 'cache.attend', { 'smartkv.layer': req.layer, 'smartkv.sequences': req.items.length }) : undefined;
     try {
-      const r = await core.attend(req.layer, items(req, owner));
+      const its = items(req, owner);
+      const small = now && its.reduce((a, it) => a + it.rows, 0) <= SYNC_ATTEND_ROWS;
+      const r = (small && core.attendNow(req.layer, its)) || (await core.attend(req.layer, its));
       span?.setAttribute('smartkv.engine_us', r.engineUs);
       instruments().attendDuration.record(r.engineUs, { side: 'cache' });
       // A region's outputs are already in it, at the items' out_offset.
@@ -183,7 +191,7 @@ export function cacheHandlers(
       // doorbell request renews the owner's lease like any call.
       const id = regions.register(owner, req.path, Number(req.byteSize), req.nonce, (r, o) => {
         leases.touch(o);
-        return attend(r, o);
+        return attend(r, o, true);
       });
       log(`${ownerTag(owner)} registered data-plane region ${id} (${req.byteSize} bytes)`);
       return create(RegisterRegionResponseSchema, { regionId: id });

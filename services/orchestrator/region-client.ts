@@ -32,6 +32,10 @@ interface Placed {
 export type RingResult = { code: number; message: string; engineUs: number } | 'torn down' | 'timed out';
 
 const ALIGN = 64; // each tensor on its own cache line
+/** How long an attend may block this thread for its answer before the wait moves
+ * to a worker thread: a decode step's attend is answered well within it, and a
+ * thread handoff each way costs more than that wait on a loaded host. */
+const SYNC_WAIT_MS = 3;
 const align = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
 
 /** Bytes of a region that holds `rows` attend rows of `rowBytes` in up to `rows` items. */
@@ -124,8 +128,13 @@ export class RegionClient {
       u[w + 5] = p.out;
     }
     this.rung = (this.rung + 1) >>> 0 || 1; // 0 is the initial value of resp_seq: never a request number
-    const status = await this.native.ring(this.rung, timeoutMs);
-    if (status === 1) return 'torn down';
+    const n = this.rung;
+    this.native.post(n);
+    // Other shards of this step post theirs before anyone blocks (a microtask each).
+    await null;
+    let status = this.native.waitSync(n, Math.min(SYNC_WAIT_MS, timeoutMs));
+    if (status === 2) status = await this.native.wait(n, Math.max(0, timeoutMs - SYNC_WAIT_MS));
+    if (status === 1 || this.torn) return 'torn down';
     if (status === 2) return 'timed out';
     const s = RESPONSE_AT / 4;
     const code = u[s], engineUs = u[s + 1];
