@@ -18,6 +18,11 @@ import { DEFAULTS, type GenerateJobSpec } from '../services/orchestrator/setting
 import { isPolicyName, type PolicyName } from '../services/common/policy.js';
 import { budgetReport } from '../services/orchestrator/job.js';
 import { DATA_PLANE_MODES, type DataPlaneMode } from '../services/orchestrator/region-client.js';
+import { GrpcCacheShard } from '../services/orchestrator/cache-client.js';
+import { parseModelConfig } from '../services/orchestrator/model/config.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 
 export interface BenchE2eOptions {
   json: boolean;
@@ -130,6 +135,7 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
   const tokens = opts.quick ? 24 : 192;
   const batches = [1, 8];
   const rows: E2eRow[] = [];
+  const transport: RoundTripRow[] = [];
   const log = (l: string) => io.progress(l);
   const quiet = () => undefined;
 
@@ -160,6 +166,8 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
       }
       await split.close(1000);
     }
+    io.progress('attend round trips by data plane, interleaved …');
+    transport.push(...(await roundTrips(cache.address, modelDir, opts.quick ? 5 : 20)));
   } finally {
     await cache.stop();
     await allocator.stop();
@@ -167,7 +175,7 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
 
   const tracingRows = opts.tracing ? await tracingCost(opts, tokens, io) : [];
 
-  if (opts.json) for (const r of [...rows, ...tracingRows]) io.out(JSON.stringify(r));
+  if (opts.json) for (const r of [...rows, ...transport, ...tracingRows]) io.out(JSON.stringify(r));
   else {
     io.out(`SmartKV end to end: reference model, decode ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
     io.out('system     data plane  batch   tokens/s   step p50 µs   attend p50 µs   attend p99 µs   engine p50 µs   transport p50 µs   β achieved   met   Allocate/realloc   realloc µs');
@@ -185,6 +193,11 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
             `split attend p50 − in-process attend p50 = ${(s.attend_p50_us - l.attend_p50_us).toFixed(0)} µs`,
         );
     }
+    io.out('');
+    io.out('attend round trips alone (no model), one cache service, the data planes interleaved in rounds of 50 so that load drift hits all alike');
+    io.out('data plane  batch   round trip p50 µs   engine p50 µs   transport p50 µs');
+    for (const r of transport)
+      io.out(`${r.data_plane.padEnd(10)} ${String(r.batch).padStart(6)} ${r.round_trip_p50_us.toFixed(0).padStart(19)} ${r.engine_p50_us.toFixed(0).padStart(15)} ${r.transport_p50_us.toFixed(0).padStart(18)}`);
     if (tracingRows.length) {
       io.out('');
       io.out('the split system through its public API, batch 8 (Generate streams), tracing off vs on (OTLP/HTTP to a local sink, every span sampled)');
@@ -193,6 +206,61 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
     }
   }
   return rows;
+}
+
+export interface RoundTripRow {
+  system: 'round-trip';
+  data_plane: DataPlaneMode;
+  batch: number;
+  round_trip_p50_us: number; // one attend (one decode row per sequence) as the orchestrator sees it
+  engine_p50_us: number;
+  transport_p50_us: number; // p50 of round trip − engine
+}
+
+/** Attend round trips against one cache service through each data plane,
+ * `rounds` rounds of 50 per plane and batch, interleaved: on a loaded host
+ * the load changes by the second, and interleaving spreads it evenly. */
+async function roundTrips(address: string, modelDir: string, rounds: number): Promise<RoundTripRow[]> {
+  const file = join(modelDir, 'config.json');
+  const c = parseModelConfig(JSON.parse(readFileSync(file, 'utf8')), file);
+  const rowOf = (heads: number, s: number) => Float32Array.from({ length: heads * c.headDim }, (_, i) => Math.sin(i * 0.37 + s) * 0.5);
+  const out: RoundTripRow[] = [];
+  const clients = DATA_PLANE_MODES.map((m) => new GrpcCacheShard(address, `bench-${randomBytes(16).toString('hex')}`, { dataPlane: m }));
+  try {
+    for (const batch of [1, 8]) {
+      const seqs = await Promise.all(clients.map(async (cl) => Promise.all(Array.from({ length: batch }, async () => (await cl.createSequence('mixed', 0)).seq))));
+      const samples = clients.map(() => ({ rt: [] as number[], engine: [] as number[], transport: [] as number[] }));
+      const q = rowOf(c.heads, 1), k = rowOf(c.kvHeads, 2), v = rowOf(c.kvHeads, 3);
+      const outs = Array.from({ length: batch }, () => new Float32Array(c.heads * c.headDim));
+      for (let round = 0; round < rounds; round++)
+        for (const [m, cl] of clients.entries())
+          for (let i = 0; i < 50; i++) {
+            const layer = i % c.layers;
+            const items = seqs[m].map((seq, j) => ({ seq, rows: 1, q, kNew: k, vNew: v, out: outs[j] }));
+            const t0 = performance.now();
+            const r = await cl.attend(layer, items);
+            const us = (performance.now() - t0) * 1000;
+            if (round === 0) continue; // warm-up: the region is set up on the first call
+            samples[m].rt.push(us);
+            samples[m].engine.push(r.engineUs);
+            samples[m].transport.push(us - r.engineUs);
+          }
+      clients.forEach((cl, m) =>
+        out.push({
+          system: 'round-trip',
+          data_plane: DATA_PLANE_MODES[m],
+          batch,
+          round_trip_p50_us: percentile(samples[m].rt, 0.5),
+          engine_p50_us: percentile(samples[m].engine, 0.5),
+          transport_p50_us: percentile(samples[m].transport, 0.5),
+        }),
+      );
+      await Promise.all(clients.map((cl, m) => Promise.all(seqs[m].map((s) => cl.freeSequence(s)))));
+    }
+  } finally {
+    clients.forEach((cl) => cl.close());
+  }
+  return out;
 }
 
 export interface TracingRow {

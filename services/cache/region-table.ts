@@ -32,6 +32,10 @@ export interface Region {
   rung: number | null; // the newest request rung while busy
 }
 
+/** Regions one owner may hold: each costs a mapping and a waiting thread, and
+ * an orchestrator needs one per shard (a few more while one is replaced). */
+export const MAX_REGIONS_PER_OWNER = 4;
+
 /** Answers one attend whose tensors are in a region (cache-server.ts). */
 export type RegionAttend = (req: AttendRequestWire, owner: string) => Promise<{ engineUs: number }>;
 
@@ -50,6 +54,9 @@ export class RegionTable {
     if (!(byteSize >= CONTROL_BYTES && byteSize <= MAX_REGION_BYTES))
       throw invalidArgument(`byte_size: ${byteSize} is not between the ${CONTROL_BYTES}-byte control block and ${MAX_REGION_BYTES} bytes`);
     if (nonce.length !== NONCE_BYTES) throw invalidArgument(`nonce: expected ${NONCE_BYTES} bytes, got ${nonce.length}`);
+    const held = [...this.regions.values()].filter((r) => r.owner === owner).length;
+    if (held >= MAX_REGIONS_PER_OWNER)
+      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `this caller holds ${held} regions, the most one owner may; unregister one first`);
     let native: NativeShmRegion;
     try {
       native = new (loadAddon().ShmRegion)('open', path, byteSize);

@@ -169,6 +169,21 @@ describe('the shared-memory data plane', () => {
     await victim.attend(1, [item(seq, 0)]); // untouched
   });
 
+  test('one owner holds at most MAX_REGIONS_PER_OWNER regions', async () => {
+    const { RegionClient } = await import('../../services/orchestrator/region-client.js');
+    const { MAX_REGIONS_PER_OWNER } = await import('../../services/cache/region-table.js');
+    const c = client('off');
+    await c.createSequence('mixed', 0); // opens the owner's stream
+    const made = Array.from({ length: MAX_REGIONS_PER_OWNER + 1 }, () => new RegionClient(1 << 17));
+    try {
+      const register = (r: InstanceType<typeof RegionClient>) => unary(c, 'registerRegion', create(RegisterRegionRequestSchema, { ...r.registration(), byteSize: BigInt(r.bytes) }));
+      for (const r of made.slice(0, -1)) await register(r);
+      await assert.rejects(register(made[made.length - 1]), (e: Error) => codeOf(e) === grpc.status.RESOURCE_EXHAUSTED && /regions/.test(e.message));
+    } finally {
+      made.forEach((r) => r.close());
+    }
+  });
+
   test('a region torn down mid-stream fails its request cleanly and the sequence is freed', async () => {
     const orch = await Orchestrator.create({ modelDir: defaultModelDir(), defaults: DEFAULTS, cacheAddresses: [cache.address], allocatorAddress: allocator.address, dataPlane: 'futex', log: () => undefined });
     try {
