@@ -176,7 +176,20 @@ export class GrpcCacheShard implements CacheShard {
     if (region.torn) return null; // dropped while this call waited its turn
     if (!region.place(items)) return null;
     if (this.dataPlane === 'grpc') {
-      const res = await this.streamAttend({ id: this.nextId++, layer, items: region.wireItems(items), traceparent, regionId: region.id }, layer);
+      let res: AttendResponse;
+      try {
+        res = await this.streamAttend({ id: this.nextId++, layer, items: region.wireItems(items), traceparent, regionId: region.id }, layer);
+      } catch (e) {
+        const code = (e as RpcError).code;
+        // A late answer could still write into the arena: the region is not reused.
+        if (code === grpc.status.DEADLINE_EXCEEDED) this.dropRegion();
+        // The service no longer knows the region: it was torn down there.
+        if (code === grpc.status.NOT_FOUND && /region_id/.test((e as Error).message)) {
+          this.dropRegion();
+          throw new RpcError(grpc.status.UNAVAILABLE, `cache shard ${this.address}: the data-plane region was torn down (${(e as Error).message}); the next attend sets up a new one`);
+        }
+        throw e;
+      }
       return { out: region.outputs(items), engineUs: res.engineUs };
     }
     const tracker = this.deadline('attend'), ms = tracker.ms, t0 = performance.now();

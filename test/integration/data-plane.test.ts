@@ -184,8 +184,9 @@ describe('the shared-memory data plane', () => {
     }
   });
 
-  test('a region torn down mid-stream fails its request cleanly and the sequence is freed', async () => {
-    const orch = await Orchestrator.create({ modelDir: defaultModelDir(), defaults: DEFAULTS, cacheAddresses: [cache.address], allocatorAddress: allocator.address, dataPlane: 'futex', log: () => undefined });
+  for (const dataPlane of ['futex', 'grpc'] as const)
+  test(`a region torn down mid-stream fails its request cleanly and the sequence is freed (${dataPlane} doorbell)`, async () => {
+    const orch = await Orchestrator.create({ modelDir: defaultModelDir(), defaults: DEFAULTS, cacheAddresses: [cache.address], allocatorAddress: allocator.address, dataPlane, log: () => undefined });
     try {
       const spec = (maxTokens: number): GenerateJobSpec => ({
         kind: 'generate',
