@@ -3,17 +3,26 @@
 // batch 1 and 8, and the per-layer attend round trip (all shards of a step,
 // from the orchestrator's side). The orchestrator's scheduler runs in this
 // process in both modes, so the only difference is the local adapters vs the
-// gRPC clients; the public API layer is not in the loop.
+// gRPC clients; the public API layer is not in the loop. The split system is
+// measured with each data plane (region-client.ts): tensors in every Attend
+// (off, as across hosts), in a shared region rung by a futex, and in the
+// region rung by an Attend carrying offsets — against the same two services.
 import { createServer } from 'node:http';
 
-import { Cluster } from '../services/launcher/cluster.js';
+import { Cluster, ServiceProcess } from '../services/launcher/cluster.js';
+import { waitHealthy } from '../services/common/health-client.js';
+import { Orchestrator } from '../services/orchestrator/orchestrator.js';
 import { SmartKvClient, generateRequest } from '../services/common/generation-client.js';
-import type { Orchestrator } from '../services/orchestrator/orchestrator.js';
-import { startInProcess, startSplit } from './bench-systems.js';
 import { defaultModelDir } from '../services/orchestrator/model/paths.js';
 import { DEFAULTS, type GenerateJobSpec } from '../services/orchestrator/settings.js';
 import { isPolicyName, type PolicyName } from '../services/common/policy.js';
 import { budgetReport } from '../services/orchestrator/job.js';
+import { DATA_PLANE_MODES, type DataPlaneMode } from '../services/orchestrator/region-client.js';
+import { GrpcCacheShard } from '../services/orchestrator/cache-client.js';
+import { parseModelConfig } from '../services/orchestrator/model/config.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 
 export interface BenchE2eOptions {
   json: boolean;
@@ -31,6 +40,7 @@ interface Io {
 
 export interface E2eRow {
   system: 'in-process' | 'split';
+  data_plane: DataPlaneMode | 'none'; // split: how attends travel (none: in-process)
   batch: number;
   policy: PolicyName;
   mode: string; // precision mode of the sequences (downgrade-only, the default)
@@ -47,6 +57,8 @@ export interface E2eRow {
   step_p50_us: number;
   attend_p50_us: number;
   attend_p99_us: number;
+  engine_p50_us: number; // the cache engine's time within an attend (what the shard reports)
+  transport_p50_us: number; // p50 of (attend − engine) per layer: what crossing processes costs
   steps: number;
 }
 
@@ -55,8 +67,10 @@ function percentile(xs: number[], p: number): number {
   return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : 0;
 }
 
-async function measure(orch: Orchestrator, system: E2eRow['system'], batch: number, o: { tokens: number; policy: PolicyName; beta: number }): Promise<E2eRow> {
+async function measure(orch: Orchestrator, system: E2eRow['system'], dataPlane: E2eRow['data_plane'], batch: number, o: { tokens: number; policy: PolicyName; beta: number }): Promise<E2eRow> {
   const attend: number[] = [];
+  const engine: number[] = [];
+  const transport: number[] = [];
   const steps: number[] = [];
   let decodeStart = 0, decodeEnd = 0, decodeTokens = 0;
   orch.scheduler.onStep = (s) => {
@@ -67,6 +81,8 @@ async function measure(orch: Orchestrator, system: E2eRow['system'], batch: numb
     decodeTokens += batch;
     steps.push(s.stepUs);
     attend.push(...s.attendUs);
+    engine.push(...s.engineUs);
+    s.attendUs.forEach((a, l) => transport.push(a - s.engineUs[l]));
   };
   const prompt = (i: number) => [256, ...Buffer.from(`Benchmark prompt ${i}: the committee met on Tuesday and said that`)];
   const jobs = Array.from({ length: batch }, (_, i) => {
@@ -88,6 +104,7 @@ async function measure(orch: Orchestrator, system: E2eRow['system'], batch: numb
   const reallocs = outcomes.reduce((a, x) => a + x.cache.reallocations, 0);
   return {
     system,
+    data_plane: dataPlane,
     batch,
     policy: o.policy,
     mode: cache.mode,
@@ -104,6 +121,8 @@ async function measure(orch: Orchestrator, system: E2eRow['system'], batch: numb
     step_p50_us: percentile(steps, 0.5),
     attend_p50_us: percentile(attend, 0.5),
     attend_p99_us: percentile(attend, 0.99),
+    engine_p50_us: percentile(engine, 0.5),
+    transport_p50_us: percentile(transport, 0.5),
     steps: steps.length,
   };
 }
@@ -116,47 +135,69 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
   const tokens = opts.quick ? 24 : 192;
   const batches = [1, 8];
   const rows: E2eRow[] = [];
+  const transport: RoundTripRow[] = [];
   const log = (l: string) => io.progress(l);
+  const quiet = () => undefined;
 
   io.progress(`in-process: model ${modelDir}, ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
-  const local = await startInProcess(modelDir, DEFAULTS, log);
-  try {
-    for (const b of batches) {
-      await measure(local.orch, 'in-process', b, { tokens: 8, policy, beta }); // warm-up
-      rows.push(await measure(local.orch, 'in-process', b, { tokens, policy, beta }));
-      io.progress(`  batch ${b}: ${rows[rows.length - 1].tokens_per_s.toFixed(1)} tokens/s`);
-    }
-  } finally {
-    await local.stop();
+  const local = await Orchestrator.create({ modelDir, defaults: DEFAULTS, local: { engine: { quant: 'symmetric', rotateKv: true, mode: DEFAULTS.cache.mode }, memoryLimitBytes: 0 }, log });
+  for (const b of batches) {
+    await measure(local, 'in-process', 'none', b, { tokens: 8, policy, beta }); // warm-up
+    rows.push(await measure(local, 'in-process', 'none', b, { tokens, policy, beta }));
+    io.progress(`  batch ${b}: ${rows[rows.length - 1].tokens_per_s.toFixed(1)} tokens/s`);
   }
+  await local.close(1000);
 
   io.progress('split: starting an allocator and a cache service …');
-  const split = await startSplit(modelDir, DEFAULTS, [], log);
+  const model = opts.model ? ['--model', opts.model] : [];
+  const allocator = new ServiceProcess('allocator', 'allocator', ['--port', '0', '--plaintext'], undefined, quiet);
+  const cache = new ServiceProcess('cache', 'cache', ['--port', '0', '--plaintext', ...model], undefined, quiet);
   try {
-    for (const b of batches) {
-      await measure(split.orch, 'split', b, { tokens: 8, policy, beta });
-      rows.push(await measure(split.orch, 'split', b, { tokens, policy, beta }));
-      io.progress(`  batch ${b}: ${rows[rows.length - 1].tokens_per_s.toFixed(1)} tokens/s`);
+    await allocator.start(60_000);
+    await cache.start(60_000);
+    await Promise.all([waitHealthy(allocator.address, 30_000), waitHealthy(cache.address, 30_000)]);
+    for (const dataPlane of DATA_PLANE_MODES) {
+      io.progress(` data plane ${dataPlane}`);
+      const split = await Orchestrator.create({ modelDir, defaults: DEFAULTS, cacheAddresses: [cache.address], allocatorAddress: allocator.address, dataPlane, log });
+      for (const b of batches) {
+        await measure(split, 'split', dataPlane, b, { tokens: 8, policy, beta });
+        rows.push(await measure(split, 'split', dataPlane, b, { tokens, policy, beta }));
+        io.progress(`  batch ${b}: ${rows[rows.length - 1].tokens_per_s.toFixed(1)} tokens/s`);
+      }
+      await split.close(1000);
     }
+    io.progress('attend round trips by data plane, interleaved …');
+    transport.push(...(await roundTrips(cache.address, modelDir, opts.quick ? 5 : 20)));
   } finally {
-    await split.stop();
+    await cache.stop();
+    await allocator.stop();
   }
 
   const tracingRows = opts.tracing ? await tracingCost(opts, tokens, io) : [];
 
-  if (opts.json) for (const r of [...rows, ...tracingRows]) io.out(JSON.stringify(r));
+  if (opts.json) for (const r of [...rows, ...transport, ...tracingRows]) io.out(JSON.stringify(r));
   else {
     io.out(`SmartKV end to end: reference model, decode ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
-    io.out('system       batch   tokens/s   step p50 µs   attend p50 µs   attend p99 µs   β achieved   met   Allocate/realloc   realloc µs');
+    io.out('system     data plane  batch   tokens/s   step p50 µs   attend p50 µs   attend p99 µs   engine p50 µs   transport p50 µs   β achieved   met   Allocate/realloc   realloc µs');
     for (const r of rows)
       io.out(
-        `${r.system.padEnd(11)} ${String(r.batch).padStart(6)} ${r.tokens_per_s.toFixed(1).padStart(10)} ${r.step_p50_us.toFixed(0).padStart(13)} ${r.attend_p50_us.toFixed(0).padStart(15)} ${r.attend_p99_us.toFixed(0).padStart(15)} ` +
+        `${r.system.padEnd(10)} ${r.data_plane.padEnd(10)} ${String(r.batch).padStart(6)} ${r.tokens_per_s.toFixed(1).padStart(10)} ${r.step_p50_us.toFixed(0).padStart(13)} ${r.attend_p50_us.toFixed(0).padStart(15)} ${r.attend_p99_us.toFixed(0).padStart(15)} ` +
+          `${r.engine_p50_us.toFixed(0).padStart(15)} ${r.transport_p50_us.toFixed(0).padStart(18)} ` +
           `${r.achieved_beta.toFixed(3).padStart(12)} ${String(r.budget_met).padStart(5)} ${(r.reallocations ? r.allocate_calls / r.reallocations : 0).toFixed(2).padStart(18)} ${String(r.realloc_us_mean).padStart(12)}`,
       );
     for (const b of batches) {
-      const s = rows.find((r) => r.system === 'split' && r.batch === b)!, l = rows.find((r) => r.system === 'in-process' && r.batch === b)!;
-      io.out(`batch ${b}: split / in-process throughput = ${(s.tokens_per_s / l.tokens_per_s).toFixed(2)}`);
+      const l = rows.find((r) => r.system === 'in-process' && r.batch === b)!;
+      for (const s of rows.filter((r) => r.system === 'split' && r.batch === b))
+        io.out(
+          `batch ${b}, data plane ${s.data_plane}: split / in-process throughput = ${(s.tokens_per_s / l.tokens_per_s).toFixed(2)}; ` +
+            `split attend p50 − in-process attend p50 = ${(s.attend_p50_us - l.attend_p50_us).toFixed(0)} µs`,
+        );
     }
+    io.out('');
+    io.out('attend round trips alone (no model), one cache service, the data planes interleaved in rounds of 50 so that load drift hits all alike');
+    io.out('data plane  batch   round trip p50 µs   engine p50 µs   transport p50 µs');
+    for (const r of transport)
+      io.out(`${r.data_plane.padEnd(10)} ${String(r.batch).padStart(6)} ${r.round_trip_p50_us.toFixed(0).padStart(19)} ${r.engine_p50_us.toFixed(0).padStart(15)} ${r.transport_p50_us.toFixed(0).padStart(18)}`);
     if (tracingRows.length) {
       io.out('');
       io.out('the split system through its public API, batch 8 (Generate streams), tracing off vs on (OTLP/HTTP to a local sink, every span sampled)');
@@ -165,6 +206,61 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
     }
   }
   return rows;
+}
+
+export interface RoundTripRow {
+  system: 'round-trip';
+  data_plane: DataPlaneMode;
+  batch: number;
+  round_trip_p50_us: number; // one attend (one decode row per sequence) as the orchestrator sees it
+  engine_p50_us: number;
+  transport_p50_us: number; // p50 of round trip − engine
+}
+
+/** Attend round trips against one cache service through each data plane,
+ * `rounds` rounds of 50 per plane and batch, interleaved: on a loaded host
+ * the load changes by the second, and interleaving spreads it evenly. */
+async function roundTrips(address: string, modelDir: string, rounds: number): Promise<RoundTripRow[]> {
+  const file = join(modelDir, 'config.json');
+  const c = parseModelConfig(JSON.parse(readFileSync(file, 'utf8')), file);
+  const rowOf = (heads: number, s: number) => Float32Array.from({ length: heads * c.headDim }, (_, i) => Math.sin(i * 0.37 + s) * 0.5);
+  const out: RoundTripRow[] = [];
+  const clients = DATA_PLANE_MODES.map((m) => new GrpcCacheShard(address, `bench-${randomBytes(16).toString('hex')}`, { dataPlane: m }));
+  try {
+    for (const batch of [1, 8]) {
+      const seqs = await Promise.all(clients.map(async (cl) => Promise.all(Array.from({ length: batch }, async () => (await cl.createSequence('mixed', 0)).seq))));
+      const samples = clients.map(() => ({ rt: [] as number[], engine: [] as number[], transport: [] as number[] }));
+      const q = rowOf(c.heads, 1), k = rowOf(c.kvHeads, 2), v = rowOf(c.kvHeads, 3);
+      const outs = Array.from({ length: batch }, () => new Float32Array(c.heads * c.headDim));
+      for (let round = 0; round < rounds; round++)
+        for (const [m, cl] of clients.entries())
+          for (let i = 0; i < 50; i++) {
+            const layer = i % c.layers;
+            const items = seqs[m].map((seq, j) => ({ seq, rows: 1, q, kNew: k, vNew: v, out: outs[j] }));
+            const t0 = performance.now();
+            const r = await cl.attend(layer, items);
+            const us = (performance.now() - t0) * 1000;
+            if (round === 0) continue; // warm-up: the region is set up on the first call
+            samples[m].rt.push(us);
+            samples[m].engine.push(r.engineUs);
+            samples[m].transport.push(us - r.engineUs);
+          }
+      clients.forEach((cl, m) =>
+        out.push({
+          system: 'round-trip',
+          data_plane: DATA_PLANE_MODES[m],
+          batch,
+          round_trip_p50_us: percentile(samples[m].rt, 0.5),
+          engine_p50_us: percentile(samples[m].engine, 0.5),
+          transport_p50_us: percentile(samples[m].transport, 0.5),
+        }),
+      );
+      await Promise.all(clients.map((cl, m) => Promise.all(seqs[m].map((s) => cl.freeSequence(s)))));
+    }
+  } finally {
+    clients.forEach((cl) => cl.close());
+  }
+  return out;
 }
 
 export interface TracingRow {

@@ -54,6 +54,7 @@ export interface NativeEngine {
   freeSequence(seq: number): Promise<void>;
   append(seq: number, layer: number, rows: number, k: Float32Array, v: Float32Array): Promise<void>;
   attend(requests: NativeAttendRequest[]): Promise<void>;
+  attendSync(requests: NativeAttendRequest[]): void; // on the calling thread (small requests)
   applyPlan(
     seq: number,
     layer: number,
@@ -116,8 +117,27 @@ export interface NativeDenseProblem {
   out: Float32Array; // [qHeads][headDim] f32, written
 }
 
+/** A data-plane region (native/src/shm-region.h): shared memory plus a futex doorbell. */
+export interface NativeShmRegion {
+  buffer(): ArrayBuffer; // [bytes] u8, the mapping (services/cache/data-plane-layout.ts)
+  path(): string | null; // /proc/<pid>/fd/<fd> of the region this process created; null when opened
+  /** Publishes request n (descriptor and tensors written before). */
+  post(n: number): void;
+  /** Blocks this thread up to ms for request n's answer: 0 answered, 1 torn down, 2 not yet. */
+  waitSync(n: number, ms: number): 0 | 1 | 2;
+  /** Waits on a worker thread: 0 answered, 1 torn down, 2 timed out. */
+  wait(n: number, timeoutMs: number): Promise<0 | 1 | 2>;
+  /** Calls back on this thread with every new request number the peer rings. */
+  watch(onRing: (n: number) => void): void;
+  /** Request n is answered. */
+  complete(n: number): void;
+  /** Tears the region down for both sides (waiters return 1). */
+  close(): void;
+}
+
 export interface NativeAddon {
   NativeEngine: new (config: NativeConfig) => NativeEngine;
+  ShmRegion: { new (how: 'create', bytes: number): NativeShmRegion; new (how: 'open', path: string, bytes: number): NativeShmRegion };
   NativeModel: new (spec: NativeModelSpec) => NativeModel;
   cudaCompiled: boolean; // the build has the CUDA backend
   cudaDevicePresent(): boolean; // ... and a device is visible now

@@ -97,6 +97,7 @@ export class KvEngine {
   private native: NativeEngine | null;
   private readonly seqs = new Map<number, SeqState>();
   private tail: Promise<unknown> = Promise.resolve();
+  private queued = 0; // operations queued or running (attendNow runs only when none is)
 
   constructor(config: KvEngineConfig) {
     this.config = normaliseConfig(config);
@@ -172,6 +173,28 @@ export class KvEngine {
     } catch (err) {
       for (const g of layersBySeq) g.s.lengths[g.layer] -= g.rows;
       throw err;
+    }
+    return reqs.map((r) => r.out);
+  }
+
+  /**
+   * attend() on this thread, when nothing is queued before it (else null: use
+   * attend()). For the data plane's small requests, whose attention takes
+   * less than handing it to a worker thread and back.
+   */
+  attendNow(batch: readonly AttendRequest[]): Float32Array[] | null {
+    if (this.queued > 0) return null;
+    if (!Array.isArray(batch) || batch.length === 0) throw invalid('attend: batch must be a non-empty array');
+    const seen = new Set<string>();
+    const reqs = batch.map((r, i) => this.checkAttend(r, i, seen));
+    const native = this.open();
+    const layersBySeq = reqs.map((r) => ({ s: this.sequence(r.seq), layer: r.layer, rows: r.rows }));
+    for (const g of layersBySeq) g.s.lengths[g.layer] += g.rows;
+    try {
+      native.attendSync(reqs);
+    } catch (err) {
+      for (const g of layersBySeq) g.s.lengths[g.layer] -= g.rows;
+      throw KvEngineError.fromNative(err, 'attend');
     }
     return reqs.map((r) => r.out);
   }
@@ -281,6 +304,7 @@ export class KvEngine {
 
   /** Runs fn after every earlier operation has settled; native errors become KvEngineErrors. */
   private async queue<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    this.queued++;
     const run = this.tail.then(fn);
     this.tail = run.catch(() => undefined);
     try {
@@ -288,6 +312,8 @@ export class KvEngine {
     } catch (err) {
       // Made here, inside async functions, so the stack shows the caller.
       throw KvEngineError.fromNative(err, op);
+    } finally {
+      this.queued--;
     }
   }
 

@@ -4,6 +4,7 @@
 
 #include "engine-wrap.h"
 #include "model-wrap.h"
+#include "shm-region.h"
 
 namespace smartkv_node {
 void define_bench(Napi::Env env, Napi::Object exports);  // bench-native.cc
@@ -15,6 +16,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
     smartkv_node::engine_wrap::define(env, exports);
     smartkv_node::define_bench(env, exports);
     smartkv_node::model_wrap::define(env, exports);
+    smartkv_node::shm_region::define(env, exports);
     exports.Set("cudaCompiled", Napi::Boolean::New(env, smartkv::cuda_backend_compiled()));
     // A function, not a constant: asking initialises the CUDA runtime, which
     // loading the addon should not do.

@@ -1,5 +1,6 @@
 #include "engine-wrap.h"
 
+#include <new>
 #include <vector>
 
 #include "js-args.h"
@@ -17,6 +18,7 @@ void engine_wrap::define(Napi::Env env, Napi::Object exports) {
                                           InstanceMethod("freeSequence", &engine_wrap::free_sequence),
                                           InstanceMethod("append", &engine_wrap::append),
                                           InstanceMethod("attend", &engine_wrap::attend),
+                                          InstanceMethod("attendSync", &engine_wrap::attend_sync),
                                           InstanceMethod("applyPlan", &engine_wrap::apply_plan),
                                           InstanceMethod("report", &engine_wrap::report),
                                           InstanceMethod("stats", &engine_wrap::stats),
@@ -88,15 +90,15 @@ Napi::Value engine_wrap::append(const Napi::CallbackInfo& info) {
         {info.This(), info[3], info[4]});
 }
 
-// attend([{seq, layer, rows, q, kNew, vNew, out, probs?}]) -> Promise<void>;
-// writes out (and probs) in place. Shapes as in smartkv::attend_request.
-Napi::Value engine_wrap::attend(const Napi::CallbackInfo& info) {
+namespace {
+
+// The requests of attend()/attendSync(), and the JS values whose memory they point into.
+std::shared_ptr<std::vector<smartkv::attend_request>> attend_requests(const Napi::CallbackInfo& info,
+                                                                      std::vector<Napi::Value>& keep) {
     Napi::Env env = info.Env();
-    auto be = backend(env);
     if (!info[0].IsArray()) throw Napi::TypeError::New(env, "attend(requests): requests must be an array");
     const Napi::Array list = info[0].As<Napi::Array>();
     auto reqs = std::make_shared<std::vector<smartkv::attend_request>>(list.Length());
-    std::vector<Napi::Value> keep{info.This()};
     for (uint32_t i = 0; i < list.Length(); ++i) {
         const Napi::Object o = list.Get(i).As<Napi::Object>();
         smartkv::attend_request& r = (*reqs)[i];
@@ -110,8 +112,38 @@ Napi::Value engine_wrap::attend(const Napi::CallbackInfo& info) {
         r.probs = typed_data<float>(o.Get("probs"), "probs", /*optional=*/true);
         for (const char* key : {"q", "kNew", "vNew", "out", "probs"}) keep.push_back(o.Get(key));
     }
+    return reqs;
+}
+
+}  // namespace
+
+// attend([{seq, layer, rows, q, kNew, vNew, out, probs?}]) -> Promise<void>;
+// writes out (and probs) in place. Shapes as in smartkv::attend_request.
+Napi::Value engine_wrap::attend(const Napi::CallbackInfo& info) {
+    auto be = backend(info.Env());
+    std::vector<Napi::Value> keep{info.This()};
+    auto reqs = attend_requests(info, keep);
     return promise_worker::start(
-        env, "smartkv.attend", [be, reqs] { be->attend(reqs->data(), reqs->size()); }, nullptr, keep);
+        info.Env(), "smartkv.attend", [be, reqs] { be->attend(reqs->data(), reqs->size()); }, nullptr, keep);
+}
+
+// attendSync(requests) -> undefined: the same on the calling thread. For the
+// data plane's small requests, where handing the work to a worker thread and
+// back costs more than the attention (services/cache/region-table.ts).
+Napi::Value engine_wrap::attend_sync(const Napi::CallbackInfo& info) {
+    auto be = backend(info.Env());
+    std::vector<Napi::Value> keep;
+    auto reqs = attend_requests(info, keep);
+    try {
+        be->attend(reqs->data(), reqs->size());
+    } catch (const smartkv::engine_error& e) {
+        throw make_error(info.Env(), e.code, e.what());
+    } catch (const std::bad_alloc&) {
+        throw make_error(info.Env(), smartkv::error_code::resource_exhausted, "out of host memory");
+    } catch (const std::exception& e) {
+        throw make_error(info.Env(), smartkv::error_code::internal, e.what());
+    }
+    return info.Env().Undefined();
 }
 
 // applyPlan(seq, layer | -1, positions u32[n], formats u8[n]) -> Promise<{tokensChanged, bytesMoved}>

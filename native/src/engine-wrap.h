@@ -25,6 +25,7 @@ private:
     Napi::Value free_sequence(const Napi::CallbackInfo& info);
     Napi::Value append(const Napi::CallbackInfo& info);
     Napi::Value attend(const Napi::CallbackInfo& info);
+    Napi::Value attend_sync(const Napi::CallbackInfo& info);
     Napi::Value apply_plan(const Napi::CallbackInfo& info);
     Napi::Value report(const Napi::CallbackInfo& info);
     Napi::Value stats(const Napi::CallbackInfo& info);

@@ -12,6 +12,12 @@ export interface AttendItemWire {
   q: Float32Array; // [rows][qHeads][headDim] f32
   kNew: Float32Array; // [rows][kvHeads][headDim] f32
   vNew: Float32Array; // [rows][kvHeads][headDim] f32
+  // With AttendRequestWire.regionId: byte offsets of the tensors in that
+  // region (q, kNew, vNew then empty; absent = 0).
+  qOffset?: number;
+  kOffset?: number;
+  vOffset?: number;
+  outOffset?: number;
 }
 
 export interface AttendRequestWire {
@@ -19,6 +25,7 @@ export interface AttendRequestWire {
   layer: number;
   items: AttendItemWire[];
   traceparent: string;
+  regionId?: number; // 0 / absent: the tensors are in the items
 }
 
 export interface AttendResponseWire {
@@ -69,8 +76,16 @@ class Writer {
 
 const lenField = (n: number) => 1 + varintSize(n) + n; // tag + length + payload
 
+/** Size of the region offsets, which are sent only when non-zero (proto3). */
+function offsetsSize(it: AttendItemWire): number {
+  let n = 0;
+  for (const o of [it.qOffset, it.kOffset, it.vOffset, it.outOffset]) if (o) n += 1 + varintSize(o);
+  return n;
+}
+
 function itemSize(it: AttendItemWire): number {
-  return 1 + varintSize(it.sequenceId) + 1 + varintSize(it.rows) + lenField(it.q.byteLength) + lenField(it.kNew.byteLength) + lenField(it.vNew.byteLength);
+  const bytes = (a: Float32Array) => (a.byteLength ? lenField(a.byteLength) : 0);
+  return 1 + varintSize(it.sequenceId) + 1 + varintSize(it.rows) + bytes(it.q) + bytes(it.kNew) + bytes(it.vNew) + offsetsSize(it);
 }
 
 export function encodeAttendRequest(m: AttendRequestWire): Buffer {
@@ -79,6 +94,7 @@ export function encodeAttendRequest(m: AttendRequestWire): Buffer {
   let total = (m.id ? 1 + varintSize(m.id) : 0) + (m.layer ? 1 + varintSize(m.layer) : 0);
   for (const s of sizes) total += lenField(s);
   if (tp.length) total += lenField(tp.length);
+  if (m.regionId) total += 1 + varintSize(m.regionId);
   const w = new Writer(Buffer.allocUnsafe(total));
   if (m.id) {
     w.buf[w.pos++] = 0x08;
@@ -95,11 +111,21 @@ export function encodeAttendRequest(m: AttendRequestWire): Buffer {
     w.varint(it.sequenceId);
     w.buf[w.pos++] = 0x10;
     w.varint(it.rows);
-    w.bytes(0x1a, it.q);
-    w.bytes(0x22, it.kNew);
-    w.bytes(0x2a, it.vNew);
+    if (it.q.byteLength) w.bytes(0x1a, it.q);
+    if (it.kNew.byteLength) w.bytes(0x22, it.kNew);
+    if (it.vNew.byteLength) w.bytes(0x2a, it.vNew);
+    // q_offset … out_offset: fields 6 to 9, varints.
+    [it.qOffset, it.kOffset, it.vOffset, it.outOffset].forEach((o, k) => {
+      if (!o) return;
+      w.buf[w.pos++] = (6 + k) << 3;
+      w.varint(o);
+    });
   });
   if (tp.length) w.bytes(0x22, tp);
+  if (m.regionId) {
+    w.buf[w.pos++] = 0x28;
+    w.varint(m.regionId);
+  }
   return w.buf;
 }
 
@@ -203,6 +229,7 @@ export function decodeAttendRequest(buf: Uint8Array): AttendRequestWire {
     else if (field === 2 && wt === 0) m.layer = r.int();
     else if (field === 3 && wt === 2) m.items.push(decodeItem(buf, ...r.span()));
     else if (field === 4 && wt === 2) m.traceparent = Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength).toString('utf8', ...r.span());
+    else if (field === 5 && wt === 0) m.regionId = r.int();
     else r.skip(wt);
   }
   return m;
@@ -219,6 +246,11 @@ function decodeItem(buf: Uint8Array, s: number, e: number): AttendItemWire {
     else if (field === 3 && wt === 2) it.q = floats(buf, ...r.span());
     else if (field === 4 && wt === 2) it.kNew = floats(buf, ...r.span());
     else if (field === 5 && wt === 2) it.vNew = floats(buf, ...r.span());
+    // Offsets as full u64 (not truncated to 32 bits): a huge one must fail the bounds check.
+    else if (field === 6 && wt === 0) it.qOffset = Number(r.varint());
+    else if (field === 7 && wt === 0) it.kOffset = Number(r.varint());
+    else if (field === 8 && wt === 0) it.vOffset = Number(r.varint());
+    else if (field === 9 && wt === 0) it.outOffset = Number(r.varint());
     else r.skip(wt);
   }
   return it;

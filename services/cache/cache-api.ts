@@ -9,6 +9,7 @@ export interface ShardAttendItem {
   q: Float32Array; // [rows][qHeads][headDim] f32, RoPE applied
   kNew: Float32Array; // [rows][kvHeads][headDim] f32
   vNew: Float32Array; // [rows][kvHeads][headDim] f32
+  out?: Float32Array; // [rows][qHeads][headDim] f32: where to write the output (absent: a new array)
 }
 
 export interface ShardAttendResult {

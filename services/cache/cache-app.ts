@@ -18,6 +18,7 @@ import { instruments } from '../telemetry/spans.js';
 import { cacheLimits } from '../common/limits.js';
 import { OwnerLeases } from './owners.js';
 import { internalServerCredentials, tlsFromOptions } from '../common/credentials.js';
+import { RegionTable } from './region-table.js';
 
 export async function runCache(o: Options, telemetry: Telemetry): Promise<void> {
   const modelDir = (o.model as string | undefined) ?? defaultModelDir();
@@ -66,8 +67,10 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
     throw new UsageError((e as Error).message);
   }
   const security = { credentials: internalServerCredentials(tls) };
+  const regions = new RegionTable(core.engine.config, (l) => log('cache', l));
   const listen: ListenOptions = { role: 'cache', host: o.host as string, port: o.port as number, graceMs: o['grace-ms'] as number, limits, security, afterStop: async () => {
     leases.stop();
+    regions.closeAll(); // callers waiting on a doorbell fail at once
     await core.close(); // frees every sequence: their master tier files close with them
     removeDir();
     await telemetry.shutdown();
@@ -85,7 +88,7 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
     .addCallback((r) => r.observe(core.sequenceIds.length));
   await runService('cache', [
     { provide: LISTEN, useValue: listen },
-    { provide: SERVED, useValue: [{ service: CacheService, implementation: cacheHandlers(core, (l) => log('cache', l), limits, leases), codecs: ATTEND_CODECS }] },
+    { provide: SERVED, useValue: [{ service: CacheService, implementation: cacheHandlers(core, (l) => log('cache', l), limits, leases, regions), codecs: ATTEND_CODECS }] },
     { provide: CacheCore, useValue: core },
   ]);
 }

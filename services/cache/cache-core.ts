@@ -85,8 +85,15 @@ export class CacheCore implements CacheShard {
 
   async attend(layer: number, items: ShardAttendItem[]): Promise<ShardAttendResult> {
     const t0 = performance.now();
-    const out = await this.engine.attend(items.map((it) => ({ seq: it.seq, layer, rows: it.rows, q: it.q, kNew: it.kNew, vNew: it.vNew })));
+    const out = await this.engine.attend(items.map((it) => ({ seq: it.seq, layer, rows: it.rows, q: it.q, kNew: it.kNew, vNew: it.vNew, out: it.out })));
     return { out, engineUs: Math.round((performance.now() - t0) * 1000) };
+  }
+
+  /** attend() on this thread when the engine is idle, else null (cache-server.ts: the data plane's small requests). */
+  attendNow(layer: number, items: ShardAttendItem[]): ShardAttendResult | null {
+    const t0 = performance.now();
+    const out = this.engine.attendNow(items.map((it) => ({ seq: it.seq, layer, rows: it.rows, q: it.q, kNew: it.kNew, vNew: it.vNew, out: it.out })));
+    return out && { out, engineUs: Math.round((performance.now() - t0) * 1000) };
   }
 
   /** Tokens per layer. A client can attend a step on some layers only (a

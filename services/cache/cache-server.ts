@@ -11,12 +11,16 @@ import {
   CreateSequenceResponseSchema,
   ExportImportanceResponseSchema,
   FreeSequenceResponseSchema,
+  RegisterRegionResponseSchema,
   StatsResponseSchema,
+  UnregisterRegionResponseSchema,
   type ApplyPlanRequest,
   type CreateSequenceRequest,
   type ExportImportanceRequest,
   type FreeSequenceRequest,
+  type RegisterRegionRequest,
   type StatsRequest,
+  type UnregisterRegionRequest,
 } from '../../gen/smartkv/v1/cache_pb.js';
 import { bytesOf, invalidArgument, MalformedMessage, malformedStatus, RpcError, statusOf, toServiceError, u32 } from '../common/rpc.js';
 import type { CacheLimits } from '../common/limits.js';
@@ -28,6 +32,12 @@ import { childOf, contextFrom, instruments } from '../telemetry/spans.js';
 import type { CacheCore } from './cache-core.js';
 import { bytesToPb, OWNER_HEADER, storageFromPb } from './cache-proto.js';
 import { MIN_OWNER_CHARS, ownerTag, validOwner, type OwnerLeases } from './owners.js';
+import { RegionTable } from './region-table.js';
+
+/** Query rows up to which a doorbell attend runs on the service's JS thread
+ * (a decode step of a large batch); bigger ones (prefill chunks) go to a
+ * worker thread so the service keeps answering other calls meanwhile. */
+const SYNC_ATTEND_ROWS = 64;
 
 type Unary<I, O> = (call: grpc.ServerUnaryCall<I, O>, cb: grpc.sendUnaryData<O>) => void;
 
@@ -48,7 +58,14 @@ export interface CacheLog {
   (line: string): void;
 }
 
-export function cacheHandlers(core: CacheCore, log: CacheLog, limits: CacheLimits, leases: OwnerLeases): grpc.UntypedServiceImplementation {
+/** regions: the data plane's shared-memory regions (closed by the caller on shutdown). */
+export function cacheHandlers(
+  core: CacheCore,
+  log: CacheLog,
+  limits: CacheLimits,
+  leases: OwnerLeases,
+  regions = new RegionTable(core.engine.config, log),
+): grpc.UntypedServiceImplementation {
   const { qHeads, kvHeads, headDim } = core.engine.config;
 
   const freeOwner = (owner: string, why: string) =>
@@ -70,6 +87,7 @@ export function cacheHandlers(core: CacheCore, log: CacheLog, limits: CacheLimit
     const rows = req.items.reduce((a, it) => a + it.rows, 0);
     if (rows > limits.attendRows)
       throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `items: ${rows} query rows in one Attend exceed the limit of ${limits.attendRows} (max_attend_rows, --max-attend-rows)`);
+    if (req.regionId) return regions.items(req, owner, (seq, field) => mine(seq, owner, field));
     return req.items.map((it, i) => {
       const rows = it.rows;
       const want = (name: string, b: Float32Array, heads: number) => {
@@ -82,14 +100,18 @@ export function cacheHandlers(core: CacheCore, log: CacheLog, limits: CacheLimit
     });
   }
 
-  async function attend(req: AttendRequest, owner: string): Promise<AttendResponse> {
+  /** now: a doorbell request, run on this thread when it is small and the engine idle (region-table.ts). */
+  async function attend(req: AttendRequest, owner: string, now = false): Promise<AttendResponse> {
     // Spans only for traced callers: the stream carries the context per message.
     const span = req.traceparent ? childOf(contextFrom(req.traceparent), 'cache.attend', { 'smartkv.layer': req.layer, 'smartkv.sequences': req.items.length }) : undefined;
     try {
-      const r = await core.attend(req.layer, items(req, owner));
+      const its = items(req, owner);
+      const small = now && its.reduce((a, it) => a + it.rows, 0) <= SYNC_ATTEND_ROWS;
+      const r = (small && core.attendNow(req.layer, its)) || (await core.attend(req.layer, its));
       span?.setAttribute('smartkv.engine_us', r.engineUs);
       instruments().attendDuration.record(r.engineUs, { side: 'cache' });
-      return { id: req.id, out: r.out, engineUs: r.engineUs, errorCode: 0, errorMessage: '' };
+      // A region's outputs are already in it, at the items' out_offset.
+      return { id: req.id, out: req.regionId ? [] : r.out, engineUs: r.engineUs, errorCode: 0, errorMessage: '' };
     } catch (e) {
       span?.recordException(e as Error);
       throw e;
@@ -134,7 +156,10 @@ export function cacheHandlers(core: CacheCore, log: CacheLog, limits: CacheLimit
         if (closed) return;
         closed = true;
         // The owner's last stream closed: the orchestrator stopped or died.
-        if (leases.closeStream(owner)) freeOwner(owner, 'went away (its last attend stream closed)');
+        if (leases.closeStream(owner)) {
+          regions.dropOwner(owner);
+          freeOwner(owner, 'went away (its last attend stream closed)');
+        }
       };
       call.on('data', (req: AttendRequest | MalformedMessage) => {
         // No id to answer a malformed message with: the stream ends with INVALID_ARGUMENT.
@@ -158,6 +183,23 @@ export function cacheHandlers(core: CacheCore, log: CacheLog, limits: CacheLimit
       call.on('error', close);
       call.on('close', close);
     },
+    registerRegion: unary(async (req: RegisterRegionRequest, call) => {
+      const owner = touched(call);
+      if (!validOwner(owner))
+        throw new RpcError(grpc.status.UNAUTHENTICATED, `${OWNER_HEADER} header: a region belongs to an owner token of at least ${MIN_OWNER_CHARS} characters`);
+      // Served by the futex doorbell as well as by AttendRequests naming it; a
+      // doorbell request renews the owner's lease like any call.
+      const id = regions.register(owner, req.path, Number(req.byteSize), req.nonce, (r, o) => {
+        leases.touch(o);
+        return attend(r, o, true);
+      });
+      log(`${ownerTag(owner)} registered data-plane region ${id} (${req.byteSize} bytes)`);
+      return create(RegisterRegionResponseSchema, { regionId: id });
+    }),
+    unregisterRegion: unary(async (req: UnregisterRegionRequest, call) => {
+      regions.unregister(touched(call), req.regionId);
+      return create(UnregisterRegionResponseSchema, {});
+    }),
     exportImportance: unary(async (req: ExportImportanceRequest, call) => {
       const r = await core.exportImportance(mine(req.sequenceId, touched(call)));
       return create(ExportImportanceResponseSchema, {

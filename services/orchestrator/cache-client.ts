@@ -2,6 +2,13 @@
 // long-lived bidirectional stream per shard (AttendStream), requests matched
 // to responses by id; everything else is unary. When the service goes away,
 // pending and later calls fail with UNAVAILABLE and the next call reconnects.
+//
+// With a data plane (region-client.ts), the first attend registers a
+// shared-memory region with the shard; attends then put their tensors there
+// and ring its futex doorbell (or send offsets over the stream). A shard on
+// another host cannot map the region: its registration fails and attends
+// carry bytes as before. A region torn down mid-request fails that request
+// (UNAVAILABLE) and the next attend registers a new one.
 import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 
@@ -11,10 +18,13 @@ import {
   CreateSequenceRequestSchema,
   ExportImportanceRequestSchema,
   FreeSequenceRequestSchema,
+  RegisterRegionRequestSchema,
   StatsRequestSchema,
+  UnregisterRegionRequestSchema,
   type ApplyPlanResponse,
   type CreateSequenceResponse,
   type ExportImportanceResponse,
+  type RegisterRegionResponse,
   type StatsResponse,
 } from '../../gen/smartkv/v1/cache_pb.js';
 import type { PrecisionMode, StorageKind } from '../../native/kv-engine.js';
@@ -25,6 +35,16 @@ import { ATTEND_CODECS, bytesFromPb, OWNER_HEADER, storageToPb } from '../cache/
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from '../cache/attend-codec.js';
 import { bytesOf, callUnary, f32, makeClient, RpcError } from '../common/rpc.js';
 import { ShardDeadline } from './shard-deadline.js';
+import { RegionClient, regionBytes, type DataPlaneMode } from './region-client.js';
+
+export interface CacheClientOptions {
+  deadlineFloorMs?: number; // the least deadline of a call (shard-deadline.ts); default 2000
+  dataPlane?: DataPlaneMode; // default 'off'
+  log?: (line: string) => void;
+}
+
+/** After a region could not be set up, attends carry bytes for this long before the next try. */
+const REGION_RETRY_MS = 30_000;
 
 interface Pending {
   resolve: (r: AttendResponse) => void;
@@ -40,13 +60,22 @@ export class GrpcCacheShard implements CacheShard {
   // long context much longer, and neither should set the other's deadline.
   private readonly deadlines = new Map<string, ShardDeadline>();
 
-  /** deadlineFloorMs: the least deadline of a call (shard-deadline.ts). */
+  readonly dataPlane: DataPlaneMode;
+  private readonly log: (line: string) => void;
+  private region: RegionClient | null = null;
+  private regionSetup: Promise<RegionClient | null> | null = null;
+  private regionRetryAt = 0; // ms: no new region before then (the last setup failed)
+
+  /** options: a number is the deadline floor (ms), as before. */
   constructor(
     readonly address: string,
     private readonly owner: string,
-    deadlineFloorMs = 2000,
+    options: number | CacheClientOptions = {},
   ) {
-    this.deadlineFloorMs = deadlineFloorMs;
+    const o = typeof options === 'number' ? { deadlineFloorMs: options } : options;
+    this.deadlineFloorMs = o.deadlineFloorMs ?? 2000;
+    this.dataPlane = o.dataPlane ?? 'off';
+    this.log = o.log ?? (() => undefined);
     this.client = makeClient(CacheService, address, { 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 1000 }, ATTEND_CODECS);
   }
 
@@ -94,6 +123,8 @@ export class GrpcCacheShard implements CacheShard {
     this.stream = s;
     const fail = (e: Error) => {
       if (this.stream === s) this.stream = null;
+      // The service let go of our regions with the stream; a doorbell waiter returns now.
+      this.dropRegion();
       const err = this.wrap(e);
       for (const p of this.pending.values()) p.reject(err);
       this.pending.clear();
@@ -122,16 +153,67 @@ export class GrpcCacheShard implements CacheShard {
   }
 
   async attend(layer: number, items: ShardAttendItem[], traceparent = ''): Promise<ShardAttendResult> {
-    const id = this.nextId++;
-    const req: AttendRequest = {
-      id,
+    const region = this.dataPlane === 'off' ? null : this.region ?? (await this.setUpRegion(items));
+    if (region) {
+      const r = await region.exclusive(() => this.attendInRegion(region, layer, items, traceparent));
+      if (r) return r;
+    }
+    const res = await this.streamAttend(
+      { id: this.nextId++, layer, items: items.map((it) => ({ sequenceId: it.seq, rows: it.rows, q: it.q, kNew: it.kNew, vNew: it.vNew })), traceparent },
       layer,
-      items: items.map((it) => ({ sequenceId: it.seq, rows: it.rows, q: it.q, kNew: it.kNew, vNew: it.vNew })),
-      traceparent,
-    };
+    );
+    const out = res.out.map((o, i) => {
+      const want = items[i]?.out;
+      if (!want || want.length !== o.length) return o;
+      want.set(o);
+      return want;
+    });
+    return { out, engineUs: res.engineUs };
+  }
+
+  /** One attend through the region; null when the items do not fit its arena (they go as bytes). */
+  private async attendInRegion(region: RegionClient, layer: number, items: ShardAttendItem[], traceparent: string): Promise<ShardAttendResult | null> {
+    if (region.torn) return null; // dropped while this call waited its turn
+    if (!region.place(items)) return null;
+    if (this.dataPlane === 'grpc') {
+      let res: AttendResponse;
+      try {
+        res = await this.streamAttend({ id: this.nextId++, layer, items: region.wireItems(items), traceparent, regionId: region.id }, layer);
+      } catch (e) {
+        const code = (e as RpcError).code;
+        // A late answer could still write into the arena: the region is not reused.
+        if (code === grpc.status.DEADLINE_EXCEEDED) this.dropRegion();
+        // The service no longer knows the region: it was torn down there.
+        if (code === grpc.status.NOT_FOUND && /region_id/.test((e as Error).message)) {
+          this.dropRegion();
+          throw new RpcError(grpc.status.UNAVAILABLE, `cache shard ${this.address}: the data-plane region was torn down (${(e as Error).message}); the next attend sets up a new one`);
+        }
+        throw e;
+      }
+      return { out: region.outputs(items), engineUs: res.engineUs };
+    }
+    const tracker = this.deadline('attend'), ms = tracker.ms, t0 = performance.now();
+    const r = await region.ring(layer, items, traceparent, ms);
+    if (r === 'timed out') {
+      // The service may still be writing into the arena: this region is not reused.
+      this.dropRegion();
+      throw new RpcError(grpc.status.DEADLINE_EXCEEDED, `cache shard ${this.address}: no answer to attend (layer ${layer}) within ${ms} ms (data plane)`);
+    }
+    tracker.record(performance.now() - t0);
+    if (r === 'torn down') {
+      this.dropRegion();
+      throw new RpcError(grpc.status.UNAVAILABLE, `cache shard ${this.address}: the data-plane region was torn down while attend (layer ${layer}) waited; the next attend sets up a new one`);
+    }
+    if (r.code !== 0) throw new RpcError(r.code, `cache shard ${this.address}: ${r.message}`);
+    return { out: region.outputs(items), engineUs: r.engineUs };
+  }
+
+  /** One AttendRequest over the stream, answered by id. */
+  private async streamAttend(req: AttendRequest, layer: number): Promise<AttendResponse> {
+    const id = req.id;
     const s = this.openStream();
     const tracker = this.deadline('attend'), ms = tracker.ms, t0 = performance.now();
-    const res = await new Promise<AttendResponse>((resolve, reject) => {
+    return new Promise<AttendResponse>((resolve, reject) => {
       // The stream has no per-message deadline: a timer gives up on this one
       // (a late answer finds no pending entry and is dropped).
       const timer = setTimeout(() => {
@@ -145,7 +227,49 @@ export class GrpcCacheShard implements CacheShard {
       this.pending.set(id, { resolve: (r) => done(() => resolve(r)), reject: (e) => done(() => reject(e)) });
       s.write(req);
     });
-    return { out: res.out, engineUs: res.engineUs };
+  }
+
+  /** Creates and registers this shard's region (once; concurrent callers share it); null: bytes for now. */
+  private setUpRegion(items: readonly ShardAttendItem[]): Promise<RegionClient | null> {
+    if (this.regionSetup) return this.regionSetup;
+    if (Date.now() < this.regionRetryAt || items.length === 0) return Promise.resolve(null);
+    const rows = items.reduce((a, it) => a + it.rows, 0);
+    const rowBytes = items.reduce((a, it) => a + 2 * it.q.byteLength + it.kNew.byteLength + it.vNew.byteLength, 0) / rows;
+    this.regionSetup = (async () => {
+      let region: RegionClient | null = null;
+      try {
+        this.openStream(); // the region lives as long as the owner's stream
+        const limits = await this.unary<StatsResponse>('stats', create(StatsRequestSchema, { reservationsOnly: true }));
+        region = new RegionClient(regionBytes(Math.max(1, limits.maxAttendRows), rowBytes));
+        const res = await this.unary<RegisterRegionResponse>('registerRegion', create(RegisterRegionRequestSchema, { ...region.registration(), byteSize: BigInt(region.bytes) }));
+        region.id = res.regionId;
+        this.region = region;
+        return region;
+      } catch (e) {
+        region?.close();
+        this.regionRetryAt = Date.now() + REGION_RETRY_MS;
+        this.log(`cache shard ${this.address}: no shared-memory data plane (${(e as Error).message}); attends carry bytes, next try in ${REGION_RETRY_MS / 1000} s`);
+        return null;
+      } finally {
+        this.regionSetup = null;
+      }
+    })();
+    return this.regionSetup;
+  }
+
+  /** Forgets this shard's region and tears it down for both sides. */
+  private dropRegion(): void {
+    const r = this.region;
+    if (!r) return;
+    this.region = null;
+    r.close();
+    // The service may already have let go of it (its teardown, or the stream's end).
+    if (this.stream) this.unary('unregisterRegion', create(UnregisterRegionRequestSchema, { regionId: r.id })).catch(() => undefined);
+  }
+
+  /** Tears this shard's region down, as a peer's teardown would (tests, and a shard being drained). */
+  tearDownRegion(): void {
+    this.dropRegion();
   }
 
   async exportImportance(seq: number): Promise<ImportanceReport> {
@@ -189,6 +313,8 @@ export class GrpcCacheShard implements CacheShard {
   }
 
   close(): void {
+    this.region?.close();
+    this.region = null;
     this.stream?.end();
     this.stream = null;
     this.client.close();

@@ -26,6 +26,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'shard-deadline-ms': { kind: 'int', default: 2000, help: 'the least deadline of a call to a cache shard; the deadline is 10 × the slowest of its last 64 calls of the same method when that is more. A shard that misses it fails only its own requests (DEADLINE_EXCEEDED)' },
   'cache-wait-ms': { kind: 'int', default: 30000, help: 'how long to wait at start for a first cache shard' },
   allocator: { kind: 'string', help: 'allocator service address' },
+  'data-plane': { kind: 'string', default: 'futex', help: 'how attends reach cache services on this host: futex (tensors in a shared-memory region, rung by a futex), grpc (the same region, rung by an Attend carrying offsets) or off (tensors in every Attend, as across hosts)' },
   'in-process': { kind: 'bool', default: false, help: 'run the cache and the allocator in this process' },
   policy: { kind: 'string', default: D.cache.policy, help: 'default cache policy' },
   budget: { kind: 'number', default: D.cache.beta, help: 'default budget β' },
@@ -106,6 +107,8 @@ async function main(): Promise<void> {
   }
   for (const k of ['cache-resolve-ms', 'cache-health-ms', 'shard-deadline-ms'])
     if ((o[k] as number) < 50) throw new UsageError(`--${k} must be ≥ 50, got ${o[k]}`);
+  const dataPlane = o['data-plane'] as string;
+  if (!['off', 'futex', 'grpc'].includes(dataPlane)) throw new UsageError(`--data-plane must be futex, grpc or off, got ${dataPlane}`);
   const defaults = defaultsFrom(o);
   if (!(defaults.maxQueue >= 0)) throw new UsageError(`--max-queue must be ≥ 0, got ${defaults.maxQueue}`);
   if (!(defaults.maxStreamsPerClient >= 1)) throw new UsageError(`--max-streams-per-client must be ≥ 1, got ${defaults.maxStreamsPerClient}`);
@@ -142,6 +145,7 @@ async function main(): Promise<void> {
     shardDeadlineMs: o['shard-deadline-ms'] as number,
     cacheWaitMs: o['cache-wait-ms'] as number,
     allocatorAddress: o.allocator as string | undefined,
+    dataPlane: dataPlane as 'off' | 'futex' | 'grpc',
     local: inProcess ? { engine: { quant: 'symmetric', gamma: o.gamma as number, mode: defaults.cache.mode, masterDir: localMasterDir(o['master-dir'] as string | undefined), rotateKv: o['rotate-kv'] as boolean }, memoryLimitBytes: o['memory-limit'] as number } : undefined,
     log: say,
   });

@@ -11,6 +11,7 @@ import type { ShardStats } from '../cache/cache-api.js';
 import type { KvEngineConfig } from '../../native/kv-engine.js';
 import { GrpcAllocator, LocalAllocator, type Allocator } from './allocator-client.js';
 import { GrpcCacheShard } from './cache-client.js';
+import { DEFAULT_DATA_PLANE, type DataPlaneMode } from './region-client.js';
 import { Model } from './model/model.js';
 import { Scheduler } from './scheduler.js';
 import { FixedShards, ShardDirectory, type DnsTarget, type ShardSet } from './shard-directory.js';
@@ -31,6 +32,8 @@ export interface OrchestratorOptions {
   shardDeadlineMs?: number; // the least deadline of a call to a cache shard (shard-deadline.ts)
   cacheWaitMs?: number; // how long to wait for a first shard at start (default 30 s)
   allocatorAddress?: string;
+  /** How attends reach shards on this host (region-client.ts); default futex. Shards elsewhere get bytes. */
+  dataPlane?: DataPlaneMode;
   /** In-process: the engine settings of the one local cache. */
   local?: { engine: Omit<KvEngineConfig, 'layers' | 'qHeads' | 'kvHeads' | 'headDim'>; memoryLimitBytes: number };
   log: (line: string) => void;
@@ -69,7 +72,7 @@ export class Orchestrator {
         dnsServers: o.cacheDnsServers,
         resolveEveryMs: o.resolveEveryMs,
         healthEveryMs: o.healthEveryMs,
-        connect: (a) => new GrpcCacheShard(a, owner, o.shardDeadlineMs),
+        connect: (a) => new GrpcCacheShard(a, owner, { deadlineFloorMs: o.shardDeadlineMs, dataPlane: o.dataPlane ?? DEFAULT_DATA_PLANE, log: o.log }),
         log: o.log,
       });
       closers.push(() => directory.close());

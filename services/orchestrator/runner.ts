@@ -28,16 +28,24 @@ export interface StepResult {
   /** Per item: [rows or 1][vocab] f32 logits, or the error that failed it. */
   logits: (Float32Array | Error)[];
   attendUs: number[]; // wall time of each per-layer attention round (all shards)
-  engineUs: number[]; // per layer: the slowest shard's engine time
+  engineUs: number[]; // per layer: the slowest shard's engine time (attendUs − engineUs: transport)
 }
 
 export async function runStep(model: Model, items: readonly StepItem[]): Promise<StepResult> {
+  const buf = stepBuffers(model, items.reduce((a, it) => a + it.tokens.length, 0));
+  try {
+    return await runStepIn(model, items, buf);
+  } finally {
+    buf.release();
+  }
+}
+
+async function runStepIn(model: Model, items: readonly StepItem[], buf: StepBuffers): Promise<StepResult> {
   const c = model.config, m = model.native;
   const H = c.heads, KV = c.kvHeads, D = c.headDim;
   const total = items.reduce((a, it) => a + it.tokens.length, 0);
   const rowStart: number[] = [];
-  const tokens = new Uint32Array(total); // [total]
-  const positions = new Uint32Array(total); // [total]
+  const { tokens, positions, x, q, k, v, o } = buf;
   let r = 0;
   for (const it of items) {
     rowStart.push(r);
@@ -46,11 +54,6 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
       positions[r++] = it.start + i;
     });
   }
-  const x = new Float32Array(total * c.dModel); // [total][dModel] residual stream
-  const q = new Float32Array(total * H * D); // [total][H][D]
-  const k = new Float32Array(total * KV * D); // [total][KV][D]
-  const v = new Float32Array(total * KV * D); // [total][KV][D]
-  const o = new Float32Array(total * H * D); // [total][H*D] attention output
   const failed: (Error | null)[] = items.map(() => null);
   const attendUs: number[] = [];
   const engineUs: number[] = [];
@@ -78,6 +81,7 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
             q: q.subarray(r0 * H * D, (r0 + rows) * H * D),
             kNew: k.subarray(r0 * KV * D, (r0 + rows) * KV * D),
             vNew: v.subarray(r0 * KV * D, (r0 + rows) * KV * D),
+            out: o.subarray(r0 * H * D, (r0 + rows) * H * D), // written in place where the shard can
           };
         });
         // One span per shard and layer, under the first sequence's step, linked to the others'.
@@ -90,7 +94,7 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
         const ta = performance.now();
         try {
           const res = await shard.attend(l, part, traceparentOf(span));
-          idx.forEach((i, j) => o.set(res.out[j], rowStart[i] * H * D));
+          idx.forEach((i, j) => res.out[j] !== part[j].out && o.set(res.out[j], rowStart[i] * H * D));
           span?.setAttribute('smartkv.engine_us', res.engineUs);
           engine = Math.max(engine, res.engineUs);
         } catch (e) {
@@ -130,6 +134,57 @@ export async function runStep(model: Model, items: readonly StepItem[]): Promise
     return part;
   });
   return { logits: out, attendUs, engineUs };
+}
+
+/** A step's working buffers, views of exactly `rows` rows. */
+interface StepBuffers {
+  tokens: Uint32Array; // [rows]
+  positions: Uint32Array; // [rows]
+  x: Float32Array; // [rows][dModel] residual stream
+  q: Float32Array; // [rows][H][D]
+  k: Float32Array; // [rows][KV][D]
+  v: Float32Array; // [rows][KV][D]
+  o: Float32Array; // [rows][H*D] attention output
+  release(): void;
+}
+
+interface Held {
+  rows: number; // capacity
+  busy: boolean;
+  whole: Omit<StepBuffers, 'release'>;
+}
+
+/** Per model: buffers kept from step to step and grown when a step has more
+ * rows, so a decode step allocates nothing here (a step that runs while
+ * another holds them, which one scheduler never does, gets its own). */
+const held = new WeakMap<Model, Held>();
+
+function stepBuffers(model: Model, rows: number): StepBuffers {
+  const c = model.config, H = c.heads, KV = c.kvHeads, D = c.headDim;
+  const make = (n: number): Omit<StepBuffers, 'release'> => ({
+    tokens: new Uint32Array(n),
+    positions: new Uint32Array(n),
+    x: new Float32Array(n * c.dModel),
+    q: new Float32Array(n * H * D),
+    k: new Float32Array(n * KV * D),
+    v: new Float32Array(n * KV * D),
+    o: new Float32Array(n * H * D),
+  });
+  let h = held.get(model);
+  if (h?.busy) return { ...make(rows), release: () => undefined };
+  if (!h || h.rows < rows) held.set(model, (h = { rows: Math.max(rows, 2 * (h?.rows ?? 0)), busy: false, whole: make(Math.max(rows, 2 * (h?.rows ?? 0))) }));
+  const w = h.whole, hh = h;
+  hh.busy = true;
+  return {
+    tokens: w.tokens.subarray(0, rows),
+    positions: w.positions.subarray(0, rows),
+    x: w.x.subarray(0, rows * c.dModel),
+    q: w.q.subarray(0, rows * H * D),
+    k: w.k.subarray(0, rows * KV * D),
+    v: w.v.subarray(0, rows * KV * D),
+    o: w.o.subarray(0, rows * H * D),
+    release: () => (hh.busy = false),
+  };
 }
 
 /** log softmax(logits)[token], in float64. */

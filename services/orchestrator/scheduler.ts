@@ -53,7 +53,7 @@ interface Running {
 }
 
 export interface StepObserver {
-  (info: { batch: number; rows: number; stepUs: number; attendUs: number[] }): void;
+  (info: { batch: number; rows: number; stepUs: number; attendUs: number[]; engineUs: number[] }): void;
 }
 
 export class Scheduler {
@@ -299,8 +299,10 @@ export class Scheduler {
     const t0 = performance.now();
     const res = await runStep(this.o.model, items);
     const stepUs = Math.round((performance.now() - t0) * 1000);
-    this.onStep?.({ batch: items.length, rows: rowsInStep, stepUs, attendUs: res.attendUs });
-    for (const r of who) r.job.stepSpan?.setAttributes({ 'smartkv.step_us': stepUs, 'smartkv.attend_us': res.attendUs, 'smartkv.attend_engine_us': res.engineUs });
+    this.onStep?.({ batch: items.length, rows: rowsInStep, stepUs, attendUs: res.attendUs, engineUs: res.engineUs });
+    // Per layer: the round trip, the shard's engine time, and what is left, the transport.
+    const transportUs = res.attendUs.map((a, l) => Math.max(0, a - res.engineUs[l]));
+    for (const r of who) r.job.stepSpan?.setAttributes({ 'smartkv.step_us': stepUs, 'smartkv.attend_us': res.attendUs, 'smartkv.attend_engine_us': res.engineUs, 'smartkv.attend_transport_us': transportUs });
     const m = instruments();
     m.stepDuration.record(stepUs / 1000);
     m.batchSize.record(items.length);

@@ -59,3 +59,21 @@ test('unknown fields are skipped; truncated or malformed input is refused', () =
   assert.throws(() => decodeAttendResponse(base.subarray(0, base.length - 3)), WireError);
   assert.throws(() => decodeAttendRequest(Buffer.from([0x1a, 0x05, 0x2a, 0x03, 1, 2, 3])), /multiple of 4/);
 });
+
+test('a request naming a region carries offsets, not bytes, byte-identical to the reference encoder', () => {
+  const empty = new Float32Array(0);
+  const items = [
+    { sequenceId: 4, rows: 1, q: empty, kNew: empty, vNew: empty, qOffset: 65536, kOffset: 66560, vOffset: 67072, outOffset: 67584 },
+    { sequenceId: 9, rows: 3, q: empty, kNew: empty, vNew: empty, qOffset: 2 ** 40, kOffset: 70000, vOffset: 80000, outOffset: 90000 },
+  ];
+  const mine = encodeAttendRequest({ id: 5n, layer: 2, items, traceparent: '', regionId: 3 });
+  const pb = toBinary(AttendRequestSchema, create(AttendRequestSchema, {
+    id: 5n, layer: 2, regionId: 3,
+    items: items.map((it) => create(AttendItemSchema, { sequenceId: it.sequenceId, rows: it.rows, qOffset: BigInt(it.qOffset), kOffset: BigInt(it.kOffset), vOffset: BigInt(it.vOffset), outOffset: BigInt(it.outOffset) })),
+  }));
+  assert.deepEqual(new Uint8Array(mine), pb);
+  const back = decodeAttendRequest(pb);
+  assert.equal(back.regionId, 3);
+  // Offsets decode as full 64-bit values: one beyond 32 bits is not silently wrapped into range.
+  assert.deepEqual(back.items.map((it) => [it.qOffset, it.kOffset, it.vOffset, it.outOffset, it.q.length]), items.map((it) => [it.qOffset, it.kOffset, it.vOffset, it.outOffset, 0]));
+});
