@@ -44,7 +44,11 @@ interface Shape {
 const SENTENCE = 'The old man said that the river had been high all spring, and the boats stayed in. ';
 // Short enough for a loaded 2-core machine; the long-context bound is the same formula (plan-cost.ts).
 const SHAPES: Shape[] = [
-  { name: 'short, smartkv β 0.5', prompt: 'The old man said', maxTokens: 40, policy: CachePolicy.SMARTKV, budget: 0.5, maxRatio: 2 },
+  // At 57 tokens the reservation is dominated by one partly filled block per
+  // format and layer (plan-cost.ts reservationBytes: (layers + 1) × one block of
+  // each format), which a plan may fill before the end; the ratio shrinks with
+  // length. 2.5 still fails the ~4× over-reservation this test was written for.
+  { name: 'short, smartkv β 0.5', prompt: 'The old man said', maxTokens: 40, policy: CachePolicy.SMARTKV, budget: 0.5, maxRatio: 2.5 },
   { name: 'fp16', prompt: SENTENCE, maxTokens: 60, policy: CachePolicy.FP16, maxRatio: 2 },
 ];
 
