@@ -19,11 +19,15 @@ float element(const tensor_view& t, int64_t i) {
 
 void matmul_avx512(const float* x, int n, const tensor_view& w, const tensor_view* bias, float* y, thread_pool& pool);
 bool avx512_path_available(int head_dim);  // attend-avx512.cc: true when the CPU has AVX-512/VNNI/F16C
+bool matmul_avx2(const float* x, int n, const tensor_view& w, const tensor_view* bias, float* y, thread_pool& pool);
+bool avx2_path_available(int head_dim);  // attend-avx2.cc: true when the CPU has AVX2/FMA/F16C
 
 void matmul(const float* x, int n, const tensor_view& w, const tensor_view* bias, float* y, thread_pool& pool) {
     static const bool avx512 = avx512_path_available(64);
+    static const bool avx2 = avx2_path_available(64);
     if (avx512) return matmul_avx512(x, n, w, bias, y, pool);
-    // Portable fallback for CPUs without AVX-512.
+    if (avx2 && matmul_avx2(x, n, w, bias, y, pool)) return;
+    // Portable fallback for CPUs without AVX2.
     pool.parallel_for(size_t(w.rows), [&](size_t r, int) {
         for (int i = 0; i < n; ++i) {
             float s = bias && bias->data ? element(*bias, int64_t(r)) : 0.f;
