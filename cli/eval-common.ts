@@ -295,7 +295,7 @@ export async function withServer<T>(o: Pick<EvalOptions, 'server' | 'mode' | 'ro
       });
       if (interrupted) throw new InterruptedError(interrupted);
       io.err.write(`  ready at ${cluster.address} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
-      where = `a local split system started for this run (allocator, 1 cache service, ${o.rotateKv ? 'K and V stored rotated (randomised Hadamard of q, k and v, clipped 2-bit scales; KIVI rows as published)' : 'with --rotate-kv=false: K and V stored as they are'}, ${o.quant} quantisation, orchestrator; separate processes over gRPC)`;
+      where = `a local split system started for this run (allocator, 1 cache service, ${o.rotateKv ? 'K and V stored rotated (randomised Hadamard of q, k and v, clipped 2-bit scales; kivi-2/4 as published, kivi-2-rot/4-rot rotated too)' : 'with --rotate-kv=false: K and V stored as they are'}, ${o.quant} quantisation, orchestrator; separate processes over gRPC)`;
       client = new EvalClient(cluster.address, o.gamma, o.mode);
     }
     const info = await client.info();

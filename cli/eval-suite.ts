@@ -34,7 +34,7 @@ import { buildSamples, scoreOutcome, SUITE_TASKS, type Scored, type SeedSet, typ
 
 export const SUITE_BUDGETS = [0.2, 0.25, 0.33, 0.4, 0.5];
 export const SUITE_CONTEXTS = [2048, 4096, 8192];
-const NEVER_UPGRADE: readonly PolicyName[] = ['fp16', 'uniform-8', 'uniform-4', 'uniform-2', 'kivi-2', 'kivi-4'];
+const NEVER_UPGRADE: readonly PolicyName[] = ['fp16', 'uniform-8', 'uniform-4', 'uniform-2', 'kivi-2', 'kivi-4', 'kivi-2-rot', 'kivi-4-rot'];
 const COMPARE_WITH: readonly PolicyName[] = ['random', 'uniform-2', 'uniform-4'];
 
 export interface SuiteOptions {

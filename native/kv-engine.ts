@@ -24,13 +24,15 @@ export type { KvErrorCode } from './errors.js';
 export { FORMATS, type KvFormat, type QuantMode } from './formats.js';
 
 export type Device = 'cpu' | 'cuda' | 'auto';
-export type StorageKind = 'mixed' | 'kivi-2' | 'kivi-4';
+// kivi-2-rot / kivi-4-rot: KIVI over K and V rotated like mixed sequences' when
+// rotateKv is set (the ablation "KIVI with SmartKV's rotation"); plain KIVI otherwise.
+export type StorageKind = 'mixed' | 'kivi-2' | 'kivi-4' | 'kivi-2-rot' | 'kivi-4-rot';
 /** downgrade-only: no master copy, precision only goes down. reversible: an
  * FP16 master copy in a separate tier (a memory-mapped file under masterDir
  * for the CPU engine, host memory for CUDA), reported as masterBytes. */
 export type PrecisionMode = 'downgrade-only' | 'reversible';
 export const PRECISION_MODES: readonly PrecisionMode[] = ['downgrade-only', 'reversible'];
-const STORAGE_KINDS: readonly StorageKind[] = ['mixed', 'kivi-2', 'kivi-4'];
+const STORAGE_KINDS: readonly StorageKind[] = ['mixed', 'kivi-2', 'kivi-4', 'kivi-2-rot', 'kivi-4-rot']; // index = native storage_kind
 const DEVICES: readonly Device[] = ['cpu', 'cuda', 'auto'];
 
 export interface KvEngineConfig {

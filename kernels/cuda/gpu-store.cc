@@ -109,7 +109,7 @@ gpu_store::gpu_store(const engine_config& cfg, storage_kind kind, bool reversibl
         buckets_[f] = gpu_bucket(make_block_layout(kv_format(f), cfg.mode, cfg.head_dim, cfg.n_kv_heads, cfg.block_tokens),
                                  kv_format(f), &pool);
     if (kind != storage_kind::mixed) {
-        kivi_fmt_ = kind == storage_kind::kivi2 ? kv_format::int2 : kv_format::int4;
+        kivi_fmt_ = smartkv::kivi_format(kind);
         group_layout_ = make_block_layout(kivi_fmt_, quant_mode::asymmetric, cfg.head_dim, cfg.n_kv_heads, kivi_group,
                                           /*kivi_keys=*/true);
     }

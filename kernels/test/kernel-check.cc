@@ -7,6 +7,7 @@
 #include <new>
 #include <random>
 #include <string>
+#include <utility>
 
 #include "check.h"
 #include "cpu/bucket.h"
@@ -763,6 +764,32 @@ TEST(rotated_kv_leave_kivi_as_published) {
     const auto plain = run_for_rotation(false, storage_kind::kivi2, kv_format::fp16, in);
     const auto rot = run_for_rotation(true, storage_kind::kivi2, kv_format::fp16, in);
     CHECK(plain.out == rot.out && plain.probs == rot.probs && plain.k_read == rot.k_read && plain.v_read == rot.v_read);
+}
+
+// The ablation row "KIVI with SmartKV's rotation": the _rotated KIVI kinds are
+// rotated when rotate_kv is set (so they differ from KIVI as published, yet
+// attend as closely to the fp16 truth), and are plain KIVI when it is not.
+TEST(rotated_kivi_kinds_store_rotated_kv) {
+    const rotation_inputs in = rotation_scenario(200, 2, 120);
+    const auto truth = run_for_rotation(false, storage_kind::mixed, kv_format::fp16, in);
+    for (const auto& [plain_kind, rot_kind] : {std::pair{storage_kind::kivi2, storage_kind::kivi2_rotated},
+                                               std::pair{storage_kind::kivi4, storage_kind::kivi4_rotated}}) {
+        const auto published = run_for_rotation(true, plain_kind, kv_format::fp16, in);
+        const auto rotated = run_for_rotation(true, rot_kind, kv_format::fp16, in);
+        const auto option_off = run_for_rotation(false, rot_kind, kv_format::fp16, in);
+        CHECK(option_off.out == published.out && option_off.probs == published.probs);
+        CHECK_MSG(rotated.probs != published.probs, "a _rotated KIVI kind attended exactly like KIVI as published");
+        const double e_pub = rms_diff(published.probs, truth.probs), e_rot = rms_diff(rotated.probs, truth.probs);
+        CHECK_MSG(e_rot < 3.0 * e_pub + 1e-4,
+                  "rotated KIVI probs error " + std::to_string(e_rot) + " vs published " + std::to_string(e_pub));
+        // Read back in the caller's coordinates: off by quantisation error, not
+        // by a rotation (which would leave an error as large as the keys).
+        const std::vector<float> zero(truth.k_read.size(), 0.f);
+        const double k_err = rms_diff(rotated.k_read, truth.k_read), k_rms = rms_diff(truth.k_read, zero);
+        CHECK_MSG(k_err < 0.5 * k_rms, "rotated KIVI keys read back off by " + std::to_string(k_err) + " rms (keys " +
+                                           std::to_string(k_rms) + ", published KIVI " +
+                                           std::to_string(rms_diff(published.k_read, truth.k_read)) + ")");
+    }
 }
 
 int main(int argc, char** argv) {

@@ -54,7 +54,7 @@ Napi::Value engine_wrap::backend_name(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), backend(info.Env())->name());
 }
 
-// createSequence(kind: 0 mixed | 1 kivi-2 | 2 kivi-4, gamma?: number,
+// createSequence(kind: 0 mixed | 1 kivi-2 | 2 kivi-4 | 3 kivi-2-rot | 4 kivi-4-rot, gamma?: number,
 //                mode?: 0 downgrade-only | 1 reversible) -> Promise<number>
 Napi::Value engine_wrap::create_sequence(const Napi::CallbackInfo& info) {
     auto be = backend(info.Env());

@@ -27,6 +27,8 @@ const STORAGE: ReadonlyArray<[PbStorage, StorageKind]> = [
   [PbStorage.MIXED, 'mixed'],
   [PbStorage.KIVI_2, 'kivi-2'],
   [PbStorage.KIVI_4, 'kivi-4'],
+  [PbStorage.KIVI_2_ROTATED, 'kivi-2-rot'],
+  [PbStorage.KIVI_4_ROTATED, 'kivi-4-rot'],
 ];
 
 export function storageFromPb(s: PbStorage): StorageKind | undefined {

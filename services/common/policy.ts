@@ -1,7 +1,7 @@
 // Policy names as users write them (CLI, JSON) and as the protos number them.
 import { CachePolicy, PrecisionMode } from '../../gen/smartkv/v1/common_pb.js';
 
-export const POLICY_NAMES = ['fp16', 'uniform-8', 'uniform-4', 'uniform-2', 'kivi-2', 'kivi-4', 'random', 'tiered', 'smartkv'] as const;
+export const POLICY_NAMES = ['fp16', 'uniform-8', 'uniform-4', 'uniform-2', 'kivi-2', 'kivi-4', 'kivi-2-rot', 'kivi-4-rot', 'random', 'tiered', 'smartkv'] as const;
 export type PolicyName = (typeof POLICY_NAMES)[number];
 
 const BY_PB: ReadonlyArray<[CachePolicy, PolicyName]> = [
@@ -11,10 +11,17 @@ const BY_PB: ReadonlyArray<[CachePolicy, PolicyName]> = [
   [CachePolicy.UNIFORM_2, 'uniform-2'],
   [CachePolicy.KIVI_2, 'kivi-2'],
   [CachePolicy.KIVI_4, 'kivi-4'],
+  [CachePolicy.KIVI_2_ROTATED, 'kivi-2-rot'],
+  [CachePolicy.KIVI_4_ROTATED, 'kivi-4-rot'],
   [CachePolicy.RANDOM, 'random'],
   [CachePolicy.TIERED, 'tiered'],
   [CachePolicy.SMARTKV, 'smartkv'],
 ];
+
+/** KIVI storage (published or over rotated K and V): never planned, the storage kind has the policy's name. */
+export function isKiviPolicy(p: PolicyName): p is 'kivi-2' | 'kivi-4' | 'kivi-2-rot' | 'kivi-4-rot' {
+  return p === 'kivi-2' || p === 'kivi-4' || p === 'kivi-2-rot' || p === 'kivi-4-rot';
+}
 
 /** undefined for UNSPECIFIED and unknown numbers. */
 export function policyFromPb(p: CachePolicy): PolicyName | undefined {

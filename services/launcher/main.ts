@@ -17,7 +17,7 @@ const OPTIONS: Record<string, OptionSpec> = {
   'memory-limit': { kind: 'int', default: 0, help: 'hot KV bytes each cache service may hold (0: no limit); the master tier (reversible mode) is on disk and not counted' },
   mode: { kind: 'string', default: 'downgrade-only', help: 'default precision mode: downgrade-only (no master copy; what the headline tables in docs/evaluation.md measure) or reversible (an FP16 master copy in each cache service\'s file-backed master tier)' },
   'master-dir': { kind: 'string', help: 'directory for the cache services\' master tier files (default: one per service under the OS temp dir, removed on stop)' },
-  policy: { kind: 'string', help: 'default cache policy (fp16, uniform-8/4/2, kivi-2/4, random, tiered, smartkv)' },
+  policy: { kind: 'string', help: 'default cache policy (fp16, uniform-8/4/2, kivi-2/4, kivi-2-rot/kivi-4-rot, random, tiered, smartkv)' },
   budget: { kind: 'number', help: 'default budget β' },
   ...TLS_OPTIONS,
   'tls-dir': { kind: 'string', help: 'mutual TLS between the services with these certificates (ca.pem, cert.pem, key.pem); default: a throwaway CA and certificate made with openssl for this run' },

@@ -11,6 +11,7 @@ import { isPlanPolicy } from '../allocator/policies.js';
 import type { CacheShard, ShardReservations } from '../cache/cache-api.js';
 import type { StorageKind } from '../../native/kv-engine.js';
 import { RpcError } from '../common/rpc.js';
+import { isKiviPolicy } from '../common/policy.js';
 import type { Allocator } from './allocator-client.js';
 import { budgetReport, Job, type JobOutcome, type JobSink } from './job.js';
 import type { Model } from './model/model.js';
@@ -190,7 +191,7 @@ export class Scheduler {
 
   private async place(job: Job, shards: ShardRoom[]): Promise<void> {
     const c = this.o.model.config, cache = job.spec.cache;
-    const storage: StorageKind = cache.policy === 'kivi-2' || cache.policy === 'kivi-4' ? cache.policy : 'mixed';
+    const storage: StorageKind = isKiviPolicy(cache.policy) ? cache.policy : 'mixed';
     const reserve = this.reservation(job);
     let best = -1, room = -Infinity;
     shards.forEach(({ stats: s }, i) => {

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { KvEngine } from '../../native/kv-engine.js';
+import { KvEngine, type StorageKind } from '../../native/kv-engine.js';
 import { gaussian } from '../helpers/random.js';
 
 const H = 2, D = 64, QH = 4;
@@ -21,11 +21,11 @@ function outlierKeys(n: number, seed: number): Float32Array {
 }
 
 /** Probabilities of one decode row over n tokens stored as `format` (0 fp16, 3 int2). */
-async function decodeProbs(rotateKv: boolean, format: number): Promise<{ probs: Float32Array; out: Float32Array; k: Float32Array; v: Float32Array }> {
+async function decodeProbs(rotateKv: boolean, format: number, storage: StorageKind = 'mixed'): Promise<{ probs: Float32Array; out: Float32Array; k: Float32Array; v: Float32Array }> {
   const eng = new KvEngine({ layers: 1, qHeads: QH, kvHeads: H, headDim: D, quant: 'symmetric', threads: 2, rotateKv });
   try {
     const n = 256;
-    const seq = await eng.createSequence();
+    const seq = await eng.createSequence({ storage });
     await eng.append(seq, 0, outlierKeys(n, 7), gaussian(n * H * D, 8));
     if (format !== 0) await eng.applyPlan(seq, 0, Uint32Array.from({ length: n }, (_, i) => i), new Uint8Array(n).fill(format));
     const probs = new Float32Array(n + 1);
@@ -60,6 +60,19 @@ describe('KvEngine rotateKv', () => {
     assert.ok(pRot < 0.5 * pPlain, `2-bit probs error: rotated ${pRot} vs plain ${pPlain}`);
     const [oPlain, oRot] = [rms(plain.out, truth.out), rms(rotated.out, truth.out)];
     assert.ok(oRot < 0.8 * oPlain, `2-bit output error: rotated ${oRot} vs plain ${oPlain}`);
+  });
+
+  it('rotates KIVI only for the kivi-N-rot storage kinds', async () => {
+    const truth = await decodeProbs(false, 0);
+    for (const bits of [2, 4]) {
+      const published = await decodeProbs(true, 0, `kivi-${bits}` as StorageKind);
+      const rotated = await decodeProbs(true, 0, `kivi-${bits}-rot` as StorageKind);
+      const optionOff = await decodeProbs(false, 0, `kivi-${bits}-rot` as StorageKind);
+      assert.deepEqual(optionOff.probs, published.probs, `kivi-${bits}-rot without rotateKv is KIVI as published`);
+      assert.notDeepEqual(rotated.probs, published.probs, `kivi-${bits}-rot with rotateKv attended like KIVI as published`);
+      const [ePub, eRot] = [rms(published.probs, truth.probs), rms(rotated.probs, truth.probs)];
+      assert.ok(eRot < 3 * ePub + 1e-4, `kivi-${bits}: rotated probs error ${eRot} vs published ${ePub}`);
+    }
   });
 
   it('rejects a non-boolean rotateKv', () => {

@@ -25,8 +25,17 @@ struct engine_error : std::runtime_error {
 
 // How a sequence stores its KV. `mixed` is SmartKV's per-token formats; the
 // KIVI kinds are the baseline (per-channel keys over 32-token groups,
-// per-token values, a 16-bit residual window of the newest tokens).
-enum class storage_kind : uint8_t { mixed = 0, kivi2 = 1, kivi4 = 2 };
+// per-token values, a 16-bit residual window of the newest tokens). The
+// `_rotated` KIVI kinds store the same KIVI over rotated K and V when
+// rotate_kv is set (the ablation row "KIVI with SmartKV's rotation").
+enum class storage_kind : uint8_t { mixed = 0, kivi2 = 1, kivi4 = 2, kivi2_rotated = 3, kivi4_rotated = 4 };
+
+inline bool is_known_storage(storage_kind kind) { return uint8_t(kind) <= uint8_t(storage_kind::kivi4_rotated); }
+
+// The code width of a KIVI kind (int2 or int4).
+inline kv_format kivi_format(storage_kind kind) {
+    return kind == storage_kind::kivi2 || kind == storage_kind::kivi2_rotated ? kv_format::int2 : kv_format::int4;
+}
 
 // Whether a sequence can raise precision again. downgrade_only keeps no
 // master copy: a token's current format is an upper bound, and the bytes held
@@ -139,9 +148,11 @@ std::unique_ptr<kv_backend> make_cpu_backend(const engine_config& cfg);
 
 // Whether a sequence of this kind holds rotated K and V (and clipped 2-bit
 // scales) under this config: SmartKV-format ones when rotate_kv is set; KIVI
-// stays as published. The wrapper and both backends decide by this alone.
+// stays as published unless its kind says rotated. The wrapper and both
+// backends decide by this alone.
 inline bool stores_rotated(const engine_config& cfg, storage_kind kind) {
-    return cfg.rotate_kv && kind == storage_kind::mixed;
+    return cfg.rotate_kv && (kind == storage_kind::mixed || kind == storage_kind::kivi2_rotated ||
+                             kind == storage_kind::kivi4_rotated);
 }
 
 // Wraps a backend so that it holds rotated keys and values

@@ -89,7 +89,7 @@ void cpu_engine::build_blocks(const layer_store& ls, prepared& p) const {
     };
     for (size_t g = 0; g < ls.n_groups(); ++g)
         add_block(ls.group(g), ls.group_layout(), block_kind::kivi,
-                  ls.kind() == storage_kind::kivi2 ? kv_format::int2 : kv_format::int4, kivi_group);
+                  kivi_format(ls.kind()), kivi_group);
     for (int f = 0; f < n_formats; ++f) {
         const bucket& b = ls.bucket_of(kv_format(f));
         const block_kind kind = f == int(kv_format::fp16) ? block_kind::fp16 : block_kind::quantized;

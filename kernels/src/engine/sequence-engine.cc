@@ -36,7 +36,7 @@ void validate_config(const engine_config& c) {
 }
 
 void check_sequence_args(storage_kind kind, float gamma) {
-    if (kind != storage_kind::mixed && kind != storage_kind::kivi2 && kind != storage_kind::kivi4)
+    if (!is_known_storage(kind))
         fail(error_code::invalid_argument, "unknown storage kind");
     if (!(gamma >= 0.f && gamma < 1.f)) fail(error_code::invalid_argument, "gamma must be in [0, 1)");
 }
