@@ -60,23 +60,16 @@ export const LATENCY_OPTIONS: Record<string, OptionSpec> = {
   warmup: { kind: 'int', default: 10, help: 'decode steps before the measured ones' },
   steps: { kind: 'int', help: 'measured decode steps (default 80; --quick 8)' },
   'prefill-chunk': { kind: 'int', default: 1024, help: 'prompt tokens per prefill chunk (the prefill is not timed; larger chunks, fewer plans before decode starts)' },
-  model: { kind: 'string', help: 'model folder (default: models/smartkv-ref-8k when present, else the bundled reference model)' },
+  model: { kind: 'string', help: 'model folder (default: models/smartkv-ref-8k, the bundled 8K model)' },
   json: { kind: 'bool', default: false, help: 'one JSON object per cell instead of the table' },
   quick: { kind: 'bool', default: false, help: 'a tiny run (smoke test): context 256, fp16 / uniform-8 / smartkv β 0.25, 8 steps' },
   out: { kind: 'string', help: 'also write the rows as JSON lines into FILE (a line per cell as it is measured)' },
   help: { kind: 'bool', help: 'print this help' },
 };
 
-/** models/smartkv-ref-8k next to the bundled model, if it is there. */
+/** The served model (models/smartkv-ref-8k when present). */
 function defaultLatencyModel(): string {
-  const ref = defaultModelDir();
-  const long = resolve(ref, '..', 'smartkv-ref-8k');
-  try {
-    readFileSync(join(long, 'config.json'));
-    return long;
-  } catch {
-    return ref;
-  }
+  return defaultModelDir();
 }
 
 export function parseLatencyOptions(argv: readonly string[]): LatencyOptions {

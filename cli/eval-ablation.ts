@@ -147,7 +147,7 @@ export const ABLATION_OPTIONS: Record<string, OptionSpec> = {
   json: { kind: 'bool', default: false, help: 'rows and comparisons as JSON lines instead of tables' },
   quick: { kind: 'bool', default: false, help: 'a tiny run (smoke test): importance and random at 512 tokens, passkey and longppl, 1 sample' },
   server: { kind: 'string', help: 'measure through this running orchestrator (default: start a local split system)' },
-  model: { kind: 'string', help: 'model folder of the local split system (default: the bundled reference model)' },
+  model: { kind: 'string', help: 'model folder of the local split system (default: models/smartkv-ref-8k, the bundled 8K model)' },
   markdown: { kind: 'string', help: 'also write the tables as a Markdown section into FILE' },
   help: { kind: 'bool', help: 'print this help' },
 };

@@ -71,7 +71,7 @@ export const SUITE_OPTIONS: Record<string, OptionSpec> = {
   json: { kind: 'bool', default: false, help: 'rows and comparisons as JSON lines instead of tables' },
   quick: { kind: 'bool', default: false, help: 'a tiny run (smoke test): 2 tasks, 1 sample, 3 rows' },
   server: { kind: 'string', help: 'measure through this running orchestrator (default: start a local split system)' },
-  model: { kind: 'string', help: 'model folder of the local split system (default: the bundled reference model; models/smartkv-ref-8k for 2K-8K)' },
+  model: { kind: 'string', help: 'model folder of the local split system (default: models/smartkv-ref-8k, the bundled 8K model)' },
   markdown: { kind: 'string', help: 'also write the tables as a Markdown section into FILE' },
   gamma: { kind: 'number', help: 'importance EMA factor γ sent with every request (ablation)' },
   interval: { kind: 'int', help: 'reallocation interval R sent with every request (ablation)' },

@@ -6,7 +6,7 @@ import { startTelemetry } from '../telemetry/start.js';
 export const ALLOCATOR_OPTIONS: Record<string, OptionSpec> = {
   host: { kind: 'string', default: '127.0.0.1', help: 'address to listen on' },
   port: { kind: 'int', default: 0, help: 'port (0: any free port, printed on the READY line)' },
-  model: { kind: 'string', help: 'model folder whose shape (layers, context) sizes the request limit (default: the bundled reference model)' },
+  model: { kind: 'string', help: 'model folder whose shape (layers, context) sizes the request limit (default: models/smartkv-ref-8k, the bundled 8K model)' },
   'max-request-bytes': { kind: 'int', default: 0, help: 'the most bytes one Allocate may carry (0: sized from --model: a plan for its whole context)' },
   'grace-ms': { kind: 'int', default: 5000, help: 'how long in-flight calls may finish on shutdown' },
   'metrics-port': { kind: 'int', default: 0, help: 'serve Prometheus metrics on this port (0: off)' },

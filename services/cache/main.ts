@@ -7,7 +7,7 @@ import { startTelemetry } from '../telemetry/start.js';
 export const CACHE_OPTIONS: Record<string, OptionSpec> = {
   host: { kind: 'string', default: '127.0.0.1', help: 'address to listen on' },
   port: { kind: 'int', default: 0, help: 'port (0: any free port, printed on the READY line)' },
-  model: { kind: 'string', help: 'model folder whose shape the cache takes (default: the bundled reference model)' },
+  model: { kind: 'string', help: 'model folder whose shape the cache takes (default: models/smartkv-ref-8k, the bundled 8K model)' },
   'memory-limit': { kind: 'int', default: 0, help: 'hot KV bytes this service may hold (0: no limit); the master tier is on disk and not counted' },
   threads: { kind: 'int', default: 0, help: 'attention threads (0: all cores)' },
   device: { kind: 'string', default: 'cpu', help: 'cpu, cuda or auto' },

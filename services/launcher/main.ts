@@ -13,7 +13,7 @@ const OPTIONS: Record<string, OptionSpec> = {
   'cache-shards': { kind: 'int', help: 'cache services to start (default 1, or 0 with --cache-dns)' },
   'cache-dns': { kind: 'string', help: 'HOST:PORT: also use every cache service HOST resolves to (re-resolved at run time)' },
   'cache-dns-server': { kind: 'list', help: 'DNS servers for --cache-dns, IP[:PORT] comma-separated (default: the system resolver)' },
-  model: { kind: 'string', help: 'model folder (default: the bundled reference model)' },
+  model: { kind: 'string', help: 'model folder (default: models/smartkv-ref-8k, the bundled 8K model)' },
   'memory-limit': { kind: 'int', default: 0, help: 'hot KV bytes each cache service may hold (0: no limit); the master tier (reversible mode) is on disk and not counted' },
   mode: { kind: 'string', default: 'downgrade-only', help: 'default precision mode: downgrade-only (no master copy; what the headline tables in docs/evaluation.md measure) or reversible (an FP16 master copy in each cache service\'s file-backed master tier)' },
   'master-dir': { kind: 'string', help: 'directory for the cache services\' master tier files (default: one per service under the OS temp dir, removed on stop)' },

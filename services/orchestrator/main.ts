@@ -17,7 +17,7 @@ const D = DEFAULTS;
 export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   host: { kind: 'string', default: '127.0.0.1', help: 'address to listen on' },
   port: { kind: 'int', default: 50051, help: 'port (0: any free port, printed on the READY line)' },
-  model: { kind: 'string', help: 'model folder (default: the bundled reference model)' },
+  model: { kind: 'string', help: 'model folder (default: models/smartkv-ref-8k, the bundled 8K model)' },
   cache: { kind: 'list', help: 'cache service addresses, comma-separated' },
   'cache-dns': { kind: 'string', help: 'HOST:PORT: every address HOST resolves to is a cache service on PORT (e.g. a headless Service); re-resolved at run time' },
   'cache-dns-server': { kind: 'list', help: 'DNS servers to ask for --cache-dns, IP[:PORT] comma-separated (default: the system resolver)' },

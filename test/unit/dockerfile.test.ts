@@ -54,7 +54,7 @@ test('Dockerfile: CPU and CUDA targets, multi-stage, non-root, no compilers in t
       assert.equal(from, build, `${variant} copies from its own build: ${c}`);
       assert.ok(existsSync(join(ROOT, src)), `${c}: ${src} is not produced by the build`);
     }
-    for (const need of ['dist', 'proto', 'node_modules', 'models/smartkv-ref', 'native/build/Release/smartkv_native.node'])
+    for (const need of ['dist', 'proto', 'node_modules', 'models/smartkv-ref-8k', 'models/smartkv-ref', 'native/build/Release/smartkv_native.node'])
       assert.ok(copies.some((c) => c.includes(`/src/${need} `)), `${variant} copies ${need}`);
   }
   const cudaBuild = all.find((x) => x.name === 'build-cuda')!;

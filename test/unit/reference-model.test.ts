@@ -6,14 +6,14 @@
 // scaling's original 1,024 positions), and greedy generation against the
 // stored golden continuation.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { KvEngine } from '../../native/kv-engine.js';
 import { Fp32Cache } from '../../services/orchestrator/model/fp32-cache.js';
 import { Model } from '../../services/orchestrator/model/model.js';
-import { defaultModelDir } from '../../services/orchestrator/model/paths.js';
+import { defaultModelDir, shortModelDir } from '../../services/orchestrator/model/paths.js';
 import { argmax } from '../../services/orchestrator/model/sampler.js';
 
 interface RefPrompt { name: string; token_ids: number[]; n_tokens: number; logits_offset_floats: number }
@@ -23,9 +23,8 @@ interface RefFile {
   greedy_continuation: { prompt_token_ids: number[]; token_ids: number[]; n_new_tokens: number };
 }
 
-const defaultDir = defaultModelDir();
-const longDir = join(dirname(defaultDir), 'smartkv-ref-8k');
-for (const dir of [defaultDir, ...(existsSync(longDir) ? [longDir] : [])]) describeModel(dir);
+// Both bundled models: the served 8K one and the 1K fixture.
+for (const dir of new Set([defaultModelDir(), shortModelDir()])) describeModel(dir);
 
 function describeModel(dir: string): void {
 const ref = JSON.parse(readFileSync(join(dir, 'reference-logits.json'), 'utf8')) as RefFile;
