@@ -52,6 +52,9 @@ interface Running {
   stop: StopText | null; // generation only: what text may be streamed yet
 }
 
+/** After a drain's grace time: how long the exit waits for the step loop to free what ended. */
+const FREE_AFTER_GRACE_MS = 500;
+
 export interface StepObserver {
   (info: { batch: number; rows: number; stepUs: number; attendUs: number[]; engineUs: number[] }): void;
 }
@@ -62,6 +65,7 @@ export class Scheduler {
   private loopRunning = false;
   private nextId = 1;
   private closing: Error | null = null;
+  private graceOver: Error | null = null; // set when a drain's grace time is over: every job ends with it
   private idle: Promise<void> = Promise.resolve();
   onStep: StepObserver | null = null;
 
@@ -100,18 +104,33 @@ export class Scheduler {
     return job;
   }
 
-  /** Stops admitting; lets running jobs finish for up to graceMs, then cancels them. */
+  /** Stops admitting; lets running jobs finish for up to graceMs, then ends them (UNAVAILABLE). */
   async drain(graceMs: number): Promise<void> {
     this.closing = new RpcError(grpc.status.UNAVAILABLE, 'the server is shutting down');
     // Queued jobs end now (they used to wait for a batch slot, i.e. the whole
     // grace time); running ones may finish within it, else UNAVAILABLE, which
     // a client may retry elsewhere (CANCELLED would say the client gave up).
     this.dropQueued(() => true);
-    const timer = setTimeout(() => {
-      for (const r of this.active) r.job.cancel(new RpcError(grpc.status.UNAVAILABLE, `the server shut down before the request finished (grace ${graceMs} ms); retry`));
-    }, graceMs);
-    await this.idle;
+    let timer: NodeJS.Timeout | undefined;
+    const graceOver = new Promise<void>((r) => (timer = setTimeout(r, graceMs)));
+    await Promise.race([this.settled(), graceOver]);
     clearTimeout(timer);
+    if (!this.loopRunning) return;
+    // Grace over: running requests end now, not when the step in progress
+    // does (a step, its frees and the plans due after it took the exit to
+    // 6.8 s after SIGTERM with a 3 s grace), and so do any the admission pass
+    // in progress places (the loop ends those at its next turn).
+    this.graceOver = new RpcError(grpc.status.UNAVAILABLE, `the server shut down before the request finished (grace ${graceMs} ms); retry`);
+    for (const r of this.active) r.job.endNow(this.graceOver);
+    // The loop frees their sequences between steps. Waited for briefly, not
+    // for a stuck shard: the shards free this process's sequences anyway
+    // when its attend streams close as it exits.
+    await Promise.race([this.settled(), new Promise<void>((r) => setTimeout(r, FREE_AFTER_GRACE_MS).unref())]);
+  }
+
+  /** Resolves when the step loop has stopped (it restarts itself while there is work). */
+  private async settled(): Promise<void> {
+    while (this.loopRunning) await this.idle;
   }
 
   /** Removes the queued jobs `which` selects; each ends with its cancel reason (or the shutdown). */
@@ -138,6 +157,7 @@ export class Scheduler {
 
   private async loop(): Promise<void> {
     while (this.queue.length || this.active.length) {
+      if (this.graceOver) for (const r of this.active) r.job.endNow(this.graceOver);
       await this.retire((r) => r.job.cancelled !== null);
       await this.admit();
       if (this.active.length === 0) continue;
@@ -315,6 +335,9 @@ export class Scheduler {
         j.cancel(out);
         return;
       }
+      // Cancelled during the step (the client, or a drain that already ended
+      // its call): nothing more goes to the client, and no plan is worth making.
+      if (j.cancelled) return;
       const rows = items[i].tokens.length;
       const wasPrefill = j.prefilling;
       j.cached += rows;
