@@ -318,7 +318,13 @@ export class GrpcCacheShard implements CacheShard {
 
   async reservations(deadlineMs?: number): Promise<ShardReservations> {
     const r = await this.unary<StatsResponse>('stats', create(StatsRequestSchema, { reservationsOnly: true }), deadlineMs);
-    return { sequences: r.sequences, reservedBytes: Number(r.reservedBytes), memoryLimitBytes: Number(r.memoryLimitBytes) };
+    return {
+      sequences: r.sequences,
+      reservedBytes: Number(r.reservedBytes),
+      memoryLimitBytes: Number(r.memoryLimitBytes),
+      maxReservedPerOwner: Number(r.maxReservedBytesPerOwner),
+      callerReservedBytes: Number(r.callerReservedBytes),
+    };
   }
 
   async stats(seq?: number, deadlineMs?: number): Promise<ShardStats> {

@@ -215,18 +215,22 @@ export class Scheduler {
     let best = -1, room = -Infinity;
     shards.forEach(({ stats: s }, i) => {
       if (!s) return;
-      const free = s.memoryLimitBytes > 0 ? s.memoryLimitBytes - s.reservedBytes : -s.reservedBytes;
-      if (s.memoryLimitBytes > 0 && free < reserve) return;
+      let free = s.memoryLimitBytes > 0 ? s.memoryLimitBytes - s.reservedBytes : -s.reservedBytes;
+      // A shard may cap what one owner (this process) reserves below its limit.
+      const cap = s.maxReservedPerOwner ?? 0;
+      if (cap > 0) free = Math.min(free, cap - (s.callerReservedBytes ?? 0));
+      if ((s.memoryLimitBytes > 0 || cap > 0) && free < reserve) return;
       if (free > room) (best = i), (room = free);
     });
     if (best < 0) {
       if (shards.every((s) => !s.stats)) throw new RpcError(grpc.status.UNAVAILABLE, `no cache shard answers (${shards.map((s) => s.handle.address).join(', ') || 'none is healthy'})`);
-      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `no cache shard has room for this request within its memory limit: it may hold ${reserve} hot bytes at its maximum length (${this.maxTokens(job)} tokens, mode ${cache.mode}); retry later or lower max_tokens or cache.budget`);
+      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `no cache shard has room for this request within its memory limit (or what it lets one caller reserve): it may hold ${reserve} hot bytes at its maximum length (${this.maxTokens(job)} tokens, mode ${cache.mode}); retry later or lower max_tokens or cache.budget`);
     }
     const { handle, stats } = shards[best];
     const shard = handle.shard;
     const created = await shard.createSequence(storage, reserve, cache.gamma, cache.mode);
     stats!.reservedBytes += reserve; // the rest of this pass sees it
+    if (stats!.callerReservedBytes !== undefined) stats!.callerReservedBytes += reserve;
     job.shard = shard;
     job.shardIndex = handle.index;
     job.shardAddress = handle.address;
