@@ -43,6 +43,7 @@ export interface CacheClientOptions {
   dataPlane?: DataPlaneMode; // default 'off'
   log?: (line: string) => void;
   ping?: Ping; // is the shard there (shard-watch.ts); default: a grpc.health.v1 Check
+  hangMs?: number; // a shard that leaves a call this long without answering a health check is hung (shard-watch.ts); default 1000
 }
 
 /** After a region could not be set up, attends carry bytes for this long before the next try. */
@@ -83,7 +84,7 @@ export class GrpcCacheShard implements CacheShard {
     this.client = makeClient(CacheService, address, { 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 1000 }, ATTEND_CODECS);
     const ping = o.ping ?? grpcPing(address);
     this.closePing = 'close' in ping ? (ping as { close(): void }).close : () => undefined;
-    this.watch = ShardWatch.forFloor(address, ping, this.deadlineFloorMs, this.log);
+    this.watch = ShardWatch.within(address, ping, o.hangMs ?? 1000, this.log);
     // What the shard may still answer or write is dropped: stream answers
     // find no pending entry, and the region (which it could still write) goes.
     this.watch.onHung = (e) => {

@@ -11,8 +11,8 @@
 // calls keep their own deadlines. One that does not is hung: every call in
 // flight fails now (DEADLINE_EXCEEDED, or UNAVAILABLE when the connection
 // is refused), new ones fail at once, and a Check every `pingMs` clears it
-// when the shard answers again. suspect + ping = the deadline floor, so a
-// stopped shard is given up on within the floor whatever the load did.
+// when the shard answers again. suspect + ping = --shard-hang-ms (1 s), so a
+// stopped shard is given up on within it whatever the load did to deadlines.
 import * as grpc from '@grpc/grpc-js';
 import { service as healthService } from 'grpc-health-check';
 
@@ -45,9 +45,9 @@ export class ShardWatch {
     private readonly log: (line: string) => void = () => undefined,
   ) {}
 
-  /** Splits a deadline floor: 30 % waiting, 70 % for the Check to answer. */
-  static forFloor(address: string, ping: Ping, floorMs: number, log?: (line: string) => void): ShardWatch {
-    return new ShardWatch(address, ping, Math.round(0.3 * floorMs), Math.round(0.7 * floorMs), log);
+  /** A shard is given up within `hangMs`: 30 % waiting, 70 % for the Check to answer. */
+  static within(address: string, ping: Ping, hangMs: number, log?: (line: string) => void): ShardWatch {
+    return new ShardWatch(address, ping, Math.round(0.3 * hangMs), Math.round(0.7 * hangMs), log);
   }
 
   /** The error calls get while the shard is hung (null: it answers). */
