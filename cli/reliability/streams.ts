@@ -18,6 +18,7 @@ export interface StreamResult {
   details: string;
   tokens: number;
   maxGapMs: number; // the longest wait between two tokens of this stream
+  tokenTimes: number[]; // performance.now() of each token
   shardAddress: string; // from the summary ('' when it did not finish)
   failedAfterFirstToken: boolean; // a server-side failure once tokens flowed (cancel/deadline excluded)
   openedAt: number;
@@ -34,6 +35,7 @@ export function openStream(client: SmartKvClient, plan: StreamPlan): OpenStream 
   const openedAt = performance.now();
   const call = client.stream(generateRequest(plan), { deadlineMs: plan.deadlineMs });
   let tokens = 0, last = 0, maxGapMs = 0, shardAddress = '', cancelledByUs = false;
+  const tokenTimes: number[] = [];
   let onFirst!: () => void;
   const firstToken = new Promise<void>((r) => (onFirst = r));
   const cancel = () => {
@@ -44,6 +46,7 @@ export function openStream(client: SmartKvClient, plan: StreamPlan): OpenStream 
   call.on('data', (m: GenerateResponse) => {
     const now = performance.now();
     if (m.kind.case === 'token') {
+      tokenTimes.push(now);
       if (tokens++ === 0) onFirst();
       else maxGapMs = Math.max(maxGapMs, now - last);
       last = now;
@@ -60,6 +63,7 @@ export function openStream(client: SmartKvClient, plan: StreamPlan): OpenStream 
         details: s.details,
         tokens,
         maxGapMs,
+        tokenTimes,
         shardAddress,
         failedAfterFirstToken: s.code !== 0 && tokens > 0 && !clientSide,
         openedAt,
@@ -68,6 +72,25 @@ export function openStream(client: SmartKvClient, plan: StreamPlan): OpenStream 
     }),
   );
   return { done, firstToken, cancel };
+}
+
+/** The longest token gap of `r` that ends after `t` (a gap spanning `t` counts
+ * whole; the wait from `t` to the end counts when no token came after it). */
+export function maxGapAfter(r: StreamResult, t: number): number {
+  const times = r.tokenTimes;
+  let gap = 0;
+  for (let i = 1; i < times.length; i++) if (times[i] > t) gap = Math.max(gap, times[i] - times[i - 1]);
+  const last = times.length ? times[times.length - 1] : r.openedAt;
+  if (last <= t && r.code === 0) gap = Math.max(gap, r.endedAt - last);
+  return gap;
+}
+
+/** The longest token gap of `r` that ends by `t`. */
+export function maxGapBefore(r: StreamResult, t: number): number {
+  const times = r.tokenTimes;
+  let gap = 0;
+  for (let i = 1; i < times.length && times[i] <= t; i++) gap = Math.max(gap, times[i] - times[i - 1]);
+  return gap;
 }
 
 /** Runs `count` jobs with at most `parallel` at a time. */

@@ -69,6 +69,8 @@ export interface ShardReservations {
   sequences: number;
   reservedBytes: number;
   memoryLimitBytes: number;
+  maxReservedPerOwner?: number; // bytes one owner may hold reserved (0 or absent: no cap below the limit)
+  callerReservedBytes?: number; // of reservedBytes, the asking owner's
 }
 
 export interface CreatedSequence {

@@ -51,7 +51,10 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
       device: o.device as 'cpu' | 'cuda' | 'auto',
     },
     o['memory-limit'] as number,
+    o['max-reserved-per-owner'] as number,
   );
+  const ownerBytes = o['max-reserved-per-owner'] as number;
+  if (!(ownerBytes >= 0)) throw new UsageError(`--max-reserved-per-owner must be ≥ 0, got ${ownerBytes}`);
   const rows = o['max-attend-rows'] as number;
   if (!(rows >= 1)) throw new UsageError(`--max-attend-rows must be ≥ 1, got ${rows}`);
   const perOwner = o['max-sequences-per-owner'] as number;
@@ -75,7 +78,7 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
     removeDir();
     await telemetry.shutdown();
   } };
-  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}; requests ≤ ${limits.receiveBytes} bytes, Attend ≤ ${rows} rows, ≤ ${perOwner} sequences per owner; owner lease ${leaseMs} ms; ${tls ? `mutual TLS (${tls.dir})` : 'plaintext (--plaintext)'}`);
+  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}; requests ≤ ${limits.receiveBytes} bytes, Attend ≤ ${rows} rows, ≤ ${perOwner} sequences per owner${ownerBytes ? ` and ${ownerBytes} bytes reserved` : ''}; owner lease ${leaseMs} ms; ${tls ? `mutual TLS (${tls.dir})` : 'plaintext (--plaintext)'}`);
   // Bytes held, read from the engine when Prometheus scrapes.
   instruments()
     .meter.createObservableGauge('smartkv_cache_bytes_held', { unit: 'By', description: 'KV bytes held by this cache service (payload, scales, bookkeeping)' })

@@ -23,11 +23,15 @@ export class CacheCore implements CacheShard {
   readonly engine: KvEngine;
   private readonly held = new Map<number, Held>();
   private readonly perOwner = new Map<string, number>(); // sequences held by each owner
+  private readonly reservedByOwner = new Map<string, number>(); // bytes each owner holds reserved
   private reserved = 0;
 
+  /** maxReservedPerOwner: bytes one owner may hold reserved (0: no cap
+   * below the limit), so that one caller cannot take a whole shard. */
   constructor(
     config: KvEngineConfig,
     readonly memoryLimitBytes = 0,
+    readonly maxReservedPerOwner = 0,
   ) {
     // The engine enforces the same limit on every append: reservations gate
     // admission, the engine guarantees no allocation past the limit.
@@ -37,6 +41,11 @@ export class CacheCore implements CacheShard {
   /** The owner token `seq` was created with (undefined: no such sequence). */
   ownerOf(seq: number): string | undefined {
     return this.held.get(seq)?.owner;
+  }
+
+  /** Bytes `owner` holds reserved now. */
+  reservedBy(owner: string): number {
+    return this.reservedByOwner.get(owner) ?? 0;
   }
 
   /** Sequences `owner` holds now. */
@@ -56,10 +65,18 @@ export class CacheCore implements CacheShard {
         `cache memory limit: ${this.reserved} of ${this.memoryLimitBytes} bytes reserved, the sequence needs ${reserveBytes} more`,
       );
     }
+    const mine = this.reservedBy(owner);
+    if (this.maxReservedPerOwner > 0 && mine + reserveBytes > this.maxReservedPerOwner) {
+      throw new KvEngineError(
+        'RESOURCE_EXHAUSTED',
+        `this caller has ${mine} bytes reserved and the sequence needs ${reserveBytes} more; one caller may reserve at most ${this.maxReservedPerOwner} (max_reserved_bytes_per_owner, --max-reserved-per-owner)`,
+      );
+    }
     const m = mode ?? this.engine.config.mode;
     const seq = await this.engine.createSequence({ storage, gamma, mode: m });
     this.held.set(seq, { reserveBytes, owner, mode: m });
     this.perOwner.set(owner, this.sequencesOf(owner) + 1);
+    this.reservedByOwner.set(owner, this.reservedBy(owner) + reserveBytes);
     this.reserved += reserveBytes;
     return { seq, tokenBytes: this.engine.tokenBytes() };
   }
@@ -72,6 +89,9 @@ export class CacheCore implements CacheShard {
       const n = this.sequencesOf(h.owner) - 1;
       if (n > 0) this.perOwner.set(h.owner, n);
       else this.perOwner.delete(h.owner);
+      const b = this.reservedBy(h.owner) - h.reserveBytes;
+      if (n > 0) this.reservedByOwner.set(h.owner, b);
+      else this.reservedByOwner.delete(h.owner);
     }
     this.held.delete(seq);
   }
@@ -152,8 +172,14 @@ export class CacheCore implements CacheShard {
     return { tokensChanged, bytesMoved, applyUs, bytes: toBytes(await this.engine.stats(seq)) };
   }
 
+  /** In-process: the one owner is ''. */
   async reservations(): Promise<ShardReservations> {
-    return { sequences: this.held.size, reservedBytes: this.reserved, memoryLimitBytes: this.memoryLimitBytes };
+    return this.reservationsOf('');
+  }
+
+  /** The totals, with `owner`'s own reservations as callerReservedBytes. */
+  reservationsOf(owner: string): ShardReservations {
+    return { sequences: this.held.size, reservedBytes: this.reserved, memoryLimitBytes: this.memoryLimitBytes, maxReservedPerOwner: this.maxReservedPerOwner, callerReservedBytes: this.reservedBy(owner) };
   }
 
   async stats(seq?: number): Promise<ShardStats> {

@@ -232,7 +232,7 @@ export function cacheHandlers(
     stats: unary(async (req: StatsRequest, call) => {
       const owner = touched(call);
       if (req.reservationsOnly && req.sequenceId === undefined) {
-        const r = await core.reservations();
+        const r = core.reservationsOf(owner);
         return create(StatsResponseSchema, {
           sequences: r.sequences,
           reservedBytes: BigInt(r.reservedBytes),
@@ -240,6 +240,8 @@ export function cacheHandlers(
           maxRequestBytes: BigInt(limits.receiveBytes),
           maxAttendRows: limits.attendRows,
           maxSequencesPerOwner: limits.sequencesPerOwner,
+          maxReservedBytesPerOwner: BigInt(core.maxReservedPerOwner),
+          callerReservedBytes: BigInt(r.callerReservedBytes ?? 0),
         });
       }
       const s = await core.stats(req.sequenceId === undefined ? undefined : mine(req.sequenceId, owner));
@@ -258,6 +260,8 @@ export function cacheHandlers(
         maxRequestBytes: BigInt(limits.receiveBytes),
         maxAttendRows: limits.attendRows,
         maxSequencesPerOwner: limits.sequencesPerOwner,
+        maxReservedBytesPerOwner: BigInt(core.maxReservedPerOwner),
+        callerReservedBytes: BigInt(core.reservedBy(owner)),
       });
     }),
   };

@@ -17,6 +17,7 @@ export const CACHE_OPTIONS: Record<string, OptionSpec> = {
   'rotate-kv': { kind: 'bool', default: true, help: 'store K and V rotated (randomised Hadamard of q, k and v; clipped 2-bit scales): same attention, much better 2-bit K and V; KIVI sequences untouched; --rotate-kv=false turns it off' },
   quant: { kind: 'string', default: 'symmetric', help: 'symmetric or asymmetric quantisation' },
   'max-attend-rows': { kind: 'int', default: 1024, help: 'query rows one Attend may carry over all its items; sizes the request limit (the orchestrator sends at most --prefill-chunk + --max-batch)' },
+  'max-reserved-per-owner': { kind: 'int', default: 0, help: 'hot bytes one owner (smartkv-owner token) may hold reserved, so that one caller cannot take the whole --memory-limit; one more sequence is refused with RESOURCE_EXHAUSTED (0: no cap below the limit; with several orchestrators on a shard, e.g. the limit / their number)' },
   'max-sequences-per-owner': { kind: 'int', default: 1024, help: 'live sequences one owner (smartkv-owner token) may hold; one more is refused with RESOURCE_EXHAUSTED (an orchestrator holds at most --max-batch per shard)' },
   'lease-ms': { kind: 'int', default: 30000, help: 'an owner (smartkv-owner token) with no open attend stream that makes no call for this long loses its sequences (any call with its token renews the lease)' },
   'grace-ms': { kind: 'int', default: 5000, help: 'how long in-flight calls may finish on shutdown' },

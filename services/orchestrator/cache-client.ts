@@ -35,12 +35,15 @@ import { ATTEND_CODECS, bytesFromPb, OWNER_HEADER, storageToPb } from '../cache/
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from '../cache/attend-codec.js';
 import { bytesOf, callUnary, f32, makeClient, RpcError } from '../common/rpc.js';
 import { ShardDeadline } from './shard-deadline.js';
+import { grpcPing, ShardWatch, type Ping } from './shard-watch.js';
 import { RegionClient, regionBytes, type DataPlaneMode } from './region-client.js';
 
 export interface CacheClientOptions {
   deadlineFloorMs?: number; // the least deadline of a call (shard-deadline.ts); default 2000
   dataPlane?: DataPlaneMode; // default 'off'
   log?: (line: string) => void;
+  ping?: Ping; // is the shard there (shard-watch.ts); default: a grpc.health.v1 Check
+  hangMs?: number; // a shard that leaves a call this long without answering a health check is hung (shard-watch.ts); default 1000
 }
 
 /** After a region could not be set up, attends carry bytes for this long before the next try. */
@@ -65,6 +68,8 @@ export class GrpcCacheShard implements CacheShard {
   private region: RegionClient | null = null;
   private regionSetup: Promise<RegionClient | null> | null = null;
   private regionRetryAt = 0; // ms: no new region before then (the last setup failed)
+  private readonly watch: ShardWatch;
+  private readonly closePing: () => void;
 
   /** options: a number is the deadline floor (ms), as before. */
   constructor(
@@ -77,6 +82,21 @@ export class GrpcCacheShard implements CacheShard {
     this.dataPlane = o.dataPlane ?? 'off';
     this.log = o.log ?? (() => undefined);
     this.client = makeClient(CacheService, address, { 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 1000 }, ATTEND_CODECS);
+    const ping = o.ping ?? grpcPing(address);
+    this.closePing = 'close' in ping ? (ping as { close(): void }).close : () => undefined;
+    this.watch = ShardWatch.within(address, ping, o.hangMs ?? 1000, this.log);
+    // What the shard may still answer or write is dropped: stream answers
+    // find no pending entry, and the region (which it could still write) goes.
+    this.watch.onHung = (e) => {
+      for (const p of this.pending.values()) p.reject(e);
+      this.pending.clear();
+      this.dropRegion();
+    };
+  }
+
+  /** Why calls to this shard fail at once now (it did not answer a health check while a call waited), or null. */
+  get hung(): RpcError | null {
+    return this.watch.hung;
   }
 
   private metadata(): grpc.Metadata {
@@ -97,12 +117,13 @@ export class GrpcCacheShard implements CacheShard {
   private unary<O>(method: string, req: unknown, deadlineMs?: number): Promise<O> {
     const t0 = performance.now(), tracker = this.deadline(method);
     deadlineMs ??= tracker.ms;
-    return callUnary<O>(this.client, method, req, { deadlineMs, metadata: this.metadata() }).then(
+    return this.watch.run(() => callUnary<O>(this.client, method, req, { deadlineMs, metadata: this.metadata() })).then(
       (r) => {
         tracker.record(performance.now() - t0);
         return r;
       },
       (e) => {
+        if (e instanceof RpcError) throw e; // given up as hung (shard-watch.ts): not an answer, nothing to record
         if ((e as grpc.ServiceError)?.code !== grpc.status.DEADLINE_EXCEEDED) tracker.record(performance.now() - t0);
         throw this.wrap(e);
       },
@@ -152,7 +173,11 @@ export class GrpcCacheShard implements CacheShard {
     await this.unary('freeSequence', create(FreeSequenceRequestSchema, { sequenceId: seq }));
   }
 
-  async attend(layer: number, items: ShardAttendItem[], traceparent = ''): Promise<ShardAttendResult> {
+  attend(layer: number, items: ShardAttendItem[], traceparent = ''): Promise<ShardAttendResult> {
+    return this.watch.run(() => this.attendNow(layer, items, traceparent));
+  }
+
+  private async attendNow(layer: number, items: ShardAttendItem[], traceparent: string): Promise<ShardAttendResult> {
     const region = this.dataPlane === 'off' ? null : this.region ?? (await this.setUpRegion(items));
     if (region) {
       const r = await region.exclusive(() => this.attendInRegion(region, layer, items, traceparent));
@@ -202,6 +227,7 @@ export class GrpcCacheShard implements CacheShard {
     tracker.record(performance.now() - t0);
     if (r === 'torn down') {
       this.dropRegion();
+      if (this.watch.hung) throw this.watch.hung;
       throw new RpcError(grpc.status.UNAVAILABLE, `cache shard ${this.address}: the data-plane region was torn down while attend (layer ${layer}) waited; the next attend sets up a new one`);
     }
     if (r.code !== 0) throw new RpcError(r.code, `cache shard ${this.address}: ${r.message}`);
@@ -293,7 +319,13 @@ export class GrpcCacheShard implements CacheShard {
 
   async reservations(deadlineMs?: number): Promise<ShardReservations> {
     const r = await this.unary<StatsResponse>('stats', create(StatsRequestSchema, { reservationsOnly: true }), deadlineMs);
-    return { sequences: r.sequences, reservedBytes: Number(r.reservedBytes), memoryLimitBytes: Number(r.memoryLimitBytes) };
+    return {
+      sequences: r.sequences,
+      reservedBytes: Number(r.reservedBytes),
+      memoryLimitBytes: Number(r.memoryLimitBytes),
+      maxReservedPerOwner: Number(r.maxReservedBytesPerOwner),
+      callerReservedBytes: Number(r.callerReservedBytes),
+    };
   }
 
   async stats(seq?: number, deadlineMs?: number): Promise<ShardStats> {
@@ -313,6 +345,8 @@ export class GrpcCacheShard implements CacheShard {
   }
 
   close(): void {
+    this.watch.close();
+    this.closePing();
     this.region?.close();
     this.region = null;
     this.stream?.end();

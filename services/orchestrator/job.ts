@@ -135,4 +135,11 @@ export class Job {
   cancel(reason: Error): void {
     this.cancelled ??= reason;
   }
+
+  /** Cancels and ends the request now (its caller sees the reason at once);
+   * the scheduler still frees its sequence between steps. */
+  endNow(reason: Error): void {
+    this.cancel(reason);
+    this.reject(this.cancelled!);
+  }
 }

@@ -24,6 +24,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'cache-resolve-ms': { kind: 'int', default: 5000, help: 'how often --cache-dns is resolved again' },
   'cache-health-ms': { kind: 'int', default: 1000, help: 'how often each cache shard is health-checked (grpc.health.v1); a shard that fails takes no new sequences' },
   'shard-deadline-ms': { kind: 'int', default: 2000, help: 'the least deadline of a call to a cache shard; the deadline is 10 × the slowest of its last 64 calls of the same method when that is more. A shard that misses it fails only its own requests (DEADLINE_EXCEEDED)' },
+  'shard-hang-ms': { kind: 'int', default: 1000, help: 'a call to a cache shard unanswered for 30 % of this, and no answer to a health check in the other 70 %: the shard is hung, its calls fail now (DEADLINE_EXCEEDED) and new ones at once until it answers again; a busy shard that answers keeps its calls\' deadlines' },
   'cache-wait-ms': { kind: 'int', default: 30000, help: 'how long to wait at start for a first cache shard' },
   allocator: { kind: 'string', help: 'allocator service address' },
   'data-plane': { kind: 'string', default: 'futex', help: 'how attends reach cache services on this host: futex (tensors in a shared-memory region, rung by a futex), grpc (the same region, rung by an Attend carrying offsets) or off (tensors in every Attend, as across hosts)' },
@@ -105,7 +106,7 @@ async function main(): Promise<void> {
   } catch (e) {
     throw new UsageError(`--cache-dns: ${(e as Error).message}`);
   }
-  for (const k of ['cache-resolve-ms', 'cache-health-ms', 'shard-deadline-ms'])
+  for (const k of ['cache-resolve-ms', 'cache-health-ms', 'shard-deadline-ms', 'shard-hang-ms'])
     if ((o[k] as number) < 50) throw new UsageError(`--${k} must be ≥ 50, got ${o[k]}`);
   const dataPlane = o['data-plane'] as string;
   if (!['off', 'futex', 'grpc'].includes(dataPlane)) throw new UsageError(`--data-plane must be futex, grpc or off, got ${dataPlane}`);
@@ -143,6 +144,7 @@ async function main(): Promise<void> {
     resolveEveryMs: o['cache-resolve-ms'] as number,
     healthEveryMs: o['cache-health-ms'] as number,
     shardDeadlineMs: o['shard-deadline-ms'] as number,
+    shardHangMs: o['shard-hang-ms'] as number,
     cacheWaitMs: o['cache-wait-ms'] as number,
     allocatorAddress: o.allocator as string | undefined,
     dataPlane: dataPlane as 'off' | 'futex' | 'grpc',

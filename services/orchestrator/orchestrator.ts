@@ -30,6 +30,7 @@ export interface OrchestratorOptions {
   resolveEveryMs?: number;
   healthEveryMs?: number;
   shardDeadlineMs?: number; // the least deadline of a call to a cache shard (shard-deadline.ts)
+  shardHangMs?: number; // a call this long unanswered, and no answer to a health check: the shard is hung (shard-watch.ts)
   cacheWaitMs?: number; // how long to wait for a first shard at start (default 30 s)
   allocatorAddress?: string;
   /** How attends reach shards on this host (region-client.ts); default futex. Shards elsewhere get bytes. */
@@ -72,7 +73,7 @@ export class Orchestrator {
         dnsServers: o.cacheDnsServers,
         resolveEveryMs: o.resolveEveryMs,
         healthEveryMs: o.healthEveryMs,
-        connect: (a) => new GrpcCacheShard(a, owner, { deadlineFloorMs: o.shardDeadlineMs, dataPlane: o.dataPlane ?? DEFAULT_DATA_PLANE, log: o.log }),
+        connect: (a) => new GrpcCacheShard(a, owner, { deadlineFloorMs: o.shardDeadlineMs, hangMs: o.shardHangMs, dataPlane: o.dataPlane ?? DEFAULT_DATA_PLANE, log: o.log }),
         log: o.log,
       });
       closers.push(() => directory.close());

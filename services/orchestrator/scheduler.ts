@@ -53,6 +53,9 @@ interface Running {
   stop: StopText | null; // generation only: what text may be streamed yet
 }
 
+/** After a drain's grace time: how long the exit waits for the step loop to free what ended. */
+const FREE_AFTER_GRACE_MS = 500;
+
 export interface StepObserver {
   (info: { batch: number; rows: number; stepUs: number; attendUs: number[]; engineUs: number[] }): void;
 }
@@ -63,6 +66,7 @@ export class Scheduler {
   private loopRunning = false;
   private nextId = 1;
   private closing: Error | null = null;
+  private graceOver: Error | null = null; // set when a drain's grace time is over: every job ends with it
   private idle: Promise<void> = Promise.resolve();
   onStep: StepObserver | null = null;
 
@@ -101,18 +105,33 @@ export class Scheduler {
     return job;
   }
 
-  /** Stops admitting; lets running jobs finish for up to graceMs, then cancels them. */
+  /** Stops admitting; lets running jobs finish for up to graceMs, then ends them (UNAVAILABLE). */
   async drain(graceMs: number): Promise<void> {
     this.closing = new RpcError(grpc.status.UNAVAILABLE, 'the server is shutting down');
     // Queued jobs end now (they used to wait for a batch slot, i.e. the whole
     // grace time); running ones may finish within it, else UNAVAILABLE, which
     // a client may retry elsewhere (CANCELLED would say the client gave up).
     this.dropQueued(() => true);
-    const timer = setTimeout(() => {
-      for (const r of this.active) r.job.cancel(new RpcError(grpc.status.UNAVAILABLE, `the server shut down before the request finished (grace ${graceMs} ms); retry`));
-    }, graceMs);
-    await this.idle;
+    let timer: NodeJS.Timeout | undefined;
+    const graceOver = new Promise<void>((r) => (timer = setTimeout(r, graceMs)));
+    await Promise.race([this.settled(), graceOver]);
     clearTimeout(timer);
+    if (!this.loopRunning) return;
+    // Grace over: running requests end now, not when the step in progress
+    // does (a step, its frees and the plans due after it took the exit to
+    // 6.8 s after SIGTERM with a 3 s grace), and so do any the admission pass
+    // in progress places (the loop ends those at its next turn).
+    this.graceOver = new RpcError(grpc.status.UNAVAILABLE, `the server shut down before the request finished (grace ${graceMs} ms); retry`);
+    for (const r of this.active) r.job.endNow(this.graceOver);
+    // The loop frees their sequences between steps. Waited for briefly, not
+    // for a stuck shard: the shards free this process's sequences anyway
+    // when its attend streams close as it exits.
+    await Promise.race([this.settled(), new Promise<void>((r) => setTimeout(r, FREE_AFTER_GRACE_MS).unref())]);
+  }
+
+  /** Resolves when the step loop has stopped (it restarts itself while there is work). */
+  private async settled(): Promise<void> {
+    while (this.loopRunning) await this.idle;
   }
 
   /** Removes the queued jobs `which` selects; each ends with its cancel reason (or the shutdown). */
@@ -139,6 +158,7 @@ export class Scheduler {
 
   private async loop(): Promise<void> {
     while (this.queue.length || this.active.length) {
+      if (this.graceOver) for (const r of this.active) r.job.endNow(this.graceOver);
       await this.retire((r) => r.job.cancelled !== null);
       await this.admit();
       if (this.active.length === 0) continue;
@@ -196,18 +216,22 @@ export class Scheduler {
     let best = -1, room = -Infinity;
     shards.forEach(({ stats: s }, i) => {
       if (!s) return;
-      const free = s.memoryLimitBytes > 0 ? s.memoryLimitBytes - s.reservedBytes : -s.reservedBytes;
-      if (s.memoryLimitBytes > 0 && free < reserve) return;
+      let free = s.memoryLimitBytes > 0 ? s.memoryLimitBytes - s.reservedBytes : -s.reservedBytes;
+      // A shard may cap what one owner (this process) reserves below its limit.
+      const cap = s.maxReservedPerOwner ?? 0;
+      if (cap > 0) free = Math.min(free, cap - (s.callerReservedBytes ?? 0));
+      if ((s.memoryLimitBytes > 0 || cap > 0) && free < reserve) return;
       if (free > room) (best = i), (room = free);
     });
     if (best < 0) {
       if (shards.every((s) => !s.stats)) throw new RpcError(grpc.status.UNAVAILABLE, `no cache shard answers (${shards.map((s) => s.handle.address).join(', ') || 'none is healthy'})`);
-      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `no cache shard has room for this request within its memory limit: it may hold ${reserve} hot bytes at its maximum length (${this.maxTokens(job)} tokens, mode ${cache.mode}); retry later or lower max_tokens or cache.budget`);
+      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `no cache shard has room for this request within its memory limit (or what it lets one caller reserve): it may hold ${reserve} hot bytes at its maximum length (${this.maxTokens(job)} tokens, mode ${cache.mode}); retry later or lower max_tokens or cache.budget`);
     }
     const { handle, stats } = shards[best];
     const shard = handle.shard;
     const created = await shard.createSequence(storage, reserve, cache.gamma, cache.mode);
     stats!.reservedBytes += reserve; // the rest of this pass sees it
+    if (stats!.callerReservedBytes !== undefined) stats!.callerReservedBytes += reserve;
     job.shard = shard;
     job.shardIndex = handle.index;
     job.shardAddress = handle.address;
@@ -316,6 +340,9 @@ export class Scheduler {
         j.cancel(out);
         return;
       }
+      // Cancelled during the step (the client, or a drain that already ended
+      // its call): nothing more goes to the client, and no plan is worth making.
+      if (j.cancelled) return;
       const rows = items[i].tokens.length;
       const wasPrefill = j.prefilling;
       j.cached += rows;

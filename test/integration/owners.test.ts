@@ -5,7 +5,8 @@
 // and the victim's sequence is untouched; CreateSequence without a token of
 // 128 bits is refused; sequences of an owner that goes away without a stream
 // are freed when its lease runs out, while an owner that sends heartbeats,
-// or holds an attend stream, keeps its own; sequences per caller are bounded.
+// or holds an attend stream, keeps its own; sequences and reserved bytes per
+// caller are bounded.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
@@ -38,7 +39,7 @@ describe('sequences belong to their creator, under a lease', () => {
   };
 
   before(async () => {
-    cache = new ServiceProcess('cache', 'cache', ['--port', '0', '--threads', '1', '--lease-ms', String(LEASE_MS), '--max-sequences-per-owner', '3', '--plaintext'], undefined, logs.log);
+    cache = new ServiceProcess('cache', 'cache', ['--port', '0', '--threads', '1', '--lease-ms', String(LEASE_MS), '--max-sequences-per-owner', '3', '--max-reserved-per-owner', '5000', '--plaintext'], undefined, logs.log);
     await cache.start(60_000);
   });
 
@@ -83,6 +84,20 @@ describe('sequences belong to their creator, under a lease', () => {
     await greedy.freeSequence(seqs.pop()!);
     seqs.push((await greedy.createSequence('mixed', 0)).seq); // a freed place is free again
     for (const s of seqs) await greedy.freeSequence(s);
+    await other.freeSequence(o.seq);
+  });
+
+  test('bytes reserved per caller are bounded: RESOURCE_EXHAUSTED naming the limit, and Stats tells the caller its own', async () => {
+    const greedy = client(token()), other = client(token());
+    const a = await greedy.createSequence('mixed', 3000);
+    await assert.rejects(greedy.createSequence('mixed', 3000), (e: { code?: number; message: string }) => e.code === grpc.status.RESOURCE_EXHAUSTED && /3000 bytes reserved .* at most 5000 \(max_reserved_bytes_per_owner/.test(e.message));
+    const r = await greedy.reservations();
+    assert.deepEqual([r.maxReservedPerOwner, r.callerReservedBytes], [5000, 3000]);
+    const o = await other.createSequence('mixed', 3000); // others are not affected
+    assert.equal((await other.reservations()).callerReservedBytes, 3000);
+    await greedy.freeSequence(a.seq);
+    const b = await greedy.createSequence('mixed', 5000); // freed bytes are free again
+    await greedy.freeSequence(b.seq);
     await other.freeSequence(o.seq);
   });
 

@@ -60,12 +60,39 @@ test('reservations() is O(1): it reads counters, it does not walk the sequences'
     let walked = 0;
     const stats = core.engine.stats.bind(core.engine);
     core.engine.stats = ((seq: number) => (walked++, stats(seq))) as typeof core.engine.stats;
-    assert.deepEqual(await core.reservations(), { sequences: 2, reservedBytes: 3000, memoryLimitBytes: 5000 });
+    assert.deepEqual(await core.reservations(), { sequences: 2, reservedBytes: 3000, memoryLimitBytes: 5000, maxReservedPerOwner: 0, callerReservedBytes: 3000 });
     assert.equal(walked, 0);
     await core.stats();
     assert.equal(walked, 2, 'the full Stats walks every sequence');
     await core.freeSequence(a.seq);
-    assert.deepEqual(await core.reservations(), { sequences: 1, reservedBytes: 2000, memoryLimitBytes: 5000 });
+    assert.deepEqual(await core.reservations(), { sequences: 1, reservedBytes: 2000, memoryLimitBytes: 5000, maxReservedPerOwner: 0, callerReservedBytes: 2000 });
+  } finally {
+    await core.close();
+  }
+});
+
+// One caller could reserve a whole shard's memory limit (issue 18: an
+// anonymous reservation filled it, and every Generate got RESOURCE_EXHAUSTED).
+test('reservations per owner: one owner is refused past its cap, another still has room', async () => {
+  const core = new CacheCore({ layers: 2, qHeads: 4, kvHeads: 2, headDim: 64, quant: 'symmetric', threads: 1 }, 10_000, 4000);
+  try {
+    const a1 = await core.createSequence('mixed', 3000, undefined, 'owner-a');
+    await assert.rejects(core.createSequence('mixed', 1001, undefined, 'owner-a'), (e: Error & { code?: string }) => {
+      assert.equal(e.code, 'RESOURCE_EXHAUSTED');
+      assert.match(e.message, /3000 bytes reserved.*1001 more.*at most 4000 \(max_reserved_bytes_per_owner, --max-reserved-per-owner\)/);
+      return true;
+    });
+    await core.createSequence('mixed', 1000, undefined, 'owner-a'); // exactly the cap
+    const b = await core.createSequence('mixed', 4000, undefined, 'owner-b');
+    assert.deepEqual(core.reservationsOf('owner-a'), { sequences: 3, reservedBytes: 8000, memoryLimitBytes: 10_000, maxReservedPerOwner: 4000, callerReservedBytes: 4000 });
+    assert.equal(core.reservationsOf('owner-b').callerReservedBytes, 4000);
+    // The shard's limit still binds across owners.
+    await assert.rejects(core.createSequence('mixed', 2001, undefined, 'owner-c'), /cache memory limit/);
+    await core.freeSequence(a1.seq);
+    assert.equal(core.reservedBy('owner-a'), 1000, 'a free gives the owner its bytes back');
+    await core.createSequence('mixed', 2000, undefined, 'owner-a');
+    await core.freeSequence(b.seq);
+    assert.equal(core.reservedBy('owner-b'), 0);
   } finally {
     await core.close();
   }
