@@ -38,6 +38,7 @@
 // asymmetric rows: the integer value path above, with asymmetric parameters.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 
@@ -160,12 +161,21 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
     constexpr int P = D * B / 8, V = key_query<D, B>::n;  // L.row == P for a quantised block
     const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
     const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.k_params + L.param_offset(head, 0));
-    __m256i codes[8][V];  // [8 rows][V] unpacked codes (tiles only)
     for (int t0 = 0; t0 < blk.n_valid; t0 += 8) {
         const int n = std::min(8, blk.n_valid - t0);
         __m256 vscale, vzero;
         params8(F, mode, params, t0, n, vscale, vzero);
-        if (tv.n > 1)
+        // s = s_q * (s_k * dot + z_k * sum(q8)) for query j of the tile
+        const auto store = [&](int j, __m256i* part) {
+            const int qi = tv.q0 + j;
+            const __m256 sums = _mm256_cvtepi32_ps(reduce8_epi32(part));
+            const __m256 v = _mm256_mul_ps(_mm256_set1_ps(q.q8_scale[qi]),
+                                           _mm256_fmadd_ps(vscale, sums, _mm256_mul_ps(vzero, _mm256_set1_ps(float(q.q8_sum[qi])))));
+            _mm256_maskstore_ps(s + size_t(j) * T + t0, first_lanes(n), v);
+        };
+        __m256i part[8];
+        if (tv.n > 1) {
+            __m256i codes[8][V];  // [8 rows][V] unpacked codes, rows past n zero
             for (int i = 0; i < 8; ++i) {
                 if (i < n) {
                     key_codes<D, B>(rows + size_t(t0 + i) * P, codes[i]);
@@ -173,22 +183,20 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
                     for (int c = 0; c < V; ++c) codes[i][c] = _mm256_setzero_si256();
                 }
             }
-        for (int j = 0; j < tv.n; ++j) {
-            const int qi = tv.q0 + j;
-            const key_query<D, B> kq(q.q8 + size_t(qi) * D);
-            __m256i part[8];
-            if (tv.n > 1) {
+            for (int j = 0; j < tv.n; ++j) {
+                const key_query<D, B> kq(q.q8 + size_t(tv.q0 + j) * D);
                 for (int i = 0; i < 8; ++i) part[i] = key_dot<D, B>(codes[i], kq);
-            } else if (n == 8) {  // full groups: no compare per token
-                for (int i = 0; i < 8; ++i) part[i] = key_partial<D, B>(rows + size_t(t0 + i) * P, kq);
-            } else {
-                for (int i = 0; i < 8; ++i) part[i] = i < n ? key_partial<D, B>(rows + size_t(t0 + i) * P, kq) : _mm256_setzero_si256();
+                store(j, part);
             }
-            const __m256 sums = _mm256_cvtepi32_ps(reduce8_epi32(part));
-            const __m256 v = _mm256_mul_ps(_mm256_set1_ps(q.q8_scale[qi]),
-                                           _mm256_fmadd_ps(vscale, sums, _mm256_mul_ps(vzero, _mm256_set1_ps(float(q.q8_sum[qi])))));
-            _mm256_maskstore_ps(s + size_t(j) * T + t0, first_lanes(n), v);
+            continue;
         }
+        const key_query<D, B> kq(q.q8 + size_t(tv.q0) * D);
+        if (n == 8) {  // full groups: no compare per token
+            for (int i = 0; i < 8; ++i) part[i] = key_partial<D, B>(rows + size_t(t0 + i) * P, kq);
+        } else {
+            for (int i = 0; i < 8; ++i) part[i] = i < n ? key_partial<D, B>(rows + size_t(t0 + i) * P, kq) : _mm256_setzero_si256();
+        }
+        store(0, part);
     }
 }
 
@@ -401,19 +409,95 @@ inline float quantize_weights16(const float* w, int n, int16_t* wq) {
     return wmax / 65535.f;
 }
 
+// acc += c . *w, vpmaddwd with its weight operand read from memory: the
+// broadcast weight pairs of every query stay in L1 instead of taking one of
+// the 16 registers each, which leaves room for 4 queries' accumulators. The
+// asm keeps the operand in memory (GCC would load a weight once into a
+// register for all planes and spill accumulators instead).
+inline void madd_add_mem(__m256i& acc, __m256i c, const __m256i* w) {
+    __m256i r;
+    asm("vpmaddwd %[w], %[c], %[r]" : [r] "=x"(r) : [c] "x"(c), [w] "m"(*w));
+    acc = _mm256_add_epi32(acc, r);
+}
+
+// The token-pair loop of values_int over tokens [t0, t1) of one CB-byte
+// column: acc[i] += weights . code pairs, csum += code pairs. A function of
+// its own so that nothing of the caller (the flush's constants, the outer
+// loops' state) holds registers here: inlined, GCC 12 kept most of the
+// accumulators on the stack (a load and a store each per step).
+template <int P, int B, int NQ, int H>
+__attribute__((noinline)) void accumulate_pairs(const uint8_t* rows, int t0, int t1, const __m256i* const* wb,
+                                                __m256i (&acc_io)[NQ][8 / B][H], __m256i (&csum_io)[8 / B][H]) {
+    constexpr int NP = 8 / B;
+    const __m256i mask = _mm256_set1_epi16(short((1 << B) - 1));
+    __m256i acc[NQ][NP][H], csum[NP][H];
+    // Every loop over planes, halves and queries is unrolled before GCC's
+    // scalar replacement runs, so the arrays become registers (left to the
+    // unroller, the 2-bit loops kept them on the stack: a load and a store
+    // per accumulator per step).
+    #pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p)
+        #pragma GCC unroll 16
+        for (int h = 0; h < H; ++h) {
+            csum[p][h] = csum_io[p][h];
+            #pragma GCC unroll 16
+            for (int i = 0; i < NQ; ++i) acc[i][p][h] = acc_io[i][p][h];
+        }
+    const __m256i* w[NQ];
+    #pragma GCC unroll 16
+    for (int i = 0; i < NQ; ++i) w[i] = wb[i] + t0 / 2;
+    for (int t = t0; t < t1; t += 2) {
+        const uint8_t* r = rows + size_t(t) * P;
+        __m256i x[H];  // (token t, token t+1) code pairs, 16 bits each
+        if constexpr (H == 2) {
+            const __m256i a = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r)));
+            const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + P)));
+            x[0] = _mm256_unpacklo_epi16(a, b);
+            x[1] = _mm256_unpackhi_epi16(a, b);
+        } else {
+            const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r)));
+            const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r + P)));
+            x[0] = _mm256_or_si256(a, _mm256_slli_epi32(b, 16));
+        }
+        #pragma GCC unroll 16
+        for (int h = 0; h < H; ++h)
+            #pragma GCC unroll 16
+            for (int p = 0; p < NP; ++p) {
+                __m256i c;
+                if constexpr (B == 8) c = x[h];
+                else if (p == 0) c = _mm256_and_si256(x[h], mask);
+                else if (p == NP - 1) c = _mm256_srli_epi16(x[h], B * p);
+                else c = _mm256_and_si256(_mm256_srli_epi16(x[h], B * p), mask);
+                csum[p][h] = _mm256_add_epi16(csum[p][h], c);
+                #pragma GCC unroll 16
+                for (int i = 0; i < NQ; ++i) madd_add_mem(acc[i][p][h], c, w[i]);
+            }
+        #pragma GCC unroll 16
+        for (int i = 0; i < NQ; ++i) ++w[i];
+    }
+    #pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p)
+        #pragma GCC unroll 16
+        for (int h = 0; h < H; ++h) {
+            csum_io[p][h] = csum[p][h];
+            #pragma GCC unroll 16
+            for (int i = 0; i < NQ; ++i) acc_io[i][p][h] = acc[i][p][h];
+        }
+}
+
 // Integer value accumulation for NQ queries (see the header comment).
-// wq[i]: [n_valid rounded up to even] centred int16 weights, ws[i]:
-// [segments] their scales, out[i]: [D] float accumulators. The centring
+// wb[i]: [n_valid/2 rounded up] the centred int16 weights of tokens
+// (2k, 2k+1) as one dword broadcast to 8 lanes, ws[i]: [segments] their
+// scales, out[i]: [D] float accumulators. The centring
 // offset needs each channel's code sum (csum, shared by the queries, 16-bit:
 // at most 16 pairs x 255 per segment). CB bytes of each row per step: 16 (two vectors of 8
 // channels, lanes in the order {0-3, 8-11} / {4-7, 12-15}, undone at the flush)
 // or 8 (one vector, natural order; fewer accumulators for 2-bit codes).
 // Reads row n_valid when n_valid is odd (a slot of the block; weight 0).
 template <int D, int B, int NQ, int CB>
-__attribute__((noinline)) void values_int(const uint8_t* rows, int n_valid, const int16_t* const* wq, const float* const* ws,
+__attribute__((noinline)) void values_int(const uint8_t* rows, int n_valid, const __m256i* const* wb, const float* const* ws,
                                           float* const* out) {
     constexpr int P = D * B / 8, NP = 8 / B, H = CB / 8;  // bytes per row, planes, vectors per step
-    const __m256i mask = _mm256_set1_epi16(short((1 << B) - 1));
     for (int j0 = 0; j0 < P; j0 += CB) {
         for (int tc = 0; tc < n_valid; tc += segment_tokens) {
             const int tend = std::min(n_valid, tc + segment_tokens);
@@ -423,36 +507,7 @@ __attribute__((noinline)) void values_int(const uint8_t* rows, int n_valid, cons
                     csum[p][h] = _mm256_setzero_si256();
                     for (int i = 0; i < NQ; ++i) acc[i][p][h] = _mm256_setzero_si256();
                 }
-            for (int t = tc; t < tend; t += 2) {
-                const uint8_t* r = rows + size_t(t) * P + j0;
-                __m256i x[H];  // (token t, token t+1) code pairs, 16 bits each
-                if constexpr (H == 2) {
-                    const __m256i a = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r)));
-                    const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + P)));
-                    x[0] = _mm256_unpacklo_epi16(a, b);
-                    x[1] = _mm256_unpackhi_epi16(a, b);
-                } else {
-                    const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r)));
-                    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r + P)));
-                    x[0] = _mm256_or_si256(a, _mm256_slli_epi32(b, 16));
-                }
-                __m256i w[NQ];
-                for (int i = 0; i < NQ; ++i) {
-                    int32_t pair;
-                    std::memcpy(&pair, wq[i] + t, 4);
-                    w[i] = _mm256_set1_epi32(pair);
-                }
-                for (int h = 0; h < H; ++h)
-                    for (int p = 0; p < NP; ++p) {
-                        __m256i c;
-                        if constexpr (B == 8) c = x[h];
-                        else if (p == 0) c = _mm256_and_si256(x[h], mask);
-                        else if (p == NP - 1) c = _mm256_srli_epi16(x[h], B * p);
-                        else c = _mm256_and_si256(_mm256_srli_epi16(x[h], B * p), mask);
-                        csum[p][h] = _mm256_add_epi16(csum[p][h], c);
-                        for (int i = 0; i < NQ; ++i) acc[i][p][h] = _mm256_add_epi32(acc[i][p][h], _mm256_madd_epi16(c, w[i]));
-                    }
-            }
+            accumulate_pairs<P, B, NQ, H>(rows + j0, tc, tend, wb, acc, csum);
             // sum_t w_t c_t = ws * (sum_t wq_t c_t + 32768 * sum_t c_t), combined in float
             const __m256i ones = _mm256_set1_epi16(1);
             for (int p = 0; p < NP; ++p) {
@@ -478,24 +533,35 @@ __attribute__((noinline)) void values_int(const uint8_t* rows, int n_valid, cons
     }
 }
 
-// Queries per values_int call and bytes per step: at most 12 int32
-// accumulators (queries' and code sums) beside the code pairs and weights in
-// the 16 registers.
+// Queries per values_int call and bytes per step, so that the int32
+// accumulators (NQ x planes x CB/8) and the code sums (planes x CB/8) fit the
+// 16 registers beside the code pairs (the weights are memory operands):
+// 8-bit 4 queries x 16 bytes (8 + 2), 4-bit 4 x 8 (8 + 2), 2-bit 2 x 8 (8 + 4).
+// 4 queries per pass halve the passes over a GQA group's value rows (each
+// pass re-widens the code pairs). Instructions per step of the pair loop
+// (GCC 12, D = 128): 4-bit 31 for 4 queries (was 47 for 2 queries x 16
+// bytes, 12 accumulators spilled), 8-bit 29, 2-bit 35.
 template <int B>
 constexpr int values_sub_tile() {
-    return B == 8 ? 4 : 2;
+    return B == 2 ? 2 : 4;
 }
 template <int B>
 constexpr int values_chunk_bytes() {
-    return B == 2 ? 8 : 16;
+    return B == 8 ? 16 : 8;
 }
 
 template <int D, int B>
-void values_int_any(const uint8_t* rows, int n_valid, const int16_t* const* wq, const float* const* ws, float* const* out, int n) {
+void values_int_any(const uint8_t* rows, int n_valid, const __m256i* const* wb, const float* const* ws, float* const* out, int n) {
     constexpr int S = values_sub_tile<B>(), CB = values_chunk_bytes<B>();
     int i = 0;
-    for (; i + S <= n; i += S) values_int<D, B, S, CB>(rows, n_valid, wq + i, ws + i, out + i);
-    for (; i < n; ++i) values_int<D, B, 1, CB>(rows, n_valid, wq + i, ws + i, out + i);
+    for (; i + S <= n; i += S) values_int<D, B, S, CB>(rows, n_valid, wb + i, ws + i, out + i);
+    if constexpr (S == 4) {
+        if (i + 2 <= n) {
+            values_int<D, B, 2, CB>(rows, n_valid, wb + i, ws + i, out + i);
+            i += 2;
+        }
+    }
+    for (; i < n; ++i) values_int<D, B, 1, CB>(rows, n_valid, wb + i, ws + i, out + i);
 }
 
 // One tile of queries against one block; KIVI: a KIVI group (B = 2 or 4).
@@ -508,6 +574,9 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
     float* w = scratch + 2 * max_tile * T;                               // [T + 8] p * value scale of one query
     float* wsc = w + T + 8;                                              // [tile][T/32 + 1] weight scales per segment
     float* qs = wsc + max_tile * (T / segment_tokens + 1);               // [tile][D] KIVI scaled queries
+    const int pairs = T / 2 + 1;
+    __m256i* wb = reinterpret_cast<__m256i*>((reinterpret_cast<uintptr_t>(qs + max_tile * D) + 31) & ~uintptr_t(31));
+    //                                                                     [tile][pairs] broadcast weight pairs
     if constexpr (B == 16) {
         fp16_scores<D>(L, blk, head, q, tv, s, T);
     } else if constexpr (KIVI) {
@@ -521,7 +590,7 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
     constexpr kv_format F = B == 16 ? kv_format::fp16 : B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
     const half_bits* vparams = reinterpret_cast<const half_bits*>(blk.data + L.v_params + L.param_offset(head, 0));
     const uint8_t* v_rows = blk.data + L.v_codes + L.code_offset(head, 0);
-    const int16_t* wqs[max_tile];
+    const __m256i* wbs[max_tile];
     const float* wss[max_tile];
     float* outs[max_tile];
     int active = 0;
@@ -553,14 +622,20 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
                 any |= wsi[seg] != 0.f;
             }
             if (!any) continue;
-            wqs[active] = wqi;
+            __m256i* wbi = wb + size_t(i) * pairs;
+            for (int k = 0; k < (blk.n_valid + 1) / 2; ++k) {
+                int32_t pair;  // the int16 weights of tokens 2k, 2k+1
+                std::memcpy(&pair, wqi + 2 * k, 4);
+                _mm256_storeu_si256(wbi + k, _mm256_set1_epi32(pair));
+            }
+            wbs[active] = wbi;
             wss[active] = wsi;
             outs[active] = st.acc + size_t(qi) * D;
             ++active;
         }
     }
     if constexpr (B != 16) {
-        if (active > 0) values_int_any<D, B>(v_rows, blk.n_valid, wqs, wss, outs, active);
+        if (active > 0) values_int_any<D, B>(v_rows, blk.n_valid, wbs, wss, outs, active);
     }
 }
 
