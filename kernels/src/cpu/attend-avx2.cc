@@ -150,10 +150,13 @@ inline __m256i key_partial(const uint8_t* row, const key_query<D, B>& q) {
 }
 
 // Scores of a quantised block for a tile of queries: s[i*T + t] (pre-softmax).
-// One query unpacks each row in registers; a tile (GQA group, prefill rows)
-// unpacks 8 rows once into a small buffer that every query of the tile reads
-// (the rows' bytes come from memory once per tile either way; this shares the
-// unpacking instructions too).
+// One query unpacks each row in registers; for a tile (GQA group, prefill
+// rows) of 4- or 2-bit codes the 8 rows are unpacked once into a small buffer
+// that every query of the tile reads (the rows' bytes come from memory once
+// per tile either way; this shares the shifts and masks too). 8-bit rows are
+// widened by one load-and-extend per 16 codes, no cheaper from a buffer: each
+// query reads the rows itself (sharing cost int8 GQA 37 instead of 24
+// instructions per token and query).
 template <int D, int B>
 void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
                       const tile_view& tv, float* s, int T) {
@@ -174,7 +177,7 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
             _mm256_maskstore_ps(s + size_t(j) * T + t0, first_lanes(n), v);
         };
         __m256i part[8];
-        if (tv.n > 1) {
+        if (B != 8 && tv.n > 1) {
             __m256i codes[8][V];  // [8 rows][V] unpacked codes, rows past n zero
             for (int i = 0; i < 8; ++i) {
                 if (i < n) {
@@ -190,13 +193,15 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
             }
             continue;
         }
-        const key_query<D, B> kq(q.q8 + size_t(tv.q0) * D);
-        if (n == 8) {  // full groups: no compare per token
-            for (int i = 0; i < 8; ++i) part[i] = key_partial<D, B>(rows + size_t(t0 + i) * P, kq);
-        } else {
-            for (int i = 0; i < 8; ++i) part[i] = i < n ? key_partial<D, B>(rows + size_t(t0 + i) * P, kq) : _mm256_setzero_si256();
+        for (int j = 0; j < tv.n; ++j) {
+            const key_query<D, B> kq(q.q8 + size_t(tv.q0 + j) * D);
+            if (n == 8) {  // full groups: no compare per token
+                for (int i = 0; i < 8; ++i) part[i] = key_partial<D, B>(rows + size_t(t0 + i) * P, kq);
+            } else {
+                for (int i = 0; i < 8; ++i) part[i] = i < n ? key_partial<D, B>(rows + size_t(t0 + i) * P, kq) : _mm256_setzero_si256();
+            }
+            store(j, part);
         }
-        store(0, part);
     }
 }
 
@@ -536,7 +541,8 @@ __attribute__((noinline)) void values_int(const uint8_t* rows, int n_valid, cons
 // Queries per values_int call and bytes per step, so that the int32
 // accumulators (NQ x planes x CB/8) and the code sums (planes x CB/8) fit the
 // 16 registers beside the code pairs (the weights are memory operands):
-// 8-bit 4 queries x 16 bytes (8 + 2), 4-bit 4 x 8 (8 + 2), 2-bit 2 x 8 (8 + 4).
+// 8-bit 4 queries x 16 bytes (8 + 2), 4-bit 4 x 8 (8 + 2), 2-bit 2 x 8 (8 + 4);
+// the remainder sub-tiles of 2 and 1 queries (4-bit: 16 bytes, values_chunk_bytes).
 // 4 queries per pass halve the passes over a GQA group's value rows (each
 // pass re-widens the code pairs). Instructions per step of the pair loop
 // (GCC 12, D = 128): 4-bit 31 for 4 queries (was 47 for 2 queries x 16
@@ -545,23 +551,25 @@ template <int B>
 constexpr int values_sub_tile() {
     return B == 2 ? 2 : 4;
 }
-template <int B>
+// 4-bit with fewer than 4 queries: 16 bytes per step (half the steps and
+// flushes of 8; 4 queries x 16 bytes would need 16 accumulators).
+template <int B, int NQ>
 constexpr int values_chunk_bytes() {
-    return B == 8 ? 16 : 8;
+    return B == 8 || (B == 4 && NQ < 4) ? 16 : 8;
 }
 
 template <int D, int B>
 void values_int_any(const uint8_t* rows, int n_valid, const __m256i* const* wb, const float* const* ws, float* const* out, int n) {
-    constexpr int S = values_sub_tile<B>(), CB = values_chunk_bytes<B>();
+    constexpr int S = values_sub_tile<B>();
     int i = 0;
-    for (; i + S <= n; i += S) values_int<D, B, S, CB>(rows, n_valid, wb + i, ws + i, out + i);
+    for (; i + S <= n; i += S) values_int<D, B, S, values_chunk_bytes<B, S>()>(rows, n_valid, wb + i, ws + i, out + i);
     if constexpr (S == 4) {
         if (i + 2 <= n) {
-            values_int<D, B, 2, CB>(rows, n_valid, wb + i, ws + i, out + i);
+            values_int<D, B, 2, values_chunk_bytes<B, 2>()>(rows, n_valid, wb + i, ws + i, out + i);
             i += 2;
         }
     }
-    for (; i < n; ++i) values_int<D, B, 1, CB>(rows, n_valid, wb + i, ws + i, out + i);
+    for (; i < n; ++i) values_int<D, B, 1, values_chunk_bytes<B, 1>()>(rows, n_valid, wb + i, ws + i, out + i);
 }
 
 // One tile of queries against one block; KIVI: a KIVI group (B = 2 or 4).
@@ -623,7 +631,8 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
             }
             if (!any) continue;
             __m256i* wbi = wb + size_t(i) * pairs;
-            for (int k = 0; k < (blk.n_valid + 1) / 2; ++k) {
+            const int n_pairs = (blk.n_valid + 1) / 2;  // a local: the stores below may alias blk for all GCC knows
+            for (int k = 0; k < n_pairs; ++k) {
                 int32_t pair;  // the int16 weights of tokens 2k, 2k+1
                 std::memcpy(&pair, wqi + 2 * k, 4);
                 _mm256_storeu_si256(wbi + k, _mm256_set1_epi32(pair));
