@@ -426,13 +426,16 @@ inline void madd_add_mem(__m256i& acc, __m256i c, const __m256i* w) {
 }
 
 // The token-pair loop of values_int over tokens [t0, t1) of one CB-byte
-// column: acc[i] += weights . code pairs, csum += code pairs. A function of
+// column: acc[i] = weights . code pairs, csum = sum of the code pairs, from
+// zero (zeroed here, not by the caller: GCC zeroes memory with 16-byte
+// stores, and reading those as 32-byte vectors defeats store forwarding,
+// a stall per accumulator per call). A function of
 // its own so that nothing of the caller (the flush's constants, the outer
 // loops' state) holds registers here: inlined, GCC 12 kept most of the
 // accumulators on the stack (a load and a store each per step).
 template <int P, int B, int NQ, int H>
 __attribute__((noinline)) void accumulate_pairs(const uint8_t* rows, int t0, int t1, const __m256i* const* wb,
-                                                __m256i (&acc_io)[NQ][8 / B][H], __m256i (&csum_io)[8 / B][H]) {
+                                                __m256i (&acc_out)[NQ][8 / B][H], __m256i (&csum_out)[8 / B][H]) {
     constexpr int NP = 8 / B;
     const __m256i mask = _mm256_set1_epi16(short((1 << B) - 1));
     __m256i acc[NQ][NP][H], csum[NP][H];
@@ -444,9 +447,9 @@ __attribute__((noinline)) void accumulate_pairs(const uint8_t* rows, int t0, int
     for (int p = 0; p < NP; ++p)
         #pragma GCC unroll 16
         for (int h = 0; h < H; ++h) {
-            csum[p][h] = csum_io[p][h];
+            csum[p][h] = _mm256_setzero_si256();
             #pragma GCC unroll 16
-            for (int i = 0; i < NQ; ++i) acc[i][p][h] = acc_io[i][p][h];
+            for (int i = 0; i < NQ; ++i) acc[i][p][h] = _mm256_setzero_si256();
         }
     const __m256i* w[NQ];
     #pragma GCC unroll 16
@@ -484,9 +487,9 @@ __attribute__((noinline)) void accumulate_pairs(const uint8_t* rows, int t0, int
     for (int p = 0; p < NP; ++p)
         #pragma GCC unroll 16
         for (int h = 0; h < H; ++h) {
-            csum_io[p][h] = csum[p][h];
+            csum_out[p][h] = csum[p][h];
             #pragma GCC unroll 16
-            for (int i = 0; i < NQ; ++i) acc_io[i][p][h] = acc[i][p][h];
+            for (int i = 0; i < NQ; ++i) acc_out[i][p][h] = acc[i][p][h];
         }
 }
 
@@ -507,11 +510,6 @@ __attribute__((noinline)) void values_int(const uint8_t* rows, int n_valid, cons
         for (int tc = 0; tc < n_valid; tc += segment_tokens) {
             const int tend = std::min(n_valid, tc + segment_tokens);
             __m256i acc[NQ][NP][H], csum[NP][H];
-            for (int p = 0; p < NP; ++p)
-                for (int h = 0; h < H; ++h) {
-                    csum[p][h] = _mm256_setzero_si256();
-                    for (int i = 0; i < NQ; ++i) acc[i][p][h] = _mm256_setzero_si256();
-                }
             accumulate_pairs<P, B, NQ, H>(rows + j0, tc, tend, wb, acc, csum);
             // sum_t w_t c_t = ws * (sum_t wq_t c_t + 32768 * sum_t c_t), combined in float
             const __m256i ones = _mm256_set1_epi16(1);
