@@ -544,7 +544,7 @@ __attribute__((noinline)) void values_int(const uint8_t* rows, int n_valid, cons
 // 4 queries per pass halve the passes over a GQA group's value rows (each
 // pass re-widens the code pairs). Instructions per step of the pair loop
 // (GCC 12, D = 128): 4-bit 31 for 4 queries (was 47 for 2 queries x 16
-// bytes, 12 accumulators spilled), 8-bit 29, 2-bit 35.
+// bytes, its accumulators stored or copied every step), 8-bit 29, 2-bit 35.
 template <int B>
 constexpr int values_sub_tile() {
     return B == 2 ? 2 : 4;
