@@ -35,6 +35,7 @@
 #include "cpu/attend-kernels.h"
 #include "cpu/thread-pool.h"
 #include "dense/dense-attention.h"
+#include "smartkv/kivi.h"
 
 using namespace smartkv;
 
@@ -73,9 +74,31 @@ blocks make_blocks(kv_format f, int n_blocks, std::mt19937& rng) {
     return b;
 }
 
+// One kv-head's KIVI groups (kivi.h): keys per channel, values per token.
+blocks make_kivi_blocks(kv_format f, int n_blocks, std::mt19937& rng) {
+    blocks b;
+    b.L = make_block_layout(f, quant_mode::asymmetric, D, 1, kivi_group, /*kivi_keys=*/true);
+    std::normal_distribution<float> g(0.f, 1.f);
+    std::vector<float> keys(size_t(kivi_group) * D), x(D);  // [32][D], [D]
+    for (int i = 0; i < n_blocks; ++i) {
+        uint8_t* p = static_cast<uint8_t*>(std::aligned_alloc(64, b.L.bytes));
+        for (auto& k : keys) k = g(rng);
+        kivi_quantize_keys(f, keys.data(), D, p + b.L.k_codes, b.L.row, reinterpret_cast<half_bits*>(p + b.L.k_params));
+        for (int t = 0; t < kivi_group; ++t) {
+            for (auto& v : x) v = g(rng);
+            quantize_vector(f, quant_mode::asymmetric, x.data(), D, p + b.L.v_codes + b.L.code_offset(0, t),
+                            reinterpret_cast<half_bits*>(p + b.L.v_params + b.L.param_offset(0, t)));
+        }
+        int32_t* pos = reinterpret_cast<int32_t*>(p + b.L.pos);
+        for (int t = 0; t < kivi_group; ++t) pos[t] = i * kivi_group + t;
+        b.data.push_back(p);
+    }
+    return b;
+}
+
 // Decode attention of nq queries (one kv-head's group) over the blocks: the
 // kernel calls of one (sequence, kv-head) task, then the importance pass.
-void run_kernel(const blocks& b, kv_format f, int nq, bool with_importance) {
+void run_kernel(const blocks& b, kv_format f, int nq, bool with_importance, bool kivi = false) {
     std::mt19937 rng(7);
     std::normal_distribution<float> g(0.f, 1.f);
     const int n = int(b.data.size()) * T;
@@ -101,7 +124,7 @@ void run_kernel(const blocks& b, kv_format f, int nq, bool with_importance) {
     hq.row_pos = row_pos.data();
     head_state st{m.data(), l.data(), z.data(), acc.data()};
     const score_sink sink{scores.data(), size_t(n)};
-    const block_kind kind = f == kv_format::fp16 ? block_kind::fp16 : block_kind::quantized;
+    const block_kind kind = kivi ? block_kind::kivi : f == kv_format::fp16 ? block_kind::fp16 : block_kind::quantized;
     marker();
     for (size_t i = 0; i < b.data.size(); ++i) {
         const block_ref ref{b.data[i], kind, f, T, false, uint32_t(i * T)};
@@ -142,6 +165,16 @@ void child(int n_blocks) {
             std::printf("kernel+importance %s nq=%d\n", names[f], nq);
             std::fflush(stdout);
             run_kernel(b, kv_format(f), nq, true);
+        }
+    for (int nq : {1, 4})
+        for (kv_format f : {kv_format::int2, kv_format::int4}) {
+            const blocks b = make_kivi_blocks(f, n_blocks, rng);
+            std::printf("kernel kivi-%d nq=%d\n", f == kv_format::int2 ? 2 : 4, nq);
+            std::fflush(stdout);
+            run_kernel(b, f, nq, false, true);
+            std::printf("kernel+importance kivi-%d nq=%d\n", f == kv_format::int2 ? 2 : 4, nq);
+            std::fflush(stdout);
+            run_kernel(b, f, nq, true, true);
         }
     for (int nq : {1, 4}) {
         std::printf("dense-f16 nq=%d\n", nq);

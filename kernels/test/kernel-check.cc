@@ -365,6 +365,7 @@ TEST(kivi_attention_matches_reference_for_grouped_tokens) {
         for (bool fast : {false, true}) {
             check_attention({4, 2, 64, 400, 1, kind}, fast, true, 77);   // GQA: query tiles of 2
             check_attention({4, 4, 128, 300, 1, kind}, fast, true, 78);  // MHA: the single-query path
+            check_attention({8, 2, 128, 333, 5, kind}, fast, false, 79);  // prefill rows: tiles of 16 and 4
         }
 }
 
