@@ -43,7 +43,9 @@ async function shardFault(ctx: Ctx, name: 'killed_shard' | 'hung_shard'): Promis
   const t = new Tally([Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED]);
   const rss = ctx.sys.rssMb();
   const victim: ServiceProcess = ctx.sys.shards[1];
-  const { open, close } = await streams(ctx, ctx.quick ? 6 : 8, ctx.quick ? 60 : 400);
+  // 8 × 300 tokens fit the shards' 4 MB (8 × 400 reserved ~1 MB each: one of
+  // the healthy shard's was refused for memory).
+  const { open, close } = await streams(ctx, ctx.quick ? 6 : 8, ctx.quick ? 60 : 300);
   await sleep(300);
   const t0 = performance.now();
   const hangMs = ctx.quick ? 4000 : 20_000;

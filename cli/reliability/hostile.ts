@@ -96,7 +96,9 @@ export const stranger: Scenario = {
     const t = new Tally(refusals);
     const rss = ctx.sys.rssMb();
     const client = ctx.sys.publicClient();
-    const victims = Array.from({ length: ctx.quick ? 4 : 12 }, (_, i) => openStream(client, longRequest(ctx, ctx.quick ? 32 : 200, 50 + i)));
+    // The victims must all fit: 10 × 200 tokens reserve ~3.7 MB per 4 MB shard
+    // (12 did not: two were refused for memory, not by a stranger).
+    const victims = Array.from({ length: ctx.quick ? 4 : 10 }, (_, i) => openStream(client, longRequest(ctx, ctx.quick ? 32 : 200, 50 + i)));
     await Promise.all(victims.map((v) => Promise.race([v.firstToken, v.done])));
     const ids = ctx.quick ? 24 : 256;
     const row = (heads: number) => new Float32Array(heads * 64).fill(0.5); // the reference model: 4 q-heads, 2 kv-heads × 64
