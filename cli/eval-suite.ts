@@ -35,7 +35,8 @@ import { buildSamples, scoreOutcome, SUITE_TASKS, type Scored, type SeedSet, typ
 export const SUITE_BUDGETS = [0.2, 0.25, 0.33, 0.4, 0.5];
 export const SUITE_CONTEXTS = [2048, 4096, 8192];
 const NEVER_UPGRADE: readonly PolicyName[] = ['fp16', 'uniform-8', 'uniform-4', 'uniform-2', 'kivi-2', 'kivi-4', 'kivi-2-rot', 'kivi-4-rot'];
-const COMPARE_WITH: readonly PolicyName[] = ['random', 'uniform-2', 'uniform-4'];
+// fp16 too: the reversible mode's goal is to stay within a point of it.
+const COMPARE_WITH: readonly PolicyName[] = ['random', 'uniform-2', 'uniform-4', 'fp16'];
 
 export interface SuiteOptions {
   tasks: SuiteTask[];
@@ -183,7 +184,7 @@ export interface SuiteComparison {
   diff: number; // accuracy (fraction) or bits/byte, smartkv minus the other row
   ci95: [number, number];
   p_value: number;
-  metric: string; // accuracy | bits_per_byte ≥1K | bits_per_byte all
+  metric: string; // accuracy | bits_per_byte ≥1K | bits_per_byte ≥4K | bits_per_byte all
 }
 
 /** A row's result on one task at one context, from its samples' outcomes (also used by `eval ablation`). */
@@ -204,7 +205,14 @@ export function aggregate(task: SuiteTask, context: number, row: SuiteRow, xs: S
   return r;
 }
 
-/** smartkv against random (same β and mode), uniform-2 and uniform-4, on the same samples. */
+/** The perplexity bands compared at a context: predictions far enough from the
+ *  window that what the plan kept matters (≥1K; ≥4K too once the context has them). */
+export function comparedBands(context: number): string[] {
+  if (context <= 1024) return ['all'];
+  return context > 4096 ? ['≥1K', '≥4K'] : ['≥1K'];
+}
+
+/** smartkv against random (same β and mode), uniform-2, uniform-4 and fp16, on the same samples. */
 function comparisons(task: SuiteTask, context: number, rows: SuiteRow[], outcomes: Map<string, SampleOutcome[]>): SuiteComparison[] {
   const out: SuiteComparison[] = [];
   const find = (p: PolicyName, b: number | null, m: ModeName) => outcomes.get(rowKey({ policy: p, targetBeta: b, mode: m }));
@@ -215,9 +223,10 @@ function comparisons(task: SuiteTask, context: number, rows: SuiteRow[], outcome
       if (!theirs) continue;
       const base = { compare: `smartkv-vs-${other}`, task, context, mode: r.mode, target_beta: r.targetBeta!, n: mine.length };
       if (task === 'longppl') {
-        const band = context > 1024 ? '≥1K' : 'all';
-        const p = pairedBootstrap(mine.map((x) => x.bitsPerByte![band]), theirs.map((x) => x.bitsPerByte![band]));
-        out.push({ ...base, diff: round(p.diff, 5), ci95: [round(p.ci95[0], 5), round(p.ci95[1], 5)], p_value: p.pValue, metric: `bits_per_byte ${band}` });
+        for (const band of comparedBands(context)) {
+          const p = pairedBootstrap(mine.map((x) => x.bitsPerByte![band]), theirs.map((x) => x.bitsPerByte![band]));
+          out.push({ ...base, diff: round(p.diff, 5), ci95: [round(p.ci95[0], 5), round(p.ci95[1], 5)], p_value: p.pValue, metric: `bits_per_byte ${band}` });
+        }
       } else {
         const p = pairedAccuracy(mine.map((x) => x.correct), theirs.map((x) => x.correct));
         out.push({ ...base, diff: round(p.diff, 4), ci95: [round(p.ci95[0], 4), round(p.ci95[1], 4)], p_value: p.pValue, metric: 'accuracy' });
@@ -314,7 +323,7 @@ function suiteReport(o: SuiteOptions, results: SuiteResultRow[], compare: SuiteC
   const sections: Report['sections'] = [];
   for (const task of o.tasks) {
     const mine = results.filter((r) => r.task === task);
-    const label = task === 'longppl' ? 'bits/byte ≥1K (all)' : 'accuracy';
+    const label = task === 'longppl' ? 'bits/byte ≥1K [≥4K] (all)' : 'accuracy';
     sections.push({
       title: `${task}: ${label} by row and context (tokens); β achieved, hot and master kB at the largest context`,
       table: resultTable(task, mine, run.contexts),
@@ -345,7 +354,7 @@ function suiteReport(o: SuiteOptions, results: SuiteResultRow[], compare: SuiteC
 function resultTable(task: SuiteTask, rows: SuiteResultRow[], contexts: number[]): Table {
   const keys = [...new Map(rows.map((r) => [`${r.policy}|${r.target_beta}|${r.mode}`, r])).values()];
   const top = Math.max(...contexts);
-  const value = (r: SuiteResultRow | undefined) => (!r ? '—' : r.accuracy !== undefined ? `${(100 * r.accuracy).toFixed(1)} %` : `${fixed(r.bits_per_byte?.['≥1K'] ?? null, 4)} (${fixed(r.bits_per_byte?.all ?? null, 4)})`);
+  const value = (r: SuiteResultRow | undefined) => (!r ? '—' : r.accuracy !== undefined ? `${(100 * r.accuracy).toFixed(1)} %` : `${fixed(r.bits_per_byte?.['≥1K'] ?? null, 4)}${r.context > 4096 ? ` [${fixed(r.bits_per_byte?.['≥4K'] ?? null, 4)}]` : ''} (${fixed(r.bits_per_byte?.all ?? null, 4)})`);
   return {
     columns: [{ title: 'policy' }, { title: 'mode' }, { title: 'β target', right: true }, ...contexts.map((c) => ({ title: String(c), right: true })), { title: 'β achieved', right: true }, { title: 'hot kB', right: true }, { title: 'master kB', right: true }, { title: 'β met', right: true }],
     rows: keys.map((k) => {
@@ -359,7 +368,7 @@ function resultTable(task: SuiteTask, rows: SuiteResultRow[], contexts: number[]
 function compareTable(cmp: SuiteComparison[]): Table {
   const pct = (x: number) => (cmp[0].metric === 'accuracy' ? `${x >= 0 ? '+' : ''}${(100 * x).toFixed(1)}` : `${x >= 0 ? '+' : ''}${x.toFixed(4)}`);
   return {
-    columns: [{ title: 'comparison' }, { title: 'context', right: true }, { title: 'mode' }, { title: 'β', right: true }, { title: 'n', right: true }, { title: 'diff', right: true }, { title: '95 % CI', right: true }, { title: 'p', right: true }],
-    rows: cmp.map((c) => [c.compare, String(c.context), c.mode, fixed(c.target_beta, 2), String(c.n), pct(c.diff), `[${pct(c.ci95[0])}, ${pct(c.ci95[1])}]`, c.p_value < 1e-4 ? c.p_value.toExponential(1) : c.p_value.toFixed(4)]),
+    columns: [{ title: 'comparison' }, { title: 'context', right: true }, { title: 'scored' }, { title: 'mode' }, { title: 'β', right: true }, { title: 'n', right: true }, { title: 'diff', right: true }, { title: '95 % CI', right: true }, { title: 'p', right: true }],
+    rows: cmp.map((c) => [c.compare, String(c.context), c.metric.replace('bits_per_byte ', 'bits/byte '), c.mode, fixed(c.target_beta, 2), String(c.n), pct(c.diff), `[${pct(c.ci95[0])}, ${pct(c.ci95[1])}]`, c.p_value < 1e-4 ? c.p_value.toExponential(1) : c.p_value.toFixed(4)]),
   };
 }

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { mcnemarExact, pairedAccuracy, pairedBootstrap } from '../../cli/eval-stats.js';
+import { comparedBands } from '../../cli/eval-suite.js';
 
 describe('McNemar exact test', () => {
   it('matches binomial tails computed by hand', () => {
@@ -55,5 +56,14 @@ describe('paired comparisons', () => {
     const a = [1, 2, 3, 4, 5.5], b = [1, 1, 2, 5, 3];
     assert.deepEqual(pairedBootstrap(a, b), pairedBootstrap(a, b));
     assert.throws(() => pairedBootstrap([1, 2], [1]), /paired/);
+  });
+});
+
+describe('perplexity bands the suite compares', () => {
+  it('compares ≥1K from 2K contexts and adds ≥4K only where the context has positions past 4K', () => {
+    assert.deepEqual(comparedBands(1024), ['all']);
+    assert.deepEqual(comparedBands(2048), ['≥1K']);
+    assert.deepEqual(comparedBands(4096), ['≥1K']);
+    assert.deepEqual(comparedBands(8192), ['≥1K', '≥4K']);
   });
 });
