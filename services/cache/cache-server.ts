@@ -216,11 +216,13 @@ export function cacheHandlers(
       // Checked before anything is exported: a bad region or arena fails the call.
       const arena = req.regionId ? regions.arena(owner, req.regionId, Number(req.arenaOffset), Number(req.arenaBytes)) : null;
       // Someone else's sequence answers NOT_FOUND in its place, like a freed one.
-      const owned = ids.filter((s) => core.ownerOf(s) === owner && validOwner(owner));
+      // Decided once, before the export: one freed meanwhile gets the engine's NOT_FOUND.
+      const isMine = ids.map((s) => core.ownerOf(s) === owner && validOwner(owner));
+      const owned = ids.filter((_, i) => isMine[i]);
       const { results: reports, exportUs } = owned.length ? await core.exportImportanceBatch(owned, limits.batchTokens) : { results: [], exportUs: 0 };
       let k = 0;
       const results = ids.map((seq, i) => {
-        const r = core.ownerOf(seq) === owner && validOwner(owner) ? reports[k++] : new RpcError(grpc.status.NOT_FOUND, `sequence_ids[${i}]: no sequence ${seq} of this caller (smartkv-owner)`);
+        const r = isMine[i] ? reports[k++] : new RpcError(grpc.status.NOT_FOUND, `sequence_ids[${i}]: no sequence ${seq} of this caller (smartkv-owner)`);
         if (r instanceof Error) return batchError(seq, r, log);
         const at = arena?.place(r.importance, r.sqError);
         return {

@@ -153,6 +153,8 @@ export class RegionTable {
     let at = offset;
     return {
       place: (importance, sqError) => {
+        // Torn down while the export ran: its mapping is gone, the results go as bytes.
+        if (this.regions.get(r.id) !== r) return null;
         const i = at, e = align64(i + importance.byteLength), next = align64(e + sqError.byteLength);
         if (e + sqError.byteLength > end) return null;
         r.f32.set(importance, i / 4);
