@@ -60,6 +60,10 @@ export interface E2eRow {
   engine_p50_us: number; // the cache engine's time within an attend (what the shard reports)
   transport_p50_us: number; // p50 of (attend − engine) per layer: what crossing processes costs
   steps: number;
+  realloc_steps: number; // measured steps after which reallocations ran (all due ones batched per shard)
+  realloc_calls_per_step: number; // Export, Allocate and Apply calls per such step (3 per shard at most)
+  realloc_step_p50_us: number; // p50 wall time of a step's reallocations
+  realloc_transport_p50_us: number; // p50 of their round trips minus the services' compute
 }
 
 function percentile(xs: number[], p: number): number {
@@ -72,9 +76,12 @@ async function measure(orch: Orchestrator, system: E2eRow['system'], dataPlane: 
   const engine: number[] = [];
   const transport: number[] = [];
   const steps: number[] = [];
+  const realloc: { us: number; transportUs: number; calls: number }[] = [];
   let decodeStart = 0, decodeEnd = 0, decodeTokens = 0;
   orch.scheduler.onStep = (s) => {
     if (s.rows !== batch || s.batch !== batch) return; // prefill steps and ramp-up excluded
+    const r = s.realloc;
+    if (r.sequences > 0) realloc.push({ us: r.us, transportUs: r.transportUs, calls: r.exportCalls + r.allocateCalls + r.applyCalls });
     const now = performance.now();
     if (decodeStart === 0) decodeStart = now - s.stepUs / 1000;
     decodeEnd = now;
@@ -124,6 +131,10 @@ async function measure(orch: Orchestrator, system: E2eRow['system'], dataPlane: 
     engine_p50_us: percentile(engine, 0.5),
     transport_p50_us: percentile(transport, 0.5),
     steps: steps.length,
+    realloc_steps: realloc.length,
+    realloc_calls_per_step: realloc.length ? realloc.reduce((a, r) => a + r.calls, 0) / realloc.length : 0,
+    realloc_step_p50_us: percentile(realloc.map((r) => r.us), 0.5),
+    realloc_transport_p50_us: percentile(realloc.map((r) => r.transportUs), 0.5),
   };
 }
 
@@ -178,12 +189,13 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
   if (opts.json) for (const r of [...rows, ...transport, ...tracingRows]) io.out(JSON.stringify(r));
   else {
     io.out(`SmartKV end to end: reference model, decode ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
-    io.out('system     data plane  batch   tokens/s   step p50 µs   attend p50 µs   attend p99 µs   engine p50 µs   transport p50 µs   β achieved   met   Allocate/realloc   realloc µs');
+    io.out('system     data plane  batch   tokens/s   step p50 µs   attend p50 µs   attend p99 µs   engine p50 µs   transport p50 µs   β achieved   met   Allocate/realloc   realloc µs   realloc calls/step   realloc step p50 µs   realloc transport p50 µs');
     for (const r of rows)
       io.out(
         `${r.system.padEnd(10)} ${r.data_plane.padEnd(10)} ${String(r.batch).padStart(6)} ${r.tokens_per_s.toFixed(1).padStart(10)} ${r.step_p50_us.toFixed(0).padStart(13)} ${r.attend_p50_us.toFixed(0).padStart(15)} ${r.attend_p99_us.toFixed(0).padStart(15)} ` +
           `${r.engine_p50_us.toFixed(0).padStart(15)} ${r.transport_p50_us.toFixed(0).padStart(18)} ` +
-          `${r.achieved_beta.toFixed(3).padStart(12)} ${String(r.budget_met).padStart(5)} ${(r.reallocations ? r.allocate_calls / r.reallocations : 0).toFixed(2).padStart(18)} ${String(r.realloc_us_mean).padStart(12)}`,
+          `${r.achieved_beta.toFixed(3).padStart(12)} ${String(r.budget_met).padStart(5)} ${(r.reallocations ? r.allocate_calls / r.reallocations : 0).toFixed(2).padStart(18)} ${String(r.realloc_us_mean).padStart(12)} ` +
+          `${r.realloc_calls_per_step.toFixed(1).padStart(20)} ${r.realloc_step_p50_us.toFixed(0).padStart(21)} ${r.realloc_transport_p50_us.toFixed(0).padStart(26)}`,
       );
     for (const b of batches) {
       const l = rows.find((r) => r.system === 'in-process' && r.batch === b)!;

@@ -110,6 +110,9 @@ export const stranger: Scenario = {
           ['attend', (seq) => s.attend(0, [{ seq, rows: 1, q: row(4), kNew: row(2), vNew: row(2) }])],
           ['exportImportance', (seq) => s.exportImportance(seq)],
           ['applyPlan', (seq) => s.applyPlan(seq, [{ layer: -1, positions: new Uint32Array([0]), formats: new Uint8Array([3]) }])],
+          // Batches answer per sequence: a stranger's result in its place must be an error too.
+          ['exportImportanceBatch', (seq) => s.exportImportanceBatch([seq]).then((r) => (r.results[0] instanceof Error ? Promise.reject(r.results[0]) : r))],
+          ['applyPlanBatch', (seq) => s.applyPlanBatch([{ seq, plans: [{ layer: -1, positions: new Uint32Array([0]), formats: new Uint8Array([3]) }] }]).then((r) => (r[0] instanceof Error ? Promise.reject(r[0]) : r))],
           ['stats', (seq) => s.stats(seq, 3000)],
           ['freeSequence', (seq) => s.freeSequence(seq)],
         ];

@@ -3,7 +3,15 @@
 import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 
-import { AllocateResponseSchema, type AllocateRequest, type AllocateResponse } from '../../gen/smartkv/v1/allocator_pb.js';
+import {
+  AllocateBatchResponseSchema,
+  AllocateResponseSchema,
+  type AllocateBatchRequest,
+  type AllocateBatchResponse,
+  type AllocateRequest,
+  type AllocateResponse,
+} from '../../gen/smartkv/v1/allocator_pb.js';
+import { MAX_BATCH_SEQUENCES } from '../common/limits.js';
 import { CachePolicy } from '../../gen/smartkv/v1/common_pb.js';
 import { f32, invalidArgument, RpcError, toServiceError } from '../common/rpc.js';
 import { policyFromPb } from '../common/policy.js';
@@ -70,42 +78,68 @@ function exactResponse(p: ExactPlan, us: number): AllocateResponse {
   });
 }
 
+/** One request's plan, as Allocate answers it; throws what Allocate would fail with. */
+function allocateOne(req: AllocateRequest): AllocateResponse {
+  const policy = policyFromPb(req.policy);
+  if (!policy || !isPlanPolicy(policy))
+    throw invalidArgument(`policy: ${CachePolicy[req.policy] ?? req.policy} is not a precision plan (fp16 and KIVI are storage kinds)`);
+  const input = allocationInput(req);
+  if (req.layout) {
+    const lay = planLayout(req.layout, input.importance.length, req.currentFormats);
+    const t0 = performance.now();
+    const p = planExactly(policy, input, lay, req.currentFormats);
+    const us = Math.round((performance.now() - t0) * 1000);
+    if (!p.fits && !req.bestEffort)
+      throw new RpcError(
+        grpc.status.FAILED_PRECONDITION,
+        `layout.target_beta: β ${lay.targetBeta} cannot be met at ${lay.tokens} tokens (best β ${p.achievedBeta.toFixed(3)}); it binds from ${p.bindsFrom || 'no length below 65536'} tokens`,
+      );
+    instruments().allocateDuration.record(us, { policy });
+    trace.getActiveSpan()?.setAttributes({ 'smartkv.policy': policy, 'smartkv.tokens': lay.tokens, 'smartkv.allocate_us': us, 'smartkv.fits': p.fits, 'smartkv.policy_runs': p.policyRuns, 'smartkv.achieved_beta': p.achievedBeta });
+    return exactResponse(p, us);
+  }
+  const t0 = performance.now();
+  const plan = allocate(policy, input);
+  const us = Math.round((performance.now() - t0) * 1000);
+  if (!plan.fits && !req.bestEffort)
+    throw new RpcError(
+      grpc.status.FAILED_PRECONDITION,
+      `budget: ${req.budgetBytes} bytes cannot hold ${countUnprotected(input)} unprotected tokens even at 2 bits (${plan.usedBytes} bytes)`,
+    );
+  const histogram = [0, 0, 0, 0];
+  for (const f of plan.formats) histogram[f]++;
+  instruments().allocateDuration.record(us, { policy });
+  trace.getActiveSpan()?.setAttributes({ 'smartkv.policy': policy, 'smartkv.tokens': input.importance.length, 'smartkv.allocate_us': us, 'smartkv.fits': plan.fits });
+  return create(AllocateResponseSchema, { formats: plan.formats, usedBytes: plan.usedBytes, allocateUs: BigInt(us), histogram, fits: plan.fits });
+}
+
 export function allocatorHandlers(): grpc.UntypedServiceImplementation {
   return {
     allocate: (call: grpc.ServerUnaryCall<AllocateRequest, AllocateResponse>, cb: grpc.sendUnaryData<AllocateResponse>) => {
       try {
-        const req = call.request;
-        const policy = policyFromPb(req.policy);
-        if (!policy || !isPlanPolicy(policy))
-          throw invalidArgument(`policy: ${CachePolicy[req.policy] ?? req.policy} is not a precision plan (fp16 and KIVI are storage kinds)`);
-        const input = allocationInput(req);
-        if (req.layout) {
-          const lay = planLayout(req.layout, input.importance.length, req.currentFormats);
-          const t0 = performance.now();
-          const p = planExactly(policy, input, lay, req.currentFormats);
-          const us = Math.round((performance.now() - t0) * 1000);
-          if (!p.fits && !req.bestEffort)
-            throw new RpcError(
-              grpc.status.FAILED_PRECONDITION,
-              `layout.target_beta: β ${lay.targetBeta} cannot be met at ${lay.tokens} tokens (best β ${p.achievedBeta.toFixed(3)}); it binds from ${p.bindsFrom || 'no length below 65536'} tokens`,
-            );
-          instruments().allocateDuration.record(us, { policy });
-          trace.getActiveSpan()?.setAttributes({ 'smartkv.policy': policy, 'smartkv.tokens': lay.tokens, 'smartkv.allocate_us': us, 'smartkv.fits': p.fits, 'smartkv.policy_runs': p.policyRuns, 'smartkv.achieved_beta': p.achievedBeta });
-          return cb(null, exactResponse(p, us));
-        }
-        const t0 = performance.now();
-        const plan = allocate(policy, input);
-        const us = Math.round((performance.now() - t0) * 1000);
-        if (!plan.fits && !req.bestEffort)
-          throw new RpcError(
-            grpc.status.FAILED_PRECONDITION,
-            `budget: ${req.budgetBytes} bytes cannot hold ${countUnprotected(input)} unprotected tokens even at 2 bits (${plan.usedBytes} bytes)`,
-          );
-        const histogram = [0, 0, 0, 0];
-        for (const f of plan.formats) histogram[f]++;
-        instruments().allocateDuration.record(us, { policy });
-        trace.getActiveSpan()?.setAttributes({ 'smartkv.policy': policy, 'smartkv.tokens': input.importance.length, 'smartkv.allocate_us': us, 'smartkv.fits': plan.fits });
-        cb(null, create(AllocateResponseSchema, { formats: plan.formats, usedBytes: plan.usedBytes, allocateUs: BigInt(us), histogram, fits: plan.fits }));
+        cb(null, allocateOne(call.request));
+      } catch (err) {
+        cb(toServiceError(err));
+      }
+    },
+    // Each request planned as Allocate plans it alone (no state is shared
+    // between them), so a plan never depends on which others shared its batch.
+    allocateBatch: (call: grpc.ServerUnaryCall<AllocateBatchRequest, AllocateBatchResponse>, cb: grpc.sendUnaryData<AllocateBatchResponse>) => {
+      try {
+        const reqs = call.request.requests;
+        if (reqs.length === 0) throw invalidArgument('requests: the batch is empty');
+        if (reqs.length > MAX_BATCH_SEQUENCES)
+          throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `requests: ${reqs.length} in one batch, more than the ${MAX_BATCH_SEQUENCES} allowed; split it`);
+        const results = reqs.map((req, i) => {
+          try {
+            return { errorCode: 0, errorMessage: '', plan: allocateOne(req) };
+          } catch (err) {
+            const e = toServiceError(err);
+            return { errorCode: e.code ?? grpc.status.INTERNAL, errorMessage: `requests[${i}].${e.details ?? ''}` };
+          }
+        });
+        trace.getActiveSpan()?.setAttribute('smartkv.batch_size', reqs.length);
+        cb(null, create(AllocateBatchResponseSchema, { results }));
       } catch (err) {
         cb(toServiceError(err));
       }

@@ -33,6 +33,22 @@ export interface LayerPlan {
   formats: Uint8Array; // [n] u8 format codes
 }
 
+/** One sequence's whole plan, as a batch carries it (ApplyPlanBatch). */
+export interface SequencePlan {
+  seq: number;
+  plans: readonly LayerPlan[]; // as applyPlan takes them
+}
+
+/** One sequence's part of a batched call: its result, or the error it alone
+ * met (NOT_FOUND: freed or unknown), which fails none of the others. */
+export type BatchResult<T> = T | Error;
+
+/** What an exportImportanceBatch answers. */
+export interface ImportanceBatch {
+  results: BatchResult<ImportanceReport>[]; // in the order asked
+  exportUs: number; // the shard's time exporting them all (the rest of the call is transport)
+}
+
 export interface Bytes {
   payloadBytes: number;
   paramBytes: number;
@@ -89,6 +105,12 @@ export interface CacheShard {
   /** A whole reallocation in one call: every plan is checked before the first
    * move; layer -1 gives every layer the same plan. */
   applyPlan(seq: number, plans: readonly LayerPlan[]): Promise<PlanApplied>;
+  /** exportImportance of several sequences in one call (a step's due
+   * reallocations), results in their order. Throws for the whole batch only
+   * when it is malformed (empty, a sequence named twice, too large). */
+  exportImportanceBatch(seqs: readonly number[]): Promise<ImportanceBatch>;
+  /** applyPlan for several sequences in one call, each applied or refused on its own. */
+  applyPlanBatch(plans: readonly SequencePlan[]): Promise<BatchResult<PlanApplied>[]>;
   /** seq undefined: the whole shard. */
   stats(seq?: number): Promise<ShardStats>;
   /** Sequences, reservations and the memory limit: kept as they change, O(1)

@@ -10,7 +10,8 @@ import { KvEngine, KvEngineError, type KvEngineConfig, type KvStats, type Precis
 import { FORMATS } from '../../native/formats.js';
 import { checkInt } from '../../native/validate.js';
 import type { ShardReservations } from './cache-api.js';
-import type { Bytes, CacheShard, CreatedSequence, ImportanceReport, LayerPlan, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from './cache-api.js';
+import type { BatchResult, Bytes, ImportanceBatch, CacheShard, CreatedSequence, ImportanceReport, LayerPlan, PlanApplied, SequencePlan, ShardAttendItem, ShardAttendResult, ShardStats } from './cache-api.js';
+import { MAX_BATCH_SEQUENCES } from '../common/limits.js';
 import { EMPTY_BYTES } from './cache-api.js';
 
 interface Held {
@@ -172,6 +173,38 @@ export class CacheCore implements CacheShard {
     return { tokensChanged, bytesMoved, applyUs, bytes: toBytes(await this.engine.stats(seq)) };
   }
 
+  /** Each sequence's report, or the error it alone met. batchTokens: the most
+   * tokens per layer the batch may hold in all (a response's size), checked
+   * before anything is exported. */
+  async exportImportanceBatch(seqs: readonly number[], batchTokens = Infinity): Promise<ImportanceBatch> {
+    checkBatch('sequence_ids', seqs);
+    const t0 = performance.now();
+    const lengths = seqs.map((s) => {
+      try {
+        return this.tokensPerLayer(s);
+      } catch (e) {
+        return e as Error;
+      }
+    });
+    const total = lengths.reduce<number>((a, n) => a + (typeof n === 'number' ? n : 0), 0);
+    if (total > batchTokens)
+      throw new KvEngineError('RESOURCE_EXHAUSTED', `sequence_ids: the batch holds ${total} tokens per layer in all, more than the ${batchTokens} one response carries (the model's context); split it`);
+    const out: BatchResult<ImportanceReport>[] = [];
+    for (const [i, s] of seqs.entries()) {
+      const n = lengths[i];
+      out.push(n instanceof Error ? n : await this.exportImportance(s).catch((e: Error) => e));
+    }
+    return { results: out, exportUs: Math.round((performance.now() - t0) * 1000) };
+  }
+
+  /** Each plan applied as applyPlan would apply it alone, or the error it alone met. */
+  async applyPlanBatch(plans: readonly SequencePlan[]): Promise<BatchResult<PlanApplied>[]> {
+    checkBatch('plans', plans.map((p) => p.seq));
+    const out: BatchResult<PlanApplied>[] = [];
+    for (const p of plans) out.push(await this.applyPlan(p.seq, p.plans).catch((e: Error) => e));
+    return out;
+  }
+
   /** In-process: the one owner is ''. */
   async reservations(): Promise<ShardReservations> {
     return this.reservationsOf('');
@@ -217,6 +250,19 @@ export class CacheCore implements CacheShard {
     this.reserved = 0;
     await this.engine.close();
   }
+}
+
+/** A batch names 1 to MAX_BATCH_SEQUENCES sequences, each once. */
+export function checkBatch(field: string, seqs: readonly number[]): void {
+  if (seqs.length === 0) throw new KvEngineError('INVALID_ARGUMENT', `${field}: the batch is empty`);
+  if (seqs.length > MAX_BATCH_SEQUENCES)
+    throw new KvEngineError('RESOURCE_EXHAUSTED', `${field}: ${seqs.length} sequences in one batch, more than the ${MAX_BATCH_SEQUENCES} allowed; split it`);
+  const seen = new Map<number, number>();
+  seqs.forEach((s, i) => {
+    const j = seen.get(s);
+    if (j !== undefined) throw new KvEngineError('INVALID_ARGUMENT', `${field}[${i}]: sequence ${s} is already ${field}[${j}]; name each sequence once per batch`);
+    seen.set(s, i);
+  });
 }
 
 export function toBytes(s: KvStats): Bytes {

@@ -7,16 +7,22 @@ import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 
 import {
+  ApplyPlanBatchResponseSchema,
   ApplyPlanResponseSchema,
   CreateSequenceResponseSchema,
+  ExportImportanceBatchResponseSchema,
   ExportImportanceResponseSchema,
   FreeSequenceResponseSchema,
   RegisterRegionResponseSchema,
   StatsResponseSchema,
   UnregisterRegionResponseSchema,
+  type ApplyPlanBatchRequest,
   type ApplyPlanRequest,
+  type ApplyPlanResponse,
   type CreateSequenceRequest,
+  type ExportImportanceBatchRequest,
   type ExportImportanceRequest,
+  type ExportImportanceResponse,
   type FreeSequenceRequest,
   type RegisterRegionRequest,
   type StatsRequest,
@@ -25,11 +31,11 @@ import {
 import { bytesOf, invalidArgument, MalformedMessage, malformedStatus, RpcError, statusOf, toServiceError, u32 } from '../common/rpc.js';
 import type { CacheLimits } from '../common/limits.js';
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from './attend-codec.js';
-import type { LayerPlan, ShardAttendItem } from './cache-api.js';
+import type { ImportanceReport, LayerPlan, PlanApplied, SequencePlan, ShardAttendItem } from './cache-api.js';
 import { PrecisionMode } from '../../gen/smartkv/v1/common_pb.js';
 import { modeFromPb, modeToPb } from '../common/policy.js';
 import { childOf, contextFrom, instruments } from '../telemetry/spans.js';
-import type { CacheCore } from './cache-core.js';
+import { checkBatch, type CacheCore } from './cache-core.js';
 import { bytesToPb, OWNER_HEADER, storageFromPb } from './cache-proto.js';
 import { MIN_OWNER_CHARS, ownerTag, validOwner, type OwnerLeases } from './owners.js';
 import { RegionTable } from './region-table.js';
@@ -201,31 +207,59 @@ export function cacheHandlers(
       return create(UnregisterRegionResponseSchema, {});
     }),
     exportImportance: unary(async (req: ExportImportanceRequest, call) => {
-      const r = await core.exportImportance(mine(req.sequenceId, touched(call)));
-      return create(ExportImportanceResponseSchema, {
-        tokens: r.tokens,
-        layers: r.layers,
-        importance: bytesOf(r.importance),
-        formats: r.formats,
-        sqError: bytesOf(r.sqError),
-        bytes: bytesToPb(r.bytes),
+      return importanceToPb(await core.exportImportance(mine(req.sequenceId, touched(call))));
+    }),
+    exportImportanceBatch: unary(async (req: ExportImportanceBatchRequest, call) => {
+      const owner = touched(call);
+      const ids = req.sequenceIds;
+      checkBatch('sequence_ids', ids);
+      // Checked before anything is exported: a bad region or arena fails the call.
+      const arena = req.regionId ? regions.arena(owner, req.regionId, Number(req.arenaOffset), Number(req.arenaBytes)) : null;
+      // Someone else's sequence answers NOT_FOUND in its place, like a freed one.
+      // Decided once, before the export: one freed meanwhile gets the engine's NOT_FOUND.
+      const isMine = ids.map((s) => core.ownerOf(s) === owner && validOwner(owner));
+      const owned = ids.filter((_, i) => isMine[i]);
+      const { results: reports, exportUs } = owned.length ? await core.exportImportanceBatch(owned, limits.batchTokens) : { results: [], exportUs: 0 };
+      let k = 0;
+      const results = ids.map((seq, i) => {
+        const r = isMine[i] ? reports[k++] : new RpcError(grpc.status.NOT_FOUND, `sequence_ids[${i}]: no sequence ${seq} of this caller (smartkv-owner)`);
+        if (r instanceof Error) return batchError(seq, r, log);
+        const at = arena?.place(r.importance, r.sqError);
+        return {
+          sequenceId: seq, errorCode: 0, errorMessage: '',
+          report: importanceToPb(r, at !== undefined && at !== null),
+          importanceOffset: BigInt(at?.importance ?? 0), sqErrorOffset: BigInt(at?.sqError ?? 0),
+        };
       });
+      return create(ExportImportanceBatchResponseSchema, { results, exportUs: BigInt(exportUs) });
     }),
     applyPlan: unary(async (req, call) => {
       const r = req as ApplyPlanRequest;
       const seq = mine(r.sequenceId, touched(call));
-      const plans = [];
-      // The single plan (layer, positions, formats) first, then layer_plans.
-      if (r.positions.byteLength > 0 || r.formats.byteLength > 0 || r.layerPlans.length === 0)
-        plans.push(layerPlan('', r.layer, r.positions, r.formats));
-      r.layerPlans.forEach((p, k) => plans.push(layerPlan(`layer_plans[${k}].`, p.layer, p.positions, p.formats)));
-      const a = await core.applyPlan(seq, plans);
-      return create(ApplyPlanResponseSchema, {
-        tokensChanged: BigInt(a.tokensChanged),
-        bytesMoved: BigInt(a.bytesMoved),
-        applyUs: BigInt(a.applyUs),
-        bytes: bytesToPb(a.bytes),
+      return appliedToPb(await core.applyPlan(seq, wirePlans(r, '')));
+    }),
+    applyPlanBatch: unary(async (req: ApplyPlanBatchRequest, call) => {
+      const owner = touched(call);
+      checkBatch('plans', req.plans.map((p) => p.sequenceId));
+      // Each plan on its own, as applyPlan would take it: a malformed plan or a
+      // freed sequence answers in its place and the other plans still apply.
+      const parsed = req.plans.map((p, k): SequencePlan | Error => {
+        try {
+          return { seq: mine(p.sequenceId, owner, `plans[${k}].sequence_id`), plans: wirePlans(p, `plans[${k}].`) };
+        } catch (e) {
+          return e as Error;
+        }
       });
+      const ok = parsed.filter((p): p is SequencePlan => !(p instanceof Error));
+      const applied = ok.length ? await core.applyPlanBatch(ok) : [];
+      let k = 0;
+      const results = parsed.map((p, i) => {
+        const a = p instanceof Error ? p : applied[k++];
+        const seq = req.plans[i].sequenceId;
+        if (a instanceof Error) return batchError(seq, a, log);
+        return { sequenceId: seq, errorCode: 0, errorMessage: '', applied: appliedToPb(a) };
+      });
+      return create(ApplyPlanBatchResponseSchema, { results });
     }),
     // The whole service's totals are anyone's; one sequence's only its owner's.
     // With the header it is the owner's heartbeat.
@@ -265,6 +299,44 @@ export function cacheHandlers(
       });
     }),
   };
+}
+
+/** A request's plans: the single plan (layer, positions, formats) first, then layer_plans. */
+function wirePlans(r: ApplyPlanRequest, prefix: string): LayerPlan[] {
+  const plans: LayerPlan[] = [];
+  if (r.positions.byteLength > 0 || r.formats.byteLength > 0 || r.layerPlans.length === 0)
+    plans.push(layerPlan(prefix, r.layer, r.positions, r.formats));
+  r.layerPlans.forEach((p, k) => plans.push(layerPlan(`${prefix}layer_plans[${k}].`, p.layer, p.positions, p.formats)));
+  return plans;
+}
+
+/** inRegion: the float arrays went into the caller's region; the report leaves them empty. */
+function importanceToPb(r: ImportanceReport, inRegion = false): ExportImportanceResponse {
+  const none = new Uint8Array(0);
+  return create(ExportImportanceResponseSchema, {
+    tokens: r.tokens,
+    layers: r.layers,
+    importance: inRegion ? none : bytesOf(r.importance),
+    formats: r.formats,
+    sqError: inRegion ? none : bytesOf(r.sqError),
+    bytes: bytesToPb(r.bytes),
+  });
+}
+
+function appliedToPb(a: PlanApplied): ApplyPlanResponse {
+  return create(ApplyPlanResponseSchema, {
+    tokensChanged: BigInt(a.tokensChanged),
+    bytesMoved: BigInt(a.bytesMoved),
+    applyUs: BigInt(a.applyUs),
+    bytes: bytesToPb(a.bytes),
+  });
+}
+
+/** A batch item's error, answered in its place (the others go on). */
+function batchError(seq: number, e: Error, log: CacheLog): { sequenceId: number; errorCode: number; errorMessage: string } {
+  const code = statusOf(e);
+  if (code === grpc.status.INTERNAL) log(`internal error: ${e.stack ?? e}`);
+  return { sequenceId: seq, errorCode: code, errorMessage: e.message };
 }
 
 /** One layer's plan from the wire; INVALID_ARGUMENT names the field. */

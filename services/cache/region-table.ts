@@ -39,6 +39,14 @@ export const MAX_REGIONS_PER_OWNER = 4;
 /** Answers one attend whose tensors are in a region (cache-server.ts). */
 export type RegionAttend = (req: AttendRequestWire, owner: string) => Promise<{ engineUs: number }>;
 
+/** Writes one result's importance and sq_error into a checked part of a region. */
+export interface ImportanceArena {
+  /** Their byte offsets in the region, or null when they do not fit (they go as bytes). */
+  place(importance: Float32Array, sqError: Float32Array): { importance: number; sqError: number } | null;
+}
+
+const align64 = (n: number) => Math.ceil(n / 64) * 64;
+
 export class RegionTable {
   private readonly regions = new Map<number, Region>();
   private nextId = 1;
@@ -129,6 +137,32 @@ export class RegionTable {
         out: view('out', it.outOffset, qHeads),
       };
     });
+  }
+
+  /**
+   * Where an ExportImportanceBatch may write its float arrays: [offset,
+   * offset + bytes) of the caller's region, checked against the registered
+   * size before anything is written. Results go in one after another while
+   * they fit; place() answers null for one that does not (it goes as bytes).
+   */
+  arena(owner: string, id: number, offset: number, bytes: number): ImportanceArena {
+    const r = this.get(owner, id);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(bytes) || offset % 4 !== 0 || offset < CONTROL_BYTES || bytes < 0 || offset + bytes > r.bytes)
+      throw invalidArgument(`arena_offset ${offset} + arena_bytes ${bytes} is outside region ${r.id}'s arena [${CONTROL_BYTES}, ${r.bytes}) or not a multiple of 4`);
+    const end = offset + bytes;
+    let at = offset;
+    return {
+      place: (importance, sqError) => {
+        // Torn down while the export ran: its mapping is gone, the results go as bytes.
+        if (this.regions.get(r.id) !== r) return null;
+        const i = at, e = align64(i + importance.byteLength), next = align64(e + sqError.byteLength);
+        if (e + sqError.byteLength > end) return null;
+        r.f32.set(importance, i / 4);
+        r.f32.set(sqError, e / 4);
+        at = Math.min(next, end);
+        return { importance: i, sqError: e };
+      },
+    };
   }
 
   /** The futex doorbell rang request n: answer it (one at a time; the newest wins). */

@@ -24,6 +24,7 @@ export interface MessageLimits {
 
 export interface CacheLimits extends MessageLimits {
   attendRows: number; // query rows in one AttendRequest, over all its items
+  batchTokens: number; // tokens per layer one ExportImportanceBatch may export in all (one context: what a response is sized for)
   sequencesPerOwner: number; // live sequences one owner token may hold
 }
 
@@ -32,6 +33,14 @@ export interface PublicLimits extends MessageLimits {
 }
 
 const KIB = 1024;
+
+/** The most sequences one batched reallocation call (ExportImportanceBatch,
+ * AllocateBatch, ApplyPlanBatch) may name: far above any step's batch
+ * (--max-batch), low enough that one call's per-item framing stays within
+ * the margin below. A batch's tensors are bounded separately: its tokens in
+ * all by one context (CacheLimits.batchTokens), so that one whole-context
+ * sequence and a batch of short ones need the same message size. */
+export const MAX_BATCH_SEQUENCES = 256;
 const withMargin = (need: number) => Math.ceil(need * 1.25) + 64 * KIB;
 
 // Per-item framing of an attend item (tags, varints of id, rows and three
@@ -65,6 +74,7 @@ function perSequence(s: ModelShape, perTokenLayer: number): number {
 export function cacheLimits(s: ModelShape, attendRows: number, sequencesPerOwner = 1024): CacheLimits {
   return {
     attendRows,
+    batchTokens: s.maxPositions,
     sequencesPerOwner,
     receiveBytes: withMargin(Math.max(attendRequestBytes(s, attendRows), perSequence(s, PLAN_PER_TOKEN_LAYER))),
     sendBytes: withMargin(Math.max(attendResponseBytes(s, attendRows), perSequence(s, EXPORT_PER_TOKEN_LAYER))),

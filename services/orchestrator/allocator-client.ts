@@ -1,37 +1,103 @@
 // The orchestrator's view of the allocator: in this process (LocalAllocator)
-// or the allocator service over gRPC (GrpcAllocator). One call per
-// reallocation: the cache's layout goes with the request, and the plan that
-// comes back meets β in the engine's exact bytes, or says it cannot.
+// or the allocator service over gRPC (GrpcAllocator). One call per shard per
+// step (planBatch: every reallocation due on that shard), or one per
+// reallocation (plan): the cache's layout goes with each problem, and each
+// plan that comes back meets β in the engine's exact bytes, or says it cannot.
 import type * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 
-import { AllocateRequestSchema, AllocatorService, PlanLayoutSchema, type AllocateResponse } from '../../gen/smartkv/v1/allocator_pb.js';
+import {
+  AllocateBatchRequestSchema,
+  AllocateRequestSchema,
+  AllocatorService,
+  PlanLayoutSchema,
+  type AllocateBatchResponse,
+  type AllocateResponse,
+} from '../../gen/smartkv/v1/allocator_pb.js';
+import type { BatchResult } from '../cache/cache-api.js';
 import { planExactly, type ExactPlan } from '../allocator/exact-plan.js';
 import type { PlanLayout } from '../allocator/plan-cost.js';
 import type { AllocationInput, PlanPolicy } from '../allocator/policies.js';
 import { policyToPb } from '../common/policy.js';
-import { bytesOf, callUnary, makeClient } from '../common/rpc.js';
+import { bytesOf, callUnary, makeClient, RpcError } from '../common/rpc.js';
 
 export interface AllocatorResult extends ExactPlan {
   allocateUs: number; // time in the allocator
+}
+
+/** One allocation problem of a batch: what plan() takes. */
+export interface PlanProblem {
+  policy: PlanPolicy;
+  input: AllocationInput;
+  layout: PlanLayout;
+  current: Uint8Array; // [slots] current format codes
 }
 
 export interface Allocator {
   /** Never fails for an unmeetable budget: returns the best-effort plan with fits = false.
    * input.budgetBytes and input.tokenBytes are ignored: the layout decides. */
   plan(policy: PlanPolicy, input: AllocationInput, layout: PlanLayout, current: Uint8Array): Promise<AllocatorResult>;
+  /** Several problems in one call (AllocateBatch), each planned exactly as
+   * plan() plans it alone; a problem that fails gets its Error in its place. */
+  planBatch(problems: readonly PlanProblem[]): Promise<BatchResult<AllocatorResult>[]>;
   close(): void;
 }
 
 export class LocalAllocator implements Allocator {
-  calls = 0;
+  calls = 0; // plan and planBatch calls: what would have been RPCs
   async plan(policy: PlanPolicy, input: AllocationInput, layout: PlanLayout, current: Uint8Array): Promise<AllocatorResult> {
     this.calls++;
-    const t0 = performance.now();
-    const p = planExactly(policy, input, layout, current);
-    return { ...p, allocateUs: Math.round((performance.now() - t0) * 1000) };
+    return planTimed({ policy, input, layout, current });
+  }
+  async planBatch(problems: readonly PlanProblem[]): Promise<BatchResult<AllocatorResult>[]> {
+    this.calls++;
+    return problems.map((p) => {
+      try {
+        return planTimed(p);
+      } catch (e) {
+        return e as Error;
+      }
+    });
   }
   close(): void {}
+}
+
+function planTimed(p: PlanProblem): AllocatorResult {
+  const t0 = performance.now();
+  const plan = planExactly(p.policy, p.input, p.layout, p.current);
+  return { ...plan, allocateUs: Math.round((performance.now() - t0) * 1000) };
+}
+
+/** The AllocateRequest of one problem: best effort, priced by its layout. */
+function allocateRequest({ policy, input, layout, current }: PlanProblem) {
+  return create(AllocateRequestSchema, {
+    policy: policyToPb(policy),
+    importance: bytesOf(input.importance),
+    sqError: bytesOf(input.sqError),
+    upperBounds: input.upperBounds ?? new Uint8Array(0),
+    tokenBytes: [...input.tokenBytes],
+    budgetBytes: 0,
+    sinks: input.sinks,
+    window: input.window,
+    seed: BigInt(input.seed >>> 0),
+    bestEffort: true,
+    layout: create(PlanLayoutSchema, { ...layout, blockBytes: [...layout.blockBytes] }),
+    currentFormats: current,
+  });
+}
+
+function resultFromPb(r: AllocateResponse): AllocatorResult {
+  return {
+    formats: r.formats,
+    usedBytes: r.usedBytes,
+    fits: r.fits,
+    hotBytes: r.hotBytes,
+    achievedBeta: r.achievedBeta,
+    bindsFrom: r.bindsFromTokens,
+    unchanged: r.unchanged,
+    policyRuns: r.policyRuns,
+    allocateUs: Number(r.allocateUs),
+  };
 }
 
 export class GrpcAllocator implements Allocator {
@@ -42,32 +108,14 @@ export class GrpcAllocator implements Allocator {
   }
 
   async plan(policy: PlanPolicy, input: AllocationInput, layout: PlanLayout, current: Uint8Array): Promise<AllocatorResult> {
-    const req = create(AllocateRequestSchema, {
-      policy: policyToPb(policy),
-      importance: bytesOf(input.importance),
-      sqError: bytesOf(input.sqError),
-      upperBounds: input.upperBounds ?? new Uint8Array(0),
-      tokenBytes: [...input.tokenBytes],
-      budgetBytes: 0,
-      sinks: input.sinks,
-      window: input.window,
-      seed: BigInt(input.seed >>> 0),
-      bestEffort: true,
-      layout: create(PlanLayoutSchema, { ...layout, blockBytes: [...layout.blockBytes] }),
-      currentFormats: current,
-    });
-    const r = await callUnary<AllocateResponse>(this.client, 'allocate', req, { deadlineMs: 30_000 });
-    return {
-      formats: r.formats,
-      usedBytes: r.usedBytes,
-      fits: r.fits,
-      hotBytes: r.hotBytes,
-      achievedBeta: r.achievedBeta,
-      bindsFrom: r.bindsFromTokens,
-      unchanged: r.unchanged,
-      policyRuns: r.policyRuns,
-      allocateUs: Number(r.allocateUs),
-    };
+    const r = await callUnary<AllocateResponse>(this.client, 'allocate', allocateRequest({ policy, input, layout, current }), { deadlineMs: 30_000 });
+    return resultFromPb(r);
+  }
+
+  async planBatch(problems: readonly PlanProblem[]): Promise<BatchResult<AllocatorResult>[]> {
+    const req = create(AllocateBatchRequestSchema, { requests: problems.map(allocateRequest) });
+    const r = await callUnary<AllocateBatchResponse>(this.client, 'allocateBatch', req, { deadlineMs: 30_000 });
+    return r.results.map((x) => (x.errorCode ? new RpcError(x.errorCode, `allocator ${this.address}: ${x.errorMessage}`) : resultFromPb(x.plan!)));
   }
 
   close(): void {

@@ -13,16 +13,20 @@ import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 
 import {
+  ApplyPlanBatchRequestSchema,
   ApplyPlanRequestSchema,
   CacheService,
   CreateSequenceRequestSchema,
+  ExportImportanceBatchRequestSchema,
   ExportImportanceRequestSchema,
   FreeSequenceRequestSchema,
   RegisterRegionRequestSchema,
   StatsRequestSchema,
   UnregisterRegionRequestSchema,
+  type ApplyPlanBatchResponse,
   type ApplyPlanResponse,
   type CreateSequenceResponse,
+  type ExportImportanceBatchResponse,
   type ExportImportanceResponse,
   type RegisterRegionResponse,
   type StatsResponse,
@@ -30,7 +34,8 @@ import {
 import type { PrecisionMode, StorageKind } from '../../native/kv-engine.js';
 import { modeFromPb, modeToPb } from '../common/policy.js';
 import type { ShardReservations } from '../cache/cache-api.js';
-import type { CacheShard, CreatedSequence, ImportanceReport, LayerPlan, PlanApplied, ShardAttendItem, ShardAttendResult, ShardStats } from '../cache/cache-api.js';
+import type { BatchResult, CacheShard, ImportanceBatch, CreatedSequence, ImportanceReport, LayerPlan, PlanApplied, SequencePlan, ShardAttendItem, ShardAttendResult, ShardStats } from '../cache/cache-api.js';
+import { CONTROL_BYTES } from '../cache/data-plane-layout.js';
 import { ATTEND_CODECS, bytesFromPb, OWNER_HEADER, storageToPb } from '../cache/cache-proto.js';
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from '../cache/attend-codec.js';
 import { bytesOf, callUnary, f32, makeClient, RpcError } from '../common/rpc.js';
@@ -52,6 +57,33 @@ const REGION_RETRY_MS = 30_000;
 interface Pending {
   resolve: (r: AttendResponse) => void;
   reject: (e: Error) => void;
+}
+
+function importanceFromPb(r: ExportImportanceResponse, importance?: Float32Array | null, sqError?: Float32Array | null): ImportanceReport {
+  return {
+    tokens: r.tokens,
+    layers: r.layers,
+    importance: importance ?? f32(r.importance),
+    formats: r.formats,
+    sqError: sqError ?? f32(r.sqError),
+    bytes: bytesFromPb(r.bytes),
+  };
+}
+
+function appliedFromPb(r: ApplyPlanResponse): PlanApplied {
+  return { tokensChanged: Number(r.tokensChanged), bytesMoved: Number(r.bytesMoved), applyUs: Number(r.applyUs), bytes: bytesFromPb(r.bytes) };
+}
+
+/** A shared plan rides in the top-level fields; per-layer plans in layer_plans. */
+function applyPlanRequest(seq: number, plans: readonly LayerPlan[]) {
+  const one = plans.length === 1 ? plans[0] : null;
+  return create(ApplyPlanRequestSchema, {
+    sequenceId: seq,
+    layer: one ? one.layer : 0,
+    positions: one ? bytesOf(one.positions) : new Uint8Array(0),
+    formats: one ? one.formats : new Uint8Array(0),
+    layerPlans: one ? [] : plans.map((p) => ({ layer: p.layer, positions: bytesOf(p.positions), formats: p.formats })),
+  });
 }
 
 export class GrpcCacheShard implements CacheShard {
@@ -300,21 +332,56 @@ export class GrpcCacheShard implements CacheShard {
 
   async exportImportance(seq: number): Promise<ImportanceReport> {
     const r = await this.unary<ExportImportanceResponse>('exportImportance', create(ExportImportanceRequestSchema, { sequenceId: seq }));
-    return { tokens: r.tokens, layers: r.layers, importance: f32(r.importance), formats: r.formats, sqError: f32(r.sqError), bytes: bytesFromPb(r.bytes) };
+    return importanceFromPb(r);
   }
 
   async applyPlan(seq: number, plans: readonly LayerPlan[]): Promise<PlanApplied> {
-    // A shared plan rides in the top-level fields; per-layer plans in layer_plans.
-    const one = plans.length === 1 ? plans[0] : null;
-    const req = create(ApplyPlanRequestSchema, {
-      sequenceId: seq,
-      layer: one ? one.layer : 0,
-      positions: one ? bytesOf(one.positions) : new Uint8Array(0),
-      formats: one ? one.formats : new Uint8Array(0),
-      layerPlans: one ? [] : plans.map((p) => ({ layer: p.layer, positions: bytesOf(p.positions), formats: p.formats })),
-    });
-    const r = await this.unary<ApplyPlanResponse>('applyPlan', req);
-    return { tokensChanged: Number(r.tokensChanged), bytesMoved: Number(r.bytesMoved), applyUs: Number(r.applyUs), bytes: bytesFromPb(r.bytes) };
+    return appliedFromPb(await this.unary<ApplyPlanResponse>('applyPlan', applyPlanRequest(seq, plans)));
+  }
+
+  /**
+   * One ExportImportanceBatch. With a region, the float arrays come back
+   * through it (written by the service at offsets it checked, read here
+   * while no attend may use the arena); results that did not fit, and all of
+   * them without a region, come as bytes.
+   */
+  async exportImportanceBatch(seqs: readonly number[]): Promise<ImportanceBatch> {
+    const region = this.region;
+    if (region && !region.torn) {
+      const viaRegion = await region.exclusive(async () => {
+        if (region.torn) return null;
+        const arenaBytes = region.bytes - CONTROL_BYTES;
+        const req = create(ExportImportanceBatchRequestSchema, { sequenceIds: [...seqs], regionId: region.id, arenaOffset: BigInt(CONTROL_BYTES), arenaBytes: BigInt(arenaBytes) });
+        let res: ExportImportanceBatchResponse;
+        try {
+          res = await this.unary<ExportImportanceBatchResponse>('exportImportanceBatch', req);
+        } catch (e) {
+          // The service no longer knows the region (torn down there): bytes this time.
+          if ((e as RpcError).code === grpc.status.NOT_FOUND && /region/.test((e as Error).message)) return null;
+          throw e;
+        }
+        // Torn down meanwhile (a hung shard): nothing in it can be trusted; bytes this time.
+        if (region.torn) return null;
+        // Copied out before the region is released: the next attend overwrites the arena.
+        const results = res.results.map((r) => (r.errorCode ? this.batchError(r) : importanceFromPb(r.report!, region.copyF32(r.importanceOffset, r.report!), region.copyF32(r.sqErrorOffset, r.report!, 3))));
+        return { results, exportUs: Number(res.exportUs) };
+      });
+      if (viaRegion) return viaRegion;
+    }
+    const res = await this.unary<ExportImportanceBatchResponse>('exportImportanceBatch', create(ExportImportanceBatchRequestSchema, { sequenceIds: [...seqs] }));
+    return { results: res.results.map((r) => (r.errorCode ? this.batchError(r) : importanceFromPb(r.report!))), exportUs: Number(res.exportUs) };
+  }
+
+  /** One ApplyPlanBatch; each plan's outcome, or the error it alone met. */
+  async applyPlanBatch(plans: readonly SequencePlan[]): Promise<BatchResult<PlanApplied>[]> {
+    const req = create(ApplyPlanBatchRequestSchema, { plans: plans.map((p) => applyPlanRequest(p.seq, p.plans)) });
+    const res = await this.unary<ApplyPlanBatchResponse>('applyPlanBatch', req);
+    return res.results.map((r) => (r.errorCode ? this.batchError(r) : appliedFromPb(r.applied!)));
+  }
+
+  /** A batch item's error, named after this shard like the others. */
+  private batchError(r: { sequenceId: number; errorCode: number; errorMessage: string }): RpcError {
+    return new RpcError(r.errorCode, `cache shard ${this.address}: sequence ${r.sequenceId}: ${r.errorMessage}`);
   }
 
   async reservations(deadlineMs?: number): Promise<ShardReservations> {

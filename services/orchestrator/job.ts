@@ -20,8 +20,8 @@ export interface JobSink {
 
 export interface CacheReport {
   reallocations: number;
-  allocateCalls: number; // Allocate calls (one per reallocation)
-  applyCalls: number; // ApplyPlan calls (at most one per reallocation)
+  allocateCalls: number; // Allocate requests (one per reallocation, each in its shard's AllocateBatch of the step)
+  applyCalls: number; // plans applied (at most one per reallocation, each in its shard's ApplyPlanBatch)
   allocateUs: number;
   applyUs: number;
   tokensChanged: number;

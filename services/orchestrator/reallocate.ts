@@ -1,5 +1,10 @@
-// One reallocation for one sequence: importance (and the bytes held) from
-// the cache → one plan from the allocator → one ApplyPlan for all layers.
+// Reallocation: importance (and the bytes held) from the cache → a plan from
+// the allocator → one ApplyPlan for all layers. reallocateBatch does it for
+// every sequence due on one shard in a step with one call of each kind
+// (ExportImportanceBatch, AllocateBatch, ApplyPlanBatch); reallocate does it
+// for one sequence with the single-sequence calls. Both build each plan from
+// the same importance and the same allocator inputs, so a plan never depends
+// on which sequences shared its batch.
 //
 // What a plan costs is the allocator's business (services/allocator/
 // plan-cost.ts): this sends it the engine's layout — block size and bytes,
@@ -9,9 +14,9 @@
 // or is the best effort with fits = false.
 import type { AllocationInput, PlanPolicy } from '../allocator/policies.js';
 import type { PlanLayout } from '../allocator/plan-cost.js';
-import type { Bytes, CacheShard, ImportanceReport, LayerPlan } from '../cache/cache-api.js';
+import type { BatchResult, Bytes, CacheShard, ImportanceReport, LayerPlan, SequencePlan } from '../cache/cache-api.js';
 import { META_PAGE_TOKENS, TABLE_ENTRY_BYTES, TOKEN_META_BYTES } from '../../native/formats.js';
-import type { Allocator } from './allocator-client.js';
+import type { Allocator, AllocatorResult, PlanProblem } from './allocator-client.js';
 
 export interface SequenceLayout {
   layers: number;
@@ -151,15 +156,8 @@ function perLayerProblem(r: ImportanceReport, opt: ReallocOptions): Problem {
   };
 }
 
-export async function reallocate(
-  shard: CacheShard,
-  seq: number,
-  allocator: Allocator,
-  lay: SequenceLayout,
-  opt: ReallocOptions,
-  reversible: boolean, // the sequence keeps a master copy: plans may raise precision
-): Promise<ReallocOutcome> {
-  const report = await shard.exportImportance(seq);
+/** The allocator's problem for one sequence's report, and how its plan becomes changes. */
+function problemOf(report: ImportanceReport, lay: SequenceLayout, opt: ReallocOptions, reversible: boolean): { prob: Problem; problem: PlanProblem } {
   if (opt.normalised) normaliseImportance(report, opt.gamma);
   const prob = opt.perLayer ? perLayerProblem(report, opt) : sharedProblem(report, opt);
   const input: AllocationInput = {
@@ -172,15 +170,143 @@ export async function reallocate(
     window: prob.window,
     seed: opt.seed,
   };
-  const r = await allocator.plan(opt.policy, input, planLayout(lay, opt, report, prob), prob.current);
-  const out: ReallocOutcome = {
+  return { prob, problem: { policy: opt.policy, input, layout: planLayout(lay, opt, report, prob), current: prob.current } };
+}
+
+/** The outcome before the plan is applied (as it stays when nothing changes). */
+function planned(report: ImportanceReport, r: AllocatorResult): ReallocOutcome {
+  return {
     allocateUs: r.allocateUs, applyUs: 0, tokensChanged: 0, bytesMoved: 0, bytes: report.bytes, fits: r.fits,
     achievedBeta: r.achievedBeta, predictedHotBytes: r.hotBytes, bindsFrom: r.bindsFrom, allocateCalls: 1, applyCalls: 0, formats: r.formats,
   };
+}
+
+export async function reallocate(
+  shard: CacheShard,
+  seq: number,
+  allocator: Allocator,
+  lay: SequenceLayout,
+  opt: ReallocOptions,
+  reversible: boolean, // the sequence keeps a master copy: plans may raise precision
+): Promise<ReallocOutcome> {
+  const report = await shard.exportImportance(seq);
+  const { prob, problem } = problemOf(report, lay, opt, reversible);
+  const r = await allocator.plan(problem.policy, problem.input, problem.layout, problem.current);
+  const out = planned(report, r);
   const changes = prob.changes(r.formats);
   if (changes.length === 0) return out;
   const a = await shard.applyPlan(seq, changes);
   Object.assign(out, { applyUs: a.applyUs, tokensChanged: a.tokensChanged, bytesMoved: a.bytesMoved, bytes: a.bytes, applyCalls: 1 });
+  return out;
+}
+
+/** One sequence due for reallocation in a step. */
+export interface BatchEntry {
+  seq: number;
+  tokens: number; // tokens per layer it holds (to keep a call within one context's worth)
+  layout: SequenceLayout;
+  options: ReallocOptions;
+  reversible: boolean;
+}
+
+/** One stage of a batched reallocation: its calls, their round trips, and the
+ * part of those the services spent computing; the rest is transport. */
+export interface StageCost {
+  calls: number;
+  us: number; // round trips, summed over the calls
+  computeUs: number; // what the service reported spending (export, plans, applies)
+}
+
+/** What one shard's batched reallocation cost in a step. */
+export interface BatchCost {
+  sequences: number;
+  export: StageCost;
+  allocate: StageCost;
+  apply: StageCost;
+}
+
+const stage = (): StageCost => ({ calls: 0, us: 0, computeUs: 0 });
+
+/**
+ * Every entry's reallocation on one shard: one ExportImportanceBatch, one
+ * AllocateBatch and one ApplyPlanBatch (none when no plan changes anything).
+ * A batch holds at most batchTokens tokens per layer in all (the model's
+ * context: what one message is sized for); more go in further calls.
+ * Each entry gets its outcome or the error it alone met (a sequence freed
+ * meanwhile: NOT_FOUND); a call that fails as a whole fails its entries.
+ */
+export async function reallocateBatch(
+  shard: CacheShard,
+  allocator: Allocator,
+  entries: readonly BatchEntry[],
+  batchTokens = Infinity,
+): Promise<{ outcomes: BatchResult<ReallocOutcome>[]; cost: BatchCost }> {
+  const cost: BatchCost = { sequences: entries.length, export: stage(), allocate: stage(), apply: stage() };
+  const outcomes: BatchResult<ReallocOutcome>[] = [];
+  for (const group of chunks(entries, batchTokens)) {
+    try {
+      outcomes.push(...(await reallocateGroup(shard, allocator, group, cost)));
+    } catch (e) {
+      for (let i = 0; i < group.length; i++) outcomes.push(e as Error);
+    }
+  }
+  return { outcomes, cost };
+}
+
+/** Consecutive entries whose tokens add up to at most batchTokens (one alone may exceed it). */
+function chunks(entries: readonly BatchEntry[], batchTokens: number): BatchEntry[][] {
+  const out: BatchEntry[][] = [];
+  let cur: BatchEntry[] = [], sum = 0;
+  for (const e of entries) {
+    if (cur.length && sum + e.tokens > batchTokens) (out.push(cur), (cur = []), (sum = 0));
+    cur.push(e);
+    sum += e.tokens;
+  }
+  if (cur.length) out.push(cur);
+  return out;
+}
+
+async function timed<T>(s: StageCost, call: () => Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  try {
+    return await call();
+  } finally {
+    s.calls++;
+    s.us += Math.round((performance.now() - t0) * 1000);
+  }
+}
+
+async function reallocateGroup(shard: CacheShard, allocator: Allocator, group: readonly BatchEntry[], cost: BatchCost): Promise<BatchResult<ReallocOutcome>[]> {
+  const exported = await timed(cost.export, () => shard.exportImportanceBatch(group.map((e) => e.seq)));
+  cost.export.computeUs += exported.exportUs;
+  const out: BatchResult<ReallocOutcome>[] = [...exported.results] as BatchResult<ReallocOutcome>[];
+  // The allocator's problems of the sequences that exported.
+  const asked: { i: number; report: ImportanceReport; prob: Problem; problem: PlanProblem }[] = [];
+  exported.results.forEach((report, i) => {
+    if (report instanceof Error) return;
+    const e = group[i];
+    asked.push({ i, report, ...problemOf(report, e.layout, e.options, e.reversible) });
+  });
+  if (asked.length === 0) return out;
+  const plans = await timed(cost.allocate, () => allocator.planBatch(asked.map((a) => a.problem)));
+  // The plans that change something, applied in one call.
+  const applying: { i: number; plan: SequencePlan }[] = [];
+  asked.forEach((a, k) => {
+    const r = plans[k];
+    if (r instanceof Error) return void (out[a.i] = r);
+    cost.allocate.computeUs += r.allocateUs;
+    out[a.i] = planned(a.report, r);
+    const changes = a.prob.changes(r.formats);
+    if (changes.length) applying.push({ i: a.i, plan: { seq: group[a.i].seq, plans: changes } });
+  });
+  if (applying.length === 0) return out;
+  const applied = await timed(cost.apply, () => shard.applyPlanBatch(applying.map((x) => x.plan)));
+  applying.forEach(({ i }, k) => {
+    const a = applied[k];
+    if (a instanceof Error) return void (out[i] = a);
+    cost.apply.computeUs += a.applyUs;
+    Object.assign(out[i] as ReallocOutcome, { applyUs: a.applyUs, tokensChanged: a.tokensChanged, bytesMoved: a.bytesMoved, bytes: a.bytes, applyCalls: 1 });
+  });
   return out;
 }
 

@@ -154,6 +154,19 @@ export class RegionClient {
     });
   }
 
+  /**
+   * A copy of the f32 array an ExportImportanceBatch result left at `offset`
+   * ([layers][tokens][width]); null when it came in the message (offset 0).
+   * The offset is the service's: checked here as the service checks ours.
+   */
+  copyF32(offset: bigint, r: { layers: number; tokens: number }, width = 1): Float32Array | null {
+    if (offset === 0n) return null;
+    const off = Number(offset), len = r.layers * r.tokens * width * 4;
+    if (off % 4 !== 0 || off < CONTROL_BYTES || off + len > this.bytes)
+      throw new Error(`the cache service named region offset ${off} (+ ${len} bytes) outside the arena [${CONTROL_BYTES}, ${this.bytes})`);
+    return this.f32.slice(off / 4, (off + len) / 4);
+  }
+
   /** Tears the region down for both sides (a waiting ring() returns 'torn down'). */
   close(): void {
     this.torn = true;

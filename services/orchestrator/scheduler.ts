@@ -3,9 +3,11 @@
 // stays bounded while a long prompt is read) plus one token for each decoding
 // sequence — then samples, streams, and runs the reallocations that are due
 // (after each prefill chunk, and every R decode steps) before the next step,
-// so the budget holds while the cache grows.
+// so the budget holds while the cache grows. The reallocations due in a step
+// go to each shard together: one ExportImportanceBatch, one AllocateBatch and
+// one ApplyPlanBatch per shard per step (reallocate.ts), the shards at once.
 import * as grpc from '@grpc/grpc-js';
-import { SpanStatusCode, trace, type Context } from '@opentelemetry/api';
+import { SpanStatusCode, trace, type Context, type Span } from '@opentelemetry/api';
 
 import { isPlanPolicy } from '../allocator/policies.js';
 import type { CacheShard, ShardReservations } from '../cache/cache-api.js';
@@ -16,7 +18,7 @@ import type { Allocator } from './allocator-client.js';
 import { budgetReport, Job, type JobOutcome, type JobSink } from './job.js';
 import type { Model } from './model/model.js';
 import { argmax, sample, seededRng } from './model/sampler.js';
-import { minimumBeta, reallocate, type ReallocOutcome } from './reallocate.js';
+import { minimumBeta, reallocateBatch, type BatchCost, type BatchEntry, type ReallocOutcome } from './reallocate.js';
 import { reservationBytes } from '../allocator/plan-cost.js';
 import { META_PAGE_TOKENS, TABLE_ENTRY_BYTES, TOKEN_META_BYTES, tokenBytes as layoutTokenBytes } from '../../native/formats.js';
 import { logProb, runStep, type StepItem } from './runner.js';
@@ -56,8 +58,20 @@ interface Running {
 /** After a drain's grace time: how long the exit waits for the step loop to free what ended. */
 const FREE_AFTER_GRACE_MS = 500;
 
+/** The reallocations run after a step: per shard that had any due, one batch. */
+export interface StepRealloc {
+  sequences: number; // reallocations due in the step
+  shards: number; // shards they were on
+  exportCalls: number; // ExportImportanceBatch calls, all shards (one per shard unless a batch exceeds a context)
+  allocateCalls: number; // AllocateBatch calls
+  applyCalls: number; // ApplyPlanBatch calls (none on a shard where no plan changed anything)
+  us: number; // wall time of the step's reallocations (the shards run at once)
+  computeUs: number; // the services' time in them, all shards and calls
+  transportUs: number; // round trips minus computeUs, all shards and calls
+}
+
 export interface StepObserver {
-  (info: { batch: number; rows: number; stepUs: number; attendUs: number[]; engineUs: number[] }): void;
+  (info: { batch: number; rows: number; stepUs: number; attendUs: number[]; engineUs: number[]; realloc: StepRealloc }): void;
 }
 
 export class Scheduler {
@@ -324,7 +338,6 @@ export class Scheduler {
     const t0 = performance.now();
     const res = await runStep(this.o.model, items);
     const stepUs = Math.round((performance.now() - t0) * 1000);
-    this.onStep?.({ batch: items.length, rows: rowsInStep, stepUs, attendUs: res.attendUs, engineUs: res.engineUs });
     // Per layer: the round trip, the shard's engine time, and what is left, the transport.
     const transportUs = res.attendUs.map((a, l) => Math.max(0, a - res.engineUs[l]));
     for (const r of who) r.job.stepSpan?.setAttributes({ 'smartkv.step_us': stepUs, 'smartkv.attend_us': res.attendUs, 'smartkv.attend_engine_us': res.engineUs, 'smartkv.attend_transport_us': transportUs });
@@ -332,7 +345,7 @@ export class Scheduler {
     m.stepDuration.record(stepUs / 1000);
     m.batchSize.record(items.length);
 
-    const plans: Promise<void>[] = [];
+    const due: { job: Job; ahead: number }[] = [];
     who.forEach((r, i) => {
       const out = res.logits[i];
       const j = r.job;
@@ -353,9 +366,11 @@ export class Scheduler {
       let ahead = 0;
       if (wasPrefill) ahead = j.prefilling ? Math.min(this.o.defaults.prefillChunk, j.promptLength - j.fed) : j.spec.cache.reallocInterval;
       else if (++j.stepsSincePlan >= j.spec.cache.reallocInterval) ahead = j.spec.cache.reallocInterval;
-      if (ahead > 0 && !j.finish && isPlanPolicy(j.spec.cache.policy)) plans.push(this.reallocate(j, ahead));
+      if (ahead > 0 && !j.finish && isPlanPolicy(j.spec.cache.policy)) due.push({ job: j, ahead });
     });
-    await Promise.all(plans);
+    const realloc = await this.reallocateDue(due);
+    for (const r of who) r.job.stepSpan?.setAttributes({ 'smartkv.realloc_us': realloc.us, 'smartkv.realloc_compute_us': realloc.computeUs, 'smartkv.realloc_transport_us': realloc.transportUs });
+    this.onStep?.({ batch: items.length, rows: rowsInStep, stepUs, attendUs: res.attendUs, engineUs: res.engineUs, realloc });
     for (const r of who) {
       r.job.stepSpan?.end();
       r.job.stepSpan = null;
@@ -400,26 +415,52 @@ export class Scheduler {
     else if (j.cached + 1 > c.maxPositions) j.finish = 'context';
   }
 
-  private async reallocate(j: Job, ahead: number): Promise<void> {
-    const cache = j.spec.cache;
-    const policy = cache.policy;
-    if (!isPlanPolicy(policy)) return;
-    const span = childOf(j.stepSpan ? trace.setSpan(j.ctx, j.stepSpan) : j.ctx, 'reallocate', {
-      'smartkv.policy': cache.policy,
-      'smartkv.budget': cache.beta,
-      'smartkv.target_beta': cache.beta,
-      'smartkv.mode': cache.mode,
-      'smartkv.tokens': j.cached,
-    });
+  /** The step's due reallocations: one batch per shard, the shards at once. */
+  private async reallocateDue(due: readonly { job: Job; ahead: number }[]): Promise<StepRealloc> {
+    const byShard = new Map<CacheShard, { job: Job; ahead: number }[]>();
+    for (const d of due) {
+      const list = byShard.get(d.job.shard!);
+      if (list) list.push(d);
+      else byShard.set(d.job.shard!, [d]);
+    }
     const t0 = performance.now();
-    try {
-      const r = await withSpan(span, () => reallocate(
-        j.shard!,
-        j.seq,
-        this.o.allocator,
-        j.layout!,
-        {
-          policy,
+    const costs = await Promise.all([...byShard].map(([shard, list]) => this.reallocateOnShard(shard, list)));
+    const sum = (f: (c: BatchCost) => number) => costs.reduce((a, c) => a + f(c), 0);
+    const computeUs = sum((c) => c.export.computeUs + c.allocate.computeUs + c.apply.computeUs);
+    return {
+      sequences: due.length,
+      shards: byShard.size,
+      exportCalls: sum((c) => c.export.calls),
+      allocateCalls: sum((c) => c.allocate.calls),
+      applyCalls: sum((c) => c.apply.calls),
+      us: due.length ? Math.round((performance.now() - t0) * 1000) : 0,
+      computeUs,
+      transportUs: Math.max(0, sum((c) => c.export.us + c.allocate.us + c.apply.us) - computeUs),
+    };
+  }
+
+  /** One shard's batch; each job gets its own reallocate span and report, or its own error. */
+  private async reallocateOnShard(shard: CacheShard, due: readonly { job: Job; ahead: number }[]): Promise<BatchCost> {
+    const entries: BatchEntry[] = [];
+    const spans = due.map(({ job: j }) => {
+      const cache = j.spec.cache;
+      return childOf(j.stepSpan ? trace.setSpan(j.ctx, j.stepSpan) : j.ctx, 'reallocate', {
+        'smartkv.policy': cache.policy,
+        'smartkv.budget': cache.beta,
+        'smartkv.target_beta': cache.beta,
+        'smartkv.mode': cache.mode,
+        'smartkv.tokens': j.cached,
+        'smartkv.realloc_batch_size': due.length,
+      });
+    });
+    for (const { job: j, ahead } of due) {
+      const cache = j.spec.cache;
+      entries.push({
+        seq: j.seq,
+        tokens: j.cached,
+        layout: j.layout!,
+        options: {
+          policy: cache.policy as BatchEntry['options']['policy'],
           beta: cache.beta,
           sinks: cache.sinks,
           window: cache.window,
@@ -429,37 +470,60 @@ export class Scheduler {
           normalised: cache.normalised,
           perLayer: cache.perLayer,
         },
-        cache.mode === 'reversible',
-      ));
-      j.stepsSincePlan = 0;
-      const rep = j.report;
-      rep.reallocations++;
-      rep.allocateCalls += r.allocateCalls;
-      rep.applyCalls += r.applyCalls;
-      rep.allocateUs += r.allocateUs;
-      rep.applyUs += r.applyUs;
-      rep.tokensChanged += r.tokensChanged;
-      rep.bytesMoved += r.bytesMoved;
-      rep.bindsFrom = r.bindsFrom;
-      const beta = r.bytes.fp16Bytes > 0 ? r.bytes.heldBytes / r.bytes.fp16Bytes : 0;
-      if (r.tokensChanged > 0) rep.maxBeta = Math.max(rep.maxBeta, beta);
-      const budgeted = policy === 'smartkv' || policy === 'random' || policy === 'tiered';
-      if (budgeted && !r.fits) {
-        rep.budgetMissed++;
-        if (r.bindsFrom > 0 && j.cached >= r.bindsFrom) rep.budgetMissedBinding++;
-      }
-      const ms = performance.now() - t0;
-      const m = instruments();
-      m.reallocationDuration.record(ms);
-      m.achievedBeta.record(beta);
-      span.setAttributes(reallocAttributes(r, beta, !budgeted || r.fits));
-    } catch (e) {
-      span.recordException(e as Error);
-      span.setStatus({ code: SpanStatusCode.ERROR, message: (e as Error).message });
-      j.cancel(e as Error);
-    } finally {
-      span.end();
+        reversible: cache.mode === 'reversible',
+      });
     }
+    const t0 = performance.now();
+    // The batch's RPC spans hang under the first job's reallocate span (one
+    // call serves them all; the others carry the batch's cost as attributes).
+    const { outcomes, cost } = await withSpan(spans[0], () => reallocateBatch(shard, this.o.allocator, entries, this.o.model.config.maxPositions));
+    const ms = performance.now() - t0;
+    const compute = cost.export.computeUs + cost.allocate.computeUs + cost.apply.computeUs;
+    const batchAttrs = {
+      'smartkv.realloc_export_calls': cost.export.calls,
+      'smartkv.realloc_allocate_calls': cost.allocate.calls,
+      'smartkv.realloc_apply_calls': cost.apply.calls,
+      'smartkv.realloc_batch_us': Math.round(ms * 1000),
+      'smartkv.realloc_batch_compute_us': compute,
+      'smartkv.realloc_batch_transport_us': Math.max(0, cost.export.us + cost.allocate.us + cost.apply.us - compute),
+    };
+    due.forEach(({ job: j }, i) => {
+      const span = spans[i], r = outcomes[i];
+      span.setAttributes(batchAttrs);
+      if (r instanceof Error) {
+        span.recordException(r);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: r.message });
+        j.cancel(r);
+      } else this.recordRealloc(j, r, span, ms);
+      span.end();
+    });
+    return cost;
+  }
+
+  /** A reallocation's outcome into the job's report, the metrics and its span. */
+  private recordRealloc(j: Job, r: ReallocOutcome, span: Span, ms: number): void {
+    const policy = j.spec.cache.policy;
+    j.stepsSincePlan = 0;
+    const rep = j.report;
+    rep.reallocations++;
+    rep.allocateCalls += r.allocateCalls;
+    rep.applyCalls += r.applyCalls;
+    rep.allocateUs += r.allocateUs;
+    rep.applyUs += r.applyUs;
+    rep.tokensChanged += r.tokensChanged;
+    rep.bytesMoved += r.bytesMoved;
+    rep.bindsFrom = r.bindsFrom;
+    const beta = r.bytes.fp16Bytes > 0 ? r.bytes.heldBytes / r.bytes.fp16Bytes : 0;
+    if (r.tokensChanged > 0) rep.maxBeta = Math.max(rep.maxBeta, beta);
+    const budgeted = policy === 'smartkv' || policy === 'random' || policy === 'tiered';
+    if (budgeted && !r.fits) {
+      rep.budgetMissed++;
+      if (r.bindsFrom > 0 && j.cached >= r.bindsFrom) rep.budgetMissedBinding++;
+    }
+    const m = instruments();
+    m.reallocationDuration.record(ms);
+    m.achievedBeta.record(beta);
+    span.setAttributes(reallocAttributes(r, beta, !budgeted || r.fits));
   }
 
   // --- leaving -------------------------------------------------------------

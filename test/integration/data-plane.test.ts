@@ -5,7 +5,8 @@
 // and the shard keeps serving; a region the service cannot trust is refused
 // and the client carries bytes; a region torn down mid-stream fails its
 // request cleanly and the sequence's cache is freed; and greedy generation
-// through the split system with the data plane on equals in-process.
+// through the split system with the data plane on equals in-process, with
+// the step's reallocations batched (importance through the region).
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync, rmSync, openSync, closeSync } from 'node:fs';
@@ -22,6 +23,7 @@ import { GrpcCacheShard } from '../../services/orchestrator/cache-client.js';
 import { Orchestrator } from '../../services/orchestrator/orchestrator.js';
 import { defaultModelDir } from '../../services/orchestrator/model/paths.js';
 import { DEFAULTS, type GenerateJobSpec } from '../../services/orchestrator/settings.js';
+import type { StepRealloc } from '../../services/orchestrator/scheduler.js';
 import type { DataPlaneMode, RegionClient } from '../../services/orchestrator/region-client.js';
 import type { ShardAttendItem } from '../../services/cache/cache-api.js';
 import { cacheStats, codeOf, collectLogs, eventually } from '../helpers/services.js';
@@ -222,21 +224,33 @@ describe('the shared-memory data plane', () => {
     }
   });
 
-  test('greedy output of the split system with the data plane on equals in-process', async () => {
+  test('greedy output of the split system with the data plane on (or off) equals in-process; one reallocation call of each kind per step', async () => {
     const prompts = ['The old man said', 'Once upon a time', 'In the beginning the'];
     const run = async (orch: Orchestrator) => {
+      const steps: StepRealloc[] = [];
+      orch.scheduler.onStep = ({ realloc }) => void steps.push(realloc);
       const jobs = prompts.map((p, i) =>
         orch.scheduler.submit({ kind: 'generate', prompt: [256, ...Buffer.from(p)], maxTokens: 48, sampling: { temperature: 0, topK: 0, topP: 1, seed: i }, stop: [], cache: { ...DEFAULTS.cache, beta: 0.4 } }, {}).done,
       );
-      return (await Promise.all(jobs)).map((o) => o.generated);
+      const generated = (await Promise.all(jobs)).map((o) => o.generated);
+      orch.scheduler.onStep = null;
+      return { generated, steps };
     };
     const local = await Orchestrator.create({ modelDir: defaultModelDir(), defaults: DEFAULTS, local: { engine: { quant: 'symmetric', rotateKv: true, mode: DEFAULTS.cache.mode }, memoryLimitBytes: 0 }, log: () => undefined });
-    const want = await run(local);
+    const want = (await run(local)).generated;
     await local.close(1000);
-    for (const dataPlane of ['futex', 'grpc'] as const) {
+    for (const dataPlane of ['futex', 'grpc', 'off'] as const) {
       const split = await Orchestrator.create({ modelDir: defaultModelDir(), defaults: DEFAULTS, cacheAddresses: [cache.address], allocatorAddress: allocator.address, dataPlane, log: () => undefined });
       try {
-        assert.deepEqual(await run(split), want, `data plane ${dataPlane}`);
+        const { generated, steps } = await run(split);
+        assert.deepEqual(generated, want, `data plane ${dataPlane}`);
+        // The three requests' plans fall in the same steps: one batch each time, on the one shard.
+        const withPlans = steps.filter((s) => s.sequences > 0);
+        assert.ok(withPlans.some((s) => s.sequences === 3), `${dataPlane}: three reallocations in one step`);
+        for (const s of withPlans) {
+          assert.deepEqual([s.shards, s.exportCalls, s.allocateCalls], [1, 1, 1], `${dataPlane}: ${JSON.stringify(s)}`);
+          assert.ok(s.applyCalls <= 1);
+        }
       } finally {
         await split.close(1000);
       }

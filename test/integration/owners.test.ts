@@ -57,6 +57,9 @@ describe('sequences belong to their creator, under a lease', () => {
         ['attend (stream)', () => stranger.attend(0, [item(seq)])],
         ['exportImportance', () => stranger.exportImportance(seq)],
         ['applyPlan', () => stranger.applyPlan(seq, [{ layer: -1, positions: new Uint32Array([0]), formats: new Uint8Array([3]) }])],
+        // A batch answers each sequence in its place: the stranger's one is NOT_FOUND there.
+        ['exportImportanceBatch', () => stranger.exportImportanceBatch([seq]).then((r) => Promise.reject(r.results[0]))],
+        ['applyPlanBatch', () => stranger.applyPlanBatch([{ seq, plans: [{ layer: -1, positions: new Uint32Array([0]), formats: new Uint8Array([3]) }] }]).then((r) => Promise.reject(r[0]))],
         ['stats', () => stranger.stats(seq)],
         ['freeSequence', () => stranger.freeSequence(seq)],
       ];

@@ -84,16 +84,27 @@ describe('telemetry across the services', () => {
     assert.ok(reallocs.length >= 3, `${reallocs.length} reallocations`);
     for (const re of reallocs) assert.equal(parent(re)?.name, 'step');
     // The allocator's server spans hang under a reallocation (through the gRPC client span).
-    // Exactly one Allocate RPC per reallocation (the exact plan comes back in
-    // one call), and at most one ApplyPlan RPC for all layers.
-    const allocs = spans.filter((s) => s.service === 'smartkv-allocator' && s.name.endsWith('AllocatorService/Allocate'));
-    assert.equal(allocs.length, reallocs.length, `${allocs.length} Allocate calls for ${reallocs.length} reallocations`);
+    // The reallocations due in a step go to each shard as one batch (one
+    // request here, so one sequence a batch): exactly one ExportImportanceBatch
+    // and one AllocateBatch per reallocation, at most one ApplyPlanBatch.
+    const allocs = spans.filter((s) => s.service === 'smartkv-allocator' && s.name.endsWith('AllocatorService/AllocateBatch'));
+    assert.equal(allocs.length, reallocs.length, `${allocs.length} AllocateBatch calls for ${reallocs.length} reallocations`);
     for (const a of allocs) assert.equal(parent(parent(a)!)?.name, 'reallocate');
+    const under = (re: ReceivedSpan, method: string) => spans.filter((s) => s.service === 'smartkv-cache' && s.name.endsWith(`CacheService/${method}`) && parent(parent(s)!)?.spanId === re.spanId);
     for (const re of reallocs) {
-      const applies = spans.filter((s) => s.service === 'smartkv-cache' && s.name.endsWith('CacheService/ApplyPlan') && parent(parent(s)!)?.spanId === re.spanId);
-      assert.ok(applies.length <= 1, `${applies.length} ApplyPlan calls in one reallocation`);
+      const applies = under(re, 'ApplyPlanBatch');
+      assert.equal(under(re, 'ExportImportanceBatch').length, 1, 'one ExportImportanceBatch per batch');
+      assert.ok(applies.length <= 1, `${applies.length} ApplyPlanBatch calls in one reallocation`);
       assert.equal(re.attributes['smartkv.allocate_calls'], 1);
       assert.equal(Number(re.attributes['smartkv.apply_calls']), applies.length);
+      assert.equal(Number(re.attributes['smartkv.realloc_apply_calls']), applies.length);
+      // The batch's cost, split into the services' compute and the transport around it.
+      const wall = Number(re.attributes['smartkv.realloc_batch_us']), compute = Number(re.attributes['smartkv.realloc_batch_compute_us']);
+      const transport = Number(re.attributes['smartkv.realloc_batch_transport_us']);
+      assert.ok(compute > 0 && transport >= 0 && compute + transport <= wall * 1.05 + 50, `compute ${compute} + transport ${transport} within the batch's ${wall} µs`);
+      const step = parent(re)!;
+      assert.ok(Number(step.attributes['smartkv.realloc_us']) >= wall * 0.95 - 50, 'the step carries its reallocations\' wall time');
+      assert.ok('smartkv.realloc_transport_us' in step.attributes && 'smartkv.realloc_compute_us' in step.attributes);
     }
     // The generate span carries the bytes under the report names.
     for (const k of ['smartkv.target_beta', 'smartkv.achieved_beta', 'smartkv.hot_bytes', 'smartkv.master_bytes', 'smartkv.fp16_bytes', 'smartkv.mode', 'smartkv.budget_met'])
