@@ -13,7 +13,10 @@
 //   tasks-train.jsonl      long-context task samples (training/tasks.mjs): training
 //                          phrasings, seeds TASK_TRAIN_SEED_BASE + i, filler from the
 //                          training documents, 256..--tasks-max-bytes bytes
-//   tasks-dense.jsonl     short samples with many facts and questions (writeTaskDense)
+//   tasks-dense.jsonl     short samples with many facts and questions (writeTaskDense),
+//                          training phrasings (stages 6-8)
+//   tasks-dense-wide.jsonl the same idea with the wide training phrasings of
+//                          phrasings-wide.mjs and multi-turn samples (writeTaskDenseWide, stage 9)
 //   tasks-dev.jsonl        the same tasks with held-out phrasings, held-out documents and
 //                          DEV seeds (TASK_DEV_SEED_BASE + k), for training/evaluate.py;
 //                          the TEST seeds are left for the published evaluation
@@ -26,7 +29,7 @@ import {
 import { makeTaskSample, TASK_NAMES, TASK_TRAIN_SEED_BASE, TASK_DEV_SEED_BASE } from './tasks.mjs';
 
 function parseArgs(argv) {
-  const o = { out: 'training/out', passkeyTrain: 40000, evalPerCell: 25, tasksTrain: 48000, tasksMaxBytes: 8190, tasksDevPerCell: 8, tasksDense: 24000 };
+  const o = { out: 'training/out', passkeyTrain: 40000, evalPerCell: 25, tasksTrain: 48000, tasksMaxBytes: 8190, tasksDevPerCell: 8, tasksDense: 24000, tasksDenseWide: 32000 };
   for (let i = 2; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--out') o.out = argv[++i];
@@ -36,9 +39,10 @@ function parseArgs(argv) {
     else if (a === '--tasks-max-bytes') o.tasksMaxBytes = Number(argv[++i]);
     else if (a === '--tasks-dev-per-cell') o.tasksDevPerCell = Number(argv[++i]);
     else if (a === '--tasks-dense') o.tasksDense = Number(argv[++i]);
+    else if (a === '--tasks-dense-wide') o.tasksDenseWide = Number(argv[++i]);
     else if (a === '-h' || a === '--help') {
       console.log('usage: node training/prepare-data.mjs --out DIR [--passkey-train N] [--passkey-eval-per-cell N]\n' +
-        '       [--tasks-train N] [--tasks-max-bytes B] [--tasks-dev-per-cell N] [--tasks-dense N]');
+        '       [--tasks-train N] [--tasks-max-bytes B] [--tasks-dev-per-cell N] [--tasks-dense N] [--tasks-dense-wide N]');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
@@ -89,6 +93,39 @@ function writeTaskDense(file, count, documents) {
     else if (pickTask < 0.85) o = { task: 'multivalue' };
     else o = { task: 'vartrack', hops: 1 + Math.floor(r() * 3) };
     const s = makeTaskSample({ ...o, seed, totalBytes, phrasing: 'train', documents });
+    fs.writeSync(fd, JSON.stringify({ task: s.task, seed, text: s.text, spans: s.answerSpans }) + '\n');
+  }
+  fs.closeSync(fd);
+}
+
+/** Seeds of the wide dense samples: training range, after the dense ones. */
+export const TASK_DENSE_WIDE_SEED_OFFSET = 2_000_000;
+
+/**
+ * Dense samples with the wide training phrasings (phrasings-wide.mjs), so the
+ * model learns the retrieval skills rather than a few sentences. Lengths: 50 %
+ * 520..1020 bytes, 30 % 1030..2040, 20 % 2050..4090. Mix: multiquery with
+ * 4..8 keys, every key asked (30 %), passkey 12 %, multikey (4..6 keys) 15 %,
+ * multivalue 13 %, vartrack (1..3 hops) 20 %, multiturn (3 questions after
+ * filler) 10 %. Seeds TASK_TRAIN_SEED_BASE + TASK_DENSE_WIDE_SEED_OFFSET + i.
+ */
+function writeTaskDenseWide(file, count, documents) {
+  const fd = fs.openSync(file, 'w');
+  for (let i = 0; i < count; i++) {
+    const seed = TASK_TRAIN_SEED_BASE + TASK_DENSE_WIDE_SEED_OFFSET + i;
+    const r = mulberry32(seed ^ 0x68e31da4);
+    const band = r();
+    const [lo, hi] = band < 0.5 ? [520, 1020] : band < 0.8 ? [1030, 2040] : [2050, 4090];
+    const totalBytes = lo + Math.floor(r() * (hi - lo + 1));
+    const t = r();
+    let o;
+    if (t < 0.3) { const keys = 4 + Math.floor(r() * 5); o = { task: 'multiquery', keys, queries: keys }; }
+    else if (t < 0.42) o = { task: 'passkey' };
+    else if (t < 0.57) o = { task: 'multikey', keys: 4 + Math.floor(r() * 3) };
+    else if (t < 0.7) o = { task: 'multivalue' };
+    else if (t < 0.9) o = { task: 'vartrack', hops: 1 + Math.floor(r() * 3) };
+    else o = { task: 'multiturn' };
+    const s = makeTaskSample({ ...o, seed, totalBytes, phrasing: 'train-wide', documents });
     fs.writeSync(fd, JSON.stringify({ task: s.task, seed, text: s.text, spans: s.answerSpans }) + '\n');
   }
   fs.closeSync(fd);
@@ -157,9 +194,10 @@ function main() {
   fs.writeFileSync(path.join(args.out, 'passkey-template.json'), JSON.stringify(PASSKEY_TEMPLATE, null, 2) + '\n');
   writeTaskTrain(path.join(args.out, 'tasks-train.jsonl'), args.tasksTrain, args.tasksMaxBytes, train);
   writeTaskDense(path.join(args.out, 'tasks-dense.jsonl'), args.tasksDense, train);
+  writeTaskDenseWide(path.join(args.out, 'tasks-dense-wide.jsonl'), args.tasksDenseWide, train);
   const nDev = writeTaskDev(path.join(args.out, 'tasks-dev.jsonl'), args.tasksDevPerCell, heldout);
   console.log(JSON.stringify({ ...split, heldout: `${heldout.length} names`, passkey_train: pk.length, passkey_eval: evalLines.length,
-    tasks_train: args.tasksTrain, tasks_dense: args.tasksDense, tasks_dev: nDev }));
+    tasks_train: args.tasksTrain, tasks_dense: args.tasksDense, tasks_dense_wide: args.tasksDenseWide, tasks_dev: nDev }));
 }
 
 main();

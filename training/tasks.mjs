@@ -29,6 +29,7 @@
 // seeds (published tables, used once), disjoint from each other and training.
 
 import { mulberry32 } from './corpus.mjs';
+import { WIDE_PHRASINGS, WIDE_TRAIN_LABELS } from './phrasings-wide.mjs';
 
 export const TASK_NAMES = ['passkey', 'multikey', 'multivalue', 'multiquery', 'vartrack', 'multiturn'];
 export const TASK_TRAIN_SEED_BASE = 100_000_000;
@@ -293,6 +294,15 @@ const SPECS = {
   multiturn: (rng, ph, o) => multiqueryLike(rng, ph, { queries: 3, ...o }, 0.15),
 };
 
+/** The phrasing set by name: 'train' (stages 5–8), 'train-wide' (stage 9 on) or 'heldout' (evaluation only). */
+export function phrasingSet(name) {
+  if (name === 'train-wide') return WIDE_PHRASINGS;
+  if (name !== 'train' && name !== 'heldout') throw new Error(`unknown phrasing set ${name}; sets: train, train-wide, heldout`);
+  return Object.fromEntries(Object.entries(PHRASINGS).map(([k, v]) => [k, v[name]]));
+}
+
+export { EVAL_LABELS, TRAIN_LABELS };
+
 /**
  * One sample of `task` with exactly `totalBytes` UTF-8 bytes of text (BOS not
  * included), or a little more when the facts alone exceed it.
@@ -301,7 +311,8 @@ const SPECS = {
  * @param {string} o.task            one of TASK_NAMES
  * @param {number} o.seed            mulberry32 seed (declare which range: train/dev/test)
  * @param {number} o.totalBytes
- * @param {'train'|'heldout'} o.phrasing  which phrasing set to draw from
+ * @param {'train'|'train-wide'|'heldout'} o.phrasing  which phrasing set to draw from
+ *                                  ('train-wide': phrasings-wide.mjs, hundreds per task)
  * @param {Array<{name,text}>} o.documents filler documents (train or held-out)
  * @param {number} [o.depth]         depth of the asked fact (random if omitted)
  * @param {number} [o.keys] [o.queries] [o.values] [o.hops]  task sizes
@@ -311,9 +322,8 @@ export function makeTaskSample(o) {
   const spec = SPECS[o.task];
   if (!spec) throw new Error(`unknown task ${o.task}; tasks: ${TASK_NAMES.join(', ')}`);
   const rng = mulberry32(o.seed);
-  const heldout = o.phrasing === 'heldout';
-  const ph = Object.fromEntries(Object.entries(PHRASINGS).map(([k, v]) => [k, heldout ? v.heldout : v.train]));
-  const labels = o.labels ?? (heldout ? EVAL_LABELS : TRAIN_LABELS);
+  const ph = phrasingSet(o.phrasing);
+  const labels = o.labels ?? (o.phrasing === 'heldout' ? EVAL_LABELS : o.phrasing === 'train-wide' ? WIDE_TRAIN_LABELS : TRAIN_LABELS);
   const s = spec(rng, ph, { ...o, labels });
 
   const factBytes = s.facts.reduce((n, f) => n + byteLen(f.text) + 2, 0);
