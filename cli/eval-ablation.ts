@@ -12,6 +12,7 @@
 //               sinks       sinks ∈ {0, 16}             (default 4)
 //               importance  normalised                  (default accumulated)
 //               layers      per-layer                   (default shared)
+//               horizon     prompt: β binds from the end of the prefill (default now)
 //               random      policy random: smartkv's bit histogram on random tokens
 //             A variant changes one knob; everything else is the default row's.
 //   samples   the suite's (eval-tasks.ts), the same for every row; `longppl`
@@ -29,7 +30,7 @@ import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { create } from '@bufbuild/protobuf';
 
-import { CacheSettingsSchema, ImportanceMode, LayerMode } from '../gen/smartkv/v1/common_pb.js';
+import { BudgetHorizon, CacheSettingsSchema, ImportanceMode, LayerMode } from '../gen/smartkv/v1/common_pb.js';
 import { ScoreRequestSchema } from '../gen/smartkv/v1/generation_pb.js';
 import { parseOptions, UsageError, type OptionSpec } from '../services/common/args.js';
 import { isModeName, MODE_NAMES, modeToPb, policyToPb, type ModeName, type PolicyName } from '../services/common/policy.js';
@@ -43,7 +44,7 @@ import { pairedAccuracy, pairedBootstrap } from './eval-stats.js';
 import { aggregate, type SampleOutcome, type SuiteResultRow } from './eval-suite.js';
 import { buildSamples, PPL_BANDS, scoreOutcome, SUITE_TASKS, type SeedSet, type SuiteTask, type TaskSample } from './eval-tasks.js';
 
-export const ABLATION_NAMES = ['gamma', 'interval', 'window', 'sinks', 'importance', 'layers', 'random'] as const;
+export const ABLATION_NAMES = ['gamma', 'interval', 'window', 'sinks', 'importance', 'layers', 'horizon', 'random'] as const;
 export type AblationName = (typeof ABLATION_NAMES)[number];
 
 /** What one row sends: the policy and every knob (nothing is left to the server's defaults). */
@@ -55,6 +56,7 @@ export interface Knobs {
   sinks: number; // first tokens kept at 16 bits
   importance: 'accumulated' | 'normalised';
   layers: 'shared' | 'per-layer';
+  horizon: 'now' | 'prompt'; // when β binds during the prefill
 }
 
 export const DEFAULT_KNOBS: Knobs = {
@@ -65,6 +67,7 @@ export const DEFAULT_KNOBS: Knobs = {
   sinks: DEFAULTS.cache.sinks,
   importance: DEFAULTS.cache.normalised ? 'normalised' : 'accumulated',
   layers: DEFAULTS.cache.perLayer ? 'per-layer' : 'shared',
+  horizon: DEFAULTS.cache.horizon,
 };
 
 /** The issue's grid per ablation; values equal to the default are the default row itself. */
@@ -75,6 +78,7 @@ const GRID: Record<AblationName, (Partial<Knobs> & { label: string })[]> = {
   sinks: [0, 4, 16].map((sinks) => ({ sinks, label: `sinks=${sinks}` })),
   importance: [{ importance: 'accumulated', label: 'importance=accumulated' }, { importance: 'normalised', label: 'importance=normalised' }],
   layers: [{ layers: 'shared', label: 'layers=shared' }, { layers: 'per-layer', label: 'layers=per-layer' }],
+  horizon: [{ horizon: 'now', label: 'horizon=now' }, { horizon: 'prompt', label: 'horizon=prompt' }],
   random: [{ policy: 'random', label: 'policy=random' }],
 };
 
@@ -112,6 +116,7 @@ export function ablationSettings(k: Knobs, beta: number, mode: ModeName) {
     sinks: k.sinks,
     importance: k.importance === 'normalised' ? ImportanceMode.NORMALISED : ImportanceMode.ACCUMULATED,
     layers: k.layers === 'per-layer' ? LayerMode.PER_LAYER : LayerMode.SHARED,
+    horizon: k.horizon === 'prompt' ? BudgetHorizon.PROMPT : BudgetHorizon.NOW,
   });
 }
 

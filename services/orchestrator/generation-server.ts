@@ -29,7 +29,7 @@ import { publicLimits } from '../common/limits.js';
 import { budgetReport, type BudgetSummary, type Job, type JobOutcome } from './job.js';
 import type { Model } from './model/model.js';
 import type { Scheduler } from './scheduler.js';
-import { generateSpec, scoreSpec, type CacheChoice, type ServerDefaults } from './settings.js';
+import { generateSpec, horizonToPb, scoreSpec, type CacheChoice, type ServerDefaults } from './settings.js';
 import { ClientLimits } from './client-limits.js';
 
 export interface GenerationContext {
@@ -60,6 +60,7 @@ export function cacheToPb(c: CacheChoice): CacheSettings {
     importance: c.normalised ? ImportanceMode.NORMALISED : ImportanceMode.ACCUMULATED,
     layers: c.perLayer ? LayerMode.PER_LAYER : LayerMode.SHARED,
     mode: modeToPb(c.mode),
+    horizon: horizonToPb(c.horizon),
   });
 }
 

@@ -22,7 +22,7 @@ import { minimumBeta, reallocateBatch, type BatchCost, type BatchEntry, type Rea
 import { reservationBytes } from '../allocator/plan-cost.js';
 import { META_PAGE_TOKENS, TABLE_ENTRY_BYTES, TOKEN_META_BYTES, tokenBytes as layoutTokenBytes } from '../../native/formats.js';
 import { logProb, runStep, type StepItem } from './runner.js';
-import type { JobSpec, ServerDefaults } from './settings.js';
+import type { CacheChoice, JobSpec, ServerDefaults } from './settings.js';
 import type { ShardSet } from './shard-directory.js';
 import { StopText } from './stop-text.js';
 import { childOf, instruments, withSpan } from '../telemetry/spans.js';
@@ -455,13 +455,15 @@ export class Scheduler {
     });
     for (const { job: j, ahead } of due) {
       const cache = j.spec.cache;
+      const beta = planBeta(cache, j.prefilling, j.cached, ahead, j.promptLength);
+      if (beta !== cache.beta) spans[entries.length].setAttribute('smartkv.plan_beta', beta);
       entries.push({
         seq: j.seq,
         tokens: j.cached,
         layout: j.layout!,
         options: {
           policy: cache.policy as BatchEntry['options']['policy'],
-          beta: cache.beta,
+          beta,
           sinks: cache.sinks,
           window: cache.window,
           ahead,
@@ -640,4 +642,21 @@ function reallocAttributes(r: ReallocOutcome, beta: number, met: boolean): Recor
     'smartkv.bits4_tokens': r.bytes.tokensByFormat[2],
     'smartkv.bits2_tokens': r.bytes.tokensByFormat[3],
   };
+}
+
+/**
+ * The β a plan is made for. With the `prompt` horizon, a plan made between
+ * prefill chunks may hold β × the whole prompt's FP16 bytes, and the next
+ * chunk arrives at 16 bits on top of that, as the sequence's reservation
+ * allows (plan-cost.ts reservationBytes: β × its longest length plus the
+ * tokens ahead of a plan at FP16); the allocator prices the tokens held and
+ * those ahead against β × (held + ahead), hence the ratio below, at most 1.
+ * Every other plan, and every plan with the `now` horizon, meets β itself.
+ * Why: with `now`, a downgrade-only plan made while a long prompt is fed must
+ * leave room for the next chunk at 16 bits within β of what is held, which
+ * squeezes every token held to 2 bits, for good.
+ */
+export function planBeta(cache: CacheChoice, prefilling: boolean, cached: number, ahead: number, promptLength: number): number {
+  if (cache.horizon !== 'prompt' || !prefilling) return cache.beta;
+  return Math.min(1, Math.max(cache.beta, (cache.beta * promptLength + ahead) / (cached + ahead)));
 }

@@ -6,7 +6,7 @@ import type { GenerateRequest, ScoreRequest } from '../../gen/smartkv/v1/generat
 import { invalidArgument } from '../common/rpc-error.js';
 import { defaultPromptBytes } from '../common/limits.js';
 import { modeFromPb, policyFromPb, type ModeName, type PolicyName } from '../common/policy.js';
-import { CachePolicy, ImportanceMode, LayerMode, PrecisionMode } from '../../gen/smartkv/v1/common_pb.js';
+import { BudgetHorizon, CachePolicy, ImportanceMode, LayerMode, PrecisionMode } from '../../gen/smartkv/v1/common_pb.js';
 import type { ModelConfig } from './model/config.js';
 import type { TextTokenizer } from './model/tokenizer.js';
 
@@ -20,7 +20,13 @@ export interface CacheChoice {
   normalised: boolean; // importance read normalised (IMPORTANCE_MODE_NORMALISED)
   perLayer: boolean; // a bit-width per (token, layer) (LAYER_MODE_PER_LAYER)
   mode: ModeName; // downgrade-only (no master copy) or reversible (master copy in its own tier)
+  horizon: HorizonName; // when β binds during the prefill (BudgetHorizon)
 }
+
+/** BudgetHorizon by name: `now` (every plan meets β over what it holds) or `prompt` (β binds from the end of the prefill). */
+export type HorizonName = 'now' | 'prompt';
+export const HORIZON_NAMES: readonly HorizonName[] = ['now', 'prompt'];
+export const horizonToPb = (h: HorizonName) => (h === 'prompt' ? BudgetHorizon.PROMPT : BudgetHorizon.NOW);
 
 export interface ServerDefaults {
   cache: CacheChoice;
@@ -37,7 +43,7 @@ export interface ServerDefaults {
 }
 
 export const DEFAULTS: ServerDefaults = {
-  cache: { policy: 'smartkv', beta: 0.5, gamma: 0.9, reallocInterval: 16, sinks: 4, window: 64, normalised: false, perLayer: false, mode: 'downgrade-only' },
+  cache: { policy: 'smartkv', beta: 0.5, gamma: 0.9, reallocInterval: 16, sinks: 4, window: 64, normalised: false, perLayer: false, mode: 'downgrade-only', horizon: 'now' },
   prefillChunk: 128,
   maxBatch: 16,
   maxStopStrings: 8,
@@ -108,6 +114,10 @@ export function resolveCache(c: CacheSettings | undefined, d: ServerDefaults): C
     const m = modeFromPb(c.mode);
     if (!m) throw invalidArgument(`cache.mode: unknown precision mode ${c.mode}`);
     out.mode = m;
+  }
+  if (c.horizon !== BudgetHorizon.UNSPECIFIED) {
+    if (!BudgetHorizon[c.horizon]) throw invalidArgument(`cache.horizon: unknown budget horizon ${c.horizon}`);
+    out.horizon = c.horizon === BudgetHorizon.PROMPT ? 'prompt' : 'now';
   }
   if (c.window !== undefined) {
     if (c.window > 65536) throw invalidArgument(`cache.window must be ≤ 65536, got ${c.window}`);

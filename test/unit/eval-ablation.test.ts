@@ -31,6 +31,7 @@ describe('eval ablation rows', () => {
     assert.deepEqual(values('sinks'), [0, 16, 4]);
     assert.deepEqual(values('importance'), ['accumulated', 'normalised']);
     assert.deepEqual(values('layers'), ['per-layer', 'shared']);
+    assert.deepEqual(values('horizon'), ['now', 'prompt']);
     assert.deepEqual(values('policy'), ['random', 'smartkv']);
     assert.equal(new Set(rows.map((r) => r.variant)).size, rows.length, 'variant names are unique');
   });
@@ -39,13 +40,13 @@ describe('eval ablation rows', () => {
     for (const r of rows) {
       const c = resolveCache(ablationSettings(r.knobs, 0.33, 'reversible'), DEFAULTS);
       assert.deepEqual(
-        { policy: c.policy, gamma: c.gamma, interval: c.reallocInterval, window: c.window, sinks: c.sinks, normalised: c.normalised, perLayer: c.perLayer, mode: c.mode },
-        { policy: r.knobs.policy, gamma: r.knobs.gamma, interval: r.knobs.interval, window: r.knobs.window, sinks: r.knobs.sinks, normalised: r.knobs.importance === 'normalised', perLayer: r.knobs.layers === 'per-layer', mode: 'reversible' },
+        { policy: c.policy, gamma: c.gamma, interval: c.reallocInterval, window: c.window, sinks: c.sinks, normalised: c.normalised, perLayer: c.perLayer, mode: c.mode, horizon: c.horizon },
+        { policy: r.knobs.policy, gamma: r.knobs.gamma, interval: r.knobs.interval, window: r.knobs.window, sinks: r.knobs.sinks, normalised: r.knobs.importance === 'normalised', perLayer: r.knobs.layers === 'per-layer', mode: 'reversible', horizon: r.knobs.horizon },
         r.variant,
       );
       assert.equal(c.beta, r.knobs.policy === 'fp16' ? 1 : 0.33);
       // nothing is left to the server's defaults: a server started otherwise reads the same
-      const other = resolveCache(ablationSettings(r.knobs, 0.33, 'reversible'), { ...DEFAULTS, cache: { ...DEFAULTS.cache, gamma: 0.5, reallocInterval: 3, window: 7, sinks: 9, normalised: !DEFAULTS.cache.normalised, perLayer: !DEFAULTS.cache.perLayer } });
+      const other = resolveCache(ablationSettings(r.knobs, 0.33, 'reversible'), { ...DEFAULTS, cache: { ...DEFAULTS.cache, gamma: 0.5, reallocInterval: 3, window: 7, sinks: 9, normalised: !DEFAULTS.cache.normalised, perLayer: !DEFAULTS.cache.perLayer, horizon: DEFAULTS.cache.horizon === 'now' ? 'prompt' : 'now' } });
       assert.deepEqual(other, c, `${r.variant} depends on the server's defaults`);
     }
   });
