@@ -42,7 +42,7 @@ import { formatDuration, Progress } from './eval-progress.js';
 import { fixed, markdownReport, modelLine, nowIso, textReport, writeMarkdownSection, type Report, type Table } from './eval-report.js';
 import { pairedAccuracy, pairedBootstrap } from './eval-stats.js';
 import { aggregate, type SampleOutcome, type SuiteResultRow } from './eval-suite.js';
-import { buildSamples, PPL_BANDS, scoreOutcome, SUITE_TASKS, type SeedSet, type SuiteTask, type TaskSample } from './eval-tasks.js';
+import { buildSamples, CONT_BAND, isPplTask, PPL_BANDS, scoreOutcome, SUITE_TASKS, type SeedSet, type SuiteTask, type TaskSample } from './eval-tasks.js';
 
 export const ABLATION_NAMES = ['gamma', 'interval', 'window', 'sinks', 'importance', 'layers', 'horizon', 'random'] as const;
 export type AblationName = (typeof ABLATION_NAMES)[number];
@@ -227,6 +227,9 @@ export interface AblationComparison {
 }
 
 /** Position bands a context reaches (a band needs at least one prediction in it). */
+/** The bands a perplexity task reports at a context. */
+export const bandsOf = (task: SuiteTask, context: number): string[] => (task === 'contppl' ? [CONT_BAND] : bandsAt(context));
+
 export function bandsAt(context: number): string[] {
   return Object.entries(PPL_BANDS).filter(([, [a]]) => a < context - 1).map(([b]) => b);
 }
@@ -238,11 +241,11 @@ export function focusBand(context: number): string {
 
 function compareRows(task: SuiteTask, context: number, mine: AblationSample[], theirs: AblationSample[], base: Omit<AblationComparison, 'task' | 'context' | 'n' | 'diff' | 'ci95' | 'p_value' | 'metric'>): AblationComparison[] {
   const head = { ...base, task, context, n: mine.length };
-  if (task !== 'longppl') {
+  if (!isPplTask(task)) {
     const p = pairedAccuracy(mine.map((x) => x.correct), theirs.map((x) => x.correct));
     return [{ ...head, diff: round(p.diff, 4), ci95: [round(p.ci95[0], 4), round(p.ci95[1], 4)], p_value: p.pValue, metric: 'accuracy' }];
   }
-  return bandsAt(context).map((band) => {
+  return bandsOf(task, context).map((band) => {
     const p = pairedBootstrap(mine.map((x) => x.bitsPerByte![band]), theirs.map((x) => x.bitsPerByte![band]));
     return { ...head, diff: round(p.diff, 5), ci95: [round(p.ci95[0], 5), round(p.ci95[1], 5)], p_value: p.pValue, metric: `bits_per_byte ${band}` };
   });
@@ -329,8 +332,8 @@ function ablationReport(o: AblationOptions, results: AblationResultRow[], compar
     for (const context of run.contexts) {
       const mine = results.filter((r) => r.task === task && r.context === context);
       const cmp = compare.filter((c) => c.task === task && c.context === context);
-      sections.push({ title: `${task} @ ${context} tokens: every row on the same ${mine[0]?.n ?? 0} samples`, table: task === 'longppl' ? pplTable(mine, cmp, context) : accuracyTable(mine, cmp), notes: [
-        `  Δ: the row minus default (default: minus fp16) ${task === 'longppl' ? 'in bits per byte, negative is better; paired bootstrap p' : 'in accuracy points, positive is better; exact McNemar p'}; 95 % paired bootstrap interval.`,
+      sections.push({ title: `${task} @ ${context} tokens: every row on the same ${mine[0]?.n ?? 0} samples`, table: isPplTask(task) ? pplTable(mine, cmp, task, context) : accuracyTable(mine, cmp), notes: [
+        `  Δ: the row minus default (default: minus fp16) ${isPplTask(task) ? 'in bits per byte, negative is better; paired bootstrap p' : 'in accuracy points, positive is better; exact McNemar p'}; 95 % paired bootstrap interval.`,
       ] });
     }
   }
@@ -356,8 +359,8 @@ function deltaCell(c: AblationComparison | undefined, digits: number, scale = 1)
   return `${signed(scale * c.diff, digits)} [${signed(scale * c.ci95[0], digits)}, ${signed(scale * c.ci95[1], digits)}]`;
 }
 
-function pplTable(rows: AblationResultRow[], cmp: AblationComparison[], context: number): Table {
-  const bands = bandsAt(context), focus = focusBand(context);
+function pplTable(rows: AblationResultRow[], cmp: AblationComparison[], task: SuiteTask, context: number): Table {
+  const bands = bandsOf(task, context), focus = task === 'contppl' ? CONT_BAND : focusBand(context);
   return {
     columns: [{ title: 'row' }, { title: 'β achieved', right: true }, { title: 'hot kB', right: true }, ...bands.map((b) => ({ title: `bpb ${b}`, right: true })), { title: `Δ ${focus} [95 % CI]`, right: true }, { title: 'p', right: true }],
     rows: rows.map((r) => {

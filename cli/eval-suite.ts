@@ -30,7 +30,7 @@ import { renderSvg, frontierSpec, type PlotRow } from './eval-plot.js';
 import { formatDuration, Progress } from './eval-progress.js';
 import { fixed, markdownReport, modelLine, nowIso, textReport, writeMarkdownSection, type Report, type Table } from './eval-report.js';
 import { pairedAccuracy, pairedBootstrap } from './eval-stats.js';
-import { buildSamples, scoreOutcome, SUITE_TASKS, type Scored, type SeedSet, type SuiteTask, type TaskSample } from './eval-tasks.js';
+import { buildSamples, CONT_BAND, isPplTask, scoreOutcome, SUITE_TASKS, type Scored, type SeedSet, type SuiteTask, type TaskSample } from './eval-tasks.js';
 
 export const SUITE_BUDGETS = [0.2, 0.25, 0.33, 0.4, 0.5];
 export const SUITE_CONTEXTS = [2048, 4096, 8192];
@@ -198,7 +198,7 @@ export function aggregate(task: SuiteTask, context: number, row: SuiteRow, xs: S
     budget_met_share: round(xs.filter((x) => x.budget_met).length / xs.length, 4),
     n: xs.length,
   };
-  if (task === 'longppl') {
+  if (isPplTask(task)) {
     const bands = Object.keys(xs[0].bitsPerByte ?? {});
     r.bits_per_byte = Object.fromEntries(bands.map((b) => [b, round(mean(xs.map((x) => x.bitsPerByte![b])), 5)]));
   } else r.accuracy = round(xs.filter((x) => x.correct).length / xs.length, 4);
@@ -222,8 +222,8 @@ function comparisons(task: SuiteTask, context: number, rows: SuiteRow[], outcome
       const theirs = other === 'random' ? find('random', r.targetBeta, r.mode) : find(other, null, 'downgrade-only');
       if (!theirs) continue;
       const base = { compare: `smartkv-vs-${other}`, task, context, mode: r.mode, target_beta: r.targetBeta!, n: mine.length };
-      if (task === 'longppl') {
-        for (const band of comparedBands(context)) {
+      if (isPplTask(task)) {
+        for (const band of task === 'contppl' ? [CONT_BAND] : comparedBands(context)) {
           const p = pairedBootstrap(mine.map((x) => x.bitsPerByte![band]), theirs.map((x) => x.bitsPerByte![band]));
           out.push({ ...base, diff: round(p.diff, 5), ci95: [round(p.ci95[0], 5), round(p.ci95[1], 5)], p_value: p.pValue, metric: `bits_per_byte ${band}` });
         }
@@ -312,8 +312,9 @@ async function writeOutputs(dir: string, results: SuiteResultRow[], compare: Sui
       writeFileSync(join(dir, `frontier-${axis}.svg`), await renderSvg(frontierSpec(acc, axis, 'accuracy', title)));
     }
   }
-  const fp16 = new Map(results.filter((r) => r.policy === 'fp16' && r.bits_per_byte).map((r) => [`${r.task}|${r.context}`, r.bits_per_byte!.all]));
-  const ppl = plotRows((r) => (r.bits_per_byte && fp16.has(`${r.task}|${r.context}`) ? r.bits_per_byte.all - fp16.get(`${r.task}|${r.context}`)! : undefined));
+  const band = (r: SuiteResultRow) => r.bits_per_byte?.[r.task === 'contppl' ? CONT_BAND : 'all']; // one value per perplexity row
+  const fp16 = new Map(results.filter((r) => r.policy === 'fp16' && band(r) !== undefined).map((r) => [`${r.task}|${r.context}`, band(r)!]));
+  const ppl = plotRows((r) => (band(r) !== undefined && fp16.has(`${r.task}|${r.context}`) ? band(r)! - fp16.get(`${r.task}|${r.context}`)! : undefined));
   if (ppl.length) writeFileSync(join(dir, 'frontier-ppl.svg'), await renderSvg(frontierSpec(ppl, 'hot', 'Δ bits/byte vs fp16', 'Long-text perplexity cost against hot bytes')));
 }
 
@@ -323,15 +324,15 @@ function suiteReport(o: SuiteOptions, results: SuiteResultRow[], compare: SuiteC
   const sections: Report['sections'] = [];
   for (const task of o.tasks) {
     const mine = results.filter((r) => r.task === task);
-    const label = task === 'longppl' ? 'bits/byte ≥1K [≥4K] (all)' : 'accuracy';
+    const label = task === 'longppl' ? 'bits/byte ≥1K [≥4K] (all)' : task === 'contppl' ? 'bits/byte over the last 1/8, after the prefill' : 'accuracy';
     sections.push({
       title: `${task}: ${label} by row and context (tokens); β achieved, hot and master kB at the largest context`,
       table: resultTable(task, mine, run.contexts),
     });
     const cmp = compare.filter((c) => c.task === task);
     if (cmp.length) sections.push({ title: `${task}: smartkv against other rows on the same samples (paired)`, table: compareTable(cmp), notes: [
-      `  diff: smartkv minus the other row (${task === 'longppl' ? 'bits per byte; negative is better' : 'accuracy points; positive is better'}); 95 % paired bootstrap interval;`,
-      `  p: ${task === 'longppl' ? 'paired bootstrap' : 'exact McNemar on the discordant pairs'}, two-sided.`,
+      `  diff: smartkv minus the other row (${isPplTask(task) ? 'bits per byte; negative is better' : 'accuracy points; positive is better'}); 95 % paired bootstrap interval;`,
+      `  p: ${isPplTask(task) ? 'paired bootstrap' : 'exact McNemar on the discordant pairs'}, two-sided.`,
     ] });
   }
   return {
@@ -354,7 +355,7 @@ function suiteReport(o: SuiteOptions, results: SuiteResultRow[], compare: SuiteC
 function resultTable(task: SuiteTask, rows: SuiteResultRow[], contexts: number[]): Table {
   const keys = [...new Map(rows.map((r) => [`${r.policy}|${r.target_beta}|${r.mode}`, r])).values()];
   const top = Math.max(...contexts);
-  const value = (r: SuiteResultRow | undefined) => (!r ? '—' : r.accuracy !== undefined ? `${(100 * r.accuracy).toFixed(1)} %` : `${fixed(r.bits_per_byte?.['≥1K'] ?? null, 4)}${r.context > 4096 ? ` [${fixed(r.bits_per_byte?.['≥4K'] ?? null, 4)}]` : ''} (${fixed(r.bits_per_byte?.all ?? null, 4)})`);
+  const value = (r: SuiteResultRow | undefined) => (!r ? '—' : r.accuracy !== undefined ? `${(100 * r.accuracy).toFixed(1)} %` : task === 'contppl' ? fixed(r.bits_per_byte?.[CONT_BAND] ?? null, 4) : `${fixed(r.bits_per_byte?.['≥1K'] ?? null, 4)}${r.context > 4096 ? ` [${fixed(r.bits_per_byte?.['≥4K'] ?? null, 4)}]` : ''} (${fixed(r.bits_per_byte?.all ?? null, 4)})`);
   return {
     columns: [{ title: 'policy' }, { title: 'mode' }, { title: 'β target', right: true }, ...contexts.map((c) => ({ title: String(c), right: true })), { title: 'β achieved', right: true }, { title: 'hot kB', right: true }, { title: 'master kB', right: true }, { title: 'β met', right: true }],
     rows: keys.map((k) => {

@@ -17,7 +17,15 @@
 // is right iff the greedy choice (top_token_ids) is the answer's byte at every
 // position of the answer, given the text before it (earlier turns included,
 // with their correct answers). `longppl` scores held-out text and reports bits
-// per byte by position band.
+// per byte by position band; `contppl` prefills the first 7/8 of such a window
+// (in chunks, with plans between them, as a retrieval context) and scores
+// only the last 1/8, fed one token at a time after the plan at the end of the
+// prefill: what the cache kept of the prompt decides it, as for a question.
+//
+// Perplexity windows: dev windows come from the first half of the held-out
+// text and test windows from the second half, spread evenly in each. (Before
+// 2026-12-02 20:30 UTC both seed sets used the same windows over the whole
+// text; docs/results/campaign-test-8k-2026-12-02 ran on those.)
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -25,9 +33,17 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { ScoreResponse } from '../gen/smartkv/v1/generation_pb.js';
 
 export const RETRIEVAL_TASKS = ['passkey', 'multikey', 'multivalue', 'multiquery', 'vartrack', 'multiturn'] as const;
-export const SUITE_TASKS = [...RETRIEVAL_TASKS, 'longppl'] as const;
+export const PPL_TASKS = ['longppl', 'contppl'] as const;
+export const SUITE_TASKS = [...RETRIEVAL_TASKS, ...PPL_TASKS] as const;
 export type SuiteTask = (typeof SUITE_TASKS)[number];
 export type SeedSet = 'dev' | 'test';
+
+/** Perplexity tasks report bits per byte per band; retrieval tasks, accuracy. */
+export const isPplTask = (t: SuiteTask): boolean => (PPL_TASKS as readonly string[]).includes(t);
+/** `contppl`'s one band: the bytes after the prefill. */
+export const CONT_BAND = 'cont';
+/** Share of a `contppl` window that is prefilled. */
+const CONT_PREFILL = 7 / 8;
 
 /** Position bands of `longppl` (token positions of the predicted byte; BOS = 0): [from, to). */
 export const PPL_BANDS: Record<string, [number, number]> = { '0-1K': [1, 1024], '≥1K': [1024, Infinity], '≥4K': [4096, Infinity], all: [1, Infinity] };
@@ -90,8 +106,11 @@ export async function buildSamples(tasks: readonly SuiteTask[], contexts: readon
       const ci = contextSeedIndex(context);
       for (let i = 0; i < perCell; i++) {
         const seed = base + ti * 1_000_000 + ci * 100_000 + i;
-        if (task === 'longppl') {
-          out.push({ task, context, seed, depth: null, ...pplWindow(heldText, context, seed, i, perCell) });
+        if (isPplTask(task)) {
+          const w = pplWindow(heldText, context, seeds, i, perCell);
+          // BOS + the first 7/8 of the window; the rest is scored
+          if (task === 'contppl') w.prefillTokens = 1 + Math.floor(CONT_PREFILL * Buffer.byteLength(w.text, 'utf8'));
+          out.push({ task, context, seed, depth: null, ...w });
           continue;
         }
         const depth = depthOf(i);
@@ -104,10 +123,14 @@ export async function buildSamples(tasks: readonly SuiteTask[], contexts: readon
   return out;
 }
 
-/** Held-out text windows of `context` − 1 bytes, spread evenly over the held-out documents. */
-function pplWindow(held: string, context: number, _seed: number, i: number, n: number): Pick<TaskSample, 'text' | 'prefillTokens' | 'answerSpans'> {
-  const bytes = Buffer.from(held, 'utf8');
+/** Held-out text windows of `context` − 1 bytes, spread evenly over the
+ *  first (dev) or second (test) half of the held-out documents. */
+export function pplWindow(held: string, context: number, seeds: SeedSet, i: number, n: number): Pick<TaskSample, 'text' | 'prefillTokens' | 'answerSpans'> {
+  const all = Buffer.from(held, 'utf8');
+  const half = Math.floor(all.length / 2);
+  const bytes = seeds === 'dev' ? all.subarray(0, half) : all.subarray(half);
   const len = context - 1;
+  if (bytes.length < len) throw new Error(`${seeds} perplexity windows of ${len} bytes do not fit in ${bytes.length} bytes of held-out text`);
   const span = Math.max(0, bytes.length - len);
   let start = Math.floor(((i + 0.5) / n) * span);
   while (start < bytes.length && (bytes[start] & 0xc0) === 0x80) start++;
@@ -119,11 +142,18 @@ function pplWindow(held: string, context: number, _seed: number, i: number, n: n
 export interface Scored {
   turns: boolean[]; // per answer: every byte the greedy choice
   correct: boolean; // every turn right
-  bitsPerByte: Record<string, number> | null; // longppl: band → bits per byte
+  bitsPerByte: Record<string, number> | null; // longppl, contppl: band → bits per byte
 }
 
 /** Outcome of one Score response for one sample. Token i+1 is byte i of the text (token 0 = BOS). */
 export function scoreOutcome(s: TaskSample, r: ScoreResponse): Scored {
+  if (s.task === 'contppl') {
+    // logprobs[i] predicts token i+1; score from the first token fed after the prefill's last plan
+    let nll = 0;
+    for (let i = s.prefillTokens; i < r.logprobs.length; i++) nll -= r.logprobs[i];
+    const n = r.logprobs.length - s.prefillTokens;
+    return { turns: [], correct: true, bitsPerByte: { [CONT_BAND]: n > 0 ? nll / n / Math.LN2 : NaN } };
+  }
   if (s.task === 'longppl') {
     const bands: Record<string, number> = {};
     for (const [name, [a, b]] of Object.entries(PPL_BANDS)) {

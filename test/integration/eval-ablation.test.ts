@@ -23,7 +23,7 @@ describe('smartkv eval ablation', () => {
       assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, /options:/);
     }
-    assert.match(smartkv('eval', 'ablation', '--ablation', 'temperature').stderr, /unknown ablation temperature; one of gamma, interval, window, sinks, importance, layers, random/);
+    assert.match(smartkv('eval', 'ablation', '--ablation', 'temperature').stderr, /unknown ablation temperature; one of gamma, interval, window, sinks, importance, layers, horizon, random/);
   });
 
   it('--quick: every row on the same samples, comparisons against default, per band for longppl', () => {
