@@ -17,6 +17,7 @@
 //                          training phrasings (stages 6-8)
 //   tasks-dense-wide.jsonl the same idea with the wide training phrasings of
 //                          phrasings-wide.mjs and multi-turn samples (writeTaskDenseWide, stage 9)
+//   tasks-long-wide.jsonl  the same with 4,100..8,180-byte samples, for 8K training sequences
 //   tasks-dev.jsonl        the same tasks with held-out phrasings, held-out documents and
 //                          DEV seeds (TASK_DEV_SEED_BASE + k), for training/evaluate.py;
 //                          the TEST seeds are left for the published evaluation
@@ -29,7 +30,7 @@ import {
 import { makeTaskSample, TASK_NAMES, TASK_TRAIN_SEED_BASE, TASK_DEV_SEED_BASE } from './tasks.mjs';
 
 function parseArgs(argv) {
-  const o = { out: 'training/out', passkeyTrain: 40000, evalPerCell: 25, tasksTrain: 48000, tasksMaxBytes: 8190, tasksDevPerCell: 8, tasksDense: 24000, tasksDenseWide: 32000 };
+  const o = { out: 'training/out', passkeyTrain: 40000, evalPerCell: 25, tasksTrain: 48000, tasksMaxBytes: 8190, tasksDevPerCell: 8, tasksDense: 24000, tasksDenseWide: 32000, tasksLongWide: 6000 };
   for (let i = 2; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--out') o.out = argv[++i];
@@ -40,9 +41,10 @@ function parseArgs(argv) {
     else if (a === '--tasks-dev-per-cell') o.tasksDevPerCell = Number(argv[++i]);
     else if (a === '--tasks-dense') o.tasksDense = Number(argv[++i]);
     else if (a === '--tasks-dense-wide') o.tasksDenseWide = Number(argv[++i]);
+    else if (a === '--tasks-long-wide') o.tasksLongWide = Number(argv[++i]);
     else if (a === '-h' || a === '--help') {
       console.log('usage: node training/prepare-data.mjs --out DIR [--passkey-train N] [--passkey-eval-per-cell N]\n' +
-        '       [--tasks-train N] [--tasks-max-bytes B] [--tasks-dev-per-cell N] [--tasks-dense N] [--tasks-dense-wide N]');
+        '       [--tasks-train N] [--tasks-max-bytes B] [--tasks-dev-per-cell N] [--tasks-dense N] [--tasks-dense-wide N] [--tasks-long-wide N]');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
@@ -100,6 +102,24 @@ function writeTaskDense(file, count, documents) {
 
 /** Seeds of the wide dense samples: training range, after the dense ones. */
 export const TASK_DENSE_WIDE_SEED_OFFSET = 2_000_000;
+/** Seeds of the long wide samples (4K..8K bytes): after the wide dense ones. */
+export const TASK_LONG_WIDE_SEED_OFFSET = 3_000_000;
+
+/** Length of a wide dense sample: 50 % 520..1020 bytes, 30 % 1030..2040, 20 % 2050..4090. */
+function denseWideBytes(r) {
+  const band = r();
+  const [lo, hi] = band < 0.5 ? [520, 1020] : band < 0.8 ? [1030, 2040] : [2050, 4090];
+  return lo + Math.floor(r() * (hi - lo + 1));
+}
+
+/**
+ * Length of a long wide sample: 4100..8180 bytes, so that an 8K training
+ * sequence holds one task whose answer lies 4K..8K positions from its facts
+ * (train.py fills a T-token sequence with a sample longer than T/2).
+ */
+function longWideBytes(r) {
+  return 4100 + Math.floor(r() * (8180 - 4100 + 1));
+}
 
 /**
  * Dense samples with the wide training phrasings (phrasings-wide.mjs), so the
@@ -107,16 +127,14 @@ export const TASK_DENSE_WIDE_SEED_OFFSET = 2_000_000;
  * 520..1020 bytes, 30 % 1030..2040, 20 % 2050..4090. Mix: multiquery with
  * 4..8 keys, every key asked (30 %), passkey 12 %, multikey (4..6 keys) 15 %,
  * multivalue 13 %, vartrack (1..3 hops) 20 %, multiturn (3 questions after
- * filler) 10 %. Seeds TASK_TRAIN_SEED_BASE + TASK_DENSE_WIDE_SEED_OFFSET + i.
+ * filler) 10 %. Seeds TASK_TRAIN_SEED_BASE + seedOffset + i.
  */
-function writeTaskDenseWide(file, count, documents) {
+function writeTaskDenseWide(file, count, documents, seedOffset = TASK_DENSE_WIDE_SEED_OFFSET, pickBytes = denseWideBytes) {
   const fd = fs.openSync(file, 'w');
   for (let i = 0; i < count; i++) {
-    const seed = TASK_TRAIN_SEED_BASE + TASK_DENSE_WIDE_SEED_OFFSET + i;
+    const seed = TASK_TRAIN_SEED_BASE + seedOffset + i;
     const r = mulberry32(seed ^ 0x68e31da4);
-    const band = r();
-    const [lo, hi] = band < 0.5 ? [520, 1020] : band < 0.8 ? [1030, 2040] : [2050, 4090];
-    const totalBytes = lo + Math.floor(r() * (hi - lo + 1));
+    const totalBytes = pickBytes(r);
     const t = r();
     let o;
     if (t < 0.3) { const keys = 4 + Math.floor(r() * 5); o = { task: 'multiquery', keys, queries: keys }; }
@@ -195,9 +213,11 @@ function main() {
   writeTaskTrain(path.join(args.out, 'tasks-train.jsonl'), args.tasksTrain, args.tasksMaxBytes, train);
   writeTaskDense(path.join(args.out, 'tasks-dense.jsonl'), args.tasksDense, train);
   writeTaskDenseWide(path.join(args.out, 'tasks-dense-wide.jsonl'), args.tasksDenseWide, train);
+  writeTaskDenseWide(path.join(args.out, 'tasks-long-wide.jsonl'), args.tasksLongWide, train,
+    TASK_LONG_WIDE_SEED_OFFSET, longWideBytes);
   const nDev = writeTaskDev(path.join(args.out, 'tasks-dev.jsonl'), args.tasksDevPerCell, heldout);
   console.log(JSON.stringify({ ...split, heldout: `${heldout.length} names`, passkey_train: pk.length, passkey_eval: evalLines.length,
-    tasks_train: args.tasksTrain, tasks_dense: args.tasksDense, tasks_dense_wide: args.tasksDenseWide, tasks_dev: nDev }));
+    tasks_train: args.tasksTrain, tasks_dense: args.tasksDense, tasks_dense_wide: args.tasksDenseWide, tasks_long_wide: args.tasksLongWide, tasks_dev: nDev }));
 }
 
 main();

@@ -103,6 +103,18 @@ export class System {
     return this.processes.reduce((a, p) => a + (p.running && p.pid ? rssOf(p.pid) : 0), 0);
   }
 
+  /** Sequences `shard` holds now (-1 when it does not answer). */
+  async sequencesOn(shard: ServiceProcess): Promise<number> {
+    const c = new GrpcCacheShard(shard.address, '');
+    try {
+      return (await c.stats(undefined, 5000)).sequences;
+    } catch {
+      return -1;
+    } finally {
+      c.close();
+    }
+  }
+
   /** What the running shards still hold: sequences, and bytes held or reserved. */
   async held(): Promise<{ sequences: number; bytes: number }> {
     let sequences = 0, bytes = 0;
