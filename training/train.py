@@ -126,14 +126,37 @@ class Data:
             w[a:b] = answer_weight
         return x, w
 
-    def task_batch(self, B, T, task_frac, answer_weight):
+    def copy_sequence(self, T, answer_weight):
+        """BOS + T bytes of training text in which 4..12 spans of 24..64 bytes are written again
+        further on, verbatim: an induction (copy) exercise with no template at all. The copy's
+        bytes after its first 12 (enough to tell which span is repeated) are weighted; the
+        held-out task phrasings are answered by repeating a fact sentence of the context, which
+        is the same skill with sentences the model never saw."""
+        x = np.empty(T + 1, dtype=np.int64)
+        x[0] = BOS
+        x[1:] = self.text_window(T)
+        w = np.ones(T, dtype=np.float32)
+        for _ in range(int(self.rng.integers(4, 13))):
+            n = int(self.rng.integers(24, 65))
+            if T < 4 * n:
+                break
+            src = int(self.rng.integers(1, T // 2 - n))  # x index of the span's first byte
+            dst = int(self.rng.integers(src + n + 16, T + 1 - n))  # the copy, after the source
+            x[dst:dst + n] = x[src:src + n]
+            w[dst - 1 + 12:dst - 1 + n] = answer_weight  # target index i predicts x[i + 1]
+        return x, w
+
+    def task_batch(self, B, T, task_frac, answer_weight, copy_frac=0.0):
         x = np.empty((B, T + 1), dtype=np.int64)
         w = np.ones((B, T), dtype=np.float32)
         n_task = 0
         for b in range(B):
-            if self.rng.random() < task_frac:
+            r = self.rng.random()
+            if r < task_frac:
                 n_task += 1
                 x[b], w[b] = self.task_sequence(T, answer_weight)
+            elif r < task_frac + copy_frac:
+                x[b], w[b] = self.copy_sequence(T, answer_weight)
             else:
                 x[b, 0] = BOS
                 x[b, 1:] = self.text_window(T)
@@ -276,6 +299,8 @@ def main():
     ap.add_argument("--step-tokens", type=int, default=8192, help="tokens per step with --seq-mix")
     ap.add_argument("--tasks", default=None, help="task samples, comma-separated files (tasks-train.jsonl, tasks-dense.jsonl from prepare-data.mjs)")
     ap.add_argument("--task-frac", type=float, default=0.5, help="share of sequences that hold a task sample")
+    ap.add_argument("--copy-frac", type=float, default=0.0,
+                    help="share of sequences (with --seq-mix) that are copy exercises: text with spans written again")
     ap.add_argument("--long-docs", action="store_true",
                     help="plain-text windows from one document long enough for them (else any offset)")
     ap.add_argument("--rope-theta", type=float, default=None, help="RoPE base (default: the init model's, or 10000)")
@@ -404,7 +429,7 @@ def main():
         if mix:
             T = mix[int(data.rng.choice(len(mix), p=[p for _, p in mix]))][0]
             B = max(1, args.step_tokens // T)
-            x, w, npk = data.task_batch(B, T, args.task_frac, args.answer_weight)
+            x, w, npk = data.task_batch(B, T, args.task_frac, args.answer_weight, args.copy_frac)
         else:
             if prog < args.short_frac:
                 T = args.short_seq
