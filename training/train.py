@@ -127,23 +127,52 @@ class Data:
         return x, w
 
     def copy_sequence(self, T, answer_weight):
-        """BOS + T bytes of training text in which 4..12 spans of 24..64 bytes are written again
-        further on, verbatim: an induction (copy) exercise with no template at all. The copy's
-        bytes after its first 12 (enough to tell which span is repeated) are weighted; the
-        held-out task phrasings are answered by repeating a fact sentence of the context, which
-        is the same skill with sentences the model never saw."""
+        """BOS + T bytes of training text with copy exercises written into it, without any
+        template: half the sequences repeat 4..12 spans of 24..64 bytes verbatim further on
+        (the copy's bytes after its first 12 weighted); the other half is associative recall:
+        4..8 facts KEY+SEP+VALUE, with one separator SEP (8..20 bytes of text) shared by all
+        facts of the sequence, so that only the key tells them apart; later some facts are
+        written again and every byte of their VALUE is weighted. The held-out task phrasings
+        are answered by repeating a fact sentence whose key sits well before the answer, which
+        is the second exercise with sentences the model never saw."""
         x = np.empty(T + 1, dtype=np.int64)
         x[0] = BOS
         x[1:] = self.text_window(T)
         w = np.ones(T, dtype=np.float32)
-        for _ in range(int(self.rng.integers(4, 13))):
-            n = int(self.rng.integers(24, 65))
-            if T < 4 * n:
-                break
-            src = int(self.rng.integers(1, T // 2 - n))  # x index of the span's first byte
-            dst = int(self.rng.integers(src + n + 16, T + 1 - n))  # the copy, after the source
-            x[dst:dst + n] = x[src:src + n]
-            w[dst - 1 + 12:dst - 1 + n] = answer_weight  # target index i predicts x[i + 1]
+        if self.rng.random() < 0.5:
+            for _ in range(int(self.rng.integers(4, 13))):
+                n = int(self.rng.integers(24, 65))
+                if T < 4 * n:
+                    break
+                src = int(self.rng.integers(1, T // 2 - n))  # x index of the span's first byte
+                dst = int(self.rng.integers(src + n + 16, T + 1 - n))  # the copy, after the source
+                x[dst:dst + n] = x[src:src + n]
+                w[dst - 1 + 12:dst - 1 + n] = answer_weight  # target index i predicts x[i + 1]
+            return x, w
+        sep = self.text_window(int(self.rng.integers(8, 21)))
+        k = int(self.rng.integers(4, 9))
+        facts = []
+        for _ in range(k):  # distinct keys (bytes of text), values of 5..12 bytes
+            key = self.text_window(int(self.rng.integers(4, 11)))
+            if any(len(f[0]) == len(key) and (f[0] == key).all() for f in facts):
+                continue
+            facts.append((key, self.text_window(int(self.rng.integers(5, 13)))))
+        width = max(len(a) + len(sep) + len(b) for a, b in facts) + 2
+        half = (T + 1) // 2
+        room = np.arange(1, half - width, width)  # fact slots in the first half, one width apart
+        facts = facts[:len(room)]
+        slots = np.sort(self.rng.choice(room, size=len(facts), replace=False))
+        for (key, val), at in zip(facts, slots):  # facts in the first half, in random places
+            fact = np.concatenate([key, sep, val])
+            x[at:at + len(fact)] = fact
+        asked = self.rng.permutation(len(facts))[:int(self.rng.integers(1, len(facts) + 1))]
+        qslots = np.sort(self.rng.choice(np.arange(half, T + 1 - width, width), size=len(asked), replace=False))
+        for j, at in zip(asked, qslots):  # later, some facts again in another order: VALUE weighted
+            key, val = facts[j]
+            fact = np.concatenate([key, sep, val])
+            x[at:at + len(fact)] = fact
+            v0 = at + len(key) + len(sep)
+            w[v0 - 1:v0 - 1 + len(val)] = answer_weight
         return x, w
 
     def task_batch(self, B, T, task_frac, answer_weight, copy_frac=0.0):
