@@ -128,18 +128,18 @@ class Data:
 
     def copy_sequence(self, T, answer_weight):
         """BOS + T bytes of training text with copy exercises written into it, without any
-        template: half the sequences repeat 4..12 spans of 24..64 bytes verbatim further on
-        (the copy's bytes after its first 12 weighted); the other half is associative recall:
-        4..8 facts KEY+SEP+VALUE, with one separator SEP (8..20 bytes of text) shared by all
-        facts of the sequence, so that only the key tells them apart; later some facts are
-        written again and every byte of their VALUE is weighted. The held-out task phrasings
+        template: a quarter of the sequences repeat 4..12 spans of 24..64 bytes verbatim further
+        on (the copy's bytes after its first 12 weighted); the rest is associative recall:
+        6..16 facts KEY+SEP+VALUE, with one separator SEP (8..20 bytes of text) shared by all
+        facts of the sequence, so that only the key tells them apart; later half of them or
+        more are written again in another order and every byte of their VALUE is weighted. The held-out task phrasings
         are answered by repeating a fact sentence whose key sits well before the answer, which
         is the second exercise with sentences the model never saw."""
         x = np.empty(T + 1, dtype=np.int64)
         x[0] = BOS
         x[1:] = self.text_window(T)
         w = np.ones(T, dtype=np.float32)
-        if self.rng.random() < 0.5:
+        if self.rng.random() < 0.25:
             for _ in range(int(self.rng.integers(4, 13))):
                 n = int(self.rng.integers(24, 65))
                 if T < 4 * n:
@@ -150,7 +150,7 @@ class Data:
                 w[dst - 1 + 12:dst - 1 + n] = answer_weight  # target index i predicts x[i + 1]
             return x, w
         sep = self.text_window(int(self.rng.integers(8, 21)))
-        k = int(self.rng.integers(4, 9))
+        k = int(self.rng.integers(6, 17))
         facts = []
         for _ in range(k):  # distinct keys (bytes of text), values of 5..12 bytes
             key = self.text_window(int(self.rng.integers(4, 11)))
@@ -165,7 +165,7 @@ class Data:
         for (key, val), at in zip(facts, slots):  # facts in the first half, in random places
             fact = np.concatenate([key, sep, val])
             x[at:at + len(fact)] = fact
-        asked = self.rng.permutation(len(facts))[:int(self.rng.integers(1, len(facts) + 1))]
+        asked = self.rng.permutation(len(facts))[:int(self.rng.integers(len(facts) // 2, len(facts) + 1))]
         qslots = np.sort(self.rng.choice(np.arange(half, T + 1 - width, width), size=len(asked), replace=False))
         for j, at in zip(asked, qslots):  # later, some facts again in another order: VALUE weighted
             key, val = facts[j]
