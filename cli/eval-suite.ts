@@ -170,6 +170,7 @@ export interface SuiteResultRow extends RowBytes {
   budget_met_share: number;
   n: number;
   accuracy?: number;
+  answer_bits?: number; // retrieval: mean over samples of −log2 p per answer byte
   bits_per_byte?: Record<string, number>;
 }
 
@@ -184,7 +185,7 @@ export interface SuiteComparison {
   diff: number; // accuracy (fraction) or bits/byte, smartkv minus the other row
   ci95: [number, number];
   p_value: number;
-  metric: string; // accuracy | bits_per_byte ≥1K | bits_per_byte ≥4K | bits_per_byte all
+  metric: string; // accuracy | answer_bits | bits_per_byte ≥1K | bits_per_byte ≥4K | bits_per_byte all
 }
 
 /** A row's result on one task at one context, from its samples' outcomes (also used by `eval ablation`). */
@@ -201,7 +202,10 @@ export function aggregate(task: SuiteTask, context: number, row: SuiteRow, xs: S
   if (isPplTask(task)) {
     const bands = Object.keys(xs[0].bitsPerByte ?? {});
     r.bits_per_byte = Object.fromEntries(bands.map((b) => [b, round(mean(xs.map((x) => x.bitsPerByte![b])), 5)]));
-  } else r.accuracy = round(xs.filter((x) => x.correct).length / xs.length, 4);
+  } else {
+    r.accuracy = round(xs.filter((x) => x.correct).length / xs.length, 4);
+    r.answer_bits = round(mean(xs.map((x) => x.answerBits ?? NaN)), 4);
+  }
   return r;
 }
 
@@ -230,6 +234,8 @@ function comparisons(task: SuiteTask, context: number, rows: SuiteRow[], outcome
       } else {
         const p = pairedAccuracy(mine.map((x) => x.correct), theirs.map((x) => x.correct));
         out.push({ ...base, diff: round(p.diff, 4), ci95: [round(p.ci95[0], 4), round(p.ci95[1], 4)], p_value: p.pValue, metric: 'accuracy' });
+        const b = pairedBootstrap(mine.map((x) => x.answerBits ?? NaN), theirs.map((x) => x.answerBits ?? NaN));
+        out.push({ ...base, diff: round(b.diff, 5), ci95: [round(b.ci95[0], 5), round(b.ci95[1], 5)], p_value: b.pValue, metric: 'answer_bits' });
       }
     }
   }
@@ -324,15 +330,15 @@ function suiteReport(o: SuiteOptions, results: SuiteResultRow[], compare: SuiteC
   const sections: Report['sections'] = [];
   for (const task of o.tasks) {
     const mine = results.filter((r) => r.task === task);
-    const label = task === 'longppl' ? 'bits/byte ≥1K [≥4K] (all)' : task === 'contppl' ? 'bits/byte over the last 1/8, after the prefill' : 'accuracy';
+    const label = task === 'longppl' ? 'bits/byte ≥1K [≥4K] (all)' : task === 'contppl' ? 'bits/byte over the last 1/8, after the prefill' : 'accuracy (bits per answer byte)';
     sections.push({
       title: `${task}: ${label} by row and context (tokens); β achieved, hot and master kB at the largest context`,
       table: resultTable(task, mine, run.contexts),
     });
     const cmp = compare.filter((c) => c.task === task);
     if (cmp.length) sections.push({ title: `${task}: smartkv against other rows on the same samples (paired)`, table: compareTable(cmp), notes: [
-      `  diff: smartkv minus the other row (${isPplTask(task) ? 'bits per byte; negative is better' : 'accuracy points; positive is better'}); 95 % paired bootstrap interval;`,
-      `  p: ${isPplTask(task) ? 'paired bootstrap' : 'exact McNemar on the discordant pairs'}, two-sided.`,
+      `  diff: smartkv minus the other row (${isPplTask(task) ? 'bits per byte; negative is better' : 'accuracy points, positive is better; answer bits per answer byte, negative is better'}); 95 % paired bootstrap interval;`,
+      `  p: ${isPplTask(task) ? 'paired bootstrap' : 'exact McNemar on the discordant pairs (accuracy), paired bootstrap (answer bits)'}, two-sided.`,
     ] });
   }
   return {
@@ -355,7 +361,7 @@ function suiteReport(o: SuiteOptions, results: SuiteResultRow[], compare: SuiteC
 function resultTable(task: SuiteTask, rows: SuiteResultRow[], contexts: number[]): Table {
   const keys = [...new Map(rows.map((r) => [`${r.policy}|${r.target_beta}|${r.mode}`, r])).values()];
   const top = Math.max(...contexts);
-  const value = (r: SuiteResultRow | undefined) => (!r ? '—' : r.accuracy !== undefined ? `${(100 * r.accuracy).toFixed(1)} %` : task === 'contppl' ? fixed(r.bits_per_byte?.[CONT_BAND] ?? null, 4) : `${fixed(r.bits_per_byte?.['≥1K'] ?? null, 4)}${r.context > 4096 ? ` [${fixed(r.bits_per_byte?.['≥4K'] ?? null, 4)}]` : ''} (${fixed(r.bits_per_byte?.all ?? null, 4)})`);
+  const value = (r: SuiteResultRow | undefined) => (!r ? '—' : r.accuracy !== undefined ? `${(100 * r.accuracy).toFixed(1)} % (${fixed(r.answer_bits ?? null, 3)})` : task === 'contppl' ? fixed(r.bits_per_byte?.[CONT_BAND] ?? null, 4) : `${fixed(r.bits_per_byte?.['≥1K'] ?? null, 4)}${r.context > 4096 ? ` [${fixed(r.bits_per_byte?.['≥4K'] ?? null, 4)}]` : ''} (${fixed(r.bits_per_byte?.all ?? null, 4)})`);
   return {
     columns: [{ title: 'policy' }, { title: 'mode' }, { title: 'β target', right: true }, ...contexts.map((c) => ({ title: String(c), right: true })), { title: 'β achieved', right: true }, { title: 'hot kB', right: true }, { title: 'master kB', right: true }, { title: 'β met', right: true }],
     rows: keys.map((k) => {
@@ -367,9 +373,9 @@ function resultTable(task: SuiteTask, rows: SuiteResultRow[], contexts: number[]
 }
 
 function compareTable(cmp: SuiteComparison[]): Table {
-  const pct = (x: number) => (cmp[0].metric === 'accuracy' ? `${x >= 0 ? '+' : ''}${(100 * x).toFixed(1)}` : `${x >= 0 ? '+' : ''}${x.toFixed(4)}`);
+  const num = (c: SuiteComparison, x: number) => (c.metric === 'accuracy' ? `${x >= 0 ? '+' : ''}${(100 * x).toFixed(1)}` : `${x >= 0 ? '+' : ''}${x.toFixed(4)}`);
   return {
     columns: [{ title: 'comparison' }, { title: 'context', right: true }, { title: 'scored' }, { title: 'mode' }, { title: 'β', right: true }, { title: 'n', right: true }, { title: 'diff', right: true }, { title: '95 % CI', right: true }, { title: 'p', right: true }],
-    rows: cmp.map((c) => [c.compare, String(c.context), c.metric.replace('bits_per_byte ', 'bits/byte '), c.mode, fixed(c.target_beta, 2), String(c.n), pct(c.diff), `[${pct(c.ci95[0])}, ${pct(c.ci95[1])}]`, c.p_value < 1e-4 ? c.p_value.toExponential(1) : c.p_value.toFixed(4)]),
+    rows: cmp.map((c) => [c.compare, String(c.context), c.metric.replace('bits_per_byte ', 'bits/byte ').replace('answer_bits', 'answer bits'), c.mode, fixed(c.target_beta, 2), String(c.n), num(c, c.diff), `[${num(c, c.ci95[0])}, ${num(c, c.ci95[1])}]`, c.p_value < 1e-4 ? c.p_value.toExponential(1) : c.p_value.toFixed(4)]),
   };
 }

@@ -143,6 +143,10 @@ export interface Scored {
   turns: boolean[]; // per answer: every byte the greedy choice
   correct: boolean; // every turn right
   bitsPerByte: Record<string, number> | null; // longppl, contppl: band → bits per byte
+  // Retrieval tasks: −log2 p of the right answer bytes, per answer byte (teacher
+  // forced, as for `correct`). Graded where accuracy is all-or-nothing: it tells
+  // rows apart when the model is unsure, e.g. when every row misses a first digit.
+  answerBits: number | null;
 }
 
 /** Outcome of one Score response for one sample. Token i+1 is byte i of the text (token 0 = BOS). */
@@ -152,7 +156,7 @@ export function scoreOutcome(s: TaskSample, r: ScoreResponse): Scored {
     let nll = 0;
     for (let i = s.prefillTokens; i < r.logprobs.length; i++) nll -= r.logprobs[i];
     const n = r.logprobs.length - s.prefillTokens;
-    return { turns: [], correct: true, bitsPerByte: { [CONT_BAND]: n > 0 ? nll / n / Math.LN2 : NaN } };
+    return { turns: [], correct: true, bitsPerByte: { [CONT_BAND]: n > 0 ? nll / n / Math.LN2 : NaN }, answerBits: null };
   }
   if (s.task === 'longppl') {
     const bands: Record<string, number> = {};
@@ -164,12 +168,15 @@ export function scoreOutcome(s: TaskSample, r: ScoreResponse): Scored {
       for (let i = lo; i < hi; i++) nll -= r.logprobs[i];
       bands[name] = nll / (hi - lo) / Math.LN2;
     }
-    return { turns: [], correct: true, bitsPerByte: bands };
+    return { turns: [], correct: true, bitsPerByte: bands, answerBits: null };
   }
   const ids = r.tokenIds, top = r.topTokenIds;
   const turns = s.answerSpans.map(([a, e]) => {
     for (let i = a; i < e; i++) if (top[i] !== ids[i + 1]) return false;
     return true;
   });
-  return { turns, correct: turns.every(Boolean), bitsPerByte: null };
+  // top[i] and logprobs[i] are the prediction at position i, of token i+1 = byte i
+  let nll = 0, n = 0;
+  for (const [a, e] of s.answerSpans) for (let i = a; i < e; i++, n++) nll -= r.logprobs[i];
+  return { turns, correct: turns.every(Boolean), bitsPerByte: null, answerBits: n > 0 ? nll / n / Math.LN2 : null };
 }

@@ -59,7 +59,11 @@ describe('smartkv eval suite', () => {
         ['multikey', 'fp16', null], ['multikey', 'uniform-2', null], ['multikey', 'smartkv', 0.33],
       ]);
       for (const x of rows) for (const k of ['context', 'mode', 'achieved_beta', 'hot_bytes', 'master_bytes', 'n', 'accuracy']) assert.ok(k in x, `row lacks ${k}`);
-      assert.deepEqual(cmp.map((c) => [c.compare, c.task]), [['smartkv-vs-uniform-2', 'passkey'], ['smartkv-vs-fp16', 'passkey'], ['smartkv-vs-uniform-2', 'multikey'], ['smartkv-vs-fp16', 'multikey']]);
+      const pairs = [['smartkv-vs-uniform-2', 'passkey'], ['smartkv-vs-fp16', 'passkey'], ['smartkv-vs-uniform-2', 'multikey'], ['smartkv-vs-fp16', 'multikey']];
+      // each pair twice: accuracy (McNemar) and answer bits (paired bootstrap)
+      assert.deepEqual(cmp.map((c) => [c.compare, c.task, c.metric]), pairs.flatMap(([c, t]) => [[c, t, 'accuracy'], [c, t, 'answer_bits']]));
+      for (const x of rows) assert.ok((x.answer_bits as number) > 0, `row answer_bits ${x.answer_bits}`);
+      for (const s of samples) assert.ok((s.answerBits as number) > 0, `sample answerBits ${s.answerBits}`);
       for (const c of cmp) assert.ok(typeof c.p_value === 'number' && (c.p_value as number) <= 1 && typeof c.diff === 'number');
       for (const f of ['rows.jsonl', 'compare.jsonl', 'command.txt']) assert.ok(existsSync(join(dir, f)), f);
       for (const f of ['frontier-hot.svg', 'frontier-total.svg']) assert.match(readFileSync(join(dir, f), 'utf8'), /^<svg[\s\S]*smartkv[\s\S]*<\/svg>$/);

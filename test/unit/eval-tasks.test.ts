@@ -43,3 +43,26 @@ describe('perplexity windows', () => {
     assert.ok(scoreOutcome(l, r).bitsPerByte!.all < 2 / Math.LN2);
   });
 });
+
+describe('retrieval scoring', () => {
+  it('answer bits are −log2 p of the answer bytes only, per answer byte; accuracy needs every answer byte as the greedy choice', async () => {
+    const [s] = await buildSamples(['passkey'], [1024], 1, 'dev');
+    const bytes = [...Buffer.from(s.text)];
+    const ids = [256, ...bytes]; // BOS + the text
+    const inAnswer = (i: number) => s.answerSpans.some(([a, e]) => i >= a && i < e);
+    // logprobs[i] predicts token i+1 = byte i: −3 nats on answer bytes, −1 elsewhere
+    const logprobs = bytes.map((_, i) => (inAnswer(i) ? -3 : -1));
+    const right = create(ScoreResponseSchema, { logprobs, tokenIds: ids, topTokenIds: ids.slice(1) });
+    const out = scoreOutcome(s, right);
+    assert.ok(s.answerSpans.length > 0);
+    assert.ok(Math.abs(out.answerBits! - 3 / Math.LN2) < 1e-12, `answer bits ${out.answerBits}`);
+    assert.equal(out.correct, true);
+    // one wrong greedy byte inside the answer: not correct; the answer bits do not change
+    const [a] = s.answerSpans[0];
+    const top = ids.slice(1);
+    top[a] = (top[a] + 1) % 256;
+    const wrong = scoreOutcome(s, create(ScoreResponseSchema, { logprobs, tokenIds: ids, topTokenIds: top }));
+    assert.equal(wrong.correct, false);
+    assert.equal(wrong.answerBits, out.answerBits);
+  });
+});
