@@ -145,8 +145,11 @@ describe('SmartKV as separate processes', () => {
     // Without protected tokens, 2-bit everything must cost likelihood (the
     // reference model leans on its last ~64 tokens, so with the default window
     // the cost is small: that is measured by `smartkv eval ppl`, not here).
+    // On this repeated text the stage-9 weights lose 1.9 nats in all (~383),
+    // the stage-7 ones over 2; a request scores identically when repeated
+    // (batch invariance, eval-suite.test.ts), so 1 nat is no noise.
     const int2 = await split.score(text, { policy: CachePolicy.UNIFORM_2, window: 0, sinks: 0 });
-    assert.ok(int2.nll > fp16.nll + 2, `uniform-2 NLL ${int2.nll} vs fp16 ${fp16.nll}`);
+    assert.ok(int2.nll > fp16.nll + 1, `uniform-2 NLL ${int2.nll} vs fp16 ${fp16.nll}`);
     assert.ok(int2.summary!.achievedBeta < 0.3 * fp16.summary!.achievedBeta, `uniform-2 β ${int2.summary!.achievedBeta}`);
 
     const [a, b] = await Promise.all([split.score(text, { policy: CachePolicy.SMARTKV, budget: 0.35 }), local.score(text, { policy: CachePolicy.SMARTKV, budget: 0.35 })]);
