@@ -1,6 +1,6 @@
 // The bytes behind a result in the names every JSON output uses
 // (target_beta, achieved_beta, hot_bytes, master_bytes, fp16_bytes, mode,
-// budget_met), and the human phrase that says whether β was met and why not.
+// budget_met, peak_hot_bytes), and the human phrase that says whether β was met and why not.
 import type { BudgetReport } from '../gen/smartkv/v1/common_pb.js';
 import { modeFromPb } from '../services/common/policy.js';
 
@@ -13,6 +13,7 @@ export interface BudgetFields {
   mode: string;
   budget_met: boolean;
   binds_from_tokens: number | null;
+  peak_hot_bytes: number; // the most hot bytes held at any time while it ran
 }
 
 export function budgetFields(b: BudgetReport | undefined): BudgetFields {
@@ -25,6 +26,7 @@ export function budgetFields(b: BudgetReport | undefined): BudgetFields {
     mode: (b && modeFromPb(b.mode)) ?? 'unknown',
     budget_met: b?.budgetMet ?? false,
     binds_from_tokens: b && b.targetBeta > 0 ? b.bindsFromTokens : null,
+    peak_hot_bytes: Number(b?.peakHotBytes ?? 0),
   };
 }
 

@@ -12,7 +12,7 @@
 //               sinks       sinks ∈ {0, 16}             (default 4)
 //               importance  normalised                  (default accumulated)
 //               layers      per-layer                   (default shared)
-//               horizon     prompt: β binds from the end of the prefill (default now)
+//               horizon     prompt, end: β binds from the end of the prefill (default now)
 //               random      policy random: smartkv's bit histogram on random tokens
 //             A variant changes one knob; everything else is the default row's.
 //   samples   the suite's (eval-tasks.ts), the same for every row; `longppl`
@@ -30,11 +30,11 @@ import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { create } from '@bufbuild/protobuf';
 
-import { BudgetHorizon, CacheSettingsSchema, ImportanceMode, LayerMode } from '../gen/smartkv/v1/common_pb.js';
+import { CacheSettingsSchema, ImportanceMode, LayerMode } from '../gen/smartkv/v1/common_pb.js';
 import { ScoreRequestSchema } from '../gen/smartkv/v1/generation_pb.js';
 import { parseOptions, UsageError, type OptionSpec } from '../services/common/args.js';
 import { isModeName, MODE_NAMES, modeToPb, policyToPb, type ModeName, type PolicyName } from '../services/common/policy.js';
-import { DEFAULTS } from '../services/orchestrator/settings.js';
+import { DEFAULTS, horizonToPb, type HorizonName } from '../services/orchestrator/settings.js';
 import { budgetFields } from './budget-fields.js';
 import { round, runPool, withServer, type EvalIo } from './eval-common.js';
 import { ablationSpec, renderSvg, type AblationPoint } from './eval-plot.js';
@@ -56,7 +56,7 @@ export interface Knobs {
   sinks: number; // first tokens kept at 16 bits
   importance: 'accumulated' | 'normalised';
   layers: 'shared' | 'per-layer';
-  horizon: 'now' | 'prompt'; // when β binds during the prefill
+  horizon: HorizonName; // when β binds during the prefill
 }
 
 export const DEFAULT_KNOBS: Knobs = {
@@ -78,7 +78,7 @@ const GRID: Record<AblationName, (Partial<Knobs> & { label: string })[]> = {
   sinks: [0, 4, 16].map((sinks) => ({ sinks, label: `sinks=${sinks}` })),
   importance: [{ importance: 'accumulated', label: 'importance=accumulated' }, { importance: 'normalised', label: 'importance=normalised' }],
   layers: [{ layers: 'shared', label: 'layers=shared' }, { layers: 'per-layer', label: 'layers=per-layer' }],
-  horizon: [{ horizon: 'now', label: 'horizon=now' }, { horizon: 'prompt', label: 'horizon=prompt' }],
+  horizon: [{ horizon: 'now', label: 'horizon=now' }, { horizon: 'prompt', label: 'horizon=prompt' }, { horizon: 'end', label: 'horizon=end' }],
   random: [{ policy: 'random', label: 'policy=random' }],
 };
 
@@ -116,7 +116,7 @@ export function ablationSettings(k: Knobs, beta: number, mode: ModeName) {
     sinks: k.sinks,
     importance: k.importance === 'normalised' ? ImportanceMode.NORMALISED : ImportanceMode.ACCUMULATED,
     layers: k.layers === 'per-layer' ? LayerMode.PER_LAYER : LayerMode.SHARED,
-    horizon: k.horizon === 'prompt' ? BudgetHorizon.PROMPT : BudgetHorizon.NOW,
+    horizon: horizonToPb(k.horizon),
   });
 }
 
@@ -281,7 +281,7 @@ export async function evalAblation(o: AblationOptions, io: EvalIo, command: stri
           task: it.s.task, context: it.s.context, seed: it.s.seed, depth: it.s.depth === null ? null : round(it.s.depth, 4),
           ablation: it.r.ablation, variant: it.r.variant,
           policy: it.r.knobs.policy, mode: o.mode, target_beta: it.r.knobs.policy === 'fp16' ? null : o.budget, achieved_beta: round(b.achieved_beta, 4),
-          hot_bytes: b.hot_bytes, master_bytes: b.master_bytes, fp16_bytes: b.fp16_bytes, budget_met: b.budget_met, ...scoreOutcome(it.s, res),
+          hot_bytes: b.hot_bytes, peak_hot_bytes: b.peak_hot_bytes, master_bytes: b.master_bytes, fp16_bytes: b.fp16_bytes, budget_met: b.budget_met, ...scoreOutcome(it.s, res),
         };
         outcomes[it.ri][it.si] = out;
         if (o.out) appendFileSync(join(o.out, 'samples.jsonl'), JSON.stringify(out) + '\n');

@@ -24,6 +24,7 @@ import { CacheSettingsSchema } from '../gen/smartkv/v1/common_pb.js';
 import { ScoreRequestSchema, type ScoreResponse } from '../gen/smartkv/v1/generation_pb.js';
 import { parseOptions, UsageError, type OptionSpec } from '../services/common/args.js';
 import { isModeName, isPolicyName, MODE_NAMES, modeToPb, policyToPb, POLICY_NAMES, type ModeName, type PolicyName } from '../services/common/policy.js';
+import { HORIZON_NAMES, horizonToPb, type HorizonName } from '../services/orchestrator/settings.js';
 import { budgetFields } from './budget-fields.js';
 import { BUDGETED, mean, round, runPool, withServer, type EvalIo } from './eval-common.js';
 import { renderSvg, frontierSpec, type PlotRow } from './eval-plot.js';
@@ -57,6 +58,7 @@ export interface SuiteOptions {
   interval?: number;
   window?: number;
   sinks?: number;
+  horizon?: HorizonName; // sent with every request; unset: the server's default
 }
 
 export const SUITE_OPTIONS: Record<string, OptionSpec> = {
@@ -78,6 +80,7 @@ export const SUITE_OPTIONS: Record<string, OptionSpec> = {
   interval: { kind: 'int', help: 'reallocation interval R sent with every request (ablation)' },
   window: { kind: 'int', help: 'recent window kept at 16 bits, sent with every request (ablation)' },
   sinks: { kind: 'int', help: 'sink tokens kept at 16 bits, sent with every request (ablation)' },
+  horizon: { kind: 'string', help: `budget horizon sent with every request: ${HORIZON_NAMES.join(', ')} (default: the server's, now unless started otherwise)` },
   help: { kind: 'bool', help: 'print this help' },
 };
 
@@ -106,6 +109,8 @@ export function parseSuiteOptions(argv: readonly string[], onlyTask?: SuiteTask)
   const contexts = num('context', 64, 1 << 20).map(Math.round);
   const gamma = o.gamma as number | undefined;
   if (gamma !== undefined && !(gamma >= 0 && gamma < 1)) throw new UsageError(`--gamma must be in [0, 1), got ${gamma}`);
+  const horizon = o.horizon as string | undefined;
+  if (horizon !== undefined && !(HORIZON_NAMES as readonly string[]).includes(horizon)) throw new UsageError(`--horizon must be ${HORIZON_NAMES.join(', ')}; got ${horizon}`);
   return {
     tasks: tasks.length ? (tasks as SuiteTask[]) : quick ? ['passkey', 'multikey'] : [...SUITE_TASKS],
     contexts: contexts.length ? [...new Set(contexts)].sort((a, b) => a - b) : quick ? [1024] : SUITE_CONTEXTS,
@@ -125,6 +130,7 @@ export function parseSuiteOptions(argv: readonly string[], onlyTask?: SuiteTask)
     interval: o.interval as number | undefined,
     window: o.window as number | undefined,
     sinks: o.sinks as number | undefined,
+    horizon: horizon as HorizonName | undefined,
   };
 }
 
@@ -153,7 +159,8 @@ interface RowBytes {
   mode: ModeName;
   target_beta: number | null;
   achieved_beta: number;
-  hot_bytes: number;
+  hot_bytes: number; // at the end
+  peak_hot_bytes: number; // the most held at any time (the prompt at 16 bits, with the `end` horizon)
   master_bytes: number;
   fp16_bytes: number;
 }
@@ -194,6 +201,7 @@ export function aggregate(task: SuiteTask, context: number, row: SuiteRow, xs: S
     task, context, policy: row.policy, mode: row.mode, target_beta: row.targetBeta,
     achieved_beta: round(mean(xs.map((x) => x.achieved_beta)), 4),
     hot_bytes: Math.round(mean(xs.map((x) => x.hot_bytes))),
+    peak_hot_bytes: Math.round(mean(xs.map((x) => x.peak_hot_bytes))),
     master_bytes: Math.round(mean(xs.map((x) => x.master_bytes))),
     fp16_bytes: Math.round(mean(xs.map((x) => x.fp16_bytes))),
     budget_met_share: round(xs.filter((x) => x.budget_met).length / xs.length, 4),
@@ -269,7 +277,7 @@ export async function evalSuite(o: SuiteOptions, io: EvalIo, command: string): P
         const out: SampleOutcome = {
           task: it.s.task, context: it.s.context, seed: it.s.seed, depth: it.s.depth === null ? null : round(it.s.depth, 4),
           policy: it.r.policy, mode: it.r.mode, target_beta: it.r.targetBeta, achieved_beta: round(b.achieved_beta, 4),
-          hot_bytes: b.hot_bytes, master_bytes: b.master_bytes, fp16_bytes: b.fp16_bytes, budget_met: b.budget_met, ...scoreOutcome(it.s, res),
+          hot_bytes: b.hot_bytes, peak_hot_bytes: b.peak_hot_bytes, master_bytes: b.master_bytes, fp16_bytes: b.fp16_bytes, budget_met: b.budget_met, ...scoreOutcome(it.s, res),
         };
         outcomes[it.ri][it.si] = out;
         if (o.out) appendFileSync(join(o.out, 'samples.jsonl'), JSON.stringify(out) + '\n');
@@ -300,6 +308,7 @@ function settingsOf(r: SuiteRow, o: SuiteOptions) {
   return create(CacheSettingsSchema, {
     policy: policyToPb(r.policy), budget: r.targetBeta ?? 1, mode: modeToPb(r.mode),
     gamma: o.gamma, reallocInterval: o.interval, window: o.window, sinks: o.sinks,
+    horizon: o.horizon === undefined ? undefined : horizonToPb(o.horizon),
   });
 }
 
@@ -332,7 +341,7 @@ function suiteReport(o: SuiteOptions, results: SuiteResultRow[], compare: SuiteC
     const mine = results.filter((r) => r.task === task);
     const label = task === 'longppl' ? 'bits/byte ≥1K [≥4K] (all)' : task === 'contppl' ? 'bits/byte over the last 1/8, after the prefill' : 'accuracy (bits per answer byte)';
     sections.push({
-      title: `${task}: ${label} by row and context (tokens); β achieved, hot and master kB at the largest context`,
+      title: `${task}: ${label} by row and context (tokens); β achieved, hot (end and peak) and master kB at the largest context`,
       table: resultTable(task, mine, run.contexts),
     });
     const cmp = compare.filter((c) => c.task === task);
@@ -351,7 +360,7 @@ function suiteReport(o: SuiteOptions, results: SuiteResultRow[], compare: SuiteC
       ['samples', `${run.samples} (${o.samples} per task × context); ${o.seeds} seeds; held-out phrasings and documents (training/tasks.mjs); the same samples for every row`],
       ['scoring', 'Score with prefill = BOS + context (chunks, plans between them), questions and answers one token at a time; a turn is right iff every answer byte is the greedy choice'],
       ['rows', `${suiteRows(o).map(rowLabel).join(', ')}`],
-      ['per request', `γ ${o.gamma ?? 'server default'}, R ${o.interval ?? 'server default'}, window ${o.window ?? 'server default'}, sinks ${o.sinks ?? 'server default'}; ${o.concurrency} in flight`],
+      ['per request', `γ ${o.gamma ?? 'server default'}, R ${o.interval ?? 'server default'}, window ${o.window ?? 'server default'}, sinks ${o.sinks ?? 'server default'}, budget horizon ${o.horizon ?? 'server default'}; ${o.concurrency} in flight`],
     ],
     sections,
     footer: [`elapsed ${formatDuration(run.elapsedMs)} (${run.requests} Score requests)`],
@@ -363,11 +372,11 @@ function resultTable(task: SuiteTask, rows: SuiteResultRow[], contexts: number[]
   const top = Math.max(...contexts);
   const value = (r: SuiteResultRow | undefined) => (!r ? '—' : r.accuracy !== undefined ? `${(100 * r.accuracy).toFixed(1)} % (${fixed(r.answer_bits ?? null, 3)})` : task === 'contppl' ? fixed(r.bits_per_byte?.[CONT_BAND] ?? null, 4) : `${fixed(r.bits_per_byte?.['≥1K'] ?? null, 4)}${r.context > 4096 ? ` [${fixed(r.bits_per_byte?.['≥4K'] ?? null, 4)}]` : ''} (${fixed(r.bits_per_byte?.all ?? null, 4)})`);
   return {
-    columns: [{ title: 'policy' }, { title: 'mode' }, { title: 'β target', right: true }, ...contexts.map((c) => ({ title: String(c), right: true })), { title: 'β achieved', right: true }, { title: 'hot kB', right: true }, { title: 'master kB', right: true }, { title: 'β met', right: true }],
+    columns: [{ title: 'policy' }, { title: 'mode' }, { title: 'β target', right: true }, ...contexts.map((c) => ({ title: String(c), right: true })), { title: 'β achieved', right: true }, { title: 'hot kB', right: true }, { title: 'peak hot kB', right: true }, { title: 'master kB', right: true }, { title: 'β met', right: true }],
     rows: keys.map((k) => {
       const at = (c: number) => rows.find((r) => r.context === c && r.policy === k.policy && r.target_beta === k.target_beta && r.mode === k.mode);
       const big = at(top)!;
-      return [k.policy, k.mode, fixed(k.target_beta, 2), ...contexts.map((c) => value(at(c))), fixed(big.achieved_beta, 3), (big.hot_bytes / 1e3).toFixed(0), (big.master_bytes / 1e3).toFixed(0), `${(100 * big.budget_met_share).toFixed(0)} %`];
+      return [k.policy, k.mode, fixed(k.target_beta, 2), ...contexts.map((c) => value(at(c))), fixed(big.achieved_beta, 3), (big.hot_bytes / 1e3).toFixed(0), (big.peak_hot_bytes / 1e3).toFixed(0), (big.master_bytes / 1e3).toFixed(0), `${(100 * big.budget_met_share).toFixed(0)} %`];
     }),
   };
 }

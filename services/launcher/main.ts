@@ -6,6 +6,7 @@
 import { parseOptions, TLS_OPTIONS, usage, UsageError, type OptionSpec } from '../common/args.js';
 import { readTlsDir } from '../common/credentials.js';
 import { Cluster, type ServiceProcess } from './cluster.js';
+import { HORIZON_NAMES } from '../orchestrator/settings.js';
 
 const OPTIONS: Record<string, OptionSpec> = {
   host: { kind: 'string', default: '127.0.0.1', help: 'address the services listen on' },
@@ -19,7 +20,7 @@ const OPTIONS: Record<string, OptionSpec> = {
   'master-dir': { kind: 'string', help: 'directory for the cache services\' master tier files (default: one per service under the OS temp dir, removed on stop)' },
   policy: { kind: 'string', help: 'default cache policy (fp16, uniform-8/4/2, kivi-2/4, kivi-2-rot/kivi-4-rot, random, tiered, smartkv)' },
   budget: { kind: 'number', help: 'default budget β' },
-  horizon: { kind: 'string', help: 'default budget horizon: now (every plan meets β over what it holds; the default) or prompt (plans between prefill chunks may hold β × the whole prompt)' },
+  horizon: { kind: 'string', help: 'default budget horizon: now (every plan meets β over what it holds; the default), prompt (plans between prefill chunks may hold β × the whole prompt) or end (no plan until the prompt is read; it is held at 16 bits until then)' },
   ...TLS_OPTIONS,
   'tls-dir': { kind: 'string', help: 'mutual TLS between the services with these certificates (ca.pem, cert.pem, key.pem); default: a throwaway CA and certificate made with openssl for this run' },
   'api-tls': { kind: 'string', default: 'off', help: 'the public API: off (plaintext), tls or mtls, with the services\' certificate' },
@@ -51,7 +52,7 @@ async function main(): Promise<number> {
   if (mode !== 'downgrade-only' && mode !== 'reversible') throw new UsageError(`--mode must be downgrade-only or reversible, got ${mode}`);
   orchestratorArgs.push('--mode', mode);
   const horizon = o.horizon as string | undefined;
-  if (horizon !== undefined && horizon !== 'now' && horizon !== 'prompt') throw new UsageError(`--horizon must be now or prompt, got ${horizon}`);
+  if (horizon !== undefined && !(HORIZON_NAMES as readonly string[]).includes(horizon)) throw new UsageError(`--horizon must be ${HORIZON_NAMES.join(', ')}; got ${horizon}`);
   if (horizon) orchestratorArgs.push('--horizon', horizon);
   const cacheArgs = ['--memory-limit', String(o['memory-limit']), '--mode', mode];
   if (o['master-dir']) cacheArgs.push('--master-dir', o['master-dir'] as string);

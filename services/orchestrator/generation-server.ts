@@ -109,6 +109,7 @@ export function budgetToPb(b: BudgetSummary): BudgetReport {
     mode: modeToPb(b.mode),
     budgetMet: b.budgetMet,
     bindsFromTokens: b.bindsFrom,
+    peakHotBytes: BigInt(b.peakHotBytes),
   });
 }
 

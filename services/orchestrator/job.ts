@@ -31,6 +31,7 @@ export interface CacheReport {
   budgetMissedBinding: number; // of those, plans at a length from which β can bind (a real miss)
   bindsFrom: number; // the shortest length from which β can bind (from the last plan)
   bytes: Bytes | null; // at the end
+  peakHotBytes: number; // the most hot bytes held: right before a plan, or at the end
 }
 
 /** The bytes behind a result, under the names every report uses (BudgetReport). */
@@ -43,6 +44,7 @@ export interface BudgetSummary {
   mode: ModeName;
   budgetMet: boolean;
   bindsFrom: number;
+  peakHotBytes: number; // the most hot bytes held at any time
 }
 
 const BUDGETED = new Set(['smartkv', 'random', 'tiered']);
@@ -63,6 +65,7 @@ export function budgetReport(r: CacheReport, cache: CacheChoice): BudgetSummary 
     mode: cache.mode,
     budgetMet: !budgeted || (achievedBeta <= targetBeta && r.budgetMissedBinding === 0),
     bindsFrom: budgeted ? r.bindsFrom : 0,
+    peakHotBytes: Math.max(r.peakHotBytes, b?.heldBytes ?? 0),
   };
 }
 
@@ -99,7 +102,7 @@ export class Job {
   firstTokenAt = 0;
   readonly report: CacheReport = {
     reallocations: 0, allocateCalls: 0, applyCalls: 0, allocateUs: 0, applyUs: 0, tokensChanged: 0, bytesMoved: 0, maxBeta: 0,
-    budgetMissed: 0, budgetMissedBinding: 0, bindsFrom: 0, bytes: null,
+    budgetMissed: 0, budgetMissedBinding: 0, bindsFrom: 0, bytes: null, peakHotBytes: 0,
   };
   /** The job's span (generate or score) and its context; steps are its children. */
   span: Span | null = null;

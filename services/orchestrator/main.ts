@@ -42,7 +42,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   'memory-limit': { kind: 'int', default: 0, help: 'in-process: hot KV bytes the cache may hold (the master tier is not counted)' },
   gamma: { kind: 'number', default: 0.9, help: 'in-process: importance EMA factor γ' },
   mode: { kind: 'string', default: D.cache.mode, help: 'default precision mode: downgrade-only (no master copy; what docs/evaluation.md\'s headline tables measure) or reversible (an FP16 master copy in the cache\'s master tier, so plans may raise precision)' },
-  horizon: { kind: 'string', default: D.cache.horizon, help: 'default budget horizon: now (every plan meets β over the tokens it holds) or prompt (plans between prefill chunks may hold up to β × the whole prompt; β binds from the end of the prefill)' },
+  horizon: { kind: 'string', default: D.cache.horizon, help: 'default budget horizon: now (every plan meets β over the tokens it holds), prompt (plans between prefill chunks may hold up to β × the whole prompt; β binds from the end of the prefill) or end (no plan until the prompt is read: it is held at 16 bits until then, and the first plan sees the attention its last tokens paid)' },
   'master-dir': { kind: 'string', help: 'in-process: directory of the master tier (default: <tmpdir>/smartkv-master-<pid>, removed on stop)' },
   'rotate-kv': { kind: 'bool', default: true, help: 'in-process: store K and V rotated (randomised Hadamard; --rotate-kv=false: off)' },
   'max-prompt-bytes': { kind: 'int', default: 0, help: 'UTF-8 bytes of a prompt or Score text, checked before tokenising; also sizes the request limit (0: 16 per token of context, at least 64 KiB)' },
@@ -67,7 +67,7 @@ export function defaultsFrom(o: Record<string, unknown>): ServerDefaults {
   const mode = o.mode as string;
   if (!isModeName(mode)) throw new UsageError(`--mode must be downgrade-only or reversible, got ${mode}`);
   const horizon = o.horizon as HorizonName;
-  if (!HORIZON_NAMES.includes(horizon)) throw new UsageError(`--horizon must be now or prompt, got ${horizon}`);
+  if (!HORIZON_NAMES.includes(horizon)) throw new UsageError(`--horizon must be ${HORIZON_NAMES.join(', ')}; got ${horizon}`);
   return {
     ...DEFAULTS,
     cache: {

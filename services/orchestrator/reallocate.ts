@@ -43,6 +43,7 @@ export interface ReallocOutcome {
   tokensChanged: number;
   bytesMoved: number;
   bytes: Bytes; // after the plan (the bytes before when nothing changed)
+  bytesBefore: Bytes; // right before the plan (what the export saw)
   fits: boolean; // the plan's exact bytes are within β now and until the next plan
   achievedBeta: number; // the allocator's exact worst β until the next plan
   predictedHotBytes: number; // the allocator's price of the plan (≥ what the engine holds after it)
@@ -176,7 +177,7 @@ function problemOf(report: ImportanceReport, lay: SequenceLayout, opt: ReallocOp
 /** The outcome before the plan is applied (as it stays when nothing changes). */
 function planned(report: ImportanceReport, r: AllocatorResult): ReallocOutcome {
   return {
-    allocateUs: r.allocateUs, applyUs: 0, tokensChanged: 0, bytesMoved: 0, bytes: report.bytes, fits: r.fits,
+    allocateUs: r.allocateUs, applyUs: 0, tokensChanged: 0, bytesMoved: 0, bytes: report.bytes, bytesBefore: report.bytes, fits: r.fits,
     achievedBeta: r.achievedBeta, predictedHotBytes: r.hotBytes, bindsFrom: r.bindsFrom, allocateCalls: 1, applyCalls: 0, formats: r.formats,
   };
 }

@@ -279,7 +279,7 @@ export class Scheduler {
     const budgeted = cache.policy === 'smartkv' || cache.policy === 'random' || cache.policy === 'tiered';
     // Tokens that arrive at 16 bits before a plan: a prefill chunk (no longer than the prompt) or R decode steps.
     const ahead = Math.max(Math.min(this.o.defaults.prefillChunk, job.promptLength), cache.reallocInterval);
-    return reservationBytes({
+    const reserve = (beta: number, tokens: number) => reservationBytes({
       layers: c.layers,
       fp16TokenBytes,
       blockTokens: T,
@@ -287,12 +287,16 @@ export class Scheduler {
       tokenMetaBytes: TOKEN_META_BYTES,
       metaPageTokens: META_PAGE_TOKENS,
       tableEntryBytes: TABLE_ENTRY_BYTES,
-      // Unbudgeted policies hold at most FP16 blocks (uniform plans never exceed leaving tokens alone).
-      beta: budgeted ? cache.beta : 1,
-      tokens: this.maxTokens(job),
+      beta,
+      tokens,
       ahead,
       protectedTokens: cache.sinks + cache.window,
     });
+    // Unbudgeted policies hold at most FP16 blocks (uniform plans never exceed leaving tokens alone).
+    if (!budgeted) return reserve(1, this.maxTokens(job));
+    const longest = reserve(cache.beta, this.maxTokens(job));
+    // With the `end` horizon the whole prompt is held at 16 bits until the first plan.
+    return cache.horizon === 'end' && isPlanPolicy(cache.policy) ? Math.max(longest, reserve(1, job.promptLength)) : longest;
   }
 
   // --- one step ------------------------------------------------------------
@@ -363,8 +367,11 @@ export class Scheduler {
       else if (wasPrefill) j.fed += rows;
       if (j.spec.kind === 'generate' && !j.prefilling) this.sampled(r, out);
       // Reallocate between prefill chunks, right after prefill, and every R decode steps.
+      // With the `end` horizon, not between prefill chunks: the prompt stays at 16 bits until it is read.
       let ahead = 0;
-      if (wasPrefill) ahead = j.prefilling ? Math.min(this.o.defaults.prefillChunk, j.promptLength - j.fed) : j.spec.cache.reallocInterval;
+      const planWhilePrefilling = j.spec.cache.horizon !== 'end';
+      if (wasPrefill && j.prefilling) ahead = planWhilePrefilling ? Math.min(this.o.defaults.prefillChunk, j.promptLength - j.fed) : 0;
+      else if (wasPrefill) ahead = j.spec.cache.reallocInterval;
       else if (++j.stepsSincePlan >= j.spec.cache.reallocInterval) ahead = j.spec.cache.reallocInterval;
       if (ahead > 0 && !j.finish && isPlanPolicy(j.spec.cache.policy)) due.push({ job: j, ahead });
     });
@@ -515,6 +522,8 @@ export class Scheduler {
     rep.tokensChanged += r.tokensChanged;
     rep.bytesMoved += r.bytesMoved;
     rep.bindsFrom = r.bindsFrom;
+    // Hot bytes only grow between plans (tokens arrive), so the peak is right before one (or at the end).
+    rep.peakHotBytes = Math.max(rep.peakHotBytes, r.bytesBefore.heldBytes, r.bytes.heldBytes);
     const beta = r.bytes.fp16Bytes > 0 ? r.bytes.heldBytes / r.bytes.fp16Bytes : 0;
     if (r.tokensChanged > 0) rep.maxBeta = Math.max(rep.maxBeta, beta);
     const budgeted = policy === 'smartkv' || policy === 'random' || policy === 'tiered';
@@ -542,6 +551,7 @@ export class Scheduler {
     if (!j.cancelled) {
       try {
         j.report.bytes = (await j.shard!.stats(j.seq)).bytes;
+        j.report.peakHotBytes = Math.max(j.report.peakHotBytes, j.report.bytes.heldBytes);
       } catch {
         // the summary goes without final bytes
       }

@@ -23,10 +23,14 @@ export interface CacheChoice {
   horizon: HorizonName; // when β binds during the prefill (BudgetHorizon)
 }
 
-/** BudgetHorizon by name: `now` (every plan meets β over what it holds) or `prompt` (β binds from the end of the prefill). */
-export type HorizonName = 'now' | 'prompt';
-export const HORIZON_NAMES: readonly HorizonName[] = ['now', 'prompt'];
-export const horizonToPb = (h: HorizonName) => (h === 'prompt' ? BudgetHorizon.PROMPT : BudgetHorizon.NOW);
+/** BudgetHorizon by name: `now` (every plan meets β over what it holds), `prompt` (plans
+ * between prefill chunks may hold β × the whole prompt) or `end` (no plan until the prompt
+ * is read; the prompt is held at 16 bits until then). */
+export type HorizonName = 'now' | 'prompt' | 'end';
+export const HORIZON_NAMES: readonly HorizonName[] = ['now', 'prompt', 'end'];
+const HORIZON_PB: Record<HorizonName, BudgetHorizon> = { now: BudgetHorizon.NOW, prompt: BudgetHorizon.PROMPT, end: BudgetHorizon.END };
+export const horizonToPb = (h: HorizonName) => HORIZON_PB[h];
+export const horizonFromPb = (h: BudgetHorizon): HorizonName | undefined => HORIZON_NAMES.find((n) => HORIZON_PB[n] === h);
 
 export interface ServerDefaults {
   cache: CacheChoice;
@@ -116,8 +120,9 @@ export function resolveCache(c: CacheSettings | undefined, d: ServerDefaults): C
     out.mode = m;
   }
   if (c.horizon !== BudgetHorizon.UNSPECIFIED) {
-    if (!BudgetHorizon[c.horizon]) throw invalidArgument(`cache.horizon: unknown budget horizon ${c.horizon}`);
-    out.horizon = c.horizon === BudgetHorizon.PROMPT ? 'prompt' : 'now';
+    const h = horizonFromPb(c.horizon);
+    if (!h) throw invalidArgument(`cache.horizon: unknown budget horizon ${c.horizon}`);
+    out.horizon = h;
   }
   if (c.window !== undefined) {
     if (c.window > 65536) throw invalidArgument(`cache.window must be ≤ 65536, got ${c.window}`);

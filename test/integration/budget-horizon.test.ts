@@ -6,7 +6,10 @@
 // β × the whole prompt plus the chunk ahead, which every one of them meets.
 // Both meet β at the end, and `prompt` stays within the sequence's
 // reservation: a second orchestrator runs it under a memory limit of exactly
-// the reservation (the engine refuses any append past its limit).
+// the reservation (the engine refuses any append past its limit). With
+// `end`, no plan is made until the prompt is read: the prompt is held at
+// 16 bits (the peak hot bytes say so), one plan meets β, and the reservation
+// covers the peak.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -68,6 +71,7 @@ async function run(orch: Orchestrator, horizon: BudgetHorizon, seen?: Seen): Pro
 }
 
 const beta = (o: JobOutcome) => o.cache.bytes!.heldBytes / o.cache.bytes!.fp16Bytes;
+let nowPeak = 0; // the `now` run's peak hot bytes (first test)
 
 describe('budget horizon', () => {
   after(() => rmSync(dir, { recursive: true, force: true }));
@@ -83,6 +87,7 @@ describe('budget horizon', () => {
       await free.close(1000);
     }
     t.diagnostic(`β at the end: now ${beta(now).toFixed(4)}, prompt ${beta(prompt).toFixed(4)}; first quarter above 2 bits: now ${seenNow.earlyAbove2.toFixed(3)}, prompt ${seenPrompt.earlyAbove2.toFixed(3)}; plans that missed β: now ${now.cache.budgetMissed}, prompt ${prompt.cache.budgetMissed}`);
+    nowPeak = now.cache.peakHotBytes;
     for (const [name, o] of [['now', now], ['prompt', prompt]] as const) {
       assert.ok(beta(o) <= BETA, `${name}: ${beta(o)} over β at the end`);
       assert.equal(o.cache.budgetMissedBinding, 0, `${name}: a plan missed its β`);
@@ -97,6 +102,34 @@ describe('budget horizon', () => {
     try {
       const o = await run(limited, BudgetHorizon.PROMPT); // rejects if an append went past the reservation
       assert.deepEqual(o.generated, prompt.generated);
+    } finally {
+      await limited.close(1000);
+    }
+  });
+
+  test('end holds the prompt at 16 bits until it is read, then one plan meets β within the reservation', async (t) => {
+    const free = await orchestrator(0);
+    let end: JobOutcome;
+    const seen: Seen = { reserved: 0, earlyAbove2: -1 };
+    try {
+      end = await run(free, BudgetHorizon.END, seen);
+    } finally {
+      await free.close(1000);
+    }
+    const fp16 = end.cache.bytes!.fp16Bytes;
+    t.diagnostic(`end: ${end.cache.reallocations} plans, β at the end ${beta(end).toFixed(4)}, peak hot ${end.cache.peakHotBytes} B (FP16 ${fp16} B; now's peak ${nowPeak} B), reserved ${seen.reserved} B`);
+    // 4 tokens generated with R = 16: the plan right after the prefill is the only one.
+    assert.equal(end.cache.reallocations, 1, 'a plan was made between prefill chunks');
+    assert.ok(beta(end) <= BETA, `${beta(end)} over β at the end`);
+    assert.equal(end.cache.budgetMissed, 0, 'the plan after the prefill missed β');
+    assert.ok(end.cache.peakHotBytes >= 0.95 * fp16, `peak ${end.cache.peakHotBytes} B: the prompt was not held at 16 bits`);
+    assert.ok(nowPeak > 0 && nowPeak < 0.5 * end.cache.peakHotBytes, `now's peak ${nowPeak} B is not below end's ${end.cache.peakHotBytes} B`);
+    assert.ok(seen.reserved >= end.cache.peakHotBytes, `reserved ${seen.reserved} B < the peak ${end.cache.peakHotBytes} B`);
+
+    const limited = await orchestrator(seen.reserved);
+    try {
+      const o = await run(limited, BudgetHorizon.END); // rejects if an append went past the reservation
+      assert.deepEqual(o.generated, end.generated);
     } finally {
       await limited.close(1000);
     }

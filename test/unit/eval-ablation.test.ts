@@ -31,7 +31,7 @@ describe('eval ablation rows', () => {
     assert.deepEqual(values('sinks'), [0, 16, 4]);
     assert.deepEqual(values('importance'), ['accumulated', 'normalised']);
     assert.deepEqual(values('layers'), ['per-layer', 'shared']);
-    assert.deepEqual(values('horizon'), ['now', 'prompt']);
+    assert.deepEqual(values('horizon'), ['now', 'prompt', 'end']);
     assert.deepEqual(values('policy'), ['random', 'smartkv']);
     assert.equal(new Set(rows.map((r) => r.variant)).size, rows.length, 'variant names are unique');
   });
