@@ -358,7 +358,7 @@ function suiteReport(o: SuiteOptions, results: SuiteResultRow[], compare: SuiteC
       ['model', modelLine(run.info)],
       ['served by', run.where],
       ['samples', `${run.samples} (${o.samples} per task × context); ${o.seeds} seeds; held-out phrasings and documents (training/tasks.mjs); the same samples for every row`],
-      ['scoring', 'Score with prefill = BOS + context (chunks, plans between them), questions and answers one token at a time; a turn is right iff every answer byte is the greedy choice'],
+      ['scoring', `Score with prefill = BOS + context (chunks; ${o.horizon === 'end' ? 'no plan until the last one is read' : 'plans between them'}), questions and answers one token at a time; a turn is right iff every answer byte is the greedy choice`],
       ['rows', `${suiteRows(o).map(rowLabel).join(', ')}`],
       ['per request', `γ ${o.gamma ?? 'server default'}, R ${o.interval ?? 'server default'}, window ${o.window ?? 'server default'}, sinks ${o.sinks ?? 'server default'}, budget horizon ${o.horizon ?? 'server default'}; ${o.concurrency} in flight`],
     ],

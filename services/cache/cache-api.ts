@@ -99,6 +99,9 @@ export interface CacheShard {
   /** gamma, mode: the sequence's importance EMA factor and precision mode (default: the service's). */
   createSequence(storage: StorageKind, reserveBytes: number, gamma?: number, mode?: PrecisionMode): Promise<CreatedSequence>;
   freeSequence(seq: number): Promise<void>;
+  /** Lowers seq's reservation to reserveBytes (INVALID_ARGUMENT above its
+   * reservation or below its hot bytes now); returns the shard's reserved bytes. */
+  shrinkReservation(seq: number, reserveBytes: number): Promise<number>;
   /** traceparent: the caller's attend span, for the service's own span ('' = none). */
   attend(layer: number, items: ShardAttendItem[], traceparent?: string): Promise<ShardAttendResult>;
   exportImportance(seq: number): Promise<ImportanceReport>;

@@ -97,6 +97,22 @@ export class CacheCore implements CacheShard {
     this.held.delete(seq);
   }
 
+  async shrinkReservation(seq: number, reserveBytes: number): Promise<number> {
+    checkInt('reserve_bytes', reserveBytes, 0);
+    const h = this.held.get(seq);
+    if (!h) throw new KvEngineError('NOT_FOUND', `unknown sequence ${seq}`);
+    if (reserveBytes > h.reserveBytes)
+      throw new KvEngineError('INVALID_ARGUMENT', `reserve_bytes ${reserveBytes} is above sequence ${seq}'s reservation ${h.reserveBytes}: a reservation only shrinks (a larger one needs a new sequence)`);
+    // Below what it holds, the freed room would be promised twice.
+    const holds = (await this.engine.stats(seq)).heldBytes;
+    if (reserveBytes < holds) throw new KvEngineError('INVALID_ARGUMENT', `reserve_bytes ${reserveBytes} is below the ${holds} hot bytes sequence ${seq} holds now`);
+    const drop = h.reserveBytes - reserveBytes;
+    h.reserveBytes = reserveBytes;
+    this.reserved -= drop;
+    this.reservedByOwner.set(h.owner, this.reservedBy(h.owner) - drop);
+    return this.reserved;
+  }
+
   /** Frees every sequence `owner` holds; returns how many. */
   async freeOwner(owner: string): Promise<number> {
     const mine = [...this.held].filter(([, h]) => h.owner === owner).map(([s]) => s);

@@ -14,6 +14,7 @@ import {
   ExportImportanceResponseSchema,
   FreeSequenceResponseSchema,
   RegisterRegionResponseSchema,
+  ShrinkReservationResponseSchema,
   StatsResponseSchema,
   UnregisterRegionResponseSchema,
   type ApplyPlanBatchRequest,
@@ -25,6 +26,7 @@ import {
   type ExportImportanceResponse,
   type FreeSequenceRequest,
   type RegisterRegionRequest,
+  type ShrinkReservationRequest,
   type StatsRequest,
   type UnregisterRegionRequest,
 } from '../../gen/smartkv/v1/cache_pb.js';
@@ -152,6 +154,10 @@ export function cacheHandlers(
     freeSequence: unary(async (req: FreeSequenceRequest, call) => {
       await core.freeSequence(mine(req.sequenceId, touched(call)));
       return create(FreeSequenceResponseSchema, {});
+    }),
+    shrinkReservation: unary(async (req: ShrinkReservationRequest, call) => {
+      const seq = mine(req.sequenceId, touched(call));
+      return create(ShrinkReservationResponseSchema, { reservedBytes: BigInt(await core.shrinkReservation(seq, Number(req.reserveBytes))) });
     }),
     attend: unary((req: AttendRequest, call) => attend(req, touched(call))),
     attendStream: (call: grpc.ServerDuplexStream<AttendRequest, AttendResponse>) => {

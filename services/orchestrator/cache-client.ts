@@ -21,6 +21,7 @@ import {
   ExportImportanceRequestSchema,
   FreeSequenceRequestSchema,
   RegisterRegionRequestSchema,
+  ShrinkReservationRequestSchema,
   StatsRequestSchema,
   UnregisterRegionRequestSchema,
   type ApplyPlanBatchResponse,
@@ -29,6 +30,7 @@ import {
   type ExportImportanceBatchResponse,
   type ExportImportanceResponse,
   type RegisterRegionResponse,
+  type ShrinkReservationResponse,
   type StatsResponse,
 } from '../../gen/smartkv/v1/cache_pb.js';
 import type { PrecisionMode, StorageKind } from '../../native/kv-engine.js';
@@ -203,6 +205,11 @@ export class GrpcCacheShard implements CacheShard {
 
   async freeSequence(seq: number): Promise<void> {
     await this.unary('freeSequence', create(FreeSequenceRequestSchema, { sequenceId: seq }));
+  }
+
+  async shrinkReservation(seq: number, reserveBytes: number): Promise<number> {
+    const r = await this.unary<ShrinkReservationResponse>('shrinkReservation', create(ShrinkReservationRequestSchema, { sequenceId: seq, reserveBytes: BigInt(reserveBytes) }));
+    return Number(r.reservedBytes);
   }
 
   attend(layer: number, items: ShardAttendItem[], traceparent = ''): Promise<ShardAttendResult> {

@@ -88,7 +88,8 @@ export class Job {
   shard: CacheShard | null = null;
   seq = -1;
   layout: SequenceLayout | null = null;
-  reservedBytes = 0; // hot bytes reserved on the shard for the sequence at its longest
+  reservedBytes = 0; // hot bytes reserved on the shard for the sequence now
+  reserveAfterPrompt = 0; // what it keeps reserved after the plan that ends its prefill (less with the `end` horizon)
   cached = 0; // tokens in the cache
   fed = 0; // tokens of `input` fed so far
   readonly input: number[]; // the tokens to feed: prompt (+ forced tokens when scoring)

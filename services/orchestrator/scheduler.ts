@@ -226,7 +226,7 @@ export class Scheduler {
   private async place(job: Job, shards: ShardRoom[]): Promise<void> {
     const c = this.o.model.config, cache = job.spec.cache;
     const storage: StorageKind = isKiviPolicy(cache.policy) ? cache.policy : 'mixed';
-    const reserve = this.reservation(job);
+    const { reserve, afterPrompt } = this.reservation(job);
     let best = -1, room = -Infinity;
     shards.forEach(({ stats: s }, i) => {
       if (!s) return;
@@ -239,7 +239,7 @@ export class Scheduler {
     });
     if (best < 0) {
       if (shards.every((s) => !s.stats)) throw new RpcError(grpc.status.UNAVAILABLE, `no cache shard answers (${shards.map((s) => s.handle.address).join(', ') || 'none is healthy'})`);
-      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `no cache shard has room for this request within its memory limit (or what it lets one caller reserve): it may hold ${reserve} hot bytes at its maximum length (${this.maxTokens(job)} tokens, mode ${cache.mode}); retry later or lower max_tokens or cache.budget`);
+      throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `no cache shard has room for this request within its memory limit (or what it lets one caller reserve): it may hold ${reserve} hot bytes ${reserve > afterPrompt ? `while its prompt is read at 16 bits (${job.promptLength} tokens, budget horizon end; ${afterPrompt} after the first plan)` : `at its maximum length (${this.maxTokens(job)} tokens, mode ${cache.mode})`}; retry later or lower max_tokens or cache.budget${reserve > afterPrompt ? ', or use another budget horizon' : ''}`);
     }
     const { handle, stats } = shards[best];
     const shard = handle.shard;
@@ -251,6 +251,7 @@ export class Scheduler {
     job.shardAddress = handle.address;
     job.seq = created.seq;
     job.reservedBytes = reserve;
+    job.reserveAfterPrompt = afterPrompt;
     job.layout = { layers: c.layers, fp16TokenBytes: 2 * c.kvHeads * c.headDim * 2, tokenBytes: created.tokenBytes, blockTokens: this.o.blockTokens };
     if (isPlanPolicy(cache.policy)) {
       // Below this no length of sequence can meet the budget. Above it, a
@@ -271,14 +272,18 @@ export class Scheduler {
     return job.input.length + (job.spec.kind === 'generate' ? job.spec.maxTokens : 0);
   }
 
-  /** Hot bytes the sequence may hold at most (plan-cost.ts: reservationBytes). */
-  private reservation(job: Job): number {
+  /** Hot bytes the sequence may hold at most (plan-cost.ts: reservationBytes):
+   * `reserve` from the start, `afterPrompt` once the plan after the prefill has
+   * run (less only with the `end` horizon, which holds the prompt at 16 bits until then). */
+  private reservation(job: Job): { reserve: number; afterPrompt: number } {
     const c = this.o.model.config, cache = job.spec.cache, T = this.o.blockTokens;
     const tb = layoutTokenBytes({ headDim: c.headDim, kvHeads: c.kvHeads, blockTokens: T, quant: 'symmetric' });
     const fp16TokenBytes = 2 * c.kvHeads * c.headDim * 2;
     const budgeted = cache.policy === 'smartkv' || cache.policy === 'random' || cache.policy === 'tiered';
-    // Tokens that arrive at 16 bits before a plan: a prefill chunk (no longer than the prompt) or R decode steps.
-    const ahead = Math.max(Math.min(this.o.defaults.prefillChunk, job.promptLength), cache.reallocInterval);
+    // Tokens that arrive at 16 bits before a plan: a prefill chunk (no longer than the prompt) or R
+    // decode steps; with the `end` horizon no plan falls between chunks, so after the prompt only R.
+    const end = cache.horizon === 'end' && isPlanPolicy(cache.policy);
+    const ahead = end ? cache.reallocInterval : Math.max(Math.min(this.o.defaults.prefillChunk, job.promptLength), cache.reallocInterval);
     const reserve = (beta: number, tokens: number) => reservationBytes({
       layers: c.layers,
       fp16TokenBytes,
@@ -293,10 +298,25 @@ export class Scheduler {
       protectedTokens: cache.sinks + cache.window,
     });
     // Unbudgeted policies hold at most FP16 blocks (uniform plans never exceed leaving tokens alone).
-    if (!budgeted) return reserve(1, this.maxTokens(job));
-    const longest = reserve(cache.beta, this.maxTokens(job));
+    const longest = budgeted ? reserve(cache.beta, this.maxTokens(job)) : reserve(1, this.maxTokens(job));
     // With the `end` horizon the whole prompt is held at 16 bits until the first plan.
-    return cache.horizon === 'end' && isPlanPolicy(cache.policy) ? Math.max(longest, reserve(1, job.promptLength)) : longest;
+    const prompt = end ? reserve(1, job.promptLength) : 0;
+    return { reserve: Math.max(longest, prompt), afterPrompt: longest };
+  }
+
+  /** `end` horizon: once the plan after the prefill has run, the sequence
+   * needs only its budgeted reservation; the rest goes back to the shard. */
+  private async releasePromptReservations(due: readonly { job: Job }[]): Promise<void> {
+    const done = due.filter(({ job: j }) => !j.cancelled && !j.prefilling && j.reservedBytes > j.reserveAfterPrompt);
+    await Promise.all(done.map(async ({ job: j }) => {
+      try {
+        await j.shard!.shrinkReservation(j.seq, j.reserveAfterPrompt);
+        j.reservedBytes = j.reserveAfterPrompt;
+      } catch (e) {
+        // It keeps the larger reservation: nothing is lost but room for others.
+        this.o.log(`sequence ${j.seq} keeps its prompt reservation: ${(e as Error).message}`);
+      }
+    }));
   }
 
   // --- one step ------------------------------------------------------------
@@ -376,6 +396,7 @@ export class Scheduler {
       if (ahead > 0 && !j.finish && isPlanPolicy(j.spec.cache.policy)) due.push({ job: j, ahead });
     });
     const realloc = await this.reallocateDue(due);
+    await this.releasePromptReservations(due);
     for (const r of who) r.job.stepSpan?.setAttributes({ 'smartkv.realloc_us': realloc.us, 'smartkv.realloc_compute_us': realloc.computeUs, 'smartkv.realloc_transport_us': realloc.transportUs });
     this.onStep?.({ batch: items.length, rows: rowsInStep, stepUs, attendUs: res.attendUs, engineUs: res.engineUs, realloc });
     for (const r of who) {

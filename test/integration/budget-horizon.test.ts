@@ -8,8 +8,8 @@
 // reservation: a second orchestrator runs it under a memory limit of exactly
 // the reservation (the engine refuses any append past its limit). With
 // `end`, no plan is made until the prompt is read: the prompt is held at
-// 16 bits (the peak hot bytes say so), one plan meets β, and the reservation
-// covers the peak.
+// 16 bits (the peak hot bytes say so), one plan meets β, the reservation
+// covers the peak, and the plan gives the prompt's excess back.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -40,7 +40,8 @@ async function orchestrator(memoryLimitBytes: number): Promise<Orchestrator> {
 }
 
 interface Seen {
-  reserved: number; // the shard's reservations right after the prefill's last plan
+  reserved: number; // the shard's reservations at the first token (before the plan that ends the prefill)
+  reservedLater: number; // and at the third (after it)
   earlyAbove2: number; // share of the prompt's first quarter (sinks aside) above 2 bits then, layer 0
 }
 
@@ -49,12 +50,13 @@ async function run(orch: Orchestrator, horizon: BudgetHorizon, seen?: Seen): Pro
   const cache = create(CacheSettingsSchema, { policy: CachePolicy.SMARTKV, budget: BETA, horizon });
   const spec = generateSpec(create(GenerateRequestSchema, { prompt: PROMPT, maxTokens: 4, temperature: 0, cache }), c.model.config, c.model.tokenizer, c.defaults);
   spec.stop = [];
-  let first = true;
-  let looked: Promise<void> = Promise.resolve();
+  let tokens = 0;
+  let looked: Promise<void> = Promise.resolve(), lookedLater: Promise<void> = Promise.resolve();
   const job = orch.scheduler.submit(spec, {
     token: () => {
-      if (!first || !seen) return;
-      first = false;
+      if (!seen) return;
+      if (++tokens === 3) lookedLater = job.shard!.reservations().then((r) => void (seen.reservedLater = r.reservedBytes));
+      if (tokens !== 1) return;
       looked = (async () => {
         seen.reserved = (await job.shard!.reservations()).reservedBytes;
         const r = await job.shard!.exportImportance(job.seq);
@@ -67,6 +69,7 @@ async function run(orch: Orchestrator, horizon: BudgetHorizon, seen?: Seen): Pro
   });
   const out = await job.done;
   await looked;
+  await lookedLater;
   return out;
 }
 
@@ -79,7 +82,7 @@ describe('budget horizon', () => {
   test('prompt spends more of β at the end than now, meets β, and stays within the reservation', async (t) => {
     const free = await orchestrator(0);
     let now: JobOutcome, prompt: JobOutcome;
-    const seenNow: Seen = { reserved: 0, earlyAbove2: -1 }, seenPrompt: Seen = { reserved: 0, earlyAbove2: -1 };
+    const seenNow: Seen = { reserved: 0, reservedLater: 0, earlyAbove2: -1 }, seenPrompt: Seen = { reserved: 0, reservedLater: 0, earlyAbove2: -1 };
     try {
       now = await run(free, BudgetHorizon.NOW, seenNow);
       prompt = await run(free, BudgetHorizon.PROMPT, seenPrompt);
@@ -110,14 +113,14 @@ describe('budget horizon', () => {
   test('end holds the prompt at 16 bits until it is read, then one plan meets β within the reservation', async (t) => {
     const free = await orchestrator(0);
     let end: JobOutcome;
-    const seen: Seen = { reserved: 0, earlyAbove2: -1 };
+    const seen: Seen = { reserved: 0, reservedLater: 0, earlyAbove2: -1 };
     try {
       end = await run(free, BudgetHorizon.END, seen);
     } finally {
       await free.close(1000);
     }
     const fp16 = end.cache.bytes!.fp16Bytes;
-    t.diagnostic(`end: ${end.cache.reallocations} plans, β at the end ${beta(end).toFixed(4)}, peak hot ${end.cache.peakHotBytes} B (FP16 ${fp16} B; now's peak ${nowPeak} B), reserved ${seen.reserved} B`);
+    t.diagnostic(`end: ${end.cache.reallocations} plans, β at the end ${beta(end).toFixed(4)}, peak hot ${end.cache.peakHotBytes} B (FP16 ${fp16} B; now's peak ${nowPeak} B), reserved ${seen.reserved} B, then ${seen.reservedLater} B`);
     // 4 tokens generated with R = 16: the plan right after the prefill is the only one.
     assert.equal(end.cache.reallocations, 1, 'a plan was made between prefill chunks');
     assert.ok(beta(end) <= BETA, `${beta(end)} over β at the end`);
@@ -125,6 +128,8 @@ describe('budget horizon', () => {
     assert.ok(end.cache.peakHotBytes >= 0.95 * fp16, `peak ${end.cache.peakHotBytes} B: the prompt was not held at 16 bits`);
     assert.ok(nowPeak > 0 && nowPeak < 0.5 * end.cache.peakHotBytes, `now's peak ${nowPeak} B is not below end's ${end.cache.peakHotBytes} B`);
     assert.ok(seen.reserved >= end.cache.peakHotBytes, `reserved ${seen.reserved} B < the peak ${end.cache.peakHotBytes} B`);
+    // After the plan, the prompt's peak goes back to the shard: what stays covers what it holds, near β.
+    assert.ok(seen.reservedLater >= end.cache.bytes!.heldBytes && seen.reservedLater < 0.5 * seen.reserved, `reserved after the plan: ${seen.reservedLater} B (before ${seen.reserved} B, holds ${end.cache.bytes!.heldBytes} B)`);
 
     const limited = await orchestrator(seen.reserved);
     try {

@@ -97,3 +97,31 @@ test('reservations per owner: one owner is refused past its cap, another still h
     await core.close();
   }
 });
+
+// The `end` budget horizon reserves a prompt at 16 bits and gives the excess
+// back after the first plan: a reservation only shrinks, never below what the
+// sequence holds, and only the named sequence's and its owner's totals move.
+test('shrinkReservation lowers one reservation and refuses growth, undershoot and unknown sequences', async () => {
+  const core = new CacheCore({ layers: 2, qHeads: 4, kvHeads: 2, headDim: 64, quant: 'symmetric', threads: 1 }, 300_000);
+  try {
+    const a = await core.createSequence('mixed', 150_000, undefined, 'owner-a');
+    await core.createSequence('mixed', 100_000, undefined, 'owner-b');
+    const kv = new Float32Array(10 * 2 * 64).fill(0.5); // [10 tokens][2 KV heads][64]
+    for (let l = 0; l < 2; l++) await core.engine.append(a.seq, l, kv, kv);
+    const holds = (await core.stats(a.seq)).bytes.heldBytes;
+    assert.ok(holds > 0 && holds < 60_000, `held ${holds}`); // [layers][blocks of 10 tokens] at FP16, with their bookkeeping
+    await assert.rejects(core.createSequence('mixed', 60_000), (e: Error & { code?: string }) => e.code === 'RESOURCE_EXHAUSTED');
+    const code = (c: string) => (e: Error & { code?: string }) => e.code === c;
+    await assert.rejects(core.shrinkReservation(a.seq, 150_001), code('INVALID_ARGUMENT'));
+    await assert.rejects(core.shrinkReservation(a.seq, holds - 1), code('INVALID_ARGUMENT'));
+    await assert.rejects(core.shrinkReservation(999, 0), code('NOT_FOUND'));
+    assert.equal(core.reservationsOf('').reservedBytes, 250_000, 'a refused shrink changes nothing');
+    assert.equal(await core.shrinkReservation(a.seq, 60_000), 160_000);
+    assert.deepEqual([core.reservedBy('owner-a'), core.reservedBy('owner-b')], [60_000, 100_000]);
+    await core.createSequence('mixed', 60_000); // the room given back admits another
+    await core.freeSequence(a.seq);
+    assert.equal(core.reservationsOf('').reservedBytes, 160_000, 'the free returns the shrunk reservation, not the first');
+  } finally {
+    await core.close();
+  }
+});
