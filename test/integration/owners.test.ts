@@ -1,7 +1,8 @@
 // Sequences bound to the caller that created them, under a lease (issue 18),
 // against a real cache service: a stranger (another owner token, or none)
 // gets NOT_FOUND for every call on someone else's sequence — Attend, an
-// AttendStream message, ExportImportance, ApplyPlan, FreeSequence, Stats —
+// AttendStream message, ExportImportance, ApplyPlan, ShrinkReservation,
+// FreeSequence, Stats —
 // and the victim's sequence is untouched; CreateSequence without a token of
 // 128 bits is refused; sequences of an owner that goes away without a stream
 // are freed when its lease runs out, while an owner that sends heartbeats,
@@ -61,12 +62,15 @@ describe('sequences belong to their creator, under a lease', () => {
         ['exportImportanceBatch', () => stranger.exportImportanceBatch([seq]).then((r) => Promise.reject(r.results[0]))],
         ['applyPlanBatch', () => stranger.applyPlanBatch([{ seq, plans: [{ layer: -1, positions: new Uint32Array([0]), formats: new Uint8Array([3]) }] }]).then((r) => Promise.reject(r[0]))],
         ['stats', () => stranger.stats(seq)],
+        ['shrinkReservation', () => stranger.shrinkReservation(seq, 0)],
         ['freeSequence', () => stranger.freeSequence(seq)],
       ];
       for (const [what, call] of refused)
         await assert.rejects(call, (e: { code?: number; message: string }) => e.code === grpc.status.NOT_FOUND && /no sequence \d+ of this caller/.test(e.message), what);
     }
-    // Untouched: one token per layer, nothing freed, and the owner goes on.
+    // Untouched: one token per layer, nothing freed, and the owner goes on
+    // (its own shrink past its reservation of 0 is its own mistake: INVALID_ARGUMENT).
+    await assert.rejects(victim.shrinkReservation(seq, 1), (e: { code?: number; message: string }) => e.code === grpc.status.INVALID_ARGUMENT && /only shrinks/.test(e.message));
     const r = await victim.exportImportance(seq);
     assert.deepEqual([r.tokens, r.formats[0]], [1, 0]);
     await victim.attend(0, [item(seq)]);
