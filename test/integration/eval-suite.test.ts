@@ -28,12 +28,13 @@ const lines = (f: string) => readFileSync(f, 'utf8').trim().split('\n').map((l) 
 
 describe('smartkv eval suite', () => {
   it('refuses unknown tasks, seeds, modes and sizes with exit code 2', () => {
-    for (const args of [['eval', 'suite', '--task', 'sudoku'], ['eval', 'suite', '--seeds', 'train'], ['eval', 'multikey', '--mode', 'lossless'], ['eval', 'suite', '--samples', '0'], ['eval', 'passkey', '--concurrency', '0']]) {
+    for (const args of [['eval', 'suite', '--task', 'sudoku'], ['eval', 'suite', '--seeds', 'train'], ['eval', 'multikey', '--mode', 'lossless'], ['eval', 'suite', '--samples', '0'], ['eval', 'passkey', '--concurrency', '0'], ['eval', 'suite', '--horizon', 'later']]) {
       const r = smartkv(...args);
       assert.equal(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
       assert.match(r.stderr, /options/);
     }
     assert.match(smartkv('eval', 'suite', '--seeds', 'train').stderr, /--seeds must be dev or test/);
+    assert.match(smartkv('eval', 'suite', '--horizon', 'later').stderr, /--horizon must be now, prompt, end; got later/);
   });
 
   it('--quick writes samples, rows, comparisons and frontiers with the report fields', () => {
@@ -47,6 +48,7 @@ describe('smartkv eval suite', () => {
       for (const s of samples) {
         for (const k of ['task', 'context', 'seed', 'policy', 'mode', 'achieved_beta', 'hot_bytes', 'master_bytes', 'fp16_bytes', 'budget_met', 'correct', 'turns']) assert.ok(k in s, `samples.jsonl lacks ${k}`);
         assert.ok((s.hot_bytes as number) > 0 && (s.fp16_bytes as number) > 0);
+        assert.ok((s.peak_hot_bytes as number) >= (s.hot_bytes as number), `peak ${s.peak_hot_bytes} below the end's ${s.hot_bytes}`);
         assert.equal(s.master_bytes, 0); // downgrade-only holds no master copy
         assert.ok((s.seed as number) >= 2_000_000_000 && (s.seed as number) < 3_000_000_000, 'dev seeds by default');
       }
@@ -58,7 +60,7 @@ describe('smartkv eval suite', () => {
         ['passkey', 'fp16', null], ['passkey', 'uniform-2', null], ['passkey', 'smartkv', 0.33],
         ['multikey', 'fp16', null], ['multikey', 'uniform-2', null], ['multikey', 'smartkv', 0.33],
       ]);
-      for (const x of rows) for (const k of ['context', 'mode', 'achieved_beta', 'hot_bytes', 'master_bytes', 'n', 'accuracy']) assert.ok(k in x, `row lacks ${k}`);
+      for (const x of rows) for (const k of ['context', 'mode', 'achieved_beta', 'hot_bytes', 'peak_hot_bytes', 'master_bytes', 'n', 'accuracy']) assert.ok(k in x, `row lacks ${k}`);
       const pairs = [['smartkv-vs-uniform-2', 'passkey'], ['smartkv-vs-fp16', 'passkey'], ['smartkv-vs-uniform-2', 'multikey'], ['smartkv-vs-fp16', 'multikey']];
       // each pair twice: accuracy (McNemar) and answer bits (paired bootstrap)
       assert.deepEqual(cmp.map((c) => [c.compare, c.task, c.metric]), pairs.flatMap(([c, t]) => [[c, t, 'accuracy'], [c, t, 'answer_bits']]));
