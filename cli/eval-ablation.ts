@@ -34,7 +34,7 @@ import { CacheSettingsSchema, ImportanceMode, LayerMode } from '../gen/smartkv/v
 import { ScoreRequestSchema } from '../gen/smartkv/v1/generation_pb.js';
 import { parseOptions, UsageError, type OptionSpec } from '../services/common/args.js';
 import { isModeName, MODE_NAMES, modeToPb, policyToPb, type ModeName, type PolicyName } from '../services/common/policy.js';
-import { DEFAULTS, horizonToPb, type HorizonName } from '../services/orchestrator/settings.js';
+import { DEFAULTS, HORIZON_NAMES, horizonToPb, type HorizonName } from '../services/orchestrator/settings.js';
 import { budgetFields } from './budget-fields.js';
 import { round, runPool, withServer, type EvalIo } from './eval-common.js';
 import { ablationSpec, renderSvg, type AblationPoint } from './eval-plot.js';
@@ -91,15 +91,15 @@ export interface AblationRow {
 const sameKnobs = (a: Knobs, b: Knobs) => (Object.keys(a) as (keyof Knobs)[]).every((k) => a[k] === b[k]);
 
 /** fp16, default, then each asked ablation's variants that differ from the default. */
-export function ablationRows(names: readonly AblationName[]): AblationRow[] {
+export function ablationRows(names: readonly AblationName[], base: Knobs = DEFAULT_KNOBS): AblationRow[] {
   const rows: AblationRow[] = [
-    { ablation: null, variant: 'fp16', knobs: { ...DEFAULT_KNOBS, policy: 'fp16' } },
-    { ablation: null, variant: 'default', knobs: DEFAULT_KNOBS },
+    { ablation: null, variant: 'fp16', knobs: { ...base, policy: 'fp16' } },
+    { ablation: null, variant: 'default', knobs: base },
   ];
   for (const name of ABLATION_NAMES.filter((n) => names.includes(n)))
     for (const { label, ...change } of GRID[name]) {
-      const knobs = { ...DEFAULT_KNOBS, ...change };
-      if (!sameKnobs(knobs, DEFAULT_KNOBS)) rows.push({ ablation: name, variant: label, knobs });
+      const knobs = { ...base, ...change };
+      if (!sameKnobs(knobs, base)) rows.push({ ablation: name, variant: label, knobs });
     }
   return rows;
 }
@@ -135,6 +135,7 @@ export interface AblationOptions {
   server?: string;
   model?: string;
   markdown?: string;
+  horizon: HorizonName; // the default row's budget horizon (every variant keeps it unless the horizon ablation changes it)
 }
 
 export const ABLATION_DEFAULTS = { tasks: ['longppl', 'multikey'] as SuiteTask[], contexts: [4096], budget: 0.25, samples: 4 };
@@ -154,6 +155,7 @@ export const ABLATION_OPTIONS: Record<string, OptionSpec> = {
   server: { kind: 'string', help: 'measure through this running orchestrator (default: start a local split system)' },
   model: { kind: 'string', help: 'model folder of the local split system (default: models/smartkv-ref-8k, the bundled 8K model)' },
   markdown: { kind: 'string', help: 'also write the tables as a Markdown section into FILE' },
+  horizon: { kind: 'string', default: DEFAULT_KNOBS.horizon, help: `budget horizon of the default row and its variants: ${HORIZON_NAMES.join(', ')}` },
   help: { kind: 'bool', help: 'print this help' },
 };
 
@@ -179,6 +181,8 @@ export function parseAblationOptions(argv: readonly string[]): AblationOptions {
   const concurrency = o.concurrency as number;
   if (!(concurrency >= 1 && concurrency <= 64)) throw new UsageError(`--concurrency must be in [1, 64], got ${concurrency}`);
   const named = list('ablation') as AblationName[];
+  const horizon = o.horizon as string;
+  if (!(HORIZON_NAMES as readonly string[]).includes(horizon)) throw new UsageError(`--horizon must be ${HORIZON_NAMES.join(', ')}; got ${horizon}`);
   return {
     ablations: named.length ? ABLATION_NAMES.filter((n) => named.includes(n)) : quick ? ['importance', 'random'] : [...ABLATION_NAMES],
     tasks: list('task').length ? [...new Set(list('task'))] as SuiteTask[] : quick ? ['passkey', 'longppl'] : ABLATION_DEFAULTS.tasks,
@@ -194,6 +198,7 @@ export function parseAblationOptions(argv: readonly string[]): AblationOptions {
     server: o.server as string | undefined,
     model: o.model as string | undefined,
     markdown: o.markdown as string | undefined,
+    horizon: horizon as HorizonName,
   };
 }
 
@@ -223,7 +228,7 @@ export interface AblationComparison {
   diff: number; // the row minus the reference: accuracy (fraction) or bits per byte (negative is better)
   ci95: [number, number];
   p_value: number;
-  metric: string; // accuracy | bits_per_byte <band>
+  metric: string; // accuracy | answer_bits | bits_per_byte <band>
 }
 
 /** Position bands a context reaches (a band needs at least one prediction in it). */
@@ -243,7 +248,11 @@ function compareRows(task: SuiteTask, context: number, mine: AblationSample[], t
   const head = { ...base, task, context, n: mine.length };
   if (!isPplTask(task)) {
     const p = pairedAccuracy(mine.map((x) => x.correct), theirs.map((x) => x.correct));
-    return [{ ...head, diff: round(p.diff, 4), ci95: [round(p.ci95[0], 4), round(p.ci95[1], 4)], p_value: p.pValue, metric: 'accuracy' }];
+    const b = pairedBootstrap(mine.map((x) => x.answerBits ?? NaN), theirs.map((x) => x.answerBits ?? NaN));
+    return [
+      { ...head, diff: round(p.diff, 4), ci95: [round(p.ci95[0], 4), round(p.ci95[1], 4)], p_value: p.pValue, metric: 'accuracy' },
+      { ...head, diff: round(b.diff, 5), ci95: [round(b.ci95[0], 5), round(b.ci95[1], 5)], p_value: b.pValue, metric: 'answer_bits' },
+    ];
   }
   return bandsOf(task, context).map((band) => {
     const p = pairedBootstrap(mine.map((x) => x.bitsPerByte![band]), theirs.map((x) => x.bitsPerByte![band]));
@@ -254,7 +263,7 @@ function compareRows(task: SuiteTask, context: number, mine: AblationSample[], t
 const settingsOf = (k: Knobs): AblationResultRow['settings'] => ({ gamma: k.gamma, realloc_interval: k.interval, window: k.window, sinks: k.sinks, importance: k.importance, layers: k.layers });
 
 export async function evalAblation(o: AblationOptions, io: EvalIo, command: string): Promise<{ rows: AblationResultRow[]; compare: AblationComparison[] }> {
-  const rows = ablationRows(o.ablations);
+  const rows = ablationRows(o.ablations, { ...DEFAULT_KNOBS, horizon: o.horizon });
   const local = { server: o.server, model: o.model, mode: o.mode, rotateKv: true, quant: 'symmetric', importance: 'accumulated', layers: 'shared', window: undefined, gamma: undefined };
   return withServer(local, io, async ({ client, info, where }) => {
     if (info.vocab !== 258) throw new Error(`the ablations score bytes: they need the byte-level reference model (vocabulary 258), the server has ${info.vocab}`);
@@ -337,7 +346,7 @@ function ablationReport(o: AblationOptions, results: AblationResultRow[], compar
       ] });
     }
   }
-  const k = DEFAULT_KNOBS;
+  const k = { ...DEFAULT_KNOBS, horizon: o.horizon };
   return {
     title: 'SmartKV ablations: one knob at a time against the default configuration, paired',
     date: nowIso(),
@@ -346,7 +355,7 @@ function ablationReport(o: AblationOptions, results: AblationResultRow[], compar
       ['model', modelLine(run.info)],
       ['served by', run.where],
       ['samples', `${run.samples} (${o.samples} per task × context); ${o.seeds} seeds; held-out phrasings and documents; the same samples for every row`],
-      ['default row', `smartkv β ${o.budget}, ${o.mode}, γ ${k.gamma}, R ${k.interval}, window ${k.window}, sinks ${k.sinks}, ${k.importance} importance, ${k.layers} plans (every knob sent with each request)`],
+      ['default row', `smartkv β ${o.budget}, ${o.mode}, γ ${k.gamma}, R ${k.interval}, window ${k.window}, sinks ${k.sinks}, ${k.importance} importance, ${k.layers} plans, budget horizon ${k.horizon} (every knob sent with each request)`],
       ['rows', run.rows.map((r) => r.variant).join(', ')],
     ],
     sections,
@@ -372,10 +381,11 @@ function pplTable(rows: AblationResultRow[], cmp: AblationComparison[], task: Su
 
 function accuracyTable(rows: AblationResultRow[], cmp: AblationComparison[]): Table {
   return {
-    columns: [{ title: 'row' }, { title: 'β achieved', right: true }, { title: 'hot kB', right: true }, { title: 'accuracy', right: true }, { title: 'Δ points [95 % CI]', right: true }, { title: 'p', right: true }],
+    columns: [{ title: 'row' }, { title: 'β achieved', right: true }, { title: 'hot kB', right: true }, { title: 'accuracy', right: true }, { title: 'Δ points [95 % CI]', right: true }, { title: 'p', right: true }, { title: 'answer bits', right: true }, { title: 'Δ bits [95 % CI]', right: true }, { title: 'p', right: true }],
     rows: rows.map((r) => {
-      const c = cmp.find((x) => x.variant === r.variant);
-      return [r.variant, fixed(r.achieved_beta, 3), (r.hot_bytes / 1e3).toFixed(0), `${(100 * (r.accuracy ?? NaN)).toFixed(1)} %`, deltaCell(c, 1, 100), c ? pText(c.p_value) : '—'];
+      const c = cmp.find((x) => x.variant === r.variant && x.metric === 'accuracy');
+      const b = cmp.find((x) => x.variant === r.variant && x.metric === 'answer_bits');
+      return [r.variant, fixed(r.achieved_beta, 3), (r.hot_bytes / 1e3).toFixed(0), `${(100 * (r.accuracy ?? NaN)).toFixed(1)} %`, deltaCell(c, 1, 100), c ? pText(c.p_value) : '—', fixed(r.answer_bits ?? null, 3), deltaCell(b, 3), b ? pText(b.p_value) : '—'];
     }),
   };
 }

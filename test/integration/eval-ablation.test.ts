@@ -53,9 +53,9 @@ describe('smartkv eval ablation', () => {
       const ppl = rows.find((x) => x.task === 'longppl' && x.variant === 'default')!;
       assert.deepEqual(Object.keys(ppl.bits_per_byte as object).sort(), ['0-1K', 'all']);
       assert.ok((ppl.bits_per_byte as Record<string, number>).all > 0);
-      // passkey: one accuracy comparison per row; longppl: one per band (0-1K, all)
+      // passkey: accuracy and answer bits per row; longppl: one per band (0-1K, all)
       assert.deepEqual(cmp.map((c) => [c.compare, c.task, c.metric]), [
-        ['default-vs-fp16', 'passkey', 'accuracy'], ['importance=normalised-vs-default', 'passkey', 'accuracy'], ['policy=random-vs-default', 'passkey', 'accuracy'],
+        ...['default-vs-fp16', 'importance=normalised-vs-default', 'policy=random-vs-default'].flatMap((v) => [[v, 'passkey', 'accuracy'], [v, 'passkey', 'answer_bits']]),
         ['default-vs-fp16', 'longppl', 'bits_per_byte 0-1K'], ['default-vs-fp16', 'longppl', 'bits_per_byte all'],
         ['importance=normalised-vs-default', 'longppl', 'bits_per_byte 0-1K'], ['importance=normalised-vs-default', 'longppl', 'bits_per_byte all'],
         ['policy=random-vs-default', 'longppl', 'bits_per_byte 0-1K'], ['policy=random-vs-default', 'longppl', 'bits_per_byte all'],

@@ -31,9 +31,17 @@ describe('eval ablation rows', () => {
     assert.deepEqual(values('sinks'), [0, 16, 4]);
     assert.deepEqual(values('importance'), ['accumulated', 'normalised']);
     assert.deepEqual(values('layers'), ['per-layer', 'shared']);
-    assert.deepEqual(values('horizon'), ['now', 'prompt', 'end']);
+    assert.deepEqual(values('horizon'), ['end', 'now', 'prompt']);
     assert.deepEqual(values('policy'), ['random', 'smartkv']);
     assert.equal(new Set(rows.map((r) => r.variant)).size, rows.length, 'variant names are unique');
+  });
+
+  it('--horizon moves the default row and every variant but the horizon ablation\'s own', () => {
+    const end = ablationRows(['gamma', 'horizon'], { ...DEFAULT_KNOBS, horizon: 'end' });
+    assert.ok(end.filter((r) => r.ablation !== 'horizon').every((r) => r.knobs.horizon === 'end'));
+    assert.deepEqual(end.filter((r) => r.ablation === 'horizon').map((r) => r.knobs.horizon).sort(), ['now', 'prompt']);
+    assert.equal(parseAblationOptions(['--horizon', 'end']).horizon, 'end');
+    assert.throws(() => parseAblationOptions(['--horizon', 'later']), /--horizon must be now, prompt, end; got later/);
   });
 
   it('send every knob, and the orchestrator reads back exactly the row\'s knobs', () => {
