@@ -1,6 +1,8 @@
 // The accuracy–memory frontier as SVG: one panel per task (and context), one
 // curve per policy, accuracy (or Δ bits/byte) against bytes held relative to
-// FP16 — hot bytes alone, or hot + master bytes (everything the cache holds).
+// FP16 — hot bytes alone, hot + master bytes (everything the cache holds), or
+// the peak of hot bytes while a request ran (the prompt at 16 bits, with the
+// `end` budget horizon).
 // Also the ablations as a forest plot (difference from the default with its
 // interval). Rendered headless with Vega-Lite → Vega → SVG (no browser, no canvas).
 import * as vega from 'vega';
@@ -11,13 +13,27 @@ export interface PlotRow {
   context: number;
   policy: string;
   mode: string;
-  hot_bytes: number;
+  hot_bytes: number; // at the end
+  peak_hot_bytes?: number; // the most held at any time (absent: the end's)
   master_bytes: number;
   fp16_bytes: number;
   value: number; // accuracy in [0, 1], or Δ bits per byte against fp16
 }
 
-export type BytesAxis = 'hot' | 'total';
+/** hot: at the end (β achieved); total: hot + master; peak: the most hot bytes held at any time. */
+export type BytesAxis = 'hot' | 'total' | 'peak';
+
+const AXIS_TITLE: Record<BytesAxis, string> = {
+  hot: 'hot bytes / FP16 bytes (β achieved)',
+  total: '(hot + master) bytes / FP16 bytes',
+  peak: 'peak hot bytes / FP16 bytes',
+};
+
+function axisBytes(r: PlotRow, axis: BytesAxis): number {
+  if (axis === 'hot') return r.hot_bytes;
+  if (axis === 'total') return r.hot_bytes + r.master_bytes;
+  return Math.max(r.hot_bytes, r.peak_hot_bytes ?? 0);
+}
 
 /** One Vega-Lite spec: x = bytes / FP16 bytes, y = value, colour = policy, facets = task × context. */
 export function frontierSpec(rows: readonly PlotRow[], axis: BytesAxis, yTitle: string, title: string): TopLevelSpec {
@@ -25,7 +41,7 @@ export function frontierSpec(rows: readonly PlotRow[], axis: BytesAxis, yTitle: 
     .filter((r) => r.fp16_bytes > 0)
     .map((r) => ({
       ...r,
-      bytes: (axis === 'hot' ? r.hot_bytes : r.hot_bytes + r.master_bytes) / r.fp16_bytes,
+      bytes: axisBytes(r, axis) / r.fp16_bytes,
       panel: `${r.task} @ ${r.context}`,
       curve: `${r.policy} (${r.mode})`,
     }));
@@ -43,7 +59,7 @@ export function frontierSpec(rows: readonly PlotRow[], axis: BytesAxis, yTitle: 
         x: {
           field: 'bytes',
           type: 'quantitative',
-          title: axis === 'hot' ? 'hot bytes / FP16 bytes (β achieved)' : '(hot + master) bytes / FP16 bytes',
+          title: AXIS_TITLE[axis],
           scale: { zero: true },
         },
         y: { field: 'value', type: 'quantitative', title: yTitle },

@@ -8,7 +8,7 @@
 //   outputs  <out>/samples.jsonl   one line per (sample, row): the outcome and its bytes
 //            <out>/rows.jsonl      one line per (task, context, row)
 //            <out>/compare.jsonl   smartkv vs random / uniform-2 / uniform-4, paired
-//            <out>/frontier-*.svg  accuracy against hot and total bytes
+//            <out>/frontier-*.svg  accuracy against hot (end), total and peak bytes; answer bits
 //            <out>/command.txt     the command and the declared seeds
 //
 // Several requests are in flight (--concurrency, default 4). The scheduler is batch-invariant for a
@@ -322,10 +322,12 @@ async function writeOutputs(dir: string, results: SuiteResultRow[], compare: Sui
     });
   const acc = plotRows((r) => r.accuracy);
   if (acc.length) {
-    for (const axis of ['hot', 'total'] as const) {
-      const title = `Retrieval accuracy against ${axis === 'hot' ? 'hot' : 'hot + master'} bytes`;
-      writeFileSync(join(dir, `frontier-${axis}.svg`), await renderSvg(frontierSpec(acc, axis, 'accuracy', title)));
-    }
+    const what = { hot: 'hot bytes at the end', total: 'hot + master bytes', peak: 'peak hot bytes' } as const;
+    for (const axis of ['hot', 'total', 'peak'] as const)
+      writeFileSync(join(dir, `frontier-${axis}.svg`), await renderSvg(frontierSpec(acc, axis, 'accuracy', `Retrieval accuracy against ${what[axis]}`)));
+    // Graded where accuracy saturates at 0 or 1: −log2 p per answer byte (lower is better).
+    const bits = plotRows((r) => r.answer_bits);
+    writeFileSync(join(dir, 'frontier-answer-bits.svg'), await renderSvg(frontierSpec(bits, 'hot', 'bits per answer byte', 'Answer bits against hot bytes at the end')));
   }
   const band = (r: SuiteResultRow) => r.bits_per_byte?.[r.task === 'contppl' ? CONT_BAND : 'all']; // one value per perplexity row
   const fp16 = new Map(results.filter((r) => r.policy === 'fp16' && band(r) !== undefined).map((r) => [`${r.task}|${r.context}`, band(r)!]));

@@ -68,7 +68,7 @@ describe('smartkv eval suite', () => {
       for (const s of samples) assert.ok((s.answerBits as number) > 0, `sample answerBits ${s.answerBits}`);
       for (const c of cmp) assert.ok(typeof c.p_value === 'number' && (c.p_value as number) <= 1 && typeof c.diff === 'number');
       for (const f of ['rows.jsonl', 'compare.jsonl', 'command.txt']) assert.ok(existsSync(join(dir, f)), f);
-      for (const f of ['frontier-hot.svg', 'frontier-total.svg']) assert.match(readFileSync(join(dir, f), 'utf8'), /^<svg[\s\S]*smartkv[\s\S]*<\/svg>$/);
+      for (const f of ['frontier-hot.svg', 'frontier-total.svg', 'frontier-peak.svg', 'frontier-answer-bits.svg']) assert.match(readFileSync(join(dir, f), 'utf8'), /^<svg[\s\S]*smartkv[\s\S]*<\/svg>$/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
