@@ -39,7 +39,7 @@ import { budgetFields } from './budget-fields.js';
 import { round, runPool, withServer, type EvalIo } from './eval-common.js';
 import { ablationSpec, renderSvg, type AblationPoint } from './eval-plot.js';
 import { formatDuration, Progress } from './eval-progress.js';
-import { fixed, markdownReport, modelLine, nowIso, textReport, writeMarkdownSection, type Report, type Table } from './eval-report.js';
+import { fixed, markdownReport, modelLine, nowIso, pText, textReport, writeMarkdownSection, type Report, type Table } from './eval-report.js';
 import { pairedAccuracy, pairedBootstrap } from './eval-stats.js';
 import { aggregate, type SampleOutcome, type SuiteResultRow } from './eval-suite.js';
 import { buildSamples, CONT_BAND, isPplTask, PPL_BANDS, scoreOutcome, SUITE_TASKS, type SeedSet, type SuiteTask, type TaskSample } from './eval-tasks.js';
@@ -333,7 +333,6 @@ export async function evalAblation(o: AblationOptions, io: EvalIo, command: stri
 interface RunInfo { info: import('../gen/smartkv/v1/generation_pb.js').InfoResponse; where: string; command: string; samples: number; contexts: number[]; elapsedMs: number; requests: number; rows: AblationRow[] }
 
 const signed = (x: number, digits: number) => `${x >= 0 ? '+' : ''}${x.toFixed(digits)}`;
-const pText = (p: number) => (p < 1e-4 ? p.toExponential(1) : p.toFixed(4));
 
 function ablationReport(o: AblationOptions, results: AblationResultRow[], compare: AblationComparison[], run: RunInfo): Report {
   const sections: Report['sections'] = [];

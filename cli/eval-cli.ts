@@ -7,6 +7,7 @@ import { evalPpl } from './eval-ppl.js';
 import { evalSuite, parseSuiteOptions, SUITE_OPTIONS } from './eval-suite.js';
 import { ABLATION_NAMES, ABLATION_OPTIONS, evalAblation, parseAblationOptions } from './eval-ablation.js';
 import { SUITE_TASKS, type SuiteTask } from './eval-tasks.js';
+import { evalPair, PAIR_OPTIONS } from './eval-pair.js';
 
 export const EVAL_USAGE_LINES = `  eval ppl [--json] [--quick] [--policy P]... [--budget β]... [--server ADDR] [--markdown FILE]
                                        held-out perplexity per cache policy and budget (Score API)
@@ -21,6 +22,9 @@ export const EVAL_USAGE_LINES = `  eval ppl [--json] [--quick] [--policy P]... [
                 [--seeds dev|test] [--samples N] [--out DIR] [--json] [--quick] [--model DIR]
                                        one knob at a time (${ABLATION_NAMES.join(', ')}) against
                                        the default smartkv row, paired; \`smartkv eval ablation --help\`
+  eval pair A B --row R [--row-b R] [--json]
+                                       one row of a saved run (--out folder) against one of
+                                       another, paired on their shared samples; nothing is rerun
 `;
 
 function evalUsage(kind: EvalKind | null): string {
@@ -71,6 +75,21 @@ async function suiteCommand(argv: string[], io: EvalIo): Promise<number> {
   return exitCodeOf(() => evalSuite(opts, io, quoteCommand(argv)), io);
 }
 
+/** `smartkv eval pair …`: reads two saved runs, reruns nothing. */
+function pairCommand(argv: string[], io: EvalIo): number {
+  const title = 'smartkv eval pair A B --row R [options]';
+  if (argv.includes('--help')) return (io.out(usage(title, PAIR_OPTIONS)), 0);
+  try {
+    return evalPair(argv.slice(1), io);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.err.write(`smartkv eval pair: ${e.message}\n\n${usage(title, PAIR_OPTIONS)}`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
 /** 0 when run() finishes, 130 when it was interrupted (the services are stopped); other errors propagate. */
 async function exitCodeOf(run: () => Promise<unknown>, io: EvalIo): Promise<number> {
   try {
@@ -88,13 +107,14 @@ async function exitCodeOf(run: () => Promise<unknown>, io: EvalIo): Promise<numb
 /** Runs `smartkv eval …`; `argv` starts after "eval". */
 export async function evalCommand(argv: string[], io: EvalIo): Promise<number> {
   if (argv[0] === 'ablation') return ablationCommand(argv, io);
+  if (argv[0] === 'pair') return pairCommand(argv, io);
   if (argv[0] === 'suite' || (SUITE_TASKS as readonly string[]).includes(argv[0])) return suiteCommand(argv, io);
   const kind = argv[0] === 'ppl' || argv[0] === 'needle' ? argv[0] : null;
   const fail = (msg: string) => {
     io.err.write(`smartkv eval: ${msg}\n\n${evalUsage(kind)}`);
     return 2;
   };
-  if (kind === null) return argv.includes('--help') ? (io.out(evalUsage(null)), 0) : fail(argv[0] ? `unknown evaluation ${argv[0]} (ppl, needle, suite, ablation or a task: ${SUITE_TASKS.join(', ')})` : 'which evaluation? ppl, needle, suite, ablation or a task');
+  if (kind === null) return argv.includes('--help') ? (io.out(evalUsage(null)), 0) : fail(argv[0] ? `unknown evaluation ${argv[0]} (ppl, needle, suite, ablation, pair or a task: ${SUITE_TASKS.join(', ')})` : 'which evaluation? ppl, needle, suite, ablation, pair or a task');
   let opts;
   try {
     opts = parseEvalOptions(kind, argv.slice(1));

@@ -94,6 +94,11 @@ export function pct(x: number, digits = 1): string {
   return Number.isFinite(x) ? `${(100 * x).toFixed(digits)} %` : '—';
 }
 
+/** A p-value as the tables print it. */
+export function pText(p: number): string {
+  return p < 1e-4 ? p.toExponential(1) : p.toFixed(4);
+}
+
 export function fixed(x: number | null, digits: number): string {
   return x === null || !Number.isFinite(x) ? '—' : x.toFixed(digits);
 }
