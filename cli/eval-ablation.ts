@@ -12,7 +12,7 @@
 //               sinks       sinks ∈ {0, 16}             (default 4)
 //               importance  normalised                  (default accumulated)
 //               layers      per-layer                   (default shared)
-//               horizon     prompt, end: β binds from the end of the prefill (default now)
+//               horizon     now, prompt, end: when β binds during the prefill (default prompt)
 //               random      policy random: smartkv's bit histogram on random tokens
 //             A variant changes one knob; everything else is the default row's.
 //   samples   the suite's (eval-tasks.ts), the same for every row; `longppl`

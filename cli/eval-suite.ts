@@ -80,7 +80,7 @@ export const SUITE_OPTIONS: Record<string, OptionSpec> = {
   interval: { kind: 'int', help: 'reallocation interval R sent with every request (ablation)' },
   window: { kind: 'int', help: 'recent window kept at 16 bits, sent with every request (ablation)' },
   sinks: { kind: 'int', help: 'sink tokens kept at 16 bits, sent with every request (ablation)' },
-  horizon: { kind: 'string', help: `budget horizon sent with every request: ${HORIZON_NAMES.join(', ')} (default: the server's, now unless started otherwise)` },
+  horizon: { kind: 'string', help: `budget horizon sent with every request: ${HORIZON_NAMES.join(', ')} (default: the server's, prompt unless started otherwise)` },
   help: { kind: 'bool', help: 'print this help' },
 };
 

@@ -20,7 +20,7 @@ const OPTIONS: Record<string, OptionSpec> = {
   'master-dir': { kind: 'string', help: 'directory for the cache services\' master tier files (default: one per service under the OS temp dir, removed on stop)' },
   policy: { kind: 'string', help: 'default cache policy (fp16, uniform-8/4/2, kivi-2/4, kivi-2-rot/kivi-4-rot, random, tiered, smartkv)' },
   budget: { kind: 'number', help: 'default budget β' },
-  horizon: { kind: 'string', help: 'default budget horizon: now (every plan meets β over what it holds; the default), prompt (plans between prefill chunks may hold β × the whole prompt) or end (no plan until the prompt is read; it is held at 16 bits until then)' },
+  horizon: { kind: 'string', help: 'default budget horizon: now (every plan meets β over what it holds), prompt (plans between prefill chunks may hold β × the whole prompt; the default) or end (no plan until the prompt is read; it is held at 16 bits until then)' },
   ...TLS_OPTIONS,
   'tls-dir': { kind: 'string', help: 'mutual TLS between the services with these certificates (ca.pem, cert.pem, key.pem); default: a throwaway CA and certificate made with openssl for this run' },
   'api-tls': { kind: 'string', default: 'off', help: 'the public API: off (plaintext), tls or mtls, with the services\' certificate' },

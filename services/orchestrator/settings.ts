@@ -47,7 +47,7 @@ export interface ServerDefaults {
 }
 
 export const DEFAULTS: ServerDefaults = {
-  cache: { policy: 'smartkv', beta: 0.5, gamma: 0.9, reallocInterval: 16, sinks: 4, window: 64, normalised: false, perLayer: false, mode: 'downgrade-only', horizon: 'now' },
+  cache: { policy: 'smartkv', beta: 0.5, gamma: 0.9, reallocInterval: 16, sinks: 4, window: 64, normalised: false, perLayer: false, mode: 'downgrade-only', horizon: 'prompt' },
   prefillChunk: 128,
   maxBatch: 16,
   maxStopStrings: 8,
