@@ -313,7 +313,8 @@ export class Scheduler {
         await j.shard!.shrinkReservation(j.seq, j.reserveAfterPrompt);
         j.reservedBytes = j.reserveAfterPrompt;
       } catch (e) {
-        // It keeps the larger reservation: nothing is lost but room for others.
+        // It keeps the larger reservation (nothing is lost but room for others), and is not asked again.
+        j.reserveAfterPrompt = j.reservedBytes;
         this.o.log(`sequence ${j.seq} keeps its prompt reservation: ${(e as Error).message}`);
       }
     }));
