@@ -135,8 +135,18 @@ export function pairRuns(a: SavedSample[], b: SavedSample[], ra: RowSpec, rb: Ro
 
 /** `smartkv eval pair A B --row R [--row-b R] [--json]`; argv starts after "pair". */
 export function evalPair(argv: readonly string[], io: EvalIo): number {
-  const positional = argv.filter((a, i) => !a.startsWith('--') && !(i > 0 && argv[i - 1].startsWith('--') && argv[i - 1] !== '--json' && argv[i - 1] !== '--help'));
-  const o = parseOptions(argv.filter((a) => !positional.includes(a)), PAIR_OPTIONS);
+  // The two folders are the arguments that are neither options nor an option's value.
+  const positional: string[] = [], options: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) positional.push(a);
+    else {
+      options.push(a);
+      const spec = PAIR_OPTIONS[a.slice(2)];
+      if (spec && spec.kind !== 'bool' && i + 1 < argv.length) options.push(argv[++i]);
+    }
+  }
+  const o = parseOptions(options, PAIR_OPTIONS);
   if (o.help) return 0;
   if (positional.length !== 2) throw new UsageError(`two result folders, A and B, got ${positional.length}`);
   if (!o.row) throw new UsageError('--row is required (e.g. --row smartkv@0.25)');

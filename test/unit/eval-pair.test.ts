@@ -52,6 +52,9 @@ describe('eval pair', () => {
     const io = { out: (l: string) => out.push(l), err: { write: (s: string) => (err.push(s), true) } } as unknown as Parameters<typeof evalCommand>[1];
     assert.equal(await evalCommand(['pair', a, b, '--row', 'smartkv@0.25', '--json'], io), 0);
     assert.deepEqual(out.map((l) => JSON.parse(l).metric), ['accuracy', 'answer_bits']);
+    out.length = 0;
+    assert.equal(await evalCommand(['pair', '--row=smartkv@0.25', a, '--json', b], io), 0); // options anywhere, inline values too
+    assert.equal(out.length, 2);
     assert.equal(await evalCommand(['pair', a, '--row', 'smartkv@0.25'], io), 2);
     assert.match(err.join(''), /two result folders, A and B, got 1/);
   });
