@@ -76,6 +76,17 @@ async function run(orch: Orchestrator, horizon: BudgetHorizon, seen?: Seen): Pro
 const beta = (o: JobOutcome) => o.cache.bytes!.heldBytes / o.cache.bytes!.fp16Bytes;
 let nowPeak = 0; // the `now` run's peak hot bytes (first test)
 
+/** The request again under a memory limit of exactly `limit` bytes: it completes (the engine
+ * refuses any append past its limit) with the same tokens as without one. */
+async function sameUnderLimit(limit: number, horizon: BudgetHorizon, unlimited: JobOutcome): Promise<void> {
+  const limited = await orchestrator(limit);
+  try {
+    assert.deepEqual((await run(limited, horizon)).generated, unlimited.generated);
+  } finally {
+    await limited.close(1000);
+  }
+}
+
 describe('budget horizon', () => {
   after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -101,13 +112,7 @@ describe('budget horizon', () => {
     assert.equal(prompt.cache.budgetMissed, 0, `prompt: ${prompt.cache.budgetMissed} plans missed their β`);
 
     assert.ok(seenPrompt.reserved > 0, 'the reservation was read while the request ran');
-    const limited = await orchestrator(seenPrompt.reserved);
-    try {
-      const o = await run(limited, BudgetHorizon.PROMPT); // rejects if an append went past the reservation
-      assert.deepEqual(o.generated, prompt.generated);
-    } finally {
-      await limited.close(1000);
-    }
+    await sameUnderLimit(seenPrompt.reserved, BudgetHorizon.PROMPT, prompt);
   });
 
   test('end holds the prompt at 16 bits until it is read, then one plan meets β within the reservation', async (t) => {
@@ -131,12 +136,6 @@ describe('budget horizon', () => {
     // After the plan, the prompt's peak goes back to the shard: what stays covers what it holds, near β.
     assert.ok(seen.reservedLater >= end.cache.bytes!.heldBytes && seen.reservedLater < 0.5 * seen.reserved, `reserved after the plan: ${seen.reservedLater} B (before ${seen.reserved} B, holds ${end.cache.bytes!.heldBytes} B)`);
 
-    const limited = await orchestrator(seen.reserved);
-    try {
-      const o = await run(limited, BudgetHorizon.END); // rejects if an append went past the reservation
-      assert.deepEqual(o.generated, end.generated);
-    } finally {
-      await limited.close(1000);
-    }
+    await sameUnderLimit(seen.reserved, BudgetHorizon.END, end);
   });
 });
