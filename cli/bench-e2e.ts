@@ -17,6 +17,7 @@ import { defaultModelDir } from '../services/orchestrator/model/paths.js';
 import { DEFAULTS, type GenerateJobSpec } from '../services/orchestrator/settings.js';
 import { isPolicyName, type PolicyName } from '../services/common/policy.js';
 import { budgetReport } from '../services/orchestrator/job.js';
+import type { StepRealloc } from '../services/orchestrator/scheduler.js';
 import { DATA_PLANE_MODES, type DataPlaneMode } from '../services/orchestrator/region-client.js';
 import { GrpcCacheShard } from '../services/orchestrator/cache-client.js';
 import { parseModelConfig } from '../services/orchestrator/model/config.js';
@@ -64,6 +65,11 @@ export interface E2eRow {
   realloc_calls_per_step: number; // Export, Allocate and Apply calls per such step (3 per shard at most)
   realloc_step_p50_us: number; // p50 wall time of a step's reallocations
   realloc_transport_p50_us: number; // p50 of their round trips minus the services' compute
+  // Per kind of call in a reallocating step: p50 round trip and p50 of the service's part of it
+  // (steps whose plans changed nothing make no ApplyPlan call: apply is over the steps that did).
+  realloc_stage_p50_us: { export: number; allocate: number; apply: number };
+  realloc_stage_compute_p50_us: { export: number; allocate: number; apply: number };
+  realloc_other_p50_us: number; // p50 of the step's reallocation wall time minus its calls: the orchestrator's own work
 }
 
 function percentile(xs: number[], p: number): number {
@@ -71,17 +77,28 @@ function percentile(xs: number[], p: number): number {
   return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : 0;
 }
 
+type Stages = StepRealloc['stageUs'];
+
+/** p50 of each kind of call over the reallocating steps (apply: over those that applied a plan). */
+function stageP50<R extends { applied: boolean }>(steps: R[], f: (r: R) => Stages): Stages {
+  return {
+    export: percentile(steps.map((r) => f(r).export), 0.5),
+    allocate: percentile(steps.map((r) => f(r).allocate), 0.5),
+    apply: percentile(steps.filter((r) => r.applied).map((r) => f(r).apply), 0.5),
+  };
+}
+
 async function measure(orch: Orchestrator, system: E2eRow['system'], dataPlane: E2eRow['data_plane'], batch: number, o: { tokens: number; policy: PolicyName; beta: number }): Promise<E2eRow> {
   const attend: number[] = [];
   const engine: number[] = [];
   const transport: number[] = [];
   const steps: number[] = [];
-  const realloc: { us: number; transportUs: number; calls: number }[] = [];
+  const realloc: { us: number; transportUs: number; calls: number; stageUs: StepRealloc['stageUs']; stageComputeUs: StepRealloc['stageComputeUs']; applied: boolean }[] = [];
   let decodeStart = 0, decodeEnd = 0, decodeTokens = 0;
   orch.scheduler.onStep = (s) => {
     if (s.rows !== batch || s.batch !== batch) return; // prefill steps and ramp-up excluded
     const r = s.realloc;
-    if (r.sequences > 0) realloc.push({ us: r.us, transportUs: r.transportUs, calls: r.exportCalls + r.allocateCalls + r.applyCalls });
+    if (r.sequences > 0) realloc.push({ us: r.us, transportUs: r.transportUs, calls: r.exportCalls + r.allocateCalls + r.applyCalls, stageUs: r.stageUs, stageComputeUs: r.stageComputeUs, applied: r.applyCalls > 0 });
     const now = performance.now();
     if (decodeStart === 0) decodeStart = now - s.stepUs / 1000;
     decodeEnd = now;
@@ -135,6 +152,9 @@ async function measure(orch: Orchestrator, system: E2eRow['system'], dataPlane: 
     realloc_calls_per_step: realloc.length ? realloc.reduce((a, r) => a + r.calls, 0) / realloc.length : 0,
     realloc_step_p50_us: percentile(realloc.map((r) => r.us), 0.5),
     realloc_transport_p50_us: percentile(realloc.map((r) => r.transportUs), 0.5),
+    realloc_stage_p50_us: stageP50(realloc, (r) => r.stageUs),
+    realloc_stage_compute_p50_us: stageP50(realloc, (r) => r.stageComputeUs),
+    realloc_other_p50_us: percentile(realloc.map((r) => r.us - r.stageUs.export - r.stageUs.allocate - r.stageUs.apply), 0.5),
   };
 }
 
@@ -205,6 +225,16 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
             `split attend p50 − in-process attend p50 = ${(s.attend_p50_us - l.attend_p50_us).toFixed(0)} µs`,
         );
     }
+    io.out('');
+    io.out('reallocating steps, p50 per kind of call: round trip (the service\'s part of it), and the orchestrator\'s own work between the calls');
+    io.out('system     data plane  batch   steps   export µs         allocate µs       apply µs          other µs');
+    const cell = (rt: number, c: number) => `${rt.toFixed(0)} (${c.toFixed(0)})`.padEnd(17);
+    for (const r of rows.filter((x) => x.realloc_steps > 0))
+      io.out(
+        `${r.system.padEnd(10)} ${r.data_plane.padEnd(10)} ${String(r.batch).padStart(6)} ${String(r.realloc_steps).padStart(7)}   ` +
+          `${cell(r.realloc_stage_p50_us.export, r.realloc_stage_compute_p50_us.export)} ${cell(r.realloc_stage_p50_us.allocate, r.realloc_stage_compute_p50_us.allocate)} ` +
+          `${cell(r.realloc_stage_p50_us.apply, r.realloc_stage_compute_p50_us.apply)} ${r.realloc_other_p50_us.toFixed(0)}`,
+      );
     io.out('');
     io.out('attend round trips alone (no model), one cache service, the data planes interleaved in rounds of 50 so that load drift hits all alike');
     io.out('data plane  batch   round trip p50 µs   engine p50 µs   transport p50 µs');

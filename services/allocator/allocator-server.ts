@@ -4,8 +4,11 @@ import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 
 import {
+  AllocateBatchRequestSchema,
   AllocateBatchResponseSchema,
   AllocateResponseSchema,
+  AllocateStreamResponseSchema,
+  type AllocateStreamRequest,
   type AllocateBatchRequest,
   type AllocateBatchResponse,
   type AllocateRequest,
@@ -19,8 +22,9 @@ import { allocate, isPlanPolicy, type AllocationInput } from './policies.js';
 import { planExactly, type ExactPlan } from './exact-plan.js';
 import type { PlanLayout } from './plan-cost.js';
 import type { PlanLayout as PlanLayoutPb } from '../../gen/smartkv/v1/allocator_pb.js';
-import { trace } from '@opentelemetry/api';
-import { instruments } from '../telemetry/spans.js';
+import { context, trace } from '@opentelemetry/api';
+import { answerCalls } from '../common/answer-calls.js';
+import { childOf, contextFrom, instruments } from '../telemetry/spans.js';
 
 
 /** Decodes and checks an AllocateRequest; INVALID_ARGUMENT names the field. */
@@ -126,25 +130,44 @@ export function allocatorHandlers(): grpc.UntypedServiceImplementation {
     // between them), so a plan never depends on which others shared its batch.
     allocateBatch: (call: grpc.ServerUnaryCall<AllocateBatchRequest, AllocateBatchResponse>, cb: grpc.sendUnaryData<AllocateBatchResponse>) => {
       try {
-        const reqs = call.request.requests;
-        if (reqs.length === 0) throw invalidArgument('requests: the batch is empty');
-        if (reqs.length > MAX_BATCH_SEQUENCES)
-          throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `requests: ${reqs.length} in one batch, more than the ${MAX_BATCH_SEQUENCES} allowed; split it`);
-        const results = reqs.map((req, i) => {
-          try {
-            return { errorCode: 0, errorMessage: '', plan: allocateOne(req) };
-          } catch (err) {
-            const e = toServiceError(err);
-            return { errorCode: e.code ?? grpc.status.INTERNAL, errorMessage: `requests[${i}].${e.details ?? ''}` };
-          }
-        });
-        trace.getActiveSpan()?.setAttribute('smartkv.batch_size', reqs.length);
-        cb(null, create(AllocateBatchResponseSchema, { results }));
+        cb(null, allocateBatch(call.request));
       } catch (err) {
         cb(toServiceError(err));
       }
     },
+    // AllocateBatch per message on one stream (the orchestrator's step loop), answered by id.
+    allocateStream: answerCalls(
+      async (req: AllocateStreamRequest) => {
+        const span = req.traceparent ? childOf(contextFrom(req.traceparent), 'allocator.allocate_batch') : undefined;
+        try {
+          return create(AllocateStreamResponseSchema, { id: req.id, batch: context.with(span ? trace.setSpan(context.active(), span) : context.active(), () => allocateBatch(req.batch ?? create(AllocateBatchRequestSchema))) });
+        } finally {
+          span?.end();
+        }
+      },
+      (id, code, message) => create(AllocateStreamResponseSchema, { id, errorCode: code, errorMessage: message }),
+      (line) => process.stderr.write(line + '\n'),
+    ),
   };
+}
+
+/** Each request planned as Allocate plans it alone (no state is shared
+ * between them), so a plan never depends on which others shared its batch. */
+function allocateBatch(batch: AllocateBatchRequest): AllocateBatchResponse {
+  const reqs = batch.requests;
+  if (reqs.length === 0) throw invalidArgument('requests: the batch is empty');
+  if (reqs.length > MAX_BATCH_SEQUENCES)
+    throw new RpcError(grpc.status.RESOURCE_EXHAUSTED, `requests: ${reqs.length} in one batch, more than the ${MAX_BATCH_SEQUENCES} allowed; split it`);
+  const results = reqs.map((req, i) => {
+    try {
+      return { errorCode: 0, errorMessage: '', plan: allocateOne(req) };
+    } catch (err) {
+      const e = toServiceError(err);
+      return { errorCode: e.code ?? grpc.status.INTERNAL, errorMessage: `requests[${i}].${e.details ?? ''}` };
+    }
+  });
+  trace.getActiveSpan()?.setAttribute('smartkv.batch_size', reqs.length);
+  return create(AllocateBatchResponseSchema, { results });
 }
 
 function countUnprotected(i: AllocationInput): number {

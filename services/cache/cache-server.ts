@@ -18,6 +18,11 @@ import {
   StatsResponseSchema,
   UnregisterRegionResponseSchema,
   type ApplyPlanBatchRequest,
+  type ApplyPlanBatchResponse,
+  type ExportImportanceBatchResponse,
+  type ReallocStreamRequest,
+  type ReallocStreamResponse,
+  ReallocStreamResponseSchema,
   type ApplyPlanRequest,
   type ApplyPlanResponse,
   type CreateSequenceRequest,
@@ -30,6 +35,7 @@ import {
   type StatsRequest,
   type UnregisterRegionRequest,
 } from '../../gen/smartkv/v1/cache_pb.js';
+import { answerCalls } from '../common/answer-calls.js';
 import { bytesOf, invalidArgument, MalformedMessage, malformedStatus, RpcError, statusOf, toServiceError, u32 } from '../common/rpc.js';
 import type { CacheLimits } from '../common/limits.js';
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from './attend-codec.js';
@@ -135,6 +141,72 @@ export function cacheHandlers(
     return owner;
   }
 
+  /** ExportImportanceBatch for owner (the unary call and the stream's message). */
+  async function exportBatch(req: ExportImportanceBatchRequest, owner: string): Promise<ExportImportanceBatchResponse> {
+    const ids = req.sequenceIds;
+    checkBatch('sequence_ids', ids);
+    // Checked before anything is exported: a bad region or arena fails the call.
+    const arena = req.regionId ? regions.arena(owner, req.regionId, Number(req.arenaOffset), Number(req.arenaBytes)) : null;
+    // Someone else's sequence answers NOT_FOUND in its place, like a freed one.
+    // Decided once, before the export: one freed meanwhile gets the engine's NOT_FOUND.
+    const isMine = ids.map((s) => core.ownerOf(s) === owner && validOwner(owner));
+    const owned = ids.filter((_, i) => isMine[i]);
+    const { results: reports, exportUs } = owned.length ? await core.exportImportanceBatch(owned, limits.batchTokens) : { results: [], exportUs: 0 };
+    let k = 0;
+    const results = ids.map((seq, i) => {
+      const r = isMine[i] ? reports[k++] : new RpcError(grpc.status.NOT_FOUND, `sequence_ids[${i}]: no sequence ${seq} of this caller (smartkv-owner)`);
+      if (r instanceof Error) return batchError(seq, r, log);
+      const at = arena?.place(r.importance, r.sqError);
+      return {
+        sequenceId: seq, errorCode: 0, errorMessage: '',
+        report: importanceToPb(r, at !== undefined && at !== null),
+        importanceOffset: BigInt(at?.importance ?? 0), sqErrorOffset: BigInt(at?.sqError ?? 0),
+      };
+    });
+    return create(ExportImportanceBatchResponseSchema, { results, exportUs: BigInt(exportUs) });
+  }
+
+  /** ApplyPlanBatch for owner (the unary call and the stream's message). */
+  async function applyBatch(req: ApplyPlanBatchRequest, owner: string): Promise<ApplyPlanBatchResponse> {
+    checkBatch('plans', req.plans.map((p) => p.sequenceId));
+    // Each plan on its own, as applyPlan would take it: a malformed plan or a
+    // freed sequence answers in its place and the other plans still apply.
+    const parsed = req.plans.map((p, k): SequencePlan | Error => {
+      try {
+        return { seq: mine(p.sequenceId, owner, `plans[${k}].sequence_id`), plans: wirePlans(p, `plans[${k}].`) };
+      } catch (e) {
+        return e as Error;
+      }
+    });
+    const ok = parsed.filter((p): p is SequencePlan => !(p instanceof Error));
+    const applied = ok.length ? await core.applyPlanBatch(ok) : [];
+    let k = 0;
+    const results = parsed.map((p, i) => {
+      const a = p instanceof Error ? p : applied[k++];
+      const seq = req.plans[i].sequenceId;
+      if (a instanceof Error) return batchError(seq, a, log);
+      return { sequenceId: seq, errorCode: 0, errorMessage: '', applied: appliedToPb(a) };
+    });
+    return create(ApplyPlanBatchResponseSchema, { results });
+  }
+
+  /** One ReallocStream message: its call, traced under the caller's span when it sends one. */
+  async function reallocCall(req: ReallocStreamRequest, owner: string): Promise<ReallocStreamResponse> {
+    const c = req.call;
+    if (c.case === undefined) throw invalidArgument('call: the message names no call (export_importance_batch or apply_plan_batch)');
+    const span = req.traceparent ? childOf(contextFrom(req.traceparent), `cache.${c.case === 'exportImportanceBatch' ? 'export_importance_batch' : 'apply_plan_batch'}`) : undefined;
+    try {
+      if (c.case === 'exportImportanceBatch')
+        return create(ReallocStreamResponseSchema, { id: req.id, result: { case: c.case, value: await exportBatch(c.value, owner) } });
+      return create(ReallocStreamResponseSchema, { id: req.id, result: { case: c.case, value: await applyBatch(c.value, owner) } });
+    } catch (e) {
+      span?.recordException(e as Error);
+      throw e;
+    } finally {
+      span?.end();
+    }
+  }
+
   return {
     createSequence: unary(async (req: CreateSequenceRequest, call) => {
       const owner = ownerOf(call);
@@ -215,57 +287,22 @@ export function cacheHandlers(
     exportImportance: unary(async (req: ExportImportanceRequest, call) => {
       return importanceToPb(await core.exportImportance(mine(req.sequenceId, touched(call))));
     }),
-    exportImportanceBatch: unary(async (req: ExportImportanceBatchRequest, call) => {
-      const owner = touched(call);
-      const ids = req.sequenceIds;
-      checkBatch('sequence_ids', ids);
-      // Checked before anything is exported: a bad region or arena fails the call.
-      const arena = req.regionId ? regions.arena(owner, req.regionId, Number(req.arenaOffset), Number(req.arenaBytes)) : null;
-      // Someone else's sequence answers NOT_FOUND in its place, like a freed one.
-      // Decided once, before the export: one freed meanwhile gets the engine's NOT_FOUND.
-      const isMine = ids.map((s) => core.ownerOf(s) === owner && validOwner(owner));
-      const owned = ids.filter((_, i) => isMine[i]);
-      const { results: reports, exportUs } = owned.length ? await core.exportImportanceBatch(owned, limits.batchTokens) : { results: [], exportUs: 0 };
-      let k = 0;
-      const results = ids.map((seq, i) => {
-        const r = isMine[i] ? reports[k++] : new RpcError(grpc.status.NOT_FOUND, `sequence_ids[${i}]: no sequence ${seq} of this caller (smartkv-owner)`);
-        if (r instanceof Error) return batchError(seq, r, log);
-        const at = arena?.place(r.importance, r.sqError);
-        return {
-          sequenceId: seq, errorCode: 0, errorMessage: '',
-          report: importanceToPb(r, at !== undefined && at !== null),
-          importanceOffset: BigInt(at?.importance ?? 0), sqErrorOffset: BigInt(at?.sqError ?? 0),
-        };
-      });
-      return create(ExportImportanceBatchResponseSchema, { results, exportUs: BigInt(exportUs) });
-    }),
+    exportImportanceBatch: unary((req: ExportImportanceBatchRequest, call) => exportBatch(req, touched(call))),
+    applyPlanBatch: unary((req: ApplyPlanBatchRequest, call) => applyBatch(req, touched(call))),
+    // The reallocation calls on one stream: each message as its unary twin, answered by id.
+    reallocStream: (call: grpc.ServerDuplexStream<ReallocStreamRequest, ReallocStreamResponse>) => {
+      const owner = ownerOf(call);
+      answerCalls(
+        (req: ReallocStreamRequest) => reallocCall(req, owner),
+        (id, code, message) => create(ReallocStreamResponseSchema, { id, errorCode: code, errorMessage: message }),
+        log,
+        () => leases.touch(owner),
+      )(call);
+    },
     applyPlan: unary(async (req, call) => {
       const r = req as ApplyPlanRequest;
       const seq = mine(r.sequenceId, touched(call));
       return appliedToPb(await core.applyPlan(seq, wirePlans(r, '')));
-    }),
-    applyPlanBatch: unary(async (req: ApplyPlanBatchRequest, call) => {
-      const owner = touched(call);
-      checkBatch('plans', req.plans.map((p) => p.sequenceId));
-      // Each plan on its own, as applyPlan would take it: a malformed plan or a
-      // freed sequence answers in its place and the other plans still apply.
-      const parsed = req.plans.map((p, k): SequencePlan | Error => {
-        try {
-          return { seq: mine(p.sequenceId, owner, `plans[${k}].sequence_id`), plans: wirePlans(p, `plans[${k}].`) };
-        } catch (e) {
-          return e as Error;
-        }
-      });
-      const ok = parsed.filter((p): p is SequencePlan => !(p instanceof Error));
-      const applied = ok.length ? await core.applyPlanBatch(ok) : [];
-      let k = 0;
-      const results = parsed.map((p, i) => {
-        const a = p instanceof Error ? p : applied[k++];
-        const seq = req.plans[i].sequenceId;
-        if (a instanceof Error) return batchError(seq, a, log);
-        return { sequenceId: seq, errorCode: 0, errorMessage: '', applied: appliedToPb(a) };
-      });
-      return create(ApplyPlanBatchResponseSchema, { results });
     }),
     // The whole service's totals are anyone's; one sequence's only its owner's.
     // With the header it is the owner's heartbeat.

@@ -3,15 +3,18 @@
 // step (planBatch: every reallocation due on that shard), or one per
 // reallocation (plan): the cache's layout goes with each problem, and each
 // plan that comes back meets β in the engine's exact bytes, or says it cannot.
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 
 import {
   AllocateBatchRequestSchema,
+  AllocateBatchResponseSchema,
   AllocateRequestSchema,
+  AllocateStreamRequestSchema,
   AllocatorService,
   PlanLayoutSchema,
-  type AllocateBatchResponse,
+  type AllocateStreamRequest,
+  type AllocateStreamResponse,
   type AllocateResponse,
 } from '../../gen/smartkv/v1/allocator_pb.js';
 import type { BatchResult } from '../cache/cache-api.js';
@@ -20,6 +23,8 @@ import type { PlanLayout } from '../allocator/plan-cost.js';
 import type { AllocationInput, PlanPolicy } from '../allocator/policies.js';
 import { policyToPb } from '../common/policy.js';
 import { bytesOf, callUnary, makeClient, RpcError } from '../common/rpc.js';
+import { CallStream } from '../common/call-stream.js';
+import { activeChild, traceparentOf } from '../telemetry/spans.js';
 
 export interface AllocatorResult extends ExactPlan {
   allocateUs: number; // time in the allocator
@@ -69,7 +74,7 @@ function planTimed(p: PlanProblem): AllocatorResult {
 }
 
 /** The AllocateRequest of one problem: best effort, priced by its layout. */
-function allocateRequest({ policy, input, layout, current }: PlanProblem) {
+export function allocateRequest({ policy, input, layout, current }: PlanProblem) {
   return create(AllocateRequestSchema, {
     policy: policyToPb(policy),
     importance: bytesOf(input.importance),
@@ -86,7 +91,7 @@ function allocateRequest({ policy, input, layout, current }: PlanProblem) {
   });
 }
 
-function resultFromPb(r: AllocateResponse): AllocatorResult {
+export function resultFromPb(r: AllocateResponse): AllocatorResult {
   return {
     formats: r.formats,
     usedBytes: r.usedBytes,
@@ -102,9 +107,12 @@ function resultFromPb(r: AllocateResponse): AllocatorResult {
 
 export class GrpcAllocator implements Allocator {
   private readonly client: grpc.Client;
+  // planBatch's calls: messages on one stream (call-stream.ts says why).
+  private readonly batches: CallStream<AllocateStreamRequest, AllocateStreamResponse>;
 
   constructor(readonly address: string) {
     this.client = makeClient(AllocatorService, address);
+    this.batches = new CallStream(this.client, 'allocateStream', () => new grpc.Metadata(), `allocator ${address}`);
   }
 
   async plan(policy: PlanPolicy, input: AllocationInput, layout: PlanLayout, current: Uint8Array): Promise<AllocatorResult> {
@@ -113,12 +121,25 @@ export class GrpcAllocator implements Allocator {
   }
 
   async planBatch(problems: readonly PlanProblem[]): Promise<BatchResult<AllocatorResult>[]> {
-    const req = create(AllocateBatchRequestSchema, { requests: problems.map(allocateRequest) });
-    const r = await callUnary<AllocateBatchResponse>(this.client, 'allocateBatch', req, { deadlineMs: 30_000 });
+    const batch = create(AllocateBatchRequestSchema, { requests: problems.map(allocateRequest) });
+    // The round trip's span (the allocator's span for its work hangs under it).
+    const span = activeChild('allocate_batch', { 'smartkv.batch_size': problems.length });
+    const traceparent = traceparentOf(span);
+    let res: AllocateStreamResponse;
+    try {
+      res = await this.batches.call((id) => create(AllocateStreamRequestSchema, { id, traceparent, batch }), 30_000, 'AllocateBatch');
+    } catch (e) {
+      span?.recordException(e as Error);
+      throw e;
+    } finally {
+      span?.end();
+    }
+    const r = res.batch ?? create(AllocateBatchResponseSchema);
     return r.results.map((x) => (x.errorCode ? new RpcError(x.errorCode, `allocator ${this.address}: ${x.errorMessage}`) : resultFromPb(x.plan!)));
   }
 
   close(): void {
+    this.batches.close();
     this.client.close();
   }
 }

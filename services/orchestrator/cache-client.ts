@@ -20,12 +20,17 @@ import {
   ExportImportanceBatchRequestSchema,
   ExportImportanceRequestSchema,
   FreeSequenceRequestSchema,
+  ReallocStreamRequestSchema,
   RegisterRegionRequestSchema,
   ShrinkReservationRequestSchema,
   StatsRequestSchema,
   UnregisterRegionRequestSchema,
+  type ApplyPlanBatchRequest,
   type ApplyPlanBatchResponse,
   type ApplyPlanResponse,
+  type ExportImportanceBatchRequest,
+  type ReallocStreamRequest,
+  type ReallocStreamResponse,
   type CreateSequenceResponse,
   type ExportImportanceBatchResponse,
   type ExportImportanceResponse,
@@ -42,6 +47,8 @@ import { ATTEND_CODECS, bytesFromPb, OWNER_HEADER, storageToPb } from '../cache/
 import type { AttendRequestWire as AttendRequest, AttendResponseWire as AttendResponse } from '../cache/attend-codec.js';
 import { bytesOf, callUnary, f32, makeClient, RpcError } from '../common/rpc.js';
 import { ShardDeadline } from './shard-deadline.js';
+import { CallStream } from '../common/call-stream.js';
+import { activeChild, traceparentOf } from '../telemetry/spans.js';
 import { grpcPing, ShardWatch, type Ping } from './shard-watch.js';
 import { RegionClient, regionBytes, type DataPlaneMode } from './region-client.js';
 
@@ -104,6 +111,8 @@ export class GrpcCacheShard implements CacheShard {
   private regionRetryAt = 0; // ms: no new region before then (the last setup failed)
   private readonly watch: ShardWatch;
   private readonly closePing: () => void;
+  // ExportImportanceBatch and ApplyPlanBatch: messages on one stream (call-stream.ts says why).
+  private readonly realloc: CallStream<ReallocStreamRequest, ReallocStreamResponse>;
 
   /** options: a number is the deadline floor (ms), as before. */
   constructor(
@@ -121,9 +130,11 @@ export class GrpcCacheShard implements CacheShard {
     this.watch = ShardWatch.within(address, ping, o.hangMs ?? 1000, this.log);
     // What the shard may still answer or write is dropped: stream answers
     // find no pending entry, and the region (which it could still write) goes.
+    this.realloc = new CallStream(this.client, 'reallocStream', () => this.metadata(), `cache shard ${address}`);
     this.watch.onHung = (e) => {
       for (const p of this.pending.values()) p.reject(e);
       this.pending.clear();
+      this.realloc.failAll(e);
       this.dropRegion();
     };
   }
@@ -160,6 +171,33 @@ export class GrpcCacheShard implements CacheShard {
         if (e instanceof RpcError) throw e; // given up as hung (shard-watch.ts): not an answer, nothing to record
         if ((e as grpc.ServiceError)?.code !== grpc.status.DEADLINE_EXCEEDED) tracker.record(performance.now() - t0);
         throw this.wrap(e);
+      },
+    );
+  }
+
+  /** A reallocation call on the ReallocStream, with its unary twin's deadline tracker and the hang watch. */
+  private reallocCall<K extends 'exportImportanceBatch' | 'applyPlanBatch'>(
+    kind: K,
+    value: K extends 'exportImportanceBatch' ? ExportImportanceBatchRequest : ApplyPlanBatchRequest,
+  ): Promise<K extends 'exportImportanceBatch' ? ExportImportanceBatchResponse : ApplyPlanBatchResponse> {
+    type Out = K extends 'exportImportanceBatch' ? ExportImportanceBatchResponse : ApplyPlanBatchResponse;
+    const t0 = performance.now(), tracker = this.deadline(kind);
+    // The round trip's span (the service's span for its work hangs under it).
+    const span = activeChild(kind === 'exportImportanceBatch' ? 'export_importance_batch' : 'apply_plan_batch', { 'smartkv.shard': this.address });
+    const traceparent = traceparentOf(span);
+    const call = { case: kind, value } as ReallocStreamRequest['call'];
+    return this.watch.run(() => this.realloc.call((id) => create(ReallocStreamRequestSchema, { id, traceparent, call }), tracker.ms, kind)).then(
+      (res) => {
+        tracker.record(performance.now() - t0);
+        span?.end();
+        if (res.result.case !== kind) throw new RpcError(grpc.status.INTERNAL, `cache shard ${this.address}: ${kind} answered with ${res.result.case ?? 'nothing'}`);
+        return res.result.value as Out;
+      },
+      (e) => {
+        if ((e as RpcError).code !== grpc.status.DEADLINE_EXCEEDED) tracker.record(performance.now() - t0);
+        span?.recordException(e as Error);
+        span?.end();
+        throw e;
       },
     );
   }
@@ -361,7 +399,7 @@ export class GrpcCacheShard implements CacheShard {
         const req = create(ExportImportanceBatchRequestSchema, { sequenceIds: [...seqs], regionId: region.id, arenaOffset: BigInt(CONTROL_BYTES), arenaBytes: BigInt(arenaBytes) });
         let res: ExportImportanceBatchResponse;
         try {
-          res = await this.unary<ExportImportanceBatchResponse>('exportImportanceBatch', req);
+          res = await this.reallocCall('exportImportanceBatch', req);
         } catch (e) {
           // The service no longer knows the region (torn down there): bytes this time.
           if ((e as RpcError).code === grpc.status.NOT_FOUND && /region/.test((e as Error).message)) return null;
@@ -375,14 +413,14 @@ export class GrpcCacheShard implements CacheShard {
       });
       if (viaRegion) return viaRegion;
     }
-    const res = await this.unary<ExportImportanceBatchResponse>('exportImportanceBatch', create(ExportImportanceBatchRequestSchema, { sequenceIds: [...seqs] }));
+    const res = await this.reallocCall('exportImportanceBatch', create(ExportImportanceBatchRequestSchema, { sequenceIds: [...seqs] }));
     return { results: res.results.map((r) => (r.errorCode ? this.batchError(r) : importanceFromPb(r.report!))), exportUs: Number(res.exportUs) };
   }
 
   /** One ApplyPlanBatch; each plan's outcome, or the error it alone met. */
   async applyPlanBatch(plans: readonly SequencePlan[]): Promise<BatchResult<PlanApplied>[]> {
     const req = create(ApplyPlanBatchRequestSchema, { plans: plans.map((p) => applyPlanRequest(p.seq, p.plans)) });
-    const res = await this.unary<ApplyPlanBatchResponse>('applyPlanBatch', req);
+    const res = await this.reallocCall('applyPlanBatch', req);
     return res.results.map((r) => (r.errorCode ? this.batchError(r) : appliedFromPb(r.applied!)));
   }
 
@@ -425,6 +463,7 @@ export class GrpcCacheShard implements CacheShard {
     this.region = null;
     this.stream?.end();
     this.stream = null;
+    this.realloc.close();
     this.client.close();
   }
 }

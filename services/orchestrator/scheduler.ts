@@ -68,6 +68,8 @@ export interface StepRealloc {
   us: number; // wall time of the step's reallocations (the shards run at once)
   computeUs: number; // the services' time in them, all shards and calls
   transportUs: number; // round trips minus computeUs, all shards and calls
+  stageUs: { export: number; allocate: number; apply: number }; // round trips of each kind of call, all shards
+  stageComputeUs: { export: number; allocate: number; apply: number }; // the services' part of each
 }
 
 export interface StepObserver {
@@ -465,6 +467,8 @@ export class Scheduler {
       us: due.length ? Math.round((performance.now() - t0) * 1000) : 0,
       computeUs,
       transportUs: Math.max(0, sum((c) => c.export.us + c.allocate.us + c.apply.us) - computeUs),
+      stageUs: { export: sum((c) => c.export.us), allocate: sum((c) => c.allocate.us), apply: sum((c) => c.apply.us) },
+      stageComputeUs: { export: sum((c) => c.export.computeUs), allocate: sum((c) => c.allocate.computeUs), apply: sum((c) => c.apply.computeUs) },
     };
   }
 

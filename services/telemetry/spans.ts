@@ -55,3 +55,11 @@ export function contextFrom(traceparent: string): Context {
   if (!traceparent) return context.active();
   return propagation.extract(context.active(), { traceparent });
 }
+
+/** A child of the active span, when one is recording (the client side of a
+ * call on a stream, which gRPC's instrumentation does not trace); else undefined. */
+export function activeChild(name: string, attributes: Attributes = {}): Span | undefined {
+  const parent = trace.getActiveSpan();
+  if (!parent || !parent.isRecording()) return undefined;
+  return tracer().startSpan(name, { attributes }, context.active());
+}

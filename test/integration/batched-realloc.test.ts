@@ -12,10 +12,19 @@ import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { create } from '@bufbuild/protobuf';
 
-import { AllocateBatchRequestSchema } from '../../gen/smartkv/v1/allocator_pb.js';
-import { ApplyPlanBatchRequestSchema, ExportImportanceBatchRequestSchema, type ExportImportanceBatchResponse } from '../../gen/smartkv/v1/cache_pb.js';
+import { AllocateBatchRequestSchema, AllocateStreamRequestSchema, type AllocateStreamRequest, type AllocateStreamResponse } from '../../gen/smartkv/v1/allocator_pb.js';
+import {
+  ApplyPlanBatchRequestSchema,
+  CacheService,
+  ExportImportanceBatchRequestSchema,
+  ReallocStreamRequestSchema,
+  type ExportImportanceBatchResponse,
+  type ReallocStreamRequest,
+  type ReallocStreamResponse,
+} from '../../gen/smartkv/v1/cache_pb.js';
+import { CallStream } from '../../services/common/call-stream.js';
 import { checkHealth } from '../../services/common/health-client.js';
-import { callUnary, makeClient } from '../../services/common/rpc.js';
+import { callUnary, makeClient, type MethodCodec } from '../../services/common/rpc.js';
 import { AllocatorService } from '../../gen/smartkv/v1/allocator_pb.js';
 import { ServiceProcess } from '../../services/launcher/cluster.js';
 import { GrpcAllocator, type PlanProblem } from '../../services/orchestrator/allocator-client.js';
@@ -33,13 +42,19 @@ const regionOf = (c: GrpcCacheShard) => (c as unknown as { region: RegionClient 
 type Unary = (m: string, r: unknown) => Promise<unknown>;
 const unaryOf = (c: GrpcCacheShard): Unary => (c as unknown as { unary: Unary }).unary.bind(c);
 
-/** Counts the client's unary calls by method (and what they asked). */
-function spy(c: GrpcCacheShard): { method: string; req: unknown }[] {
-  const calls: { method: string; req: unknown }[] = [];
+/** Counts the client's calls by method (and what they asked): unary ones, and those on its ReallocStream. */
+function spy(c: GrpcCacheShard): { method: string; req: unknown; stream: boolean }[] {
+  const calls: { method: string; req: unknown; stream: boolean }[] = [];
   const real = unaryOf(c);
-  (c as unknown as { unary: Unary }).unary = (m, r) => {
-    calls.push({ method: m, req: r });
+  const shard = c as unknown as { unary: Unary; reallocCall: Unary };
+  const realStream = shard.reallocCall.bind(c);
+  shard.unary = (m, r) => {
+    calls.push({ method: m, req: r, stream: false });
     return real(m, r);
+  };
+  shard.reallocCall = (m, r) => {
+    calls.push({ method: m, req: r, stream: true });
+    return realStream(m, r);
   };
   return calls;
 }
@@ -109,6 +124,7 @@ describe('batched reallocation over gRPC', () => {
       const { outcomes, cost } = await reallocateBatch(c, allocator, entries);
       const methods = calls.map((x) => x.method);
       assert.deepEqual(methods, ['exportImportanceBatch', 'applyPlanBatch'], 'one export and one apply for the batch');
+      assert.ok(calls.every((x) => x.stream), 'both as messages on the ReallocStream, not unary calls');
       assert.deepEqual([cost.export.calls, cost.allocate.calls, cost.apply.calls], [1, 1, 1]);
       const exportReq = calls[0].req as { regionId: number };
       assert.equal(exportReq.regionId !== 0, dataPlane !== 'off', 'importance comes through the region exactly when the data plane is on');
@@ -168,12 +184,16 @@ describe('batched reallocation over gRPC', () => {
     const stranger = client('off');
     const theirs = (await stranger.createSequence('mixed', 0)).seq;
     const unary = unaryOf(c);
-    const refused = async (method: string, req: unknown, code: grpc.status, what: RegExp) =>
-      assert.rejects(unary(method, req), (e: Error) => {
-        assert.equal(codeOf(e), code, e.message);
-        assert.match(e.message, what);
-        return true;
-      });
+    const onStream = (c as unknown as { reallocCall: Unary }).reallocCall.bind(c);
+    // The unary call and the same call as a ReallocStream message fail alike.
+    const refused = async (method: string, req: unknown, code: grpc.status, what: RegExp) => {
+      for (const call of [unary, onStream])
+        await assert.rejects(call(method, req), (e: Error) => {
+          assert.equal(codeOf(e), code, e.message);
+          assert.match(e.message, what);
+          return true;
+        });
+    };
     const exportReq = (ids: number[], more = {}) => create(ExportImportanceBatchRequestSchema, { sequenceIds: ids, ...more });
     await refused('exportImportanceBatch', exportReq([]), grpc.status.INVALID_ARGUMENT, /sequence_ids: the batch is empty/);
     await refused('exportImportanceBatch', exportReq([x, y, x]), grpc.status.INVALID_ARGUMENT, /sequence_ids\[2\].*already sequence_ids\[0\]/);
@@ -186,10 +206,12 @@ describe('batched reallocation over gRPC', () => {
     await refused('applyPlanBatch', create(ApplyPlanBatchRequestSchema, { plans: [] }), grpc.status.INVALID_ARGUMENT, /plans: the batch is empty/);
     await refused('applyPlanBatch', create(ApplyPlanBatchRequestSchema, { plans: [plan(x), plan(x)] }), grpc.status.INVALID_ARGUMENT, /plans\[1\].*already plans\[0\]/);
     // Another caller's sequence and an unknown one answer NOT_FOUND in their places.
-    const res = (await unary('exportImportanceBatch', exportReq([x, theirs, 424242]))) as ExportImportanceBatchResponse;
-    assert.deepEqual(res.results.map((r) => r.errorCode), [0, grpc.status.NOT_FOUND, grpc.status.NOT_FOUND]);
-    assert.match(res.results[1].errorMessage, /sequence_ids\[1\]/);
-    assert.equal(res.results[0].report?.tokens, ROWS * CHUNKS);
+    for (const call of [unary, onStream]) {
+      const res = (await call('exportImportanceBatch', exportReq([x, theirs, 424242]))) as ExportImportanceBatchResponse;
+      assert.deepEqual(res.results.map((r) => r.errorCode), [0, grpc.status.NOT_FOUND, grpc.status.NOT_FOUND]);
+      assert.match(res.results[1].errorMessage, /sequence_ids\[1\]/);
+      assert.equal(res.results[0].report?.tokens, ROWS * CHUNKS);
+    }
     // A malformed plan fails alone (nothing of it moves); the other applies.
     const bad = { ...plan(y), positions: new Uint8Array(3) };
     const applied = await c.applyPlanBatch([{ seq: x, plans: [{ layer: -1, positions: Uint32Array.from([30]), formats: Uint8Array.from([2]) }] }, { seq: theirs, plans: [] }]);
@@ -202,6 +224,66 @@ describe('batched reallocation over gRPC', () => {
     assert.equal(await checkHealth(cache.address, 'smartkv.v1.CacheService', 5000), 'SERVING');
     for (const seq of [x, y]) await c.freeSequence(seq);
     await stranger.freeSequence(theirs);
+  });
+
+  test('the reallocation streams: a message naming no call, a bad batch or a malformed message fails alone; the streams and the services serve on', async () => {
+    const c = client('off');
+    const { a } = await twins(c, 1);
+    const owner = (c as unknown as { owner: string }).owner;
+    const md = () => {
+      const m = new grpc.Metadata();
+      m.set('smartkv-owner', owner);
+      return m;
+    };
+    const raw = makeClient(CacheService, cache.address);
+    const stream = new CallStream<ReallocStreamRequest, ReallocStreamResponse>(raw, 'reallocStream', md, 'cache');
+    try {
+      await assert.rejects(stream.call((id) => create(ReallocStreamRequestSchema, { id }), 5000, 'nothing'), (e: Error) => {
+        assert.equal(codeOf(e), grpc.status.INVALID_ARGUMENT, e.message);
+        assert.match(e.message, /call: the message names no call/);
+        return true;
+      });
+      // The same stream answers the next message.
+      const ok = await stream.call((id) => create(ReallocStreamRequestSchema, { id, call: { case: 'exportImportanceBatch', value: create(ExportImportanceBatchRequestSchema, { sequenceIds: a }) } }), 5000, 'export');
+      assert.equal(ok.result.case, 'exportImportanceBatch');
+      assert.equal((ok.result.value as ExportImportanceBatchResponse).results[0].report?.tokens, ROWS * CHUNKS);
+    } finally {
+      stream.close();
+      raw.close();
+    }
+    // Bytes that are no ReallocStreamRequest end that stream only, with INVALID_ARGUMENT.
+    const garbage: MethodCodec = { serializeRequest: ((b: Buffer) => b) as never, deserializeRequest: (b) => b, serializeResponse: ((b: Buffer) => b) as never, deserializeResponse: (b) => b };
+    const bad = makeClient(CacheService, cache.address, {}, { reallocStream: garbage });
+    const badStream = new CallStream<Buffer, ReallocStreamResponse>(bad, 'reallocStream', md, 'cache');
+    try {
+      await assert.rejects(badStream.call(() => Buffer.from([0xff, 0xff, 0xff, 0xff]), 5000, 'garbage'), (e: Error) => {
+        assert.equal(codeOf(e), grpc.status.INVALID_ARGUMENT, e.message);
+        assert.match(e.message, /malformed ReallocStreamRequest/);
+        return true;
+      });
+    } finally {
+      badStream.close();
+      bad.close();
+    }
+    assert.equal(await checkHealth(cache.address, 'smartkv.v1.CacheService', 5000), 'SERVING');
+    assert.equal(((await c.exportImportanceBatch(a)).results[0] as ImportanceReport).tokens, ROWS * CHUNKS, 'the orchestrator\'s own stream is untouched');
+    // AllocateStream: an empty batch fails that message; the next is planned.
+    const allocRaw = makeClient(AllocatorService, allocatorProc.address);
+    const plans = new CallStream<AllocateStreamRequest, AllocateStreamResponse>(allocRaw, 'allocateStream', () => new grpc.Metadata(), 'allocator');
+    try {
+      await assert.rejects(plans.call((id) => create(AllocateStreamRequestSchema, { id }), 5000, 'empty'), (e: Error) => {
+        assert.equal(codeOf(e), grpc.status.INVALID_ARGUMENT, e.message);
+        assert.match(e.message, /requests: the batch is empty/);
+        return true;
+      });
+      const one = await plans.call((id) => create(AllocateStreamRequestSchema, { id, batch: { requests: [{}] } }), 5000, 'one');
+      assert.equal(one.batch?.results.length, 1, 'the stream answers after a refused message');
+      assert.equal(one.batch?.results[0].errorCode, grpc.status.INVALID_ARGUMENT, 'an empty request fails alone, as in AllocateBatch');
+    } finally {
+      plans.close();
+      allocRaw.close();
+    }
+    for (const seq of a) await c.freeSequence(seq);
   });
 
   test('AllocateBatch plans each request as Allocate does; a bad one fails alone, a bad batch as a whole', async () => {

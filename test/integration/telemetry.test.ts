@@ -83,17 +83,23 @@ describe('telemetry across the services', () => {
     const reallocs = spans.filter((s) => s.name === 'reallocate');
     assert.ok(reallocs.length >= 3, `${reallocs.length} reallocations`);
     for (const re of reallocs) assert.equal(parent(re)?.name, 'step');
-    // The allocator's server spans hang under a reallocation (through the gRPC client span).
-    // The reallocations due in a step go to each shard as one batch (one
-    // request here, so one sequence a batch): exactly one ExportImportanceBatch
-    // and one AllocateBatch per reallocation, at most one ApplyPlanBatch.
-    const allocs = spans.filter((s) => s.service === 'smartkv-allocator' && s.name.endsWith('AllocatorService/AllocateBatch'));
+    // The reallocation calls travel as messages on two long-lived streams
+    // (ReallocStream, AllocateStream): each has the orchestrator's span for
+    // its round trip under the reallocation, and the service's span for its
+    // work under that. The reallocations due in a step go to each shard as one
+    // batch (one request here, so one sequence a batch): exactly one export
+    // and one allocate per reallocation, at most one apply.
+    const allocs = spans.filter((s) => s.service === 'smartkv-allocator' && s.name === 'allocator.allocate_batch');
     assert.equal(allocs.length, reallocs.length, `${allocs.length} AllocateBatch calls for ${reallocs.length} reallocations`);
-    for (const a of allocs) assert.equal(parent(parent(a)!)?.name, 'reallocate');
-    const under = (re: ReceivedSpan, method: string) => spans.filter((s) => s.service === 'smartkv-cache' && s.name.endsWith(`CacheService/${method}`) && parent(parent(s)!)?.spanId === re.spanId);
+    for (const a of allocs) {
+      assert.equal(parent(a)?.name, 'allocate_batch');
+      assert.equal(parent(parent(a)!)?.name, 'reallocate');
+    }
+    const under = (re: ReceivedSpan, name: string) =>
+      spans.filter((s) => s.service === 'smartkv-cache' && s.name === `cache.${name}` && parent(s)?.name === name && parent(parent(s)!)?.spanId === re.spanId);
     for (const re of reallocs) {
-      const applies = under(re, 'ApplyPlanBatch');
-      assert.equal(under(re, 'ExportImportanceBatch').length, 1, 'one ExportImportanceBatch per batch');
+      const applies = under(re, 'apply_plan_batch');
+      assert.equal(under(re, 'export_importance_batch').length, 1, 'one ExportImportanceBatch per batch');
       assert.ok(applies.length <= 1, `${applies.length} ApplyPlanBatch calls in one reallocation`);
       assert.equal(re.attributes['smartkv.allocate_calls'], 1);
       assert.equal(Number(re.attributes['smartkv.apply_calls']), applies.length);
