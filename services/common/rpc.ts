@@ -84,12 +84,19 @@ export function makeClient(service: DescService, address: string, options: grpc.
 
 type UnaryFn = (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: unknown) => void) => grpc.ClientUnaryCall;
 
-/** Calls a unary method by localName; rejects with the ServiceError grpc-js gives. */
-export function callUnary<O>(client: grpc.Client, method: string, req: unknown, opts: { deadlineMs?: number; metadata?: grpc.Metadata } = {}): Promise<O> {
+/** Calls a unary method by localName; rejects with the ServiceError grpc-js gives.
+ * waitForReady: wait (within the deadline) for a connection that is down
+ * or backing off, instead of failing at once with its last error. */
+export function callUnary<O>(client: grpc.Client, method: string, req: unknown, opts: { deadlineMs?: number; metadata?: grpc.Metadata; waitForReady?: boolean } = {}): Promise<O> {
   const fn = (client as unknown as Record<string, UnaryFn>)[method];
   const callOpts: grpc.CallOptions = opts.deadlineMs ? { deadline: Date.now() + opts.deadlineMs } : {};
+  let metadata = opts.metadata ?? new grpc.Metadata();
+  if (opts.waitForReady) {
+    metadata = metadata.clone(); // grpc-js carries the flag on the metadata: the caller's stays as it was
+    metadata.setOptions({ ...metadata.getOptions(), waitForReady: true });
+  }
   return new Promise<O>((resolve, reject) => {
-    fn.call(client, req, opts.metadata ?? new grpc.Metadata(), callOpts, (err, res) => (err ? reject(err) : resolve(res as O)));
+    fn.call(client, req, metadata, callOpts, (err, res) => (err ? reject(err) : resolve(res as O)));
   });
 }
 

@@ -159,10 +159,10 @@ export class GrpcCacheShard implements CacheShard {
     return d;
   }
 
-  private unary<O>(method: string, req: unknown, deadlineMs?: number): Promise<O> {
+  private unary<O>(method: string, req: unknown, deadlineMs?: number, waitForReady = false): Promise<O> {
     const t0 = performance.now(), tracker = this.deadline(method);
     deadlineMs ??= tracker.ms;
-    return this.watch.run(() => callUnary<O>(this.client, method, req, { deadlineMs, metadata: this.metadata() })).then(
+    return this.watch.run(() => callUnary<O>(this.client, method, req, { deadlineMs, metadata: this.metadata(), waitForReady })).then(
       (r) => {
         tracker.record(performance.now() - t0);
         return r;
@@ -429,8 +429,14 @@ export class GrpcCacheShard implements CacheShard {
     return new RpcError(r.errorCode, `cache shard ${this.address}: sequence ${r.sequenceId}: ${r.errorMessage}`);
   }
 
+  /** Asked when placing a sequence on a shard the health checks call serving.
+   * It waits for this client's connection: after a shard restarts, that one
+   * can still be backing off (up to 1 s) while the health checks' own
+   * connection already answers, and failing at once left the shard out of
+   * placement (RESOURCE_EXHAUSTED when the others were full). A shard that
+   * is really gone is given up by the hang watch within --shard-hang-ms. */
   async reservations(deadlineMs?: number): Promise<ShardReservations> {
-    const r = await this.unary<StatsResponse>('stats', create(StatsRequestSchema, { reservationsOnly: true }), deadlineMs);
+    const r = await this.unary<StatsResponse>('stats', create(StatsRequestSchema, { reservationsOnly: true }), deadlineMs, true);
     return {
       sequences: r.sequences,
       reservedBytes: Number(r.reservedBytes),
