@@ -125,10 +125,16 @@ void run_kernel(const blocks& b, kv_format f, int nq, bool with_importance, bool
     head_state st{m.data(), l.data(), z.data(), acc.data()};
     const score_sink sink{scores.data(), size_t(n)};
     const block_kind kind = kivi ? block_kind::kivi : f == kv_format::fp16 ? block_kind::fp16 : block_kind::quantized;
+    std::vector<block_ref> refs;  // [n_blocks]
+    for (size_t i = 0; i < b.data.size(); ++i) refs.push_back({b.data[i], kind, f, T, false, uint32_t(i * T)});
     marker();
-    for (size_t i = 0; i < b.data.size(); ++i) {
-        const block_ref ref{b.data[i], kind, f, T, false, uint32_t(i * T)};
-        (use_ref ? attend_block_ref : attend_block_fast)(b.L, quant_mode::symmetric, ref, 0, hq, st, sink, scratch.data());
+    // As cpu-attend.cc calls them: the fast path may fold a run of blocks at once.
+    for (size_t i = 0; i < refs.size();) {
+        if (use_ref) {
+            attend_block_ref(b.L, quant_mode::symmetric, refs[i++], 0, hq, st, sink, scratch.data());
+            continue;
+        }
+        i += size_t(attend_blocks_fast(b.L, quant_mode::symmetric, &refs[i], int(refs.size() - i), 0, hq, st, sink, scratch.data()));
     }
     if (with_importance)
         for (int i = 0; i < nq; ++i) add_probabilities(&scores[size_t(i) * n], size_t(n), m[i], 1.f / l[i], probs.data());

@@ -25,6 +25,7 @@ namespace smartkv {
 namespace {
 
 constexpr int max_tile = 16;
+constexpr int max_run_tokens = 1024;  // one block (block_tokens <= 1024) or a run of blocks (attend_quantized_run): weights on the stack
 
 // Scales and zero points of 16 consecutive slots [t0, t0+n) as vectors.
 // Parameters are [T][n_params] halves: one (symmetric) or two (asymmetric).
@@ -266,88 +267,110 @@ inline float quantize_weights16(const float* w, int n, uint8_t* hi, uint8_t* lo)
 
 // Not inlined: its own register allocation keeps the 2*D/16 accumulators in
 // registers (inlined, GCC 12 copied them around the loop every iteration).
+//
+// A run of nb blocks (attend_quantized_run) shares one zero-point sum, one
+// set of float accumulators and one final transpose; each block keeps its
+// own weight scale. p holds block j's weights at j*T, and every block but the
+// last is full (T a multiple of 16, nb*T <= max_run_tokens).
 template <int D, int B>
-__attribute__((noinline)) void accumulate_values_int(const block_layout& L, quant_mode mode, const block_ref& blk, int head,
-                                                     const float* p, float* acc_out) {
+__attribute__((noinline)) void accumulate_values_int(const block_layout& L, quant_mode mode, const block_ref* blks, int nb,
+                                                     int head, const float* p, float* acc_out) {
     constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
     constexpr int P = D * B / 8, NG = D / 64;  // groups of 64 dims
-    const uint8_t* rows = blk.data + L.v_codes + L.code_offset(head, 0);
-    const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.v_params + L.param_offset(head, 0));
-    alignas(64) float w[1024];  // [n_valid rounded up to 16] p*scale, 0 past n_valid (masked loads)
-    alignas(64) uint8_t whi[1024], wlo[1024];
+    const int T = L.block_tokens;
+    alignas(64) float w[max_run_tokens];  // [(nb-1)*T + last n_valid, rounded up to 16] p*scale, 0 past n_valid (masked loads)
+    alignas(64) uint8_t whi[max_run_tokens], wlo[max_run_tokens];
     __m512 zacc = _mm512_setzero_ps();
-    for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
-        const int n = std::min(16, blk.n_valid - t0);
-        __m512 scale, zero;
-        params16(F, mode, params, t0, n, scale, zero);
-        const __m512 pv = _mm512_maskz_loadu_ps(n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), p + t0);
-        const __m512 wv = _mm512_mul_ps(pv, scale);
-        _mm512_store_ps(w + t0, wv);
-        zacc = _mm512_fmadd_ps(pv, zero, zacc);
-        // 8-bit codes are folded as signed code-128 (vpdpbusd's second operand
-        // is s8): scale*code + zero = scale*(code-128) + (zero + 128*scale)
-        if constexpr (B == 8) zacc = _mm512_fmadd_ps(wv, _mm512_set1_ps(128.f), zacc);
+    for (int j = 0; j < nb; ++j) {
+        const block_ref& blk = blks[j];
+        const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.v_params + L.param_offset(head, 0));
+        const float* pj = p + size_t(j) * T;
+        float* wj = w + size_t(j) * T;
+        for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
+            const int n = std::min(16, blk.n_valid - t0);
+            __m512 scale, zero;
+            params16(F, mode, params, t0, n, scale, zero);
+            const __m512 pv = _mm512_maskz_loadu_ps(n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), pj + t0);
+            const __m512 wv = _mm512_mul_ps(pv, scale);
+            _mm512_store_ps(wj + t0, wv);
+            zacc = _mm512_fmadd_ps(pv, zero, zacc);
+            // 8-bit codes are folded as signed code-128 (vpdpbusd's second operand
+            // is s8): scale*code + zero = scale*(code-128) + (zero + 128*scale)
+            if constexpr (B == 8) zacc = _mm512_fmadd_ps(wv, _mm512_set1_ps(128.f), zacc);
+        }
     }
     const float zsum = _mm512_reduce_add_ps(zacc);
-    const int n4 = (blk.n_valid + 3) & ~3;
-    const float ws = quantize_weights16(w, n4, whi, wlo);
-    if (ws == 0.f) return;
     const __m512i mask = _mm512_set1_epi8(char((1 << B) - 1));
-    __m512i ah[NG][4], al[NG][4];
+    // Each block keeps its own weight scale (the rounding bound above is per
+    // block); its integer sums are folded into float accumulators, still in
+    // the 128-bit-lane order, and transposed once for the run.
+    __m512 fa[NG][4];
     for (int g = 0; g < NG; ++g)
-        for (int k = 0; k < 4; ++k) ah[g][k] = al[g][k] = _mm512_setzero_si512();
-    for (int t = 0; t < n4; t += 4) {
-        const uint8_t* r = rows + size_t(t) * P;
-        uint32_t h32, l32;
-        std::memcpy(&h32, whi + t, 4);
-        std::memcpy(&l32, wlo + t, 4);
-        const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
-        if constexpr (B == 8) {  // group g = bytes [64g, 64g+64) of each row
-            const __m512i flip = _mm512_set1_epi8(char(0x80));
+        for (int k = 0; k < 4; ++k) fa[g][k] = _mm512_setzero_ps();
+    for (int j = 0; j < nb; ++j) {
+        const int n4 = (blks[j].n_valid + 3) & ~3;
+        uint8_t* whi_j = whi + size_t(j) * T;
+        uint8_t* wlo_j = wlo + size_t(j) * T;
+        const float ws = quantize_weights16(w + size_t(j) * T, n4, whi_j, wlo_j);
+        if (ws == 0.f) continue;
+        __m512i ah[NG][4], al[NG][4];
+        for (int g = 0; g < NG; ++g)
+            for (int k = 0; k < 4; ++k) ah[g][k] = al[g][k] = _mm512_setzero_si512();
+        for (int t = 0; t < n4; t += 4) {
+            const uint8_t* r = blks[j].data + L.v_codes + L.code_offset(head, 0) + size_t(t) * P;
+            uint32_t h32, l32;
+            std::memcpy(&h32, whi_j + t, 4);
+            std::memcpy(&l32, wlo_j + t, 4);
+            const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
+            if constexpr (B == 8) {  // group g = bytes [64g, 64g+64) of each row
+                const __m512i flip = _mm512_set1_epi8(char(0x80));
+                for (int g = 0; g < NG; ++g) {
+                    __m512i x[4];
+                    transpose4_rows(_mm512_loadu_si512(r + 64 * g), _mm512_loadu_si512(r + P + 64 * g),
+                                    _mm512_loadu_si512(r + 2 * P + 64 * g), _mm512_loadu_si512(r + 3 * P + 64 * g), x);
+                    for (int k = 0; k < 4; ++k) {
+                        const __m512i c = _mm512_xor_si512(x[k], flip);
+                        ah[g][k] = simd::dpbusd(ah[g][k], wh, c);
+                        al[g][k] = simd::dpbusd(al[g][k], wl, c);
+                    }
+                }
+                continue;
+            }
+            __m512i x[4];
+            if constexpr (P == 64) {
+                transpose4_rows(_mm512_loadu_si512(r), _mm512_loadu_si512(r + P), _mm512_loadu_si512(r + 2 * P),
+                                _mm512_loadu_si512(r + 3 * P), x);
+            } else {  // 32-byte rows, each broadcast to both halves: low half = even plane, high = odd
+                auto row = [&](int i) { return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + i * P))); };
+                transpose4_rows(row(0), row(1), row(2), row(3), x);
+            }
             for (int g = 0; g < NG; ++g) {
-                __m512i x[4];
-                transpose4_rows(_mm512_loadu_si512(r + 64 * g), _mm512_loadu_si512(r + P + 64 * g),
-                                _mm512_loadu_si512(r + 2 * P + 64 * g), _mm512_loadu_si512(r + 3 * P + 64 * g), x);
                 for (int k = 0; k < 4; ++k) {
-                    const __m512i c = _mm512_xor_si512(x[k], flip);
+                    __m512i c;
+                    if constexpr (P == 64) {  // group g = plane g (D/64 planes of 64 dims)
+                        c = g == 0 ? _mm512_and_si512(x[k], mask) : _mm512_and_si512(_mm512_srli_epi16(x[k], unsigned(B * g)), mask);
+                    } else {  // group g = planes 2g (low half) and 2g+1 (high half)
+                        const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * g * B)), _mm256_set1_epi16(short((2 * g + 1) * B)), 1);
+                        c = _mm512_and_si512(_mm512_srlv_epi16(x[k], sh), mask);
+                    }
                     ah[g][k] = simd::dpbusd(ah[g][k], wh, c);
                     al[g][k] = simd::dpbusd(al[g][k], wl, c);
                 }
             }
-            continue;
         }
-        __m512i x[4];
-        if constexpr (P == 64) {
-            transpose4_rows(_mm512_loadu_si512(r), _mm512_loadu_si512(r + P), _mm512_loadu_si512(r + 2 * P),
-                            _mm512_loadu_si512(r + 3 * P), x);
-        } else {  // 32-byte rows, each broadcast to both halves: low half = even plane, high = odd
-            auto row = [&](int i) { return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + i * P))); };
-            transpose4_rows(row(0), row(1), row(2), row(3), x);
-        }
-        for (int g = 0; g < NG; ++g) {
-            for (int k = 0; k < 4; ++k) {
-                __m512i c;
-                if constexpr (P == 64) {  // group g = plane g (D/64 planes of 64 dims)
-                    c = g == 0 ? _mm512_and_si512(x[k], mask) : _mm512_and_si512(_mm512_srli_epi16(x[k], unsigned(B * g)), mask);
-                } else {  // group g = planes 2g (low half) and 2g+1 (high half)
-                    const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * g * B)), _mm256_set1_epi16(short((2 * g + 1) * B)), 1);
-                    c = _mm512_and_si512(_mm512_srlv_epi16(x[k], sh), mask);
-                }
-                ah[g][k] = simd::dpbusd(ah[g][k], wh, c);
-                al[g][k] = simd::dpbusd(al[g][k], wl, c);
-            }
-        }
-    }
-    const __m512 vws = _mm512_set1_ps(ws), vz = _mm512_set1_ps(zsum);
-    for (int g = 0; g < NG; ++g) {
-        __m512 a[4], n[4];
         // combined in float: 256*hi + lo could pass 2^31 in int32 for blocks over 256 tokens
-        for (int k = 0; k < 4; ++k)
-            a[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k]));
-        transpose4_lanes(a, n);
+        const __m512 vws = _mm512_set1_ps(ws);
+        for (int g = 0; g < NG; ++g)
+            for (int k = 0; k < 4; ++k)
+                fa[g][k] = _mm512_fmadd_ps(vws, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k])), fa[g][k]);
+    }
+    const __m512 vz = _mm512_set1_ps(zsum);
+    for (int g = 0; g < NG; ++g) {
+        __m512 n[4];
+        transpose4_lanes(fa[g], n);
         for (int L = 0; L < 4; ++L) {
             float* o = acc_out + 64 * g + 16 * L;
-            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_fmadd_ps(vws, n[L], vz)));
+            _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_add_ps(n[L], vz)));
         }
     }
 }
@@ -402,7 +425,7 @@ template <int D, int B>
 void accumulate_values_1p(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const float* p,
                           float* acc_out) {
     if constexpr (int_values_supported<D, B>()) {
-        if (L.block_tokens % 4 == 0) return accumulate_values_int<D, B>(L, mode, blk, head, p, acc_out);
+        if (L.block_tokens % 4 == 0) return accumulate_values_int<D, B>(L, mode, &blk, 1, head, p, acc_out);
     }
     accumulate_values_1<D, B>(L, mode, blk, head, p, acc_out);
 }
@@ -415,6 +438,52 @@ void attend_quantized_1(const block_layout& L, quant_mode mode, const block_ref&
     if (sink.scores) std::copy(s, s + blk.n_valid, sink.scores + size_t(qi) * sink.stride + blk.slot_base);
     if (!softmax_update<D>(s, blk.n_valid, st, qi)) return;
     accumulate_values_1p<D, B>(L, mode, blk, head, s, st.acc + size_t(qi) * D);
+}
+
+// Where a run of blocks starts reading: one kv-head's rows and parameters.
+inline void prefetch_rows(const block_layout& L, const block_ref& blk, int head, size_t codes, size_t params) {
+    const uint8_t* r = blk.data + codes + L.code_offset(head, 0);
+    for (size_t off = 0, n = size_t(blk.n_valid) * size_t(L.row); off < n; off += 64) __builtin_prefetch(r + off, 0, 3);
+    const uint8_t* pr = blk.data + params + L.param_offset(head, 0);
+    for (size_t off = 0, n = size_t(blk.n_valid) * size_t(L.n_params) * sizeof(half_bits); off < n; off += 64) __builtin_prefetch(pr + off, 0, 3);
+}
+
+// A run of nb blocks of one quantised format for one query (MHA decode):
+// every block's scores into s (block j at j*T), one online-softmax update,
+// one integer value pass (accumulate_values_int). At 32-token blocks the
+// per-block part of attend_quantized_1 (the softmax state update, the weight
+// quantisation, the accumulators' transpose and store, the dispatch) was ~22
+// of int2's 53 instructions per token per kv-head.
+template <int D, int B>
+void attend_quantized_run(const block_layout& L, quant_mode mode, const block_ref* blks, int nb, int head,
+                          const head_query& q, head_state& st, const score_sink& sink, float* s) {
+    const int T = L.block_tokens;
+    for (int j = 0; j < nb; ++j) {
+        // Keys two blocks ahead, values of this one (read after every block's scores).
+        if (j + 2 < nb) prefetch_rows(L, blks[j + 2], head, L.k_codes, L.k_params);
+        prefetch_rows(L, blks[j], head, L.v_codes, L.v_params);
+        float* sj = s + size_t(j) * T;
+        quantized_scores<D, B>(L, mode, blks[j], head, q, tile_view{0, 1}, sj, T);
+        if (sink.scores) std::copy(sj, sj + blks[j].n_valid, sink.scores + blks[j].slot_base);
+    }
+    if (!softmax_update<D>(s, (nb - 1) * T + blks[nb - 1].n_valid, st, 0)) return;
+    accumulate_values_int<D, B>(L, mode, blks, nb, head, s, st.acc);
+}
+
+// How many of blks[0..n_avail) attend_quantized_run takes at once: blocks of
+// blks[0]'s format, unmasked, all but the last full, at most run_tokens.
+int run_length(const block_layout& L, const block_ref* blks, int n_avail, const head_query& q) {
+    constexpr int run_tokens = 512;  // scores fit the scratch's 2*16*T floats for T >= 16
+    const int T = L.block_tokens;
+    const block_ref& b0 = blks[0];
+    if (q.nq() != 1 || !q.q8 || b0.kind != block_kind::quantized || b0.needs_mask || T % 16 != 0 || 2 * T > run_tokens) return 1;
+    // The integer value path's shapes (int_values_supported): 64-dim int2 rows are 16 bytes.
+    if (L.head_dim != 128 && !(L.head_dim == 64 && b0.fmt != kv_format::int2)) return 1;
+    int nb = 1;
+    while (nb < n_avail && (nb + 1) * T <= run_tokens && blks[nb - 1].n_valid == T && blks[nb].kind == block_kind::quantized &&
+           blks[nb].fmt == b0.fmt && !blks[nb].needs_mask)
+        ++nb;
+    return nb;
 }
 
 template <int D, int B>
@@ -521,6 +590,25 @@ void add_probabilities_avx512(const float* scores, size_t n, float m, float w, f
         _mm512_storeu_ps(out + j, _mm512_fmadd_ps(p, vw, _mm512_loadu_ps(out + j)));
     }
     for (; j < n; ++j) out[j] += std::exp(scores[j] - m) * w;
+}
+
+int attend_blocks_avx512(const block_layout& L, quant_mode mode, const block_ref* blks, int n_avail, int head,
+                         const head_query& q, head_state& st, const score_sink& sink, float* scratch) {
+    const int nb = run_length(L, blks, n_avail, q);
+    if (nb < 2) {
+        attend_block_avx512(L, mode, blks[0], head, q, st, sink, scratch);
+        return 1;
+    }
+    const bool d64 = L.head_dim == 64;
+    switch (blks[0].fmt) {
+        case kv_format::int8: d64 ? attend_quantized_run<64, 8>(L, mode, blks, nb, head, q, st, sink, scratch)
+                                  : attend_quantized_run<128, 8>(L, mode, blks, nb, head, q, st, sink, scratch); break;
+        case kv_format::int4: d64 ? attend_quantized_run<64, 4>(L, mode, blks, nb, head, q, st, sink, scratch)
+                                  : attend_quantized_run<128, 4>(L, mode, blks, nb, head, q, st, sink, scratch); break;
+        default: d64 ? attend_quantized_run<64, 2>(L, mode, blks, nb, head, q, st, sink, scratch)
+                     : attend_quantized_run<128, 2>(L, mode, blks, nb, head, q, st, sink, scratch); break;
+    }
+    return nb;
 }
 
 void attend_block_avx512(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,

@@ -28,6 +28,13 @@ void attend_block_fast(const block_layout& L, quant_mode mode, const block_ref& 
     }
 }
 
+int attend_blocks_fast(const block_layout& L, quant_mode mode, const block_ref* blks, int n_avail, int head,
+                       const head_query& q, head_state& st, const score_sink& sink, float* scratch) {
+    if (best_isa(L.head_dim) == isa::avx512) return attend_blocks_avx512(L, mode, blks, n_avail, head, q, st, sink, scratch);
+    attend_block_fast(L, mode, blks[0], head, q, st, sink, scratch);
+    return 1;
+}
+
 void add_probabilities(const float* scores, size_t n, float m, float w, float* out) {
     static const isa best = best_isa(64);
     if (best == isa::avx512) return add_probabilities_avx512(scores, n, m, w, out);

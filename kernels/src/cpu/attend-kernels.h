@@ -66,6 +66,16 @@ void attend_block_ref(const block_layout& layout, quant_mode mode, const block_r
 void attend_block_fast(const block_layout& layout, quant_mode mode, const block_ref& blk, int head,
                        const head_query& q, head_state& st, const score_sink& sink, float* scratch);
 
+// Consecutive blocks of one layout for one kv-head (the blocks of one bucket
+// in order): folds as many of blks[0..n_avail) as the fast path takes in one
+// pass — at least one — and returns that count. The result equals one
+// attend_block_fast per block up to float rounding (one softmax update and
+// one weight scale for the run instead of one per block). The AVX-512 path
+// joins up to 512 tokens of unmasked quantised blocks for a single query
+// (MHA decode); everything else goes one block at a time.
+int attend_blocks_fast(const block_layout& layout, quant_mode mode, const block_ref* blks, int n_avail, int head,
+                       const head_query& q, head_state& st, const score_sink& sink, float* scratch);
+
 // True when attend_block_fast has a vectorised path for this shape on this CPU.
 bool fast_path_available(int head_dim);
 // The same question for one instruction set (used by the dispatcher and by
@@ -73,6 +83,8 @@ bool fast_path_available(int head_dim);
 bool avx512_path_available(int head_dim);
 bool avx2_path_available(int head_dim);
 void attend_block_avx512(const block_layout& layout, quant_mode mode, const block_ref& blk, int head,
+                         const head_query& q, head_state& st, const score_sink& sink, float* scratch);
+int attend_blocks_avx512(const block_layout& layout, quant_mode mode, const block_ref* blks, int n_avail, int head,
                          const head_query& q, head_state& st, const score_sink& sink, float* scratch);
 void attend_block_avx2(const block_layout& layout, quant_mode mode, const block_ref& blk, int head,
                        const head_query& q, head_state& st, const score_sink& sink, float* scratch);

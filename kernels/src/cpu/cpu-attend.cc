@@ -19,6 +19,7 @@ namespace smartkv {
 namespace {
 constexpr size_t max_score_floats = size_t(1) << 24;  // 64 MiB of scores per request wave
 constexpr size_t prefetch_distance = 2;                // blocks ahead
+constexpr size_t max_run_blocks = 64;                  // offered to attend_blocks_fast at once
 
 void prefetch_range(const uint8_t* p, size_t bytes) {
     for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
@@ -149,12 +150,26 @@ void cpu_engine::run_attention(std::vector<prepared>& wave, size_t n_wave) {
         const size_t soff = (size_t(t.split) * H + size_t(t.head)) * p.nq;
         head_state st{&p.m[soff], &p.l[soff], &p.z[soff], &p.acc[soff * D]};
         const score_sink sink{&p.scores[qoff * p.n_after], p.n_after};
-        for (size_t b = b0; b < b1; ++b) {
+        for (size_t b = b0; b < b1;) {
             // One kv-head's slice of a block is a few short runs (K rows, V rows,
             // their parameters) far from the previous block's: too short for the
             // hardware prefetcher to ramp up, so fetch two blocks ahead by hand.
             if (b + prefetch_distance < b1) prefetch_head(*p.layouts[b + prefetch_distance], p.blocks[b + prefetch_distance], t.head);
-            kernel(*p.layouts[b], cfg_.mode, p.blocks[b], t.head, hq, st, sink, scratch[size_t(thread)].data());
+            float* s = scratch[size_t(thread)].data();
+            if (!use_fast_) {
+                kernel(*p.layouts[b], cfg_.mode, p.blocks[b], t.head, hq, st, sink, s);
+                ++b;
+                continue;
+            }
+            // The fast path may fold a run of the bucket's blocks in one pass
+            // (it prefetches inside the run); runs never cross a split, so the
+            // result does not depend on the batch.
+            size_t same = 1;
+            while (same < max_run_blocks && b + same < b1 && p.layouts[b + same] == p.layouts[b]) ++same;
+            const size_t taken = size_t(attend_blocks_fast(*p.layouts[b], cfg_.mode, &p.blocks[b], int(same), t.head, hq, st, sink, s));
+            b += taken;
+            // After a run, the next two blocks were not fetched ahead yet.
+            for (size_t k = 0; taken > 1 && k < prefetch_distance && b + k < b1; ++k) prefetch_head(*p.layouts[b + k], p.blocks[b + k], t.head);
         }
     });
 
