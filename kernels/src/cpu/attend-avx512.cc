@@ -6,9 +6,12 @@
 //   q.k = s_q * (s_k * sum_d q8_d*code_d + z_k * sum_d q8_d)
 // Values for a single query (MHA decode) are integer too: the block's weights
 // p*s_v are quantised to 16 bits and vpdpbusd folds 4 tokens per channel
-// (accumulate_values_int). Query tiles of up to 16 (q-heads of a group x
-// rows) unpack each value row once to floats and accumulate with FMA as
-// acc += (p*s_v) * code, with the zero point folded into the z accumulator.
+// (accumulate_values_int), and a run of a bucket's blocks shares one softmax
+// update and one accumulator transpose (attend_quantized_run). Query tiles of
+// up to 16 (q-heads of a group x rows) prepare each block's value codes for
+// vpdpbusd once and fold them per query the same way
+// (accumulate_values_int_tile; 64-dim int2 rows and fp16 blocks: floats and
+// FMA, acc += (p*s_v) * code); the zero point goes to the z accumulator.
 // Instruction counts per token: docs/bench-attention.md
 // (smartkv-count-instructions).
 #include <algorithm>
@@ -25,6 +28,7 @@ namespace smartkv {
 namespace {
 
 constexpr int max_tile = 16;
+constexpr int max_tile_values_tokens = 256;  // blocks up to this size take the tiles' integer value path
 constexpr int max_run_tokens = 1024;  // one block (block_tokens <= 1024) or a run of blocks (attend_quantized_run): weights on the stack
 
 // Scales and zero points of 16 consecutive slots [t0, t0+n) as vectors.
@@ -265,6 +269,43 @@ inline float quantize_weights16(const float* w, int n, uint8_t* hi, uint8_t* lo)
     return ws;
 }
 
+// The value codes of 4 consecutive rows r..r+3 as vpdpbusd's s8 operands:
+// c[g][k] holds, per dword, one byte position's codes of the 4 tokens for the
+// dims of group g (64 dims; order undone by transpose4_lanes). 8-bit codes
+// are flipped to code-128 (the caller adds 128*scale to the zero point).
+template <int D, int B>
+inline void value_codes4(const uint8_t* r, __m512i c[][4]) {
+    constexpr int P = D * B / 8, NG = D / 64;
+    const __m512i mask = _mm512_set1_epi8(char((1 << B) - 1));
+    if constexpr (B == 8) {  // group g = bytes [64g, 64g+64) of each row
+        const __m512i flip = _mm512_set1_epi8(char(0x80));
+        for (int g = 0; g < NG; ++g) {
+            __m512i x[4];
+            transpose4_rows(_mm512_loadu_si512(r + 64 * g), _mm512_loadu_si512(r + P + 64 * g),
+                            _mm512_loadu_si512(r + 2 * P + 64 * g), _mm512_loadu_si512(r + 3 * P + 64 * g), x);
+            for (int k = 0; k < 4; ++k) c[g][k] = _mm512_xor_si512(x[k], flip);
+        }
+        return;
+    }
+    __m512i x[4];
+    if constexpr (P == 64) {
+        transpose4_rows(_mm512_loadu_si512(r), _mm512_loadu_si512(r + P), _mm512_loadu_si512(r + 2 * P),
+                        _mm512_loadu_si512(r + 3 * P), x);
+    } else {  // 32-byte rows, each broadcast to both halves: low half = even plane, high = odd
+        auto row = [&](int i) { return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + i * P))); };
+        transpose4_rows(row(0), row(1), row(2), row(3), x);
+    }
+    for (int g = 0; g < NG; ++g)
+        for (int k = 0; k < 4; ++k) {
+            if constexpr (P == 64) {  // group g = plane g (D/64 planes of 64 dims)
+                c[g][k] = g == 0 ? _mm512_and_si512(x[k], mask) : _mm512_and_si512(_mm512_srli_epi16(x[k], unsigned(B * g)), mask);
+            } else {  // group g = planes 2g (low half) and 2g+1 (high half)
+                const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * g * B)), _mm256_set1_epi16(short((2 * g + 1) * B)), 1);
+                c[g][k] = _mm512_and_si512(_mm512_srlv_epi16(x[k], sh), mask);
+            }
+        }
+}
+
 // Not inlined: its own register allocation keeps the 2*D/16 accumulators in
 // registers (inlined, GCC 12 copied them around the loop every iteration).
 //
@@ -300,7 +341,6 @@ __attribute__((noinline)) void accumulate_values_int(const block_layout& L, quan
         }
     }
     const float zsum = _mm512_reduce_add_ps(zacc);
-    const __m512i mask = _mm512_set1_epi8(char((1 << B) - 1));
     // Each block keeps its own weight scale (the rounding bound above is per
     // block); its integer sums are folded into float accumulators, still in
     // the 128-bit-lane order, and transposed once for the run.
@@ -322,41 +362,13 @@ __attribute__((noinline)) void accumulate_values_int(const block_layout& L, quan
             std::memcpy(&h32, whi_j + t, 4);
             std::memcpy(&l32, wlo_j + t, 4);
             const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
-            if constexpr (B == 8) {  // group g = bytes [64g, 64g+64) of each row
-                const __m512i flip = _mm512_set1_epi8(char(0x80));
-                for (int g = 0; g < NG; ++g) {
-                    __m512i x[4];
-                    transpose4_rows(_mm512_loadu_si512(r + 64 * g), _mm512_loadu_si512(r + P + 64 * g),
-                                    _mm512_loadu_si512(r + 2 * P + 64 * g), _mm512_loadu_si512(r + 3 * P + 64 * g), x);
-                    for (int k = 0; k < 4; ++k) {
-                        const __m512i c = _mm512_xor_si512(x[k], flip);
-                        ah[g][k] = simd::dpbusd(ah[g][k], wh, c);
-                        al[g][k] = simd::dpbusd(al[g][k], wl, c);
-                    }
-                }
-                continue;
-            }
-            __m512i x[4];
-            if constexpr (P == 64) {
-                transpose4_rows(_mm512_loadu_si512(r), _mm512_loadu_si512(r + P), _mm512_loadu_si512(r + 2 * P),
-                                _mm512_loadu_si512(r + 3 * P), x);
-            } else {  // 32-byte rows, each broadcast to both halves: low half = even plane, high = odd
-                auto row = [&](int i) { return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + i * P))); };
-                transpose4_rows(row(0), row(1), row(2), row(3), x);
-            }
-            for (int g = 0; g < NG; ++g) {
+            __m512i c[NG][4];
+            value_codes4<D, B>(r, c);
+            for (int g = 0; g < NG; ++g)
                 for (int k = 0; k < 4; ++k) {
-                    __m512i c;
-                    if constexpr (P == 64) {  // group g = plane g (D/64 planes of 64 dims)
-                        c = g == 0 ? _mm512_and_si512(x[k], mask) : _mm512_and_si512(_mm512_srli_epi16(x[k], unsigned(B * g)), mask);
-                    } else {  // group g = planes 2g (low half) and 2g+1 (high half)
-                        const __m512i sh = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * g * B)), _mm256_set1_epi16(short((2 * g + 1) * B)), 1);
-                        c = _mm512_and_si512(_mm512_srlv_epi16(x[k], sh), mask);
-                    }
-                    ah[g][k] = simd::dpbusd(ah[g][k], wh, c);
-                    al[g][k] = simd::dpbusd(al[g][k], wl, c);
+                    ah[g][k] = simd::dpbusd(ah[g][k], wh, c[g][k]);
+                    al[g][k] = simd::dpbusd(al[g][k], wl, c[g][k]);
                 }
-            }
         }
         // combined in float: 256*hi + lo could pass 2^31 in int32 for blocks over 256 tokens
         const __m512 vws = _mm512_set1_ps(ws);
@@ -371,6 +383,57 @@ __attribute__((noinline)) void accumulate_values_int(const block_layout& L, quan
         for (int L = 0; L < 4; ++L) {
             float* o = acc_out + 64 * g + 16 * L;
             _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_add_ps(n[L], vz)));
+        }
+    }
+}
+
+// Integer values for one query of a tile, over value codes a tile shares
+// (value_codes4 of every 4 rows, prepared once): w = p*scale per token (the
+// zero points are in st.z), quantised to 16 bits per block as in
+// accumulate_values_int, a load and two vpdpbusd per code vector.
+// The float loop it replaces (accumulate_values) converted and multiplied
+// every code once per query: 96 of int2's 207 instructions per token for a
+// group of 4.
+template <int D, int B>
+__attribute__((noinline)) void accumulate_values_int_tile(const __m512i* codes /*[n4/4][D/64][4]*/, int n_valid,
+                                                          const float* w /*[n_valid] p*scale*/, float* acc_out) {
+    constexpr int NG = D / 64;
+    const int n4 = (n_valid + 3) & ~3;
+    alignas(64) float wa[max_tile_values_tokens];  // w, 0 past n_valid up to a multiple of 16
+    alignas(64) uint8_t whi[max_tile_values_tokens], wlo[max_tile_values_tokens];
+    for (int t = 0; t < n_valid; t += 16) {
+        const int n = std::min(16, n_valid - t);
+        _mm512_store_ps(wa + t, _mm512_maskz_loadu_ps(n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), w + t));
+    }
+    const float ws = quantize_weights16(wa, n4, whi, wlo);
+    if (ws == 0.f) return;
+    __m512i ah[NG][4], al[NG][4];
+    for (int g = 0; g < NG; ++g)
+        for (int k = 0; k < 4; ++k) ah[g][k] = al[g][k] = _mm512_setzero_si512();
+    for (int t = 0; t < n4; t += 4) {
+        uint32_t h32, l32;
+        std::memcpy(&h32, whi + t, 4);
+        std::memcpy(&l32, wlo + t, 4);
+        const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
+        const __m512i* c = codes + size_t(t / 4) * NG * 4;
+        for (int g = 0; g < NG; ++g)
+            for (int k = 0; k < 4; ++k) {
+                // a load and two register vpdpbusd: with a memory operand in the asm, GCC 12
+                // kept every accumulator in memory (a store per vpdpbusd)
+                const __m512i ck = _mm512_load_si512(c + 4 * g + k);
+                ah[g][k] = simd::dpbusd(ah[g][k], wh, ck);
+                al[g][k] = simd::dpbusd(al[g][k], wl, ck);
+            }
+    }
+    const __m512 vws = _mm512_set1_ps(ws);
+    for (int g = 0; g < NG; ++g) {
+        __m512 a[4], n[4];
+        for (int k = 0; k < 4; ++k)
+            a[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k]));
+        transpose4_lanes(a, n);
+        for (int L = 0; L < 4; ++L) {
+            float* o = acc_out + 64 * g + 16 * L;
+            _mm512_storeu_ps(o, _mm512_fmadd_ps(vws, n[L], _mm512_loadu_ps(o)));
         }
     }
 }
@@ -516,6 +579,9 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
     const quant_mode vmode = blk.kind == block_kind::kivi ? quant_mode::asymmetric : mode;
     constexpr kv_format F = B == 16 ? kv_format::fp16 : B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
     const half_bits* vparams = reinterpret_cast<const half_bits*>(blk.data + L.v_params + L.param_offset(head, 0));
+    // Integer values (accumulate_values_int_tile) where the codes fit them.
+    constexpr bool int_shape = B != 16 && int_values_supported<D, B>();
+    const bool int_values = int_shape && T % 4 == 0 && T <= max_tile_values_tokens;
     int active = 0;
     for (int i = 0; i < tv.n; ++i) {
         const int qi = tv.q0 + i;
@@ -538,14 +604,30 @@ void attend_tile(const block_layout& L, quant_mode mode, const block_ref& blk, i
                 __m512 scale, zero;
                 params16(F, vmode, vparams, t0, n, scale, zero);
                 const __m512 pv = _mm512_maskz_loadu_ps(k, si + t0);
-                _mm512_mask_storeu_ps(wi + t0, k, _mm512_mul_ps(pv, scale));
+                const __m512 wv = _mm512_mul_ps(pv, scale);
+                _mm512_mask_storeu_ps(wi + t0, k, wv);
                 zsum = _mm512_fmadd_ps(pv, zero, zsum);
+                // the integer path folds 8-bit codes as code-128 (value_codes4)
+                if (B == 8 && int_values) zsum = _mm512_fmadd_ps(wv, _mm512_set1_ps(128.f), zsum);
             }
             st.z[qi] += _mm512_reduce_add_ps(zsum);
         }
     }
     if (active == 0) return;
     const uint8_t* v_rows = blk.data + L.v_codes + L.code_offset(head, 0);
+    if constexpr (int_shape) {
+        if (int_values) {
+            // The block's value codes once for the whole tile: [n4/4][D/64][4] vectors.
+            constexpr int NG = D / 64, P = D * B / 8;
+            alignas(64) __m512i codes[max_tile_values_tokens / 4 * NG * 4];
+            const int n4 = (blk.n_valid + 3) & ~3;
+            for (int t = 0; t < n4; t += 4)
+                value_codes4<D, B>(v_rows + size_t(t) * P, reinterpret_cast<__m512i(*)[4]>(codes + size_t(t / 4) * NG * 4));
+            for (int i = 0; i < tv.n; ++i)
+                accumulate_values_int_tile<D, B>(codes, blk.n_valid, w + i * T, st.acc + size_t(tv.q0 + i) * D);
+            return;
+        }
+    }
     switch (tv.n) {
         case 1: return accumulate_values<D, B, 1>(v_rows, L.row, blk.n_valid, w, T, tv, st);
         case 2: return accumulate_values<D, B, 2>(v_rows, L.row, blk.n_valid, w, T, tv, st);
