@@ -177,6 +177,40 @@ inline __m512i key_dots16(const uint8_t* rows, const __m512i* q8, int n) {
     return simd::reduce16_epi32(dot);
 }
 
+// 2-bit, 128-dim keys: one 32-byte row holds plane p (dims 32p..32p+31) in
+// bits 2p..2p+1 of each byte, so one 64-byte load is two tokens and four
+// vpdpbusd against the query's planes (qp[p]: dims 32p.. in both halves)
+// give each token's dot as 8 lanes of its half. Per 16 tokens: 8 loads, 28
+// shift/mask, 32 vpdpbusd and a 21-instruction reduction of 8 vectors,
+// against 16 unpacks of half-empty registers and a reduction of 16 in
+// key_dots16. Rows past n are skipped by pairs; the odd one of the last pair
+// is read (T even: inside the block) and its lane is never stored.
+inline __m512i key_dots16_int2_d128(const uint8_t* rows, const __m512i* qp, int n) {
+    const __m512i mask = _mm512_set1_epi8(3);
+    __m512i acc[8];
+    for (int j = 0; j < 8; ++j) {
+        if (2 * j >= n) {
+            acc[j] = _mm512_setzero_si512();
+            continue;
+        }
+        const __m512i x = _mm512_loadu_si512(rows + 64 * j);
+        __m512i a = simd::dpbusd(_mm512_setzero_si512(), _mm512_and_si512(x, mask), qp[0]);
+        a = simd::dpbusd(a, _mm512_and_si512(_mm512_srli_epi16(x, 2), mask), qp[1]);
+        a = simd::dpbusd(a, _mm512_and_si512(_mm512_srli_epi16(x, 4), mask), qp[2]);
+        acc[j] = simd::dpbusd(a, _mm512_and_si512(_mm512_srli_epi16(x, 6), mask), qp[3]);
+    }
+    // Per 128-bit lane: the 4 dwords of 4 sources summed (as reduce16_epi32).
+    __m512i b[4], c[2];
+    for (int i = 0; i < 4; ++i)
+        b[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(acc[2 * i], acc[2 * i + 1]), _mm512_unpackhi_epi32(acc[2 * i], acc[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)
+        c[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(b[2 * i], b[2 * i + 1]), _mm512_unpackhi_epi64(b[2 * i], b[2 * i + 1]));
+    // A token is two lanes of its source (lanes 0-1: the even token, 2-3: the odd one).
+    const __m512i d = _mm512_add_epi32(_mm512_shuffle_i32x4(c[0], c[1], 0x88), _mm512_shuffle_i32x4(c[0], c[1], 0xdd));
+    // d holds tokens 0,2,4,6 | 1,3,5,7 | 8,10,12,14 | 9,11,13,15: back to order.
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15), d);
+}
+
 // Scores of a quantised block for a tile of queries: s[i][t] (pre-softmax).
 // Per query and 16 tokens: unpack each row in registers, two vpdpbusd per
 // 128 dims, one transpose-reduction, then the scales once per token:
@@ -190,6 +224,7 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
     constexpr int C = D / 64, P = D * B / 8;  // L.row == P for a quantised block
     const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
     const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.k_params + L.param_offset(head, 0));
+    const bool pairs = D == 128 && B == 2 && L.block_tokens % 2 == 0;  // key_dots16_int2_d128
     for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
         const int n = std::min(16, blk.n_valid - t0);
         const __mmask16 k = n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
@@ -197,9 +232,17 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
         params16(F, mode, params, t0, n, vscale, vzero);
         for (int j = 0; j < tv.n; ++j) {
             const int qi = tv.q0 + j;
-            __m512i q8[C];
-            for (int c = 0; c < C; ++c) q8[c] = _mm512_loadu_si512(q.q8 + size_t(qi) * D + 64 * c);
-            const __m512 sums = _mm512_cvtepi32_ps(key_dots16<D, B>(rows + size_t(t0) * P, q8, n));
+            __m512 sums;
+            if (pairs) {
+                __m512i qp[4];  // the query's 4 planes, each in both halves
+                for (int p = 0; p < 4; ++p)
+                    qp[p] = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.q8 + size_t(qi) * D + 32 * p)));
+                sums = _mm512_cvtepi32_ps(key_dots16_int2_d128(rows + size_t(t0) * P, qp, n));
+            } else {
+                __m512i q8[C];
+                for (int c = 0; c < C; ++c) q8[c] = _mm512_loadu_si512(q.q8 + size_t(qi) * D + 64 * c);
+                sums = _mm512_cvtepi32_ps(key_dots16<D, B>(rows + size_t(t0) * P, q8, n));
+            }
             const __m512 v = _mm512_mul_ps(_mm512_set1_ps(q.q8_scale[qi]),
                                            _mm512_fmadd_ps(vscale, sums, _mm512_mul_ps(vzero, _mm512_set1_ps(float(q.q8_sum[qi])))));
             _mm512_mask_storeu_ps(s + size_t(j) * T + t0, k, v);
