@@ -150,6 +150,7 @@ void cpu_engine::run_attention(std::vector<prepared>& wave, size_t n_wave) {
         const size_t soff = (size_t(t.split) * H + size_t(t.head)) * p.nq;
         head_state st{&p.m[soff], &p.l[soff], &p.z[soff], &p.acc[soff * D]};
         const score_sink sink{&p.scores[qoff * p.n_after], p.n_after};
+        size_t layout_end = b0;  // blocks [b, layout_end) share p.layouts[b] (found once per bucket)
         for (size_t b = b0; b < b1;) {
             // One kv-head's slice of a block is a few short runs (K rows, V rows,
             // their parameters) far from the previous block's: too short for the
@@ -164,9 +165,10 @@ void cpu_engine::run_attention(std::vector<prepared>& wave, size_t n_wave) {
             // The fast path may fold a run of the bucket's blocks in one pass
             // (it prefetches inside the run); runs never cross a split, so the
             // result does not depend on the batch.
-            size_t same = 1;
-            while (same < max_run_blocks && b + same < b1 && p.layouts[b + same] == p.layouts[b]) ++same;
-            const size_t taken = size_t(attend_blocks_fast(*p.layouts[b], cfg_.mode, &p.blocks[b], int(same), t.head, hq, st, sink, s));
+            if (layout_end <= b)
+                for (layout_end = b + 1; layout_end < b1 && p.layouts[layout_end] == p.layouts[b];) ++layout_end;
+            const size_t avail = std::min(layout_end - b, max_run_blocks);
+            const size_t taken = size_t(attend_blocks_fast(*p.layouts[b], cfg_.mode, &p.blocks[b], int(avail), t.head, hq, st, sink, s));
             b += taken;
             // After a run, the next two blocks were not fetched ahead yet.
             for (size_t k = 0; taken > 1 && k < prefetch_distance && b + k < b1; ++k) prefetch_head(*p.layouts[b + k], p.blocks[b + k], t.head);
