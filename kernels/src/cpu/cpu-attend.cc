@@ -127,7 +127,6 @@ void cpu_engine::run_attention(std::vector<prepared>& wave, size_t n_wave) {
     scratch_.resize(size_t(pool_.size()));
     for (auto& s : scratch_) s.resize(scratch_floats);
     auto& scratch = scratch_;
-    const auto kernel = use_fast_ ? attend_block_fast : attend_block_ref;
 
     pool_.parallel_for(tasks.size(), [&](size_t ti, int thread) {
         const task& t = tasks[ti];
@@ -158,7 +157,7 @@ void cpu_engine::run_attention(std::vector<prepared>& wave, size_t n_wave) {
             if (b + prefetch_distance < b1) prefetch_head(*p.layouts[b + prefetch_distance], p.blocks[b + prefetch_distance], t.head);
             float* s = scratch[size_t(thread)].data();
             if (!use_fast_) {
-                kernel(*p.layouts[b], cfg_.mode, p.blocks[b], t.head, hq, st, sink, s);
+                attend_block_ref(*p.layouts[b], cfg_.mode, p.blocks[b], t.head, hq, st, sink, s);
                 ++b;
                 continue;
             }
