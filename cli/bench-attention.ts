@@ -2,14 +2,16 @@
 // baselines, uniform quantisation, KIVI and SmartKV mixes at several budgets,
 // over MHA and GQA layer shapes. Rows stream out as they are measured.
 import { memoryBandwidth } from '../native/bench-native.js';
-import { KvEngine, KvEngineError } from '../native/kv-engine.js';
+import { DEFAULT_BLOCK_TOKENS, KvEngine, KvEngineError } from '../native/kv-engine.js';
 import { tableHeader, tableRow, type BenchRow } from './bench-table.js';
 import { runDense, runEngine, type BenchCase, type EngineVariant, type Measured, type Shape, type Timing } from './bench-variants.js';
 
 export interface BenchAttentionOptions {
   json: boolean; // one JSON object per line instead of the table
   quick: boolean; // small n, few reps: a smoke test
+  blockTokens?: number; // the engines' storage block (default 32, the cache service's default)
 }
+
 
 export interface BenchIo {
   out: (line: string) => void; // results
@@ -62,18 +64,19 @@ const QUICK: Plan = {
 
 export async function benchAttention(opts: BenchAttentionOptions, io: BenchIo): Promise<BenchRow[]> {
   const plan = opts.quick ? QUICK : FULL;
+  const blockTokens = opts.blockTokens ?? DEFAULT_BLOCK_TOKENS;
   io.progress(`probing memory read bandwidth over ${(plan.probeBytes / 2 ** 20).toFixed(0)} MiB…`);
   const bandwidth = await memoryBandwidth(plan.probeBytes, 0, opts.quick ? 2 : 5);
   if (!opts.json) {
     io.out(`memory read bandwidth (probe): ${bandwidth.toFixed(1)} GB/s`);
-    io.out(`median of ${plan.timing.reps} decode calls after ${plan.timing.warmup} warm-up; head_dim 128`);
+    io.out(`median of ${plan.timing.reps} decode calls after ${plan.timing.warmup} warm-up; head_dim 128; engine blocks of ${blockTokens} tokens`);
     io.out(tableHeader());
   }
   const rows: BenchRow[] = [];
   const total = SHAPES.length * plan.sizes.length * (2 + ENGINE_VARIANTS.length);
   let done = 0;
   for (const shape of SHAPES) {
-    const eng = new KvEngine({ layers: 1, qHeads: shape.qHeads, kvHeads: shape.kvHeads, headDim: shape.headDim, quant: 'symmetric' });
+    const eng = new KvEngine({ layers: 1, qHeads: shape.qHeads, kvHeads: shape.kvHeads, headDim: shape.headDim, quant: 'symmetric', blockTokens });
     try {
       for (const size of plan.sizes) {
         const c: BenchCase = { shape, ...size };
@@ -82,7 +85,7 @@ export async function benchAttention(opts: BenchAttentionOptions, io: BenchIo): 
           done++;
           if (!m) return;
           if (variant === 'fp16-dense') fp16Us = m.us;
-          const row = toRow(c, variant, targetBeta, m, bandwidth, fp16Us, plan.timing.reps);
+          const row = toRow(c, variant, targetBeta, m, bandwidth, fp16Us, plan.timing.reps, variant.endsWith('-dense') ? null : blockTokens);
           rows.push(row);
           io.out(opts.json ? JSON.stringify(row) : tableRow(row));
         };
@@ -117,7 +120,7 @@ async function denseOrSkip(c: BenchCase, dtype: 'f32' | 'f16', t: Timing, io: Be
   }
 }
 
-function toRow(c: BenchCase, variant: string, targetBeta: number | null, m: Measured, bandwidth: number, fp16Us: number | null, reps: number): BenchRow {
+function toRow(c: BenchCase, variant: string, targetBeta: number | null, m: Measured, bandwidth: number, fp16Us: number | null, reps: number, blockTokens: number | null): BenchRow {
   const gbps = m.bytes / (m.us * 1e3);
   return {
     shape: c.shape.name,
@@ -127,6 +130,7 @@ function toRow(c: BenchCase, variant: string, targetBeta: number | null, m: Meas
     n: c.n,
     batch: c.batch,
     variant,
+    block_tokens: blockTokens,
     target_beta: targetBeta,
     achieved_beta: m.achievedBeta,
     hot_bytes: m.bytes,

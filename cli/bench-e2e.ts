@@ -18,7 +18,7 @@ import { DEFAULTS, type GenerateJobSpec } from '../services/orchestrator/setting
 import { isPolicyName, type PolicyName } from '../services/common/policy.js';
 import { budgetReport } from '../services/orchestrator/job.js';
 import type { StepRealloc } from '../services/orchestrator/scheduler.js';
-import { DATA_PLANE_MODES, type DataPlaneMode } from '../services/orchestrator/region-client.js';
+import { DATA_PLANE_MODES, DEFAULT_DATA_PLANE, type DataPlaneMode } from '../services/orchestrator/region-client.js';
 import { GrpcCacheShard } from '../services/orchestrator/cache-client.js';
 import { parseModelConfig } from '../services/orchestrator/model/config.js';
 import { readFileSync } from 'node:fs';
@@ -32,6 +32,7 @@ export interface BenchE2eOptions {
   model?: string;
   policy?: string;
   budget?: number;
+  rounds?: number; // paired rounds of in-process vs split (default 5; --quick 2)
 }
 
 interface Io {
@@ -167,6 +168,8 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
   const batches = [1, 8];
   const rows: E2eRow[] = [];
   const transport: RoundTripRow[] = [];
+  const paired: PairedRow[] = [];
+  const rounds = opts.rounds ?? (opts.quick ? 2 : 5);
   const log = (l: string) => io.progress(l);
   const quiet = () => undefined;
 
@@ -177,7 +180,6 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
     rows.push(await measure(local, 'in-process', 'none', b, { tokens, policy, beta }));
     io.progress(`  batch ${b}: ${rows[rows.length - 1].tokens_per_s.toFixed(1)} tokens/s`);
   }
-  await local.close(1000);
 
   io.progress('split: starting an allocator and a cache service …');
   const model = opts.model ? ['--model', opts.model] : [];
@@ -199,14 +201,24 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
     }
     io.progress('attend round trips by data plane, interleaved …');
     transport.push(...(await roundTrips(cache.address, modelDir, opts.quick ? 5 : 20)));
+    if (rounds > 0) {
+      io.progress(`paired rounds, in-process vs split (data plane ${DEFAULT_DATA_PLANE}) …`);
+      const split = await Orchestrator.create({ modelDir, defaults: DEFAULTS, cacheAddresses: [cache.address], allocatorAddress: allocator.address, dataPlane: DEFAULT_DATA_PLANE, log });
+      try {
+        paired.push(...(await pairedRounds(local, split, batches, rounds, { tokens, policy, beta }, io)));
+      } finally {
+        await split.close(1000);
+      }
+    }
   } finally {
+    await local.close(1000);
     await cache.stop();
     await allocator.stop();
   }
 
   const tracingRows = opts.tracing ? await tracingCost(opts, tokens, io) : [];
 
-  if (opts.json) for (const r of [...rows, ...transport, ...tracingRows]) io.out(JSON.stringify(r));
+  if (opts.json) for (const r of [...rows, ...transport, ...paired, ...tracingRows]) io.out(JSON.stringify(r));
   else {
     io.out(`SmartKV end to end: reference model, decode ${tokens} tokens per sequence, policy ${policy} β ${beta}`);
     io.out('system     data plane  batch   tokens/s   step p50 µs   attend p50 µs   attend p99 µs   engine p50 µs   transport p50 µs   β achieved   met   Allocate/realloc   realloc µs   realloc calls/step   realloc step p50 µs   realloc transport p50 µs');
@@ -240,6 +252,15 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
     io.out('data plane  batch   round trip p50 µs   engine p50 µs   transport p50 µs');
     for (const r of transport)
       io.out(`${r.data_plane.padEnd(10)} ${String(r.batch).padStart(6)} ${r.round_trip_p50_us.toFixed(0).padStart(19)} ${r.engine_p50_us.toFixed(0).padStart(15)} ${r.transport_p50_us.toFixed(0).padStart(18)}`);
+    if (paired.length) {
+      io.out('');
+      io.out(`split (data plane ${DEFAULT_DATA_PLANE}) / in-process throughput, paired: the two measured back to back in each round, which goes first alternating, so that load drift between rounds cancels`);
+      io.out('batch   rounds   ratio p50   min     max     in-process tokens/s p50   split tokens/s p50   per round');
+      for (const r of paired)
+        io.out(
+          `${String(r.batch).padStart(5)} ${String(r.rounds).padStart(8)} ${r.ratio_p50.toFixed(3).padStart(11)}   ${r.ratio_min.toFixed(3)}   ${r.ratio_max.toFixed(3)}   ${r.in_process_tokens_per_s_p50.toFixed(1).padStart(23)} ${r.split_tokens_per_s_p50.toFixed(1).padStart(20)}   ${r.ratios.map((x) => x.toFixed(2)).join(' ')}`,
+        );
+    }
     if (tracingRows.length) {
       io.out('');
       io.out('the split system through its public API, batch 8 (Generate streams), tracing off vs on (OTLP/HTTP to a local sink, every span sampled)');
@@ -248,6 +269,68 @@ export async function benchE2e(opts: BenchE2eOptions, io: Io): Promise<E2eRow[]>
     }
   }
   return rows;
+}
+
+export interface PairedRow {
+  system: 'paired';
+  data_plane: DataPlaneMode;
+  batch: number;
+  rounds: number;
+  tokens: number; // decoded per sequence in each measurement
+  ratios: number[]; // split / in-process tokens/s, one per round
+  ratio_p50: number;
+  ratio_min: number;
+  ratio_max: number;
+  in_process_tokens_per_s_p50: number;
+  split_tokens_per_s_p50: number;
+}
+
+/** In-process and split decode throughput measured back to back, `rounds`
+ * times per batch size, the first of each pair alternating: the ratio of a
+ * pair sees (nearly) the same host load, so its spread is the method's, not
+ * the VM's minute-to-minute drift that separate runs pick up. */
+async function pairedRounds(local: Orchestrator, split: Orchestrator, batches: number[], rounds: number, o: { tokens: number; policy: PolicyName; beta: number }, io: Io): Promise<PairedRow[]> {
+  const out: PairedRow[] = [];
+  for (const batch of batches) {
+    await measure(split, 'split', DEFAULT_DATA_PLANE, batch, { ...o, tokens: 8 }); // warm-up
+    const ratios: number[] = [], inProcess: number[] = [], splitTps: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      const runLocal = () => measure(local, 'in-process', 'none', batch, o);
+      const runSplit = () => measure(split, 'split', DEFAULT_DATA_PLANE, batch, o);
+      let l: E2eRow, sp: E2eRow;
+      if (r % 2 === 0) {
+        l = await runLocal();
+        sp = await runSplit();
+      } else {
+        sp = await runSplit();
+        l = await runLocal();
+      }
+      inProcess.push(l.tokens_per_s);
+      splitTps.push(sp.tokens_per_s);
+      ratios.push(sp.tokens_per_s / l.tokens_per_s);
+      io.progress(`  batch ${batch} round ${r + 1}/${rounds}: in-process ${l.tokens_per_s.toFixed(1)}, split ${sp.tokens_per_s.toFixed(1)} tokens/s (${ratios[r].toFixed(3)})`);
+    }
+    out.push({
+      system: 'paired',
+      data_plane: DEFAULT_DATA_PLANE,
+      batch,
+      rounds,
+      tokens: o.tokens,
+      ratios,
+      ratio_p50: median(ratios),
+      ratio_min: Math.min(...ratios),
+      ratio_max: Math.max(...ratios),
+      in_process_tokens_per_s_p50: median(inProcess),
+      split_tokens_per_s_p50: median(splitTps),
+    });
+  }
+  return out;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 export interface RoundTripRow {

@@ -9,6 +9,7 @@ export interface BenchRow {
   n: number; // cached tokens per sequence before the timed calls
   batch: number;
   variant: string;
+  block_tokens: number | null; // the engine's storage block (null: dense rows, plain arrays)
   target_beta: number | null; // SmartKV mixes only
   achieved_beta: number; // bytes held / FP16 bytes of the same tokens (dense fp32: 2)
   hot_bytes: number; // bytes the call reads (the engine's held bytes, or the dense arrays)

@@ -2,6 +2,7 @@
 // `bench attention` (later: generate, eval, …).
 import { benchAllocator } from './bench-allocator.js';
 import { benchAttention } from './bench-attention.js';
+import { blockTokensProblem } from '../native/kv-engine.js';
 import { benchModel } from './bench-model.js';
 import { benchE2e } from './bench-e2e.js';
 import { benchLatency, LATENCY_CONTEXTS, LATENCY_OPTIONS, parseLatencyOptions } from './bench-latency.js';
@@ -16,11 +17,14 @@ commands:
   generate "prompt" [--server ADDR] [--max-tokens N] [--policy P] [--budget β] …
                                        stream a generation from a running server (npm start);
                                        \`smartkv generate --help\` lists the options
-  bench attention [--json] [--quick]   decode attention: dense fp32/fp16, uniform int8/int4/int2,
-                                       KIVI-2/4 and SmartKV mixes (β = 0.25, 0.33, 0.5)
-  bench e2e [--json] [--quick] [--policy P] [--budget β] [--tracing]
+  bench attention [--json] [--quick] [--block-tokens T]
+                                       decode attention: dense fp32/fp16, uniform int8/int4/int2,
+                                       KIVI-2/4 and SmartKV mixes (β = 0.25, 0.33, 0.5); engines
+                                       store blocks of T tokens (default 32, as the cache service)
+  bench e2e [--json] [--quick] [--policy P] [--budget β] [--tracing] [--rounds N]
                                        decode tokens/s split into processes vs in-process (batch 1, 8)
-                                       and the per-layer attend round trip (p50, p99);
+                                       and the per-layer attend round trip (p50, p99); then N paired
+                                       rounds of split vs in-process back to back (default 5);
                                        --tracing: also the cost of OTLP tracing through the API
   bench model [--json] [--quick] [--model DIR]
                                        the reference model in-process: prefill and decode tokens/s,
@@ -68,27 +72,33 @@ async function main(argv: string[]): Promise<number> {
   }
   const flags = new Set(argv.filter((a) => a.startsWith('--')));
   // words: the command; a value after --model belongs to the option
-  const words = argv.filter((a, i) => !a.startsWith('--') && !['--model', '--policy', '--budget', '--only', '--seed'].includes(argv[i - 1]));
+  const words = argv.filter((a, i) => !a.startsWith('--') && !['--model', '--policy', '--budget', '--only', '--seed', '--block-tokens', '--rounds'].includes(argv[i - 1]));
   if (flags.has('--help') || words.length === 0) {
     process.stdout.write(USAGE);
     return words.length === 0 && !flags.has('--help') ? 2 : 0;
   }
   if (words[0] === 'bench' && words[1] === 'attention' && words.length === 2) {
-    const unknown = [...flags].filter((f) => f !== '--json' && f !== '--quick');
+    const unknown = [...flags].filter((f) => !['--json', '--quick', '--block-tokens'].includes(f));
     if (unknown.length) return usageError(`unknown option ${unknown[0]}`);
+    const given = optionValue(argv, '--block-tokens');
+    const blockTokens = flags.has('--block-tokens') ? Number(given) : undefined;
+    const wrongBlock = blockTokens === undefined ? null : blockTokensProblem(blockTokens);
+    if (wrongBlock) return usageError(`--block-tokens ${wrongBlock}`);
     await benchAttention(
-      { json: flags.has('--json'), quick: flags.has('--quick') },
+      { json: flags.has('--json'), quick: flags.has('--quick'), blockTokens },
       { out: (l) => process.stdout.write(`${l}\n`), progress: (l) => process.stderr.write(`${l}\n`) },
     );
     return 0;
   }
   if (words[0] === 'bench' && words[1] === 'e2e') {
-    const known = ['--json', '--quick', '--model', '--policy', '--budget', '--tracing'];
+    const known = ['--json', '--quick', '--model', '--policy', '--budget', '--tracing', '--rounds'];
     const unknown = [...flags].filter((f) => !known.includes(f));
     if (unknown.length) return usageError(`unknown option ${unknown[0]}`);
     const budget = optionValue(argv, '--budget');
+    const rounds = flags.has('--rounds') ? Number(optionValue(argv, '--rounds')) : undefined;
+    if (rounds !== undefined && !(Number.isInteger(rounds) && rounds >= 0 && rounds <= 100)) return usageError(`--rounds must be an integer from 0 to 100, got ${optionValue(argv, '--rounds')}`);
     await benchE2e(
-      { json: flags.has('--json'), quick: flags.has('--quick'), tracing: flags.has('--tracing'), model: optionValue(argv, '--model'), policy: optionValue(argv, '--policy'), budget: budget === undefined ? undefined : Number(budget) },
+      { json: flags.has('--json'), quick: flags.has('--quick'), tracing: flags.has('--tracing'), model: optionValue(argv, '--model'), policy: optionValue(argv, '--policy'), budget: budget === undefined ? undefined : Number(budget), rounds },
       { out: (l) => process.stdout.write(`${l}\n`), progress: (l) => process.stderr.write(`${l}\n`) },
     );
     return 0;

@@ -35,6 +35,16 @@ export const PRECISION_MODES: readonly PrecisionMode[] = ['downgrade-only', 'rev
 const STORAGE_KINDS: readonly StorageKind[] = ['mixed', 'kivi-2', 'kivi-4', 'kivi-2-rot', 'kivi-4-rot']; // index = native storage_kind
 const DEVICES: readonly Device[] = ['cpu', 'cuda', 'auto'];
 
+/** Token slots per storage block: a partly filled block is held whole, so
+ * larger blocks hold more slack bytes but give attention longer runs of one
+ * kv-head's rows (docs/bench-attention.md measures both). */
+export const DEFAULT_BLOCK_TOKENS = 32;
+
+/** Why t cannot be a block size (the engine's check, sequence-engine.cc), or null. */
+export function blockTokensProblem(t: number): string | null {
+  return Number.isInteger(t) && t >= 16 && t <= 1024 && t % 16 === 0 ? null : `must be a multiple of 16 from 16 to 1024, got ${t}`;
+}
+
 export interface KvEngineConfig {
   layers: number;
   qHeads: number;
@@ -396,8 +406,9 @@ function normaliseConfig(c: KvEngineConfig): Required<KvEngineConfig> {
   if (qHeads % kvHeads !== 0) throw invalid(`qHeads (${qHeads}) must be a multiple of kvHeads (${kvHeads})`);
   const headDim = checkInt('headDim', c.headDim, 32, 512);
   if (headDim % 32 !== 0) throw invalid(`headDim must be a multiple of 32, got ${headDim}`);
-  const blockTokens = checkInt('blockTokens', c.blockTokens ?? 32, 16, 1024);
-  if (blockTokens % 16 !== 0) throw invalid(`blockTokens must be a multiple of 16, got ${blockTokens}`);
+  const blockTokens = c.blockTokens ?? DEFAULT_BLOCK_TOKENS;
+  const wrongBlock = blockTokensProblem(blockTokens);
+  if (wrongBlock) throw invalid(`blockTokens ${wrongBlock}`);
   return {
     layers,
     qHeads,

@@ -11,7 +11,7 @@ import { LISTEN, log, runService, SERVED, type ListenOptions } from '../common/s
 import { parseModelConfig } from '../orchestrator/model/config.js';
 import { defaultModelDir } from '../orchestrator/model/paths.js';
 import { CacheCore } from './cache-core.js';
-import { PRECISION_MODES, type PrecisionMode } from '../../native/kv-engine.js';
+import { blockTokensProblem, PRECISION_MODES, type PrecisionMode } from '../../native/kv-engine.js';
 import { cacheHandlers } from './cache-server.js';
 import { ATTEND_CODECS } from './cache-proto.js';
 import { instruments } from '../telemetry/spans.js';
@@ -27,6 +27,9 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
   const quant = o.quant as string;
   if (quant !== 'symmetric' && quant !== 'asymmetric') throw new UsageError(`--quant must be symmetric or asymmetric, got ${quant}`);
   const mode = o.mode as string;
+  const blockTokens = o['block-tokens'] as number;
+  const wrongBlock = blockTokensProblem(blockTokens);
+  if (wrongBlock) throw new UsageError(`--block-tokens ${wrongBlock}`);
   if (!(PRECISION_MODES as readonly string[]).includes(mode)) throw new UsageError(`--mode must be downgrade-only or reversible, got ${mode}`);
   // The master tier's directory: ours (made here, removed on stop) unless given.
   const given = o['master-dir'] as string | undefined;
@@ -48,6 +51,7 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
       masterDir,
       rotateKv: o['rotate-kv'] as boolean,
       threads: o.threads as number,
+      blockTokens,
       device: o.device as 'cpu' | 'cuda' | 'auto',
     },
     o['memory-limit'] as number,
@@ -78,7 +82,7 @@ export async function runCache(o: Options, telemetry: Telemetry): Promise<void> 
     removeDir();
     await telemetry.shutdown();
   } };
-  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}; requests ≤ ${limits.receiveBytes} bytes, Attend ≤ ${rows} rows, ≤ ${perOwner} sequences per owner${ownerBytes ? ` and ${ownerBytes} bytes reserved` : ''}; owner lease ${leaseMs} ms; ${tls ? `mutual TLS (${tls.dir})` : 'plaintext (--plaintext)'}`);
+  log('cache', `${core.engine.backendName} engine for ${modelDir}: ${cfg.layers} layers, ${cfg.kvHeads} kv-heads × ${cfg.headDim}, blocks of ${blockTokens} tokens; memory limit ${o['memory-limit'] || 'none'} (hot bytes); default mode ${mode}, master tier in ${masterDir}; requests ≤ ${limits.receiveBytes} bytes, Attend ≤ ${rows} rows, ≤ ${perOwner} sequences per owner${ownerBytes ? ` and ${ownerBytes} bytes reserved` : ''}; owner lease ${leaseMs} ms; ${tls ? `mutual TLS (${tls.dir})` : 'plaintext (--plaintext)'}`);
   // Bytes held, read from the engine when Prometheus scrapes.
   instruments()
     .meter.createObservableGauge('smartkv_cache_bytes_held', { unit: 'By', description: 'KV bytes held by this cache service (payload, scales, bookkeeping)' })

@@ -10,6 +10,7 @@ export const CACHE_OPTIONS: Record<string, OptionSpec> = {
   model: { kind: 'string', help: 'model folder whose shape the cache takes (default: models/smartkv-ref-8k, the bundled 8K model)' },
   'memory-limit': { kind: 'int', default: 0, help: 'hot KV bytes this service may hold (0: no limit); the master tier is on disk and not counted' },
   threads: { kind: 'int', default: 0, help: 'attention threads (0: all cores)' },
+  'block-tokens': { kind: 'int', default: 32, help: 'token slots per storage block (multiple of 16, 16–1024): a partly filled block is held whole, so larger blocks hold more slack bytes per (sequence, layer, format) but read one kv-head\'s rows in longer runs (at 32K × 32 heads × 128 dims, 128-token blocks took 1.2–1.3× less attention time; docs/bench-attention.md); every shard of one orchestrator must use the same' },
   device: { kind: 'string', default: 'cpu', help: 'cpu, cuda or auto' },
   gamma: { kind: 'number', default: 0.9, help: 'importance EMA factor γ' },
   mode: { kind: 'string', default: 'downgrade-only', help: 'precision mode of sequences created without one: downgrade-only (no master copy) or reversible (an FP16 master copy in the master tier, so plans may raise precision)' },

@@ -38,6 +38,49 @@ describe('smartkv CLI', () => {
     }
   });
 
+  it('bench attention --block-tokens sizes the engines\' storage blocks, and refuses sizes the engine cannot hold', () => {
+    const rowsOf = (...extra: string[]) => {
+      const r = smartkv('bench', 'attention', '--quick', '--json', ...extra);
+      assert.equal(r.status, 0, r.stderr);
+      return r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    };
+    const base = rowsOf(), big = rowsOf('--block-tokens', '64');
+    assert.equal(base.length, big.length);
+    for (const [a, b] of base.map((x, i) => [x, big[i]])) {
+      const dense = (a.variant as string).endsWith('-dense');
+      assert.equal(a.block_tokens, dense ? null : 32);
+      assert.equal(b.block_tokens, dense ? null : 64);
+      // A partly filled block is held whole: uniform caches hold more in 64-token blocks.
+      if (['int8', 'int4', 'int2'].includes(a.variant as string)) assert.ok((b.hot_bytes as number) > (a.hot_bytes as number), `${String(a.variant)} n=${String(a.n)}`);
+    }
+    for (const bad of ['40', '0', '2048', 'x']) {
+      const r = smartkv('bench', 'attention', '--quick', '--block-tokens', bad);
+      assert.equal(r.status, 2);
+      assert.match(r.stderr, /--block-tokens must be a multiple of 16 from 16 to 1024/);
+    }
+  });
+
+  it('bench e2e --quick --json --rounds 2: paired rounds of split vs in-process per batch size', () => {
+    const r = smartkv('bench', 'e2e', '--quick', '--json', '--rounds', '2');
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /batch 8 round 2\/2: in-process [\d.]+, split [\d.]+ tokens\/s/);
+    const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const paired = rows.filter((x) => x.system === 'paired');
+    assert.deepEqual(paired.map((x) => x.batch), [1, 8]);
+    for (const p of paired) {
+      const ratios = p.ratios as number[];
+      assert.equal(ratios.length, 2);
+      assert.ok(ratios.every((x) => x > 0 && Number.isFinite(x)));
+      assert.equal(p.ratio_min, Math.min(...ratios));
+      assert.equal(p.ratio_max, Math.max(...ratios));
+      assert.ok(Math.abs((p.ratio_p50 as number) - (ratios[0] + ratios[1]) / 2) < 1e-9);
+      assert.ok((p.in_process_tokens_per_s_p50 as number) > 0 && (p.split_tokens_per_s_p50 as number) > 0);
+    }
+    const bad = smartkv('bench', 'e2e', '--quick', '--rounds', '-1');
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /--rounds must be an integer from 0 to 100/);
+  });
+
   it('bench model --quick --json reports prefill and decode throughput of the reference model', () => {
     const r = smartkv('bench', 'model', '--quick', '--json');
     assert.equal(r.status, 0, r.stderr);
