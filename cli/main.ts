@@ -2,7 +2,7 @@
 // `bench attention` (later: generate, eval, …).
 import { benchAllocator } from './bench-allocator.js';
 import { benchAttention } from './bench-attention.js';
-import { blockTokensProblem } from '../native/kv-engine.js';
+import { blockTokensProblem } from '../native/formats.js';
 import { benchModel } from './bench-model.js';
 import { benchE2e } from './bench-e2e.js';
 import { benchLatency, LATENCY_CONTEXTS, LATENCY_OPTIONS, parseLatencyOptions } from './bench-latency.js';

@@ -44,3 +44,13 @@ export const META_PAGE_TOKENS = 128;
 
 /** Bytes of one block-table or page-table entry (a pointer); tables double. */
 export const TABLE_ENTRY_BYTES = 8;
+
+/** Token slots per storage block: a partly filled block is held whole, so
+ * larger blocks hold more slack bytes but give attention longer runs of one
+ * kv-head's rows (docs/bench-attention.md measures both). */
+export const DEFAULT_BLOCK_TOKENS = 32;
+
+/** Why t cannot be a block size (the engine's check, sequence-engine.cc), or null. */
+export function blockTokensProblem(t: number): string | null {
+  return Number.isInteger(t) && t >= 16 && t <= 1024 && t % 16 === 0 ? null : `must be a multiple of 16 from 16 to 1024, got ${t}`;
+}

@@ -11,7 +11,9 @@
 // call time and rolled back if the native call fails.
 import { loadAddon, type NativeConfig, type NativeEngine, type NativeStats } from './binding.js';
 import { KvEngineError, invalid } from './errors.js';
-import { FORMATS, FORMAT_CODE, tokenBytes, type KvFormat, type QuantMode } from './formats.js';
+import { blockTokensProblem, DEFAULT_BLOCK_TOKENS, FORMATS, FORMAT_CODE, tokenBytes, type KvFormat, type QuantMode } from './formats.js';
+
+export { blockTokensProblem, DEFAULT_BLOCK_TOKENS } from './formats.js';
 import { checkArray, checkBool, checkInt, checkNumber, checkOneOf, rowsOf } from './validate.js';
 
 function checkString(name: string, v: unknown): string {
@@ -34,16 +36,6 @@ export type PrecisionMode = 'downgrade-only' | 'reversible';
 export const PRECISION_MODES: readonly PrecisionMode[] = ['downgrade-only', 'reversible'];
 const STORAGE_KINDS: readonly StorageKind[] = ['mixed', 'kivi-2', 'kivi-4', 'kivi-2-rot', 'kivi-4-rot']; // index = native storage_kind
 const DEVICES: readonly Device[] = ['cpu', 'cuda', 'auto'];
-
-/** Token slots per storage block: a partly filled block is held whole, so
- * larger blocks hold more slack bytes but give attention longer runs of one
- * kv-head's rows (docs/bench-attention.md measures both). */
-export const DEFAULT_BLOCK_TOKENS = 32;
-
-/** Why t cannot be a block size (the engine's check, sequence-engine.cc), or null. */
-export function blockTokensProblem(t: number): string | null {
-  return Number.isInteger(t) && t >= 16 && t <= 1024 && t % 16 === 0 ? null : `must be a multiple of 16 from 16 to 1024, got ${t}`;
-}
 
 export interface KvEngineConfig {
   layers: number;

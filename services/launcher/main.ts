@@ -7,6 +7,7 @@ import { parseOptions, TLS_OPTIONS, usage, UsageError, type OptionSpec } from '.
 import { readTlsDir } from '../common/credentials.js';
 import { Cluster, type ServiceProcess } from './cluster.js';
 import { HORIZON_NAMES } from '../orchestrator/settings.js';
+import { blockTokensProblem } from '../../native/formats.js';
 
 const OPTIONS: Record<string, OptionSpec> = {
   host: { kind: 'string', default: '127.0.0.1', help: 'address the services listen on' },
@@ -17,6 +18,7 @@ const OPTIONS: Record<string, OptionSpec> = {
   model: { kind: 'string', help: 'model folder (default: models/smartkv-ref-8k, the bundled 8K model)' },
   'memory-limit': { kind: 'int', default: 0, help: 'hot KV bytes each cache service may hold (0: no limit); the master tier (reversible mode) is on disk and not counted' },
   mode: { kind: 'string', default: 'downgrade-only', help: 'default precision mode: downgrade-only (no master copy; what the headline tables in docs/evaluation.md measure) or reversible (an FP16 master copy in each cache service\'s file-backed master tier)' },
+  'block-tokens': { kind: 'int', default: 32, help: 'token slots per storage block in each cache service (multiple of 16, 16–1024): larger blocks hold more slack bytes but read faster at large layer shapes (docs/engine.md, "Block size")' },
   'master-dir': { kind: 'string', help: 'directory for the cache services\' master tier files (default: one per service under the OS temp dir, removed on stop)' },
   policy: { kind: 'string', help: 'default cache policy (fp16, uniform-8/4/2, kivi-2/4, kivi-2-rot/kivi-4-rot, random, tiered, smartkv)' },
   budget: { kind: 'number', help: 'default budget β' },
@@ -54,7 +56,10 @@ async function main(): Promise<number> {
   const horizon = o.horizon as string | undefined;
   if (horizon !== undefined && !(HORIZON_NAMES as readonly string[]).includes(horizon)) throw new UsageError(`--horizon must be ${HORIZON_NAMES.join(', ')}; got ${horizon}`);
   if (horizon) orchestratorArgs.push('--horizon', horizon);
-  const cacheArgs = ['--memory-limit', String(o['memory-limit']), '--mode', mode];
+  const blockTokens = o['block-tokens'] as number;
+  const wrongBlock = blockTokensProblem(blockTokens);
+  if (wrongBlock) throw new UsageError(`--block-tokens ${wrongBlock}`);
+  const cacheArgs = ['--memory-limit', String(o['memory-limit']), '--mode', mode, '--block-tokens', String(blockTokens)];
   if (o['master-dir']) cacheArgs.push('--master-dir', o['master-dir'] as string);
   process.stderr.write(`starting the allocator, ${shards} cache service(s)${dns ? ` (and those ${dns} resolves to)` : ''} and the orchestrator (mode ${mode}) …\n`);
   const t0 = Date.now();
