@@ -6,6 +6,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+import { blockTokensProblem } from '../../native/formats.js';
 import { isModeName, isPolicyName } from '../common/policy.js';
 import { parseOptions, TLS_OPTIONS, usage, UsageError, type OptionSpec } from '../common/args.js';
 import { startTelemetry } from '../telemetry/start.js';
@@ -45,6 +46,7 @@ export const ORCHESTRATOR_OPTIONS: Record<string, OptionSpec> = {
   horizon: { kind: 'string', default: D.cache.horizon, help: 'default budget horizon: now (every plan meets β over the tokens it holds), prompt (plans between prefill chunks may hold up to β × the whole prompt; β binds from the end of the prefill; the default) or end (no plan until the prompt is read: it is held at 16 bits until then, and one plan spreads β over all of it by importance)' },
   'master-dir': { kind: 'string', help: 'in-process: directory of the master tier (default: <tmpdir>/smartkv-master-<pid>, removed on stop)' },
   'rotate-kv': { kind: 'bool', default: true, help: 'in-process: store K and V rotated (randomised Hadamard; --rotate-kv=false: off)' },
+  'block-tokens': { kind: 'int', default: 32, help: 'in-process: token slots per storage block (multiple of 16, 16–1024; docs/engine.md, "Block size")' },
   'max-prompt-bytes': { kind: 'int', default: 0, help: 'UTF-8 bytes of a prompt or Score text, checked before tokenising; also sizes the request limit (0: 16 per token of context, at least 64 KiB)' },
   'max-queue': { kind: 'int', default: D.maxQueue, help: 'requests that may wait for a batch slot; one more gets RESOURCE_EXHAUSTED' },
   'max-streams-per-client': { kind: 'int', default: D.maxStreamsPerClient, help: 'requests one client (its bearer token, certificate, or IP address) may have in flight; one more gets RESOURCE_EXHAUSTED' },
@@ -102,6 +104,8 @@ async function main(): Promise<void> {
   const o = parseOptions(process.argv.slice(2), ORCHESTRATOR_OPTIONS);
   if (o.help) return void process.stdout.write(usage('smartkv orchestrator', ORCHESTRATOR_OPTIONS));
   const inProcess = o['in-process'] as boolean;
+  const wrongBlock = blockTokensProblem(o['block-tokens'] as number);
+  if (wrongBlock) throw new UsageError(`--block-tokens ${wrongBlock}`);
   if (!inProcess && !(o.cache as string[] | undefined)?.length && !o['cache-dns'])
     throw new UsageError('give --cache ADDRESS[,ADDRESS…] or --cache-dns HOST:PORT, and --allocator ADDRESS; or --in-process');
   let cacheDns: DnsTarget | undefined;
@@ -152,7 +156,7 @@ async function main(): Promise<void> {
     cacheWaitMs: o['cache-wait-ms'] as number,
     allocatorAddress: o.allocator as string | undefined,
     dataPlane: dataPlane as 'off' | 'futex' | 'grpc',
-    local: inProcess ? { engine: { quant: 'symmetric', gamma: o.gamma as number, mode: defaults.cache.mode, masterDir: localMasterDir(o['master-dir'] as string | undefined), rotateKv: o['rotate-kv'] as boolean }, memoryLimitBytes: o['memory-limit'] as number } : undefined,
+    local: inProcess ? { engine: { quant: 'symmetric', gamma: o.gamma as number, mode: defaults.cache.mode, masterDir: localMasterDir(o['master-dir'] as string | undefined), rotateKv: o['rotate-kv'] as boolean, blockTokens: o['block-tokens'] as number }, memoryLimitBytes: o['memory-limit'] as number } : undefined,
     log: say,
   });
   const graceMs = o['grace-ms'] as number;

@@ -1,7 +1,7 @@
 // The cache service's --block-tokens, against real processes: a shard started
 // with 64-token blocks reports them in Stats, the orchestrator plans and
-// applies reallocations over them, and a size
-// the engine cannot hold stops the service at start with a usage error.
+// applies reallocations over them, and a size the engine cannot hold stops
+// the cache service, an in-process orchestrator or `npm start` with a usage error.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
@@ -49,11 +49,17 @@ describe('cache service --block-tokens', () => {
     assert.ok((s.histogram?.bits2 ?? 0n) + (s.histogram?.bits4 ?? 0n) > 0n, 'some tokens below 8 bits');
   });
 
-  test('a block size the engine cannot hold is a usage error at start', () => {
-    for (const bad of ['40', '8', '2048']) {
-      const r = spawnSync(process.execPath, [join(root, 'dist', 'services', 'cache', 'main.js'), '--port', '0', '--block-tokens', bad], { encoding: 'utf8', timeout: 60_000 });
-      assert.equal(r.status, 2, r.stderr);
-      assert.match(r.stderr, new RegExp(`--block-tokens must be a multiple of 16 from 16 to 1024, got ${bad}`));
-    }
+  test('a block size the engine cannot hold is a usage error at start (cache service, in-process orchestrator, npm start)', () => {
+    const mains: [string, string[]][] = [
+      ['cache', ['--port', '0']],
+      ['orchestrator', ['--in-process', '--port', '0']],
+      ['launcher', ['--port', '0']],
+    ];
+    for (const [service, args] of mains)
+      for (const bad of ['40', '8', '2048']) {
+        const r = spawnSync(process.execPath, [join(root, 'dist', 'services', service, 'main.js'), ...args, '--block-tokens', bad], { encoding: 'utf8', timeout: 60_000 });
+        assert.equal(r.status, 2, `${service} ${bad}: ${r.stderr}`);
+        assert.match(r.stderr, new RegExp(`--block-tokens must be a multiple of 16 from 16 to 1024, got ${bad}`), service);
+      }
   });
 });
