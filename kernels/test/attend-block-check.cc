@@ -175,40 +175,46 @@ quant_blocks make_quant_blocks(kv_format f, quant_mode mode, int D, int H, int T
     return b;
 }
 
-// One query (MHA decode) of kv-head `head` over the blocks: per block with
-// attend_block_ref, or as attend_blocks_fast takes them. runs: the block
-// counts each attend_blocks_fast call took.
-run_result run_quant(const quant_blocks& b, quant_mode mode, int head, bool fast, uint32_t seed, std::vector<int>* runs) {
+// nq queries of kv-head `head` (one decode row of a group of nq: MHA decode
+// for 1, GQA for more) over the blocks: per block with attend_block_ref, or
+// as attend_blocks_fast takes them. runs: the block counts each
+// attend_blocks_fast call took. Outputs and scores are [nq][...].
+run_result run_quant(const quant_blocks& b, quant_mode mode, int head, int nq, bool fast, uint32_t seed, std::vector<int>* runs) {
     const int D = b.L.head_dim, T = b.L.block_tokens, n_slots = int(b.refs.size()) * T;
     std::mt19937 rng(seed);
     std::normal_distribution<float> g(0.f, 1.f);
-    std::vector<float> q(static_cast<size_t>(D));  // [D] already / sqrt(D)
-    float qsum = 0.f, absmax = 0.f;
-    for (int d = 0; d < D; ++d) {
-        q[size_t(d)] = g(rng) / std::sqrt(float(D));
-        qsum += q[size_t(d)];
-        absmax = std::max(absmax, std::fabs(q[size_t(d)]));
+    const size_t n_q = static_cast<size_t>(nq);
+    std::vector<float> q(n_q * D), qsum(n_q), q8_scale(n_q);  // [nq][D] already / sqrt(D)
+    std::vector<int8_t> q8(n_q * D);                                                    // [nq][D] as the engine quantises it
+    std::vector<int32_t> q8_sum(n_q);
+    for (int i = 0; i < nq; ++i) {
+        float absmax = 0.f;
+        for (int d = 0; d < D; ++d) {
+            const float x = g(rng) / std::sqrt(float(D));
+            q[size_t(i) * D + d] = x;
+            qsum[size_t(i)] += x;
+            absmax = std::max(absmax, std::fabs(x));
+        }
+        q8_scale[size_t(i)] = absmax / 127.f;
+        for (int d = 0; d < D; ++d)
+            q8_sum[size_t(i)] += (q8[size_t(i) * D + d] = int8_t(std::lrintf(q[size_t(i) * D + d] / q8_scale[size_t(i)])));
     }
-    std::vector<int8_t> q8(static_cast<size_t>(D));  // [D] as the engine quantises it
-    const float q8_scale = absmax / 127.f;
-    int32_t q8_sum = 0;
-    for (int d = 0; d < D; ++d) q8_sum += (q8[size_t(d)] = int8_t(std::lrintf(q[size_t(d)] / q8_scale)));
     std::vector<int32_t> row_pos(1, n_slots);
     head_query hq;
     hq.n_rows = 1;
-    hq.group = 1;
+    hq.group = nq;
     hq.head_dim = D;
     hq.q = q.data();
-    hq.q_sum = &qsum;
+    hq.q_sum = qsum.data();
     hq.q8 = q8.data();
-    hq.q8_scale = &q8_scale;
-    hq.q8_sum = &q8_sum;
+    hq.q8_scale = q8_scale.data();
+    hq.q8_sum = q8_sum.data();
     hq.row_pos = row_pos.data();
-    float m = -std::numeric_limits<float>::infinity(), l = 0.f, z = 0.f;
-    std::vector<float> acc(static_cast<size_t>(D)), scratch(attend_scratch_floats(D, T));
-    head_state st{&m, &l, &z, acc.data()};
+    std::vector<float> m(n_q, -std::numeric_limits<float>::infinity()), l(n_q), z(n_q);
+    std::vector<float> acc(n_q * D), scratch(attend_scratch_floats(D, T));
+    head_state st{m.data(), l.data(), z.data(), acc.data()};
     run_result r;
-    r.scores.assign(size_t(n_slots), 0.f);
+    r.scores.assign(size_t(nq) * n_slots, 0.f);
     const score_sink sink{r.scores.data(), size_t(n_slots)};
     for (size_t i = 0; i < b.refs.size();) {
         if (!fast) {
@@ -221,15 +227,17 @@ run_result run_quant(const quant_blocks& b, quant_mode mode, int head, bool fast
         i += size_t(took);
     }
     r.out.resize(acc.size());
-    for (int d = 0; d < D; ++d) r.out[size_t(d)] = (acc[size_t(d)] + z) / l;
+    for (int i = 0; i < nq; ++i)
+        for (int d = 0; d < D; ++d) r.out[size_t(i) * D + d] = (acc[size_t(i) * D + d] + z[size_t(i)]) / l[size_t(i)];
     return r;
 }
 
 }  // namespace
 
-// Runs of quantised blocks for one query (attend_blocks_fast: one softmax
-// update and one accumulator transpose per run of up to 512 tokens, a weight
-// scale per block) against the scalar reference one block at a time: every
+// Runs of quantised blocks for one query and for tiles of 3, 4 and 16
+// (attend_blocks_fast: one softmax update and one accumulator transpose per
+// query and run of up to 512 tokens, a weight scale per block and query)
+// against the scalar reference one block at a time: every
 // format, both modes, D = 64/128, 1 to 20 blocks of 32 (20: a run of 16 and
 // one of 4) and 16-slot blocks, the last filled to 1, 7, 17 or all slots.
 // Outputs within 1e-4 (the single-block bound), scores within 1e-5. With
@@ -243,23 +251,26 @@ TEST(quantized_block_runs_match_scalar_reference) {
             for (int D : {64, 128})
                 for (int T : {16, 32})
                     for (int n_blocks : {1, 3, 20})
-                        for (int fill : {1, 7, 17, 32}) {
-                            if (fill > T) continue;
-                            const quant_blocks b = make_quant_blocks(f, mode, D, 2, T, n_blocks, fill, rng);
-                            std::vector<int> runs;
-                            const run_result want = run_quant(b, mode, 1, false, ++seed, nullptr);
-                            const run_result got = run_quant(b, mode, 1, true, seed, &runs);
-                            const double eo = rel_error(got.out, want.out), es = rel_error(got.scores, want.scores);
-                            int longest = 0;
-                            for (int n : runs) longest = std::max(longest, n);
-                            if (longest > 1) joined = true;
-                            if (avx512_path_available(D) && D == 128 && n_blocks > 1) CHECK_MSG(longest > 1, "no run was joined");
-                            CHECK_MSG(longest * T <= 512, "a run longer than 512 tokens");
-                            const std::string what = std::string(f == kv_format::int2 ? "int2" : f == kv_format::int4 ? "int4" : "int8") + (mode == quant_mode::symmetric ? " sym" : " asym") +
-                                                     " D=" + std::to_string(D) + " T=" + std::to_string(T) + " blocks=" +
-                                                     std::to_string(n_blocks) + " fill=" + std::to_string(fill) + " longest run " +
-                                                     std::to_string(longest) + ": out " + std::to_string(eo) + " scores " + std::to_string(es);
-                            CHECK_MSG(eo <= 1e-4 && es <= 1e-5, what);
-                        }
+                        for (int fill : {1, 7, 17, 32})
+                            for (int nq : {1, 3, 4, 16}) {
+                                if (fill > T) continue;
+                                const quant_blocks b = make_quant_blocks(f, mode, D, 2, T, n_blocks, fill, rng);
+                                std::vector<int> runs;
+                                const run_result want = run_quant(b, mode, 1, nq, false, ++seed, nullptr);
+                                const run_result got = run_quant(b, mode, 1, nq, true, seed, &runs);
+                                const double eo = rel_error(got.out, want.out), es = rel_error(got.scores, want.scores);
+                                int longest = 0;
+                                for (int n : runs) longest = std::max(longest, n);
+                                if (longest > 1) joined = true;
+                                if (avx512_path_available(D) && D == 128 && n_blocks > 1)
+                                    CHECK_MSG(longest > 1, "no run was joined (nq=" + std::to_string(nq) + ")");
+                                CHECK_MSG(longest * T <= 512, "a run longer than 512 tokens");
+                                const std::string what = std::string(f == kv_format::int2 ? "int2" : f == kv_format::int4 ? "int4" : "int8") +
+                                                         (mode == quant_mode::symmetric ? " sym" : " asym") + " D=" + std::to_string(D) +
+                                                         " T=" + std::to_string(T) + " nq=" + std::to_string(nq) + " blocks=" +
+                                                         std::to_string(n_blocks) + " fill=" + std::to_string(fill) + " longest run " +
+                                                         std::to_string(longest) + ": out " + std::to_string(eo) + " scores " + std::to_string(es);
+                                CHECK_MSG(eo <= 1e-4 && es <= 1e-5, what);
+                            }
     if (avx512_path_available(128)) CHECK_MSG(joined, "the AVX-512 path joined no blocks");
 }

@@ -29,6 +29,8 @@ namespace {
 
 constexpr int max_tile = 16;
 constexpr int max_tile_values_tokens = 256;  // blocks up to this size take the tiles' integer value path
+// A run's scores: [nq][512] floats, in the caller's scratch (attend_scratch_floats).
+constexpr int max_run_scores = 512;
 constexpr int max_run_tokens = 1024;  // one block (block_tokens <= 1024) or a run of blocks (attend_quantized_run): weights on the stack
 
 // Scales and zero points of 16 consecutive slots [t0, t0+n) as vectors.
@@ -481,6 +483,88 @@ __attribute__((noinline)) void accumulate_values_int_tile(const __m512i* codes /
     }
 }
 
+// The tile version of accumulate_values_int: a run of nb blocks for the
+// queries of a tile. Per block the value codes are prepared once for the
+// whole tile (value_codes4) and the scales and zero points read once; per
+// query and block the weights get their own 16-bit scale (the bound of
+// accumulate_values_int_tile) and the integer sums are folded into that
+// query's float accumulators, which are transposed once per run. The zero
+// points go to st.z. p: [tile][stride] probabilities, block j at j*T.
+template <int D, int B>
+__attribute__((noinline)) void accumulate_values_int_tile_run(const block_layout& L, quant_mode mode, const block_ref* blks,
+                                                              int nb, int head, const float* p, int stride,
+                                                              const tile_view& tv, const bool* active, head_state& st) {
+    constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
+    constexpr int P = D * B / 8, NG = D / 64;
+    const int T = L.block_tokens;  // <= max_tile_values_tokens, a multiple of 16
+    alignas(64) __m512i codes[max_tile_values_tokens / 4 * NG * 4];  // one block: [n4/4][NG][4]
+    alignas(64) __m512 scales[max_tile_values_tokens / 16], zeros[max_tile_values_tokens / 16];  // one block, per 16 tokens
+    alignas(64) __m512 fa[max_tile][NG][4];  // float sums per query, 128-bit-lane order
+    alignas(64) float w[max_tile_values_tokens];  // one query's p*scale, 0 past n_valid up to a multiple of 16
+    alignas(64) uint8_t whi[max_tile_values_tokens], wlo[max_tile_values_tokens];
+    float zsum[max_tile] = {};
+    for (int i = 0; i < tv.n; ++i)
+        for (int g = 0; g < NG; ++g)
+            for (int k = 0; k < 4; ++k) fa[i][g][k] = _mm512_setzero_ps();
+    for (int j = 0; j < nb; ++j) {
+        const block_ref& blk = blks[j];
+        const uint8_t* v_rows = blk.data + L.v_codes + L.code_offset(head, 0);
+        const half_bits* params = reinterpret_cast<const half_bits*>(blk.data + L.v_params + L.param_offset(head, 0));
+        const int n4 = (blk.n_valid + 3) & ~3;
+        for (int t = 0; t < n4; t += 4) value_codes4<D, B>(v_rows + size_t(t) * P, reinterpret_cast<__m512i(*)[4]>(codes + size_t(t / 4) * NG * 4));
+        for (int t0 = 0; t0 < blk.n_valid; t0 += 16) params16(F, mode, params, t0, std::min(16, blk.n_valid - t0), scales[t0 / 16], zeros[t0 / 16]);
+        for (int i = 0; i < tv.n; ++i) {
+            if (!active[i]) continue;
+            const float* pj = p + size_t(i) * stride + size_t(j) * T;
+            __m512 zacc = _mm512_setzero_ps();
+            for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
+                const int n = std::min(16, blk.n_valid - t0);
+                const __m512 pv = _mm512_maskz_loadu_ps(n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), pj + t0);
+                const __m512 wv = _mm512_mul_ps(pv, scales[t0 / 16]);
+                _mm512_store_ps(w + t0, wv);
+                zacc = _mm512_fmadd_ps(pv, zeros[t0 / 16], zacc);
+                if constexpr (B == 8) zacc = _mm512_fmadd_ps(wv, _mm512_set1_ps(128.f), zacc);  // codes folded as code-128
+            }
+            zsum[i] += _mm512_reduce_add_ps(zacc);
+            const float ws = quantize_weights16(w, n4, whi, wlo);
+            if (ws == 0.f) continue;
+            __m512i ah[NG][4], al[NG][4];
+            for (int g = 0; g < NG; ++g)
+                for (int k = 0; k < 4; ++k) ah[g][k] = al[g][k] = _mm512_setzero_si512();
+            for (int t = 0; t < n4; t += 4) {
+                uint32_t h32, l32;
+                std::memcpy(&h32, whi + t, 4);
+                std::memcpy(&l32, wlo + t, 4);
+                const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
+                const __m512i* c = codes + size_t(t / 4) * NG * 4;
+                for (int g = 0; g < NG; ++g)
+                    for (int k = 0; k < 4; ++k) {
+                        const __m512i ck = _mm512_load_si512(c + 4 * g + k);
+                        ah[g][k] = simd::dpbusd(ah[g][k], wh, ck);
+                        al[g][k] = simd::dpbusd(al[g][k], wl, ck);
+                    }
+            }
+            const __m512 vws = _mm512_set1_ps(ws);
+            for (int g = 0; g < NG; ++g)
+                for (int k = 0; k < 4; ++k)
+                    fa[i][g][k] = _mm512_fmadd_ps(vws, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k])), fa[i][g][k]);
+        }
+    }
+    for (int i = 0; i < tv.n; ++i) {
+        if (!active[i]) continue;
+        const int qi = tv.q0 + i;
+        st.z[qi] += zsum[i];
+        for (int g = 0; g < NG; ++g) {
+            __m512 n[4];
+            transpose4_lanes(fa[i][g], n);
+            for (int c = 0; c < 4; ++c) {
+                float* o = st.acc + size_t(qi) * D + 64 * g + 16 * c;
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), n[c]));
+            }
+        }
+    }
+}
+
 // acc += sum_t p_t * (scale_t*code_t + zero_t) for one query. For 2- and
 // 4-bit codes each token gets a 16-entry table of its possible values (one
 // FMA), and every 16 dims cost a permute and an add: no int->float converts.
@@ -576,14 +660,42 @@ void attend_quantized_run(const block_layout& L, quant_mode mode, const block_re
     accumulate_values_int<D, B>(L, mode, blks, nb, head, s, st.acc);
 }
 
-// How many of blks[0..n_avail) attend_quantized_run takes at once: blocks of
-// blks[0]'s format, unmasked, all but the last full, at most run_tokens.
+// A run of nb blocks of one quantised format for a tile of queries (GQA
+// decode: a kv-head's group; prefill rows of unmasked blocks): the tile's
+// scores for every block, one online-softmax update per query for the run,
+// then accumulate_values_int_tile_run. Block by block (attend_tile) the
+// per-query softmax update, score copy and accumulator transpose came to
+// ~12 of int2's ~42 instructions per query and token for a group of 4.
+template <int D, int B>
+void attend_quantized_tile_run(const block_layout& L, quant_mode mode, const block_ref* blks, int nb, int head,
+                               const head_query& q, head_state& st, const score_sink& sink, const tile_view& tv, float* s) {
+    const int T = L.block_tokens, stride = nb * T;  // s: [tile][stride] scores, then probabilities
+    const int n_tokens = (nb - 1) * T + blks[nb - 1].n_valid;
+    for (int j = 0; j < nb; ++j) {
+        if (j + 2 < nb) prefetch_rows(L, blks[j + 2], head, L.k_codes, L.k_params);
+        prefetch_rows(L, blks[j], head, L.v_codes, L.v_params);
+        quantized_scores<D, B>(L, mode, blks[j], head, q, tv, s + size_t(j) * T, stride);
+    }
+    bool active[max_tile];
+    for (int i = 0; i < tv.n; ++i) {
+        const int qi = tv.q0 + i;
+        float* si = s + size_t(i) * stride;
+        // the run's slots are consecutive: every block but the last is full
+        if (sink.scores) std::copy(si, si + n_tokens, sink.scores + size_t(qi) * sink.stride + blks[0].slot_base);
+        active[i] = softmax_update<D>(si, n_tokens, st, qi);
+    }
+    accumulate_values_int_tile_run<D, B>(L, mode, blks, nb, head, s, stride, tv, active, st);
+}
+
+// How many of blks[0..n_avail) a run takes at once (attend_quantized_run for
+// one query, attend_quantized_tile_run for a tile of up to max_tile): blocks
+// of blks[0]'s format, unmasked, all but the last full, at most run_tokens.
 int run_length(const block_layout& L, const block_ref* blks, int n_avail, const head_query& q) {
-    constexpr int run_tokens = 512;  // scores fit the scratch's 2*16*T floats for T >= 16
+    constexpr int run_tokens = max_run_scores;
     const int T = L.block_tokens;
     const block_ref& b0 = blks[0];
-    if (q.nq() != 1 || !q.q8 || b0.kind != block_kind::quantized || b0.needs_mask || T % 16 != 0 || 2 * T > run_tokens) return 1;
-    // The integer value path's shapes (int_values_supported): 64-dim int2 rows are 16 bytes.
+    if (q.nq() > max_tile || !q.q8 || b0.kind != block_kind::quantized || b0.needs_mask || T % 16 != 0 || 2 * T > run_tokens) return 1;
+    // The integer value paths' shapes (int_values_supported): 64-dim int2 rows are 16 bytes.
     if (L.head_dim != 128 && !(L.head_dim == 64 && b0.fmt != kv_format::int2)) return 1;
     int nb = 1;
     while (nb < n_avail && (nb + 1) * T <= run_tokens && blks[nb - 1].n_valid == T && blks[nb].kind == block_kind::quantized &&
@@ -725,6 +837,17 @@ int attend_blocks_avx512(const block_layout& L, quant_mode mode, const block_ref
         return 1;
     }
     const bool d64 = L.head_dim == 64;
+    if (q.nq() > 1) {
+        const tile_view tv{0, q.nq()};
+        switch (blks[0].fmt) {
+            case kv_format::int8: d64 ? attend_quantized_tile_run<64, 8>(L, mode, blks, nb, head, q, st, sink, tv, scratch)
+                                      : attend_quantized_tile_run<128, 8>(L, mode, blks, nb, head, q, st, sink, tv, scratch); break;
+            case kv_format::int4: d64 ? attend_quantized_tile_run<64, 4>(L, mode, blks, nb, head, q, st, sink, tv, scratch)
+                                      : attend_quantized_tile_run<128, 4>(L, mode, blks, nb, head, q, st, sink, tv, scratch); break;
+            default: attend_quantized_tile_run<128, 2>(L, mode, blks, nb, head, q, st, sink, tv, scratch); break;  // not 64-dim int2 (run_length)
+        }
+        return nb;
+    }
     switch (blks[0].fmt) {
         case kv_format::int8: d64 ? attend_quantized_run<64, 8>(L, mode, blks, nb, head, q, st, sink, scratch)
                                   : attend_quantized_run<128, 8>(L, mode, blks, nb, head, q, st, sink, scratch); break;

@@ -1,6 +1,7 @@
 // Picks the attention kernels for this CPU once: AVX-512/VNNI, else AVX2,
 // else the scalar reference. Compiled with the default flags: the ISA files
 // are entered only through the functions below, after the CPU check.
+#include <algorithm>
 #include <cmath>
 
 #include "attend-kernels.h"
@@ -45,10 +46,12 @@ void add_probabilities(const float* scores, size_t n, float m, float w, float* o
 // Scratch of the widest user: [2][16 queries][T] scores and weights, plus the
 // single-query and KIVI buffers, plus the AVX2 tiles' [16 queries][head_dim]
 // KIVI scaled queries and [16 queries][block_tokens/2 + 1][8] broadcast value
-// weight pairs (32-byte aligned inside the buffer: 8 floats of slack).
+// weight pairs (32-byte aligned inside the buffer: 8 floats of slack); or
+// the AVX-512 runs' [16 queries][512] scores, whichever is larger.
 size_t attend_scratch_floats(int head_dim, int block_tokens) {
-    return size_t(2 * 16 * block_tokens + 2 * head_dim + 4 * block_tokens + 64 + 16 * head_dim +
-                  16 * 8 * (block_tokens / 2 + 1) + 8);
+    const size_t per_block = size_t(2 * 16 * block_tokens + 2 * head_dim + 4 * block_tokens + 64 + 16 * head_dim +
+                                    16 * 8 * (block_tokens / 2 + 1) + 8);
+    return std::max(per_block, size_t(16 * 512));
 }
 
 }  // namespace smartkv

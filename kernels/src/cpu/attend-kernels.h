@@ -71,8 +71,9 @@ void attend_block_fast(const block_layout& layout, quant_mode mode, const block_
 // pass — at least one — and returns that count. The result equals one
 // attend_block_fast per block up to float rounding (one softmax update and
 // one weight scale for the run instead of one per block). The AVX-512 path
-// joins up to 512 tokens of unmasked quantised blocks for a single query
-// (MHA decode); everything else goes one block at a time.
+// joins up to 512 tokens of unmasked quantised blocks for up to 16 queries
+// (MHA decode, a GQA group, a few prefill rows); everything else goes one
+// block at a time.
 int attend_blocks_fast(const block_layout& layout, quant_mode mode, const block_ref* blks, int n_avail, int head,
                        const head_query& q, head_state& st, const score_sink& sink, float* scratch);
 
