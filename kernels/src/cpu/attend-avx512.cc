@@ -432,6 +432,31 @@ __attribute__((noinline)) void accumulate_values_int(const block_layout& L, quan
     }
 }
 
+// Integer sums of prepared value codes (value_codes4 of every 4 rows:
+// [n4/4][NG][4] vectors) weighted by 16-bit weights split into bytes:
+// ah = sum whi*code, al = sum wlo*code, in the 128-bit-lane order.
+template <int NG>
+__attribute__((always_inline)) inline void prepared_value_sums(const __m512i* codes, int n4, const uint8_t* whi, const uint8_t* wlo,
+                                                               __m512i (&ah)[NG][4], __m512i (&al)[NG][4]) {
+    for (int g = 0; g < NG; ++g)
+        for (int k = 0; k < 4; ++k) ah[g][k] = al[g][k] = _mm512_setzero_si512();
+    for (int t = 0; t < n4; t += 4) {
+        uint32_t h32, l32;
+        std::memcpy(&h32, whi + t, 4);
+        std::memcpy(&l32, wlo + t, 4);
+        const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
+        const __m512i* c = codes + size_t(t / 4) * NG * 4;
+        for (int g = 0; g < NG; ++g)
+            for (int k = 0; k < 4; ++k) {
+                // a load and two register vpdpbusd: with a memory operand in the asm, GCC 12
+                // kept every accumulator in memory (a store per vpdpbusd)
+                const __m512i ck = _mm512_load_si512(c + 4 * g + k);
+                ah[g][k] = simd::dpbusd(ah[g][k], wh, ck);
+                al[g][k] = simd::dpbusd(al[g][k], wl, ck);
+            }
+    }
+}
+
 // Integer values for one query of a tile, over value codes a tile shares
 // (value_codes4 of every 4 rows, prepared once): w = p*scale per token (the
 // zero points are in st.z), quantised to 16 bits per block as in
@@ -453,23 +478,7 @@ __attribute__((noinline)) void accumulate_values_int_tile(const __m512i* codes /
     const float ws = quantize_weights16(wa, n4, whi, wlo);
     if (ws == 0.f) return;
     __m512i ah[NG][4], al[NG][4];
-    for (int g = 0; g < NG; ++g)
-        for (int k = 0; k < 4; ++k) ah[g][k] = al[g][k] = _mm512_setzero_si512();
-    for (int t = 0; t < n4; t += 4) {
-        uint32_t h32, l32;
-        std::memcpy(&h32, whi + t, 4);
-        std::memcpy(&l32, wlo + t, 4);
-        const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
-        const __m512i* c = codes + size_t(t / 4) * NG * 4;
-        for (int g = 0; g < NG; ++g)
-            for (int k = 0; k < 4; ++k) {
-                // a load and two register vpdpbusd: with a memory operand in the asm, GCC 12
-                // kept every accumulator in memory (a store per vpdpbusd)
-                const __m512i ck = _mm512_load_si512(c + 4 * g + k);
-                ah[g][k] = simd::dpbusd(ah[g][k], wh, ck);
-                al[g][k] = simd::dpbusd(al[g][k], wl, ck);
-            }
-    }
+    prepared_value_sums<NG>(codes, n4, whi, wlo, ah, al);
     const __m512 vws = _mm512_set1_ps(ws);
     for (int g = 0; g < NG; ++g) {
         __m512 a[4], n[4];
@@ -529,21 +538,7 @@ __attribute__((noinline)) void accumulate_values_int_tile_run(const block_layout
             const float ws = quantize_weights16(w, n4, whi, wlo);
             if (ws == 0.f) continue;
             __m512i ah[NG][4], al[NG][4];
-            for (int g = 0; g < NG; ++g)
-                for (int k = 0; k < 4; ++k) ah[g][k] = al[g][k] = _mm512_setzero_si512();
-            for (int t = 0; t < n4; t += 4) {
-                uint32_t h32, l32;
-                std::memcpy(&h32, whi + t, 4);
-                std::memcpy(&l32, wlo + t, 4);
-                const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
-                const __m512i* c = codes + size_t(t / 4) * NG * 4;
-                for (int g = 0; g < NG; ++g)
-                    for (int k = 0; k < 4; ++k) {
-                        const __m512i ck = _mm512_load_si512(c + 4 * g + k);
-                        ah[g][k] = simd::dpbusd(ah[g][k], wh, ck);
-                        al[g][k] = simd::dpbusd(al[g][k], wl, ck);
-                    }
-            }
+            prepared_value_sums<NG>(codes, n4, whi, wlo, ah, al);
             const __m512 vws = _mm512_set1_ps(ws);
             for (int g = 0; g < NG; ++g)
                 for (int k = 0; k < 4; ++k)
