@@ -23,7 +23,9 @@ export interface BenchRow {
   gbps: number; // bytes / time
   bandwidth_gbps: number; // the probe's result in this run
   pct_bandwidth: number; // gbps as % of the probe
-  speedup_vs_fp16: number; // fp16-dense µs / this row's µs, same shape, n and batch
+  speedup_vs_fp16: number; // fp16-dense µs / this row's µs, same shape, n and batch: for engine rows the median over
+  // calls made alternately with fp16-dense (speedup_paired), so that load drift between the two rows cancels
+  speedup_paired: boolean;
 }
 
 const COLUMNS: [string, number, (r: BenchRow) => string][] = [

@@ -6,7 +6,7 @@ import { denseAttention, fillGaussian, type DenseProblem } from '../native/bench
 import { TOKEN_META_BYTES } from '../native/formats.js';
 import { KvEngine, type AttendRequest, type KvFormat, type StorageKind } from '../native/kv-engine.js';
 import { budgetForBeta, greedyAllocate } from '../services/allocator/greedy.js';
-import { timeCalls } from './bench-stats.js';
+import { timeCalls, timePairedCalls } from './bench-stats.js';
 
 export interface Shape {
   name: 'mha' | 'gqa';
@@ -30,6 +30,7 @@ export interface Measured {
   us: number;
   bytes: number;
   achievedBeta: number;
+  pairedSpeedup?: number; // median over alternating calls of partner µs / this µs (runEngine with a partner)
 }
 
 export type EngineVariant =
@@ -43,8 +44,9 @@ const FILL_CHUNK = 1024; // tokens appended per call while filling
 
 const fp16Bytes = (c: BenchCase) => c.batch * c.n * 2 * c.shape.kvHeads * c.shape.headDim * 2;
 
-/** Dense decode attention over [kvHeads][n][headDim] arrays, one problem per sequence. */
-export async function runDense(c: BenchCase, dtype: 'f32' | 'f16', t: Timing): Promise<Measured> {
+/** Dense decode attention over [kvHeads][n][headDim] arrays, one problem per
+ * sequence, ready to call (the arrays stay held while the call is kept). */
+export async function prepareDense(c: BenchCase, dtype: 'f32' | 'f16'): Promise<{ call: () => Promise<void>; bytes: number }> {
   const { qHeads, kvHeads, headDim } = c.shape;
   const size = kvHeads * c.n * headDim;
   const problems: DenseProblem[] = [];
@@ -57,9 +59,13 @@ export async function runDense(c: BenchCase, dtype: 'f32' | 'f16', t: Timing): P
     await fillGaussian(q, 1002 + 3 * b);
     problems.push({ qHeads, kvHeads, headDim, nCtx: c.n, q, k, v, out: new Float32Array(qHeads * headDim) });
   }
-  const us = await timeCalls(() => denseAttention(dtype, problems), t.warmup, t.reps);
-  const bytes = fp16Bytes(c) * (dtype === 'f32' ? 2 : 1);
-  return { us, bytes, achievedBeta: bytes / fp16Bytes(c) };
+  return { call: () => denseAttention(dtype, problems), bytes: fp16Bytes(c) * (dtype === 'f32' ? 2 : 1) };
+}
+
+/** Times a prepared dense problem. */
+export async function runDense(c: BenchCase, dense: { call: () => Promise<void>; bytes: number }, t: Timing): Promise<Measured> {
+  const us = await timeCalls(dense.call, t.warmup, t.reps);
+  return { us, bytes: dense.bytes, achievedBeta: dense.bytes / fp16Bytes(c) };
 }
 
 /** A few chunks of Gaussian K/V, made once per shape and appended in turn:
@@ -141,8 +147,10 @@ async function heldAndBeta(eng: KvEngine, seqs: number[]): Promise<{ held: numbe
   return { held, beta: held / fp16 };
 }
 
-/** Fills `batch` sequences, applies the variant's plan, times decode steps, frees them. */
-export async function runEngine(eng: KvEngine, c: BenchCase, v: EngineVariant, t: Timing): Promise<Measured> {
+/** Fills `batch` sequences, applies the variant's plan, times decode steps, frees them.
+ * With a partner (the fp16-dense call of the same case) the two are called
+ * alternately and the paired ratio comes back as pairedSpeedup. */
+export async function runEngine(eng: KvEngine, c: BenchCase, v: EngineVariant, t: Timing, partner?: () => Promise<unknown>): Promise<Measured> {
   const { qHeads, kvHeads, headDim } = c.shape;
   const storage = v.kind === 'kivi' ? v.storage : 'mixed';
   const seqs: number[] = [];
@@ -165,10 +173,12 @@ export async function runEngine(eng: KvEngine, c: BenchCase, v: EngineVariant, t
       await fillGaussian(vNew, 9002 + 3 * b);
       reqs.push({ seq, layer: 0, q, kNew, vNew, out: new Float32Array(qHeads * headDim) });
     }
-    const us = await timeCalls(() => eng.attend(reqs), t.warmup, t.reps);
+    const step = () => eng.attend(reqs);
+    const paired = partner ? await timePairedCalls(partner, step, t.warmup, t.reps) : null;
+    const us = paired ? paired.us : await timeCalls(step, t.warmup, t.reps);
     const after = await heldAndBeta(eng, seqs);
     // The cache grows by a token a call; count what the middle call read.
-    return { us, bytes: (before.held + after.held) / 2, achievedBeta: before.beta };
+    return { us, bytes: (before.held + after.held) / 2, achievedBeta: before.beta, pairedSpeedup: paired?.ratio };
   } finally {
     for (const s of seqs) await eng.freeSequence(s);
   }

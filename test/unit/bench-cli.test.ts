@@ -30,6 +30,8 @@ describe('smartkv CLI', () => {
       if (smart) assert.equal(row.target_beta, Number((row.variant as string).slice(8)));
       if (dense) assert.ok(typeof row.speedup_vs_fp16 === 'number' && row.speedup_vs_fp16 > 0);
       if (row.variant === 'fp16-dense') assert.equal(row.speedup_vs_fp16, 1);
+      // engine rows are timed alternately with fp16-dense where it runs
+      assert.equal(row.speedup_paired, dense && !(row.variant as string).endsWith('-dense'), String(row.variant));
     }
     const beta = (shape: string, n: number, v: string) => rows.find((x) => x.shape === shape && x.n === n && x.variant === v)!.achieved_beta as number;
     for (const shape of ['mha', 'gqa']) {
