@@ -20,6 +20,7 @@
 #include <limits>
 
 #include "attend-kernels.h"
+#include "prefetch.h"
 #include "simd-math.h"
 #include "smartkv/kivi.h"
 
@@ -213,6 +214,61 @@ inline __m512i key_dots16_int2_d128(const uint8_t* rows, const __m512i* qp, int 
     return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15), d);
 }
 
+// Fetching ahead inside a run of blocks. One kv-head's slice of a 32-token
+// block is four short pieces (key rows, value rows, their parameters) far
+// from the previous block's, too short for the hardware prefetchers to ramp
+// up on. Each 16-token chunk of a block's scores prefetches the same chunk of
+// the keys two blocks ahead and of this block's values (read by the value
+// pass after the run's scores) into L2. Paired at 32K, MHA 32 heads
+// (smartkv-attend-bench, one process, calls alternating): against no
+// prefetch (what the build ran before, see prefetch.h) int8/int4/int2/mix
+// 1.61/1.70/1.40/1.79x; against a whole block's slice fetched into L1 in one
+// burst at the block's start (the earlier code, had it been compiled)
+// 1.37/1.44/1.14/1.33x. With it 128-token blocks are only 0.98-1.12x faster
+// than 32-token ones (1.24-1.42x without).
+struct fetch_ahead {
+    const uint8_t* k_rows = nullptr;     // [T][P] key codes of a later block, or null
+    const uint8_t* k_params = nullptr;   // its key parameters, k_param_bytes long
+    const uint8_t* v_rows = nullptr;     // [T][P] value codes of this block, or null
+    const uint8_t* v_params = nullptr;   // its value parameters, v_param_bytes long
+    size_t k_param_bytes = 0, v_param_bytes = 0;
+
+    // Before the scores of tokens t0..t0+15 (rows of P bytes): 16*P/64 lines
+    // of each, unrolled (a loop cost ~4 instructions a line: int8 went from
+    // 37 to 55 instructions per token per kv-head).
+    template <int P>
+    void chunk(int t0) const {
+        const size_t off = size_t(t0) * P;
+        if (k_rows) {
+#pragma GCC unroll 32
+            for (int l = 0; l < P / 4; ++l) prefetch_line_l2(k_rows + off + 64 * l);
+            if (t0 == 0) prefetch_l2(k_params, k_param_bytes);
+        }
+        if (v_rows) {
+#pragma GCC unroll 32
+            for (int l = 0; l < P / 4; ++l) prefetch_line_l2(v_rows + off + 64 * l);
+            if (t0 == 0) prefetch_l2(v_params, v_param_bytes);
+        }
+    }
+};
+
+// What block j of a run fetches ahead: block j+2's keys, its own values.
+inline fetch_ahead fetch_ahead_of(const block_layout& L, const block_ref* blks, int nb, int j, int head) {
+    constexpr int distance = 2;  // blocks; 1-8 measured the same within noise
+    fetch_ahead a;
+    const size_t param_bytes_per_token = size_t(L.n_params) * sizeof(half_bits);
+    if (j + distance < nb) {
+        const block_ref& b = blks[j + distance];
+        a.k_rows = b.data + L.k_codes + L.code_offset(head, 0);
+        a.k_params = b.data + L.k_params + L.param_offset(head, 0);
+        a.k_param_bytes = size_t(b.n_valid) * param_bytes_per_token;
+    }
+    a.v_rows = blks[j].data + L.v_codes + L.code_offset(head, 0);
+    a.v_params = blks[j].data + L.v_params + L.param_offset(head, 0);
+    a.v_param_bytes = size_t(blks[j].n_valid) * param_bytes_per_token;
+    return a;
+}
+
 // Scores of a quantised block for a tile of queries: s[i][t] (pre-softmax).
 // Per query and 16 tokens: unpack each row in registers, two vpdpbusd per
 // 128 dims, one transpose-reduction, then the scales once per token:
@@ -221,7 +277,7 @@ inline __m512i key_dots16_int2_d128(const uint8_t* rows, const __m512i* qp, int 
 // keeps everything in registers (a shared unpacked buffer spilled).
 template <int D, int B>
 void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
-                      const tile_view& tv, float* s, int T) {
+                      const tile_view& tv, float* s, int T, const fetch_ahead& ahead = {}) {
     constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
     constexpr int C = D / 64, P = D * B / 8;  // L.row == P for a quantised block
     const uint8_t* rows = blk.data + L.k_codes + L.code_offset(head, 0);
@@ -230,6 +286,7 @@ void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& b
     for (int t0 = 0; t0 < blk.n_valid; t0 += 16) {
         const int n = std::min(16, blk.n_valid - t0);
         const __mmask16 k = n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+        ahead.chunk<P>(t0);
         __m512 vscale, vzero;
         params16(F, mode, params, t0, n, vscale, vzero);
         for (int j = 0; j < tv.n; ++j) {
@@ -625,14 +682,6 @@ void attend_quantized_1(const block_layout& L, quant_mode mode, const block_ref&
     accumulate_values_1p<D, B>(L, mode, blk, head, s, st.acc + size_t(qi) * D);
 }
 
-// Where a run of blocks starts reading: one kv-head's rows and parameters.
-inline void prefetch_rows(const block_layout& L, const block_ref& blk, int head, size_t codes, size_t params) {
-    const uint8_t* r = blk.data + codes + L.code_offset(head, 0);
-    for (size_t off = 0, n = size_t(blk.n_valid) * size_t(L.row); off < n; off += 64) __builtin_prefetch(r + off, 0, 3);
-    const uint8_t* pr = blk.data + params + L.param_offset(head, 0);
-    for (size_t off = 0, n = size_t(blk.n_valid) * size_t(L.n_params) * sizeof(half_bits); off < n; off += 64) __builtin_prefetch(pr + off, 0, 3);
-}
-
 // A run of nb blocks of one quantised format for one query (MHA decode):
 // every block's scores into s (block j at j*T), one online-softmax update,
 // one integer value pass (accumulate_values_int). At 32-token blocks the
@@ -644,11 +693,8 @@ void attend_quantized_run(const block_layout& L, quant_mode mode, const block_re
                           const head_query& q, head_state& st, const score_sink& sink, float* s) {
     const int T = L.block_tokens;
     for (int j = 0; j < nb; ++j) {
-        // Keys two blocks ahead, values of this one (read after every block's scores).
-        if (j + 2 < nb) prefetch_rows(L, blks[j + 2], head, L.k_codes, L.k_params);
-        prefetch_rows(L, blks[j], head, L.v_codes, L.v_params);
         float* sj = s + size_t(j) * T;
-        quantized_scores<D, B>(L, mode, blks[j], head, q, tile_view{0, 1}, sj, T);
+        quantized_scores<D, B>(L, mode, blks[j], head, q, tile_view{0, 1}, sj, T, fetch_ahead_of(L, blks, nb, j, head));
         if (sink.scores) std::copy(sj, sj + blks[j].n_valid, sink.scores + blks[j].slot_base);
     }
     if (!softmax_update<D>(s, (nb - 1) * T + blks[nb - 1].n_valid, st, 0)) return;
@@ -667,9 +713,7 @@ void attend_quantized_tile_run(const block_layout& L, quant_mode mode, const blo
     const int T = L.block_tokens, stride = nb * T;  // s: [tile][stride] scores, then probabilities
     const int n_tokens = (nb - 1) * T + blks[nb - 1].n_valid;
     for (int j = 0; j < nb; ++j) {
-        if (j + 2 < nb) prefetch_rows(L, blks[j + 2], head, L.k_codes, L.k_params);
-        prefetch_rows(L, blks[j], head, L.v_codes, L.v_params);
-        quantized_scores<D, B>(L, mode, blks[j], head, q, tv, s + size_t(j) * T, stride);
+        quantized_scores<D, B>(L, mode, blks[j], head, q, tv, s + size_t(j) * T, stride, fetch_ahead_of(L, blks, nb, j, head));
     }
     bool active[max_tile];
     for (int i = 0; i < tv.n; ++i) {

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cpu-engine.h"
+#include "prefetch.h"
 #include "smartkv/kivi.h"
 
 namespace smartkv {
@@ -21,18 +22,14 @@ constexpr size_t max_score_floats = size_t(1) << 24;  // 64 MiB of scores per re
 constexpr size_t prefetch_distance = 2;                // blocks ahead
 constexpr size_t max_run_blocks = 64;                  // offered to attend_blocks_fast at once
 
-void prefetch_range(const uint8_t* p, size_t bytes) {
-    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
-}
-
 // The bytes attention reads for one kv-head of a block.
 void prefetch_head(const block_layout& L, const block_ref& blk, int head) {
     const size_t rows = size_t(blk.n_valid) * size_t(L.row);
-    prefetch_range(blk.data + L.k_codes + L.code_offset(head, 0), rows);
-    prefetch_range(blk.data + L.v_codes + L.code_offset(head, 0), rows);
+    prefetch_l2(blk.data + L.k_codes + L.code_offset(head, 0), rows);
+    prefetch_l2(blk.data + L.v_codes + L.code_offset(head, 0), rows);
     const size_t params = size_t(blk.n_valid) * size_t(L.n_params) * sizeof(half_bits);
-    if (blk.kind != block_kind::kivi) prefetch_range(blk.data + L.k_params + L.param_offset(head, 0), params);
-    prefetch_range(blk.data + L.v_params + L.param_offset(head, 0), params);
+    if (blk.kind != block_kind::kivi) prefetch_l2(blk.data + L.k_params + L.param_offset(head, 0), params);
+    prefetch_l2(blk.data + L.v_params + L.param_offset(head, 0), params);
 }
 }  // namespace
 
