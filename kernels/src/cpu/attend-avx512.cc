@@ -275,8 +275,13 @@ inline fetch_ahead fetch_ahead_of(const block_layout& L, const block_ref* blks, 
 //   s = s_q * (s_k * dot + z_k * sum(q8))
 // Re-unpacking per query of a GQA tile costs 2-4 instructions per row and
 // keeps everything in registers (a shared unpacked buffer spilled).
+//
+// Always inlined: called once per block of a run, its setup (constants, the
+// query's registers) is then hoisted out of the run's loop and the call
+// goes; one query: int8 / int4 / int2 43.8 / 41.4 / 42.7 -> 41.6 / 38.8 /
+// 39.7 instructions per token per kv-head (smartkv-count-instructions 16).
 template <int D, int B>
-void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
+__attribute__((always_inline)) inline void quantized_scores(const block_layout& L, quant_mode mode, const block_ref& blk, int head, const head_query& q,
                       const tile_view& tv, float* s, int T, const fetch_ahead& ahead = {}) {
     constexpr kv_format F = B == 8 ? kv_format::int8 : B == 4 ? kv_format::int4 : kv_format::int2;
     constexpr int C = D / 64, P = D * B / 8;  // L.row == P for a quantised block
@@ -692,12 +697,12 @@ template <int D, int B>
 void attend_quantized_run(const block_layout& L, quant_mode mode, const block_ref* blks, int nb, int head,
                           const head_query& q, head_state& st, const score_sink& sink, float* s) {
     const int T = L.block_tokens;
-    for (int j = 0; j < nb; ++j) {
-        float* sj = s + size_t(j) * T;
-        quantized_scores<D, B>(L, mode, blks[j], head, q, tile_view{0, 1}, sj, T, fetch_ahead_of(L, blks, nb, j, head));
-        if (sink.scores) std::copy(sj, sj + blks[j].n_valid, sink.scores + blks[j].slot_base);
-    }
-    if (!softmax_update<D>(s, (nb - 1) * T + blks[nb - 1].n_valid, st, 0)) return;
+    const int n_tokens = (nb - 1) * T + blks[nb - 1].n_valid;
+    for (int j = 0; j < nb; ++j)
+        quantized_scores<D, B>(L, mode, blks[j], head, q, tile_view{0, 1}, s + size_t(j) * T, T, fetch_ahead_of(L, blks, nb, j, head));
+    // the run's slots are consecutive: every block but the last is full
+    if (sink.scores) std::copy(s, s + n_tokens, sink.scores + blks[0].slot_base);
+    if (!softmax_update<D>(s, n_tokens, st, 0)) return;
     accumulate_values_int<D, B>(L, mode, blks, nb, head, s, st.acc);
 }
 
