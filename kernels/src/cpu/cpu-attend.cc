@@ -166,7 +166,8 @@ void cpu_engine::run_attention(std::vector<prepared>& wave, size_t n_wave) {
             const size_t avail = std::min(layout_end - b, max_run_blocks);
             const size_t taken = size_t(attend_blocks_fast(*p.layouts[b], cfg_.mode, &p.blocks[b], int(avail), t.head, hq, st, sink, s));
             b += taken;
-            // After a run, the next two blocks were not fetched ahead yet.
+            // After a run, the next two blocks may not have been fetched ahead yet (the
+            // AVX-512 run fetches the next run from its value pass, but only inside avail).
             for (size_t k = 0; taken > 1 && k < prefetch_distance && b + k < b1; ++k) prefetch_head(*p.layouts[b + k], p.blocks[b + k], t.head);
         }
     });
