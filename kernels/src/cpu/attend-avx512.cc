@@ -535,12 +535,14 @@ __attribute__((always_inline)) inline void prepared_value_sums(const __m512i* co
                                                                __m512i (&ah)[NG][4], __m512i (&al)[NG][4]) {
     for (int g = 0; g < NG; ++g)
         for (int k = 0; k < 4; ++k) ah[g][k] = al[g][k] = _mm512_setzero_si512();
-    for (int t = 0; t < n4; t += 4) {
+    // pointers stepped, not indexed: with c = codes + t/4*NG*4 GCC 12 spent 3 instructions a
+    // step on the index and stored and reloaded the hi weights (36 -> 28 instructions per 4 tokens)
+    const __m512i* const end = codes + size_t(n4 / 4) * NG * 4;
+    for (const __m512i* c = codes; c != end; c += NG * 4, whi += 4, wlo += 4) {
         uint32_t h32, l32;
-        std::memcpy(&h32, whi + t, 4);
-        std::memcpy(&l32, wlo + t, 4);
+        std::memcpy(&h32, whi, 4);
+        std::memcpy(&l32, wlo, 4);
         const __m512i wh = _mm512_set1_epi32(int(h32)), wl = _mm512_set1_epi32(int(l32));
-        const __m512i* c = codes + size_t(t / 4) * NG * 4;
         for (int g = 0; g < NG; ++g)
             for (int k = 0; k < 4; ++k) {
                 // a load and two register vpdpbusd: with a memory operand in the asm, GCC 12
