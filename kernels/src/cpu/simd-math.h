@@ -15,6 +15,13 @@ inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
     return acc;
 }
 
+// The same with the s8 operand read from memory (64 bytes at b): the load
+// rides in the instruction instead of taking a register and an instruction.
+inline __m512i dpbusd_mem(__m512i acc, __m512i a, const void* b) {
+    asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "m"(*static_cast<const __m512i*>(b)));
+    return acc;
+}
+
 // e^x for 16 floats, relative error ~2e-7; x <= -87.3 gives exactly 0 (so
 // masked scores of -inf contribute nothing).
 inline __m512 exp16(__m512 x) {
