@@ -219,7 +219,7 @@ inline __m512i key_dots16_int2_d128(const uint8_t* rows, const __m512i* qp, int 
 // planes, each broadcast to both halves ([4][64] bytes, prepared per block).
 // Four pairs at a time fold to one vector per query (the first two levels of
 // the single-query reduction), then the two halves meet. GQA group of 4:
-// 136.2 -> 123.6 instructions per token per kv-head, paired wall time
+// 136.2 -> 124.0 instructions per token per kv-head, paired wall time
 // 1.02-1.04x (an A/A pair of one build reads 0.98-1.02). The same sharing for
 // int4 and int8 rows cut 134 -> 126 and 134 -> 130 instructions but ran
 // 0.97-0.98x: not kept.
@@ -367,7 +367,7 @@ __attribute__((always_inline)) inline void quantized_scores(const block_layout& 
     // Tiles (GQA groups, prefill rows) on the pairs path take 4 (then 2)
     // queries at a time, each pair of rows split into planes once for all.
     alignas(64) int8_t qpb[int2_d128 ? max_tile : 1][4][64];  // [tile][plane] each plane in both halves
-    if (int2_d128 && pairs && tv.n >= 2)
+    if (pairs && tv.n >= 2)
         for (int i = 0; i < tv.n; ++i)
             for (int p = 0; p < 4; ++p)
                 _mm512_store_si512(qpb[i][p], _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q.q8 + size_t(tv.q0 + i) * D + 32 * p))));
