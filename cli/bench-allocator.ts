@@ -4,7 +4,7 @@
 // from a gaussian model (int8 : int4 : int2 ≈ 1/256 : 1/16 : 1 times a
 // lognormal per-token scale), the engine's byte costs for 8 KV heads of 128,
 // and the budget for β = 0.25.
-import { TOKEN_META_BYTES, tokenBytes } from '../native/formats.js';
+import { formatBlockTokens, TOKEN_META_BYTES, tokenBytes } from '../native/formats.js';
 import { budgetForBeta } from '../services/allocator/greedy.js';
 import { allocate, PLAN_POLICIES, type AllocationInput, type PlanPolicy } from '../services/allocator/policies.js';
 import { planExactly } from '../services/allocator/exact-plan.js';
@@ -93,11 +93,11 @@ const FP16_TOKEN = 2 * LAYOUT.kvHeads * LAYOUT.headDim * 2;
 /** smartkv's plan as a reallocation asks for it: one layer holding every
  * token at int2 (the steady state), 16 tokens due before the next plan. */
 function exactRow(n: number, input: AllocationInput, reps: number, progress: (line: string) => void): AllocatorBenchRow {
-  const T = LAYOUT.blockTokens, block = tokenBytes(LAYOUT).map((b) => b * T);
+  const T = LAYOUT.blockTokens, block = tokenBytes(LAYOUT).map((b, code) => b * formatBlockTokens(code, T));
   const current = new Uint8Array(n).fill(3);
   for (let i = 0; i < n; i++) if (i < SINKS || i >= n - WINDOW) current[i] = 0;
   const prot = Math.min(n, SINKS + WINDOW);
-  const held = Math.ceil(prot / T) * block[0] + Math.ceil((n - prot) / T) * block[3] + Math.ceil(n / 128) * 128 * TOKEN_META_BYTES;
+  const held = Math.ceil(prot / T) * block[0] + Math.ceil((n - prot) / formatBlockTokens(3, T)) * block[3] + Math.ceil(n / 128) * 128 * TOKEN_META_BYTES;
   const lay: PlanLayout = {
     targetBeta: BETA, blockTokens: T, blockBytes: block, tokenMetaBytes: TOKEN_META_BYTES, metaPageTokens: 128, tableEntryBytes: 8,
     fp16TokenBytes: FP16_TOKEN, layers: 1, groups: 1, tokens: n, outsideFp16Tokens: 0, aheadTokens: 16, heldBytes: held, protectedTokens: SINKS + WINDOW,

@@ -18,14 +18,22 @@ export interface LayoutShape {
 
 const align64 = (n: number): number => Math.ceil(n / 64) * 64;
 
+/** Token slots per block of format `code` in an engine of T-token blocks
+ * (block-layout.h, format_block_tokens): T for fp16 and int8, 2T for int4,
+ * 4T for int2, at most 1024, so that each integer format's block carries the
+ * same code bytes per kv-head. */
+export function formatBlockTokens(code: number, T: number): number {
+  return Math.min(1024, code === 2 ? 2 * T : code === 3 ? 4 * T : T);
+}
+
 /** Bytes of one storage block of `code` (block-layout.h): packed K and V rows,
  * their scales (and minima), and the slots' positions, each section 64-aligned. */
 export function blockBytes(code: number, s: LayoutShape): number {
-  const row = (s.headDim * FORMAT_BITS[code]) / 8;
+  const row = (s.headDim * FORMAT_BITS[code]) / 8, t = formatBlockTokens(code, s.blockTokens);
   const nParams = code === 0 ? 0 : s.quant === 'symmetric' ? 1 : 2;
-  const codes = s.kvHeads * s.blockTokens * row;
-  const params = s.kvHeads * s.blockTokens * nParams * 2;
-  return 2 * align64(codes) + 2 * align64(params) + align64(s.blockTokens * 4);
+  const codes = s.kvHeads * t * row;
+  const params = s.kvHeads * t * nParams * 2;
+  return 2 * align64(codes) + 2 * align64(params) + align64(t * 4);
 }
 
 /** Bytes per token in each format ([4] by code), for full blocks. The engine
@@ -33,7 +41,7 @@ export function blockBytes(code: number, s: LayoutShape): number {
  * pages of 128 tokens per (sequence, layer): under 1 KiB of page rounding,
  * plus the page tables (8 bytes a page, doubling). */
 export function tokenBytes(s: LayoutShape): number[] {
-  return FORMATS.map((_, code) => blockBytes(code, s) / s.blockTokens);
+  return FORMATS.map((_, code) => blockBytes(code, s) / formatBlockTokens(code, s.blockTokens));
 }
 
 /** Bookkeeping bytes per token that do not depend on the format. */
@@ -45,9 +53,10 @@ export const META_PAGE_TOKENS = 128;
 /** Bytes of one block-table or page-table entry (a pointer); tables double. */
 export const TABLE_ENTRY_BYTES = 8;
 
-/** Token slots per storage block: a partly filled block is held whole, so
- * larger blocks hold more slack bytes but give attention longer runs of one
- * kv-head's rows (docs/bench-attention.md measures both). */
+/** Token slots per 16- and 8-bit storage block (4-bit blocks hold twice as
+ * many, 2-bit blocks four times: formatBlockTokens). A partly filled block is
+ * held whole, so larger blocks hold more slack bytes but give attention
+ * longer runs of one kv-head's rows (docs/bench-attention.md measures both). */
 export const DEFAULT_BLOCK_TOKENS = 32;
 
 /** Why t cannot be a block size (the engine's check, sequence-engine.cc), or null. */

@@ -30,7 +30,8 @@ using namespace smartkv;
 
 namespace {
 
-constexpr int D = 128, T = 32, run_blocks = 16;
+constexpr int D = 128, run_blocks = 16;
+int T = 32;  // tokens per block (argv[5])
 
 double now_ns() {
     return std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -96,6 +97,7 @@ int main(int argc, char** argv) {
     const int heads = argc > 2 ? std::atoi(argv[2]) : 32;
     const int n_blocks = argc > 3 ? std::atoi(argv[3]) : 1024;
     const int reps = argc > 4 ? std::atoi(argv[4]) : 5;
+    T = argc > 5 ? std::atoi(argv[5]) : 32;
     if (fmt < 1 || fmt > 3 || heads < 1 || n_blocks < 64 || n_blocks % run_blocks != 0 || reps < 1) {
         std::fprintf(stderr, "usage: smartkv-stream-bench [format 1..3] [heads] [n_blocks >= 64, a multiple of 16] [reps]\n");
         return 2;
@@ -143,7 +145,7 @@ int main(int argc, char** argv) {
     };
 
     std::vector<double> hot, cold;
-    constexpr int hot_blocks = 64, hot_passes = 200;
+    const int hot_blocks = 2048 / T, hot_passes = 200;  // 2,048 tokens whatever the block size
     for (int r = 0; r < reps; ++r) {
         double t0 = now_ns();
         for (int i = 0; i < hot_passes; ++i) attend_head(0, hot_blocks);

@@ -134,7 +134,7 @@ void attend_batch::build(const std::vector<attend_input>& inputs, cudaStream_t s
     attend_args& a = args_;
     a = attend_args();
     for (int f = 0; f < n_formats; ++f)
-        a.layout[f] = make_block_layout(kv_format(f), cfg_.mode, D, H, cfg_.block_tokens);
+        a.layout[f] = make_format_layout(kv_format(f), cfg_.mode, D, H, cfg_.block_tokens);
     for (int f = 1; f < n_formats; ++f)  // a batch may mix KIVI-2 and KIVI-4 sequences
         a.kivi_layout[f] = make_block_layout(kv_format(f), quant_mode::asymmetric, D, H, kivi_group, true);
     a.head_dim = D;

@@ -43,7 +43,7 @@ std::unique_ptr<gpu_store> cuda_engine::make_layer(storage_kind kind, bool rever
 
 void cuda_engine::flush(gpu_ops& ops) {
     const block_layout l16 =
-        make_block_layout(kv_format::fp16, cfg_.mode, cfg_.head_dim, cfg_.n_kv_heads, cfg_.block_tokens);
+        make_format_layout(kv_format::fp16, cfg_.mode, cfg_.head_dim, cfg_.n_kv_heads, cfg_.block_tokens);
     // Order matters: new rows are written before groups read them, and slot
     // copies (swap-removes) run after every read of the slots they overwrite.
     if (!ops.converts.empty())
@@ -54,7 +54,7 @@ void cuda_engine::flush(gpu_ops& ops) {
     if (!ops.copies.empty()) {
         block_layout layouts[n_formats];
         for (int f = 0; f < n_formats; ++f)
-            layouts[f] = make_block_layout(kv_format(f), cfg_.mode, cfg_.head_dim, cfg_.n_kv_heads, cfg_.block_tokens);
+            layouts[f] = make_format_layout(kv_format(f), cfg_.mode, cfg_.head_dim, cfg_.n_kv_heads, cfg_.block_tokens);
         copy_slots(upload(items_copy_, ops.copies, stream_, stage_), int(ops.copies.size()), layouts, stream_);
     }
     ops.converts.clear();

@@ -106,7 +106,7 @@ gpu_store::gpu_store(const engine_config& cfg, storage_kind kind, bool reversibl
                      cudaStream_t stream)
     : cfg_(cfg), kind_(kind), pool_(pool), stream_(stream), reversible_(reversible) {
     for (int f = 0; f < n_formats; ++f)
-        buckets_[f] = gpu_bucket(make_block_layout(kv_format(f), cfg.mode, cfg.head_dim, cfg.n_kv_heads, cfg.block_tokens),
+        buckets_[f] = gpu_bucket(make_format_layout(kv_format(f), cfg.mode, cfg.head_dim, cfg.n_kv_heads, cfg.block_tokens),
                                  kv_format(f), &pool);
     if (kind != storage_kind::mixed) {
         kivi_fmt_ = smartkv::kivi_format(kind);

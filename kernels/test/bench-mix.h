@@ -27,8 +27,13 @@ inline constexpr double k_beta = 0.25;
 
 // Bytes of one token (all kv-heads, K and V, parameters and position) by format.
 inline double token_bytes(const engine_config& cfg, kv_format f) {
-    const block_layout L = make_block_layout(f, cfg.mode, cfg.head_dim, cfg.n_kv_heads, cfg.block_tokens);
+    const block_layout L = make_format_layout(f, cfg.mode, cfg.head_dim, cfg.n_kv_heads, cfg.block_tokens);
     return double(cfg.n_kv_heads) * 2.0 * (double(L.row) + double(L.n_params) * sizeof(half_bits)) + sizeof(int32_t);
+}
+
+// Bytes a partly filled last block of format f can leave unused (greedy.ts's bound).
+inline double slack(const engine_config& cfg, kv_format f, double token_bytes_f) {
+    return double(format_block_tokens(f, cfg.block_tokens) - 1) * token_bytes_f;
 }
 
 // The greedy allocator's plan (greedy.ts) for tokens [k_sinks, n - k_window):
@@ -43,7 +48,8 @@ inline std::vector<uint8_t> allocator_plan(const engine_config& cfg, const std::
     // budgetForBeta (greedy.ts): protected tokens, bookkeeping (importance and
     // token map, 8 bytes a token) and a partly filled block per format come first.
     const double fixed = double(int(imp.size()) - (hi - lo)) * b16 + 8.0 * n +
-                         double(cfg.block_tokens - 1) * (b16 + b8 + b4 + b2);
+                         slack(cfg, kv_format::fp16, b16) + slack(cfg, kv_format::int8, b8) +
+                         slack(cfg, kv_format::int4, b4) + slack(cfg, kv_format::int2, b2);
     double room = k_beta * n * b16 - fixed - double(hi - lo) * b2;
     struct cand {
         double key;

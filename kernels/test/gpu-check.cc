@@ -161,6 +161,20 @@ TEST(value_lanes_read_one_plane) {
         }
 }
 
+// 4-bit blocks hold twice the slots and 2-bit blocks four times (capped at
+// 1024): each integer format's block carries the same code bytes per kv-head.
+TEST(integer_blocks_carry_equal_code_bytes) {
+    for (int T = 16; T <= 1024; T += 16) {
+        const int t8 = format_block_tokens(kv_format::int8, T), t4 = format_block_tokens(kv_format::int4, T);
+        const int t2 = format_block_tokens(kv_format::int2, T);
+        CHECK(format_block_tokens(kv_format::fp16, T) == T && t8 == T);
+        CHECK(t4 == std::min(2 * T, 1024) && t2 == std::min(4 * T, 1024) && t2 % 16 == 0);
+        const block_layout L8 = make_format_layout(kv_format::int8, quant_mode::symmetric, 128, 2, T);
+        const block_layout L2 = make_format_layout(kv_format::int2, quant_mode::symmetric, 128, 2, T);
+        if (4 * T <= 1024) CHECK(L8.row * L8.block_tokens == L2.row * L2.block_tokens);
+    }
+}
+
 TEST(block_sections_allow_vector_loads) {
     for (int f = 0; f < n_formats; ++f)
         for (quant_mode m : {quant_mode::symmetric, quant_mode::asymmetric})
@@ -283,7 +297,7 @@ void host_execute(cuda::gpu_ops& ops, const engine_config& cfg) {
         quantize_vector(kv_format(it.dst_fmt), quant_mode(it.dst_mode), x.data(), D, it.dst_row, it.dst_params, it.clip);
         if (it.dst_pos) *it.dst_pos = it.pos;
     }
-    const block_layout L16 = make_block_layout(kv_format::fp16, cfg.mode, D, H, cfg.block_tokens);
+    const block_layout L16 = make_format_layout(kv_format::fp16, cfg.mode, D, H, cfg.block_tokens);
     for (const cuda::kivi_group_item& it : ops.kivi) {
         const kv_format f = kv_format(it.fmt);
         const block_layout KL = make_block_layout(f, quant_mode::asymmetric, D, H, kivi_group, true);
@@ -303,7 +317,7 @@ void host_execute(cuda::gpu_ops& ops, const engine_config& cfg) {
         for (int t = 0; t < kivi_group; ++t) reinterpret_cast<int32_t*>(it.dst_group + KL.pos)[t] = it.pos0 + t;
     }
     for (const cuda::slot_copy_item& it : ops.copies) {
-        const block_layout L = make_block_layout(kv_format(it.fmt), cfg.mode, D, H, cfg.block_tokens);
+        const block_layout L = make_format_layout(kv_format(it.fmt), cfg.mode, D, H, cfg.block_tokens);
         const size_t pb = size_t(L.n_params) * 2;
         for (int h = 0; h < H; ++h) {
             std::memcpy(it.dst_block + L.k_codes + L.code_offset(h, it.dst_slot), it.src_block + L.k_codes + L.code_offset(h, it.src_slot), size_t(L.row));

@@ -271,7 +271,7 @@ void run_emu_case(const emu_case& c, uint32_t seed) {
     std::vector<int32_t> q8sum(nqv);
     std::vector<float> pm(n_part), pl(n_part), pz(n_part), pacc(n_part * size_t(D));
     attend_args a;
-    for (int f = 0; f < n_formats; ++f) a.layout[f] = make_block_layout(kv_format(f), c.mode, D, H, c.block_tokens);
+    for (int f = 0; f < n_formats; ++f) a.layout[f] = make_format_layout(kv_format(f), c.mode, D, H, c.block_tokens);
     for (int f = 1; f < n_formats; ++f)
         a.kivi_layout[f] = make_block_layout(kv_format(f), quant_mode::asymmetric, D, H, kivi_group, true);
     a.head_dim = D, a.n_q_heads = Hq, a.n_kv_heads = H, a.group = G, a.mode = uint8_t(c.mode);
@@ -358,12 +358,12 @@ void emu_execute(gpu_ops& ops, const engine_config& cfg) {
         emu::launch(dim3(unsigned((n + 31) / 32)), dim3(32), [&] { convert_vectors_kernel(ops.converts.data(), n, D); });
     }
     if (!ops.kivi.empty()) {
-        const block_layout l16 = make_block_layout(kv_format::fp16, cfg.mode, D, H, cfg.block_tokens);
+        const block_layout l16 = make_format_layout(kv_format::fp16, cfg.mode, D, H, cfg.block_tokens);
         emu::launch(dim3(unsigned(ops.kivi.size()), unsigned(H)), dim3(128), [&] { kivi_groups_kernel(ops.kivi.data(), l16); });
     }
     if (!ops.copies.empty()) {
         layouts4 l;
-        for (int f = 0; f < n_formats; ++f) l.l[f] = make_block_layout(kv_format(f), cfg.mode, D, H, cfg.block_tokens);
+        for (int f = 0; f < n_formats; ++f) l.l[f] = make_format_layout(kv_format(f), cfg.mode, D, H, cfg.block_tokens);
         const int n = int(ops.copies.size());
         emu::launch(dim3(unsigned((n * 32 + 127) / 128)), dim3(128), [&] { copy_slots_kernel(ops.copies.data(), n, l); });
     }

@@ -445,8 +445,8 @@ TEST(accounting_matches_bucket_bytes) {
     const memory_stats s = eng->stats(seq);
     size_t payload = 0, params = 0;
     for (int f = 0; f < n_formats; ++f) {
-        const block_layout L = make_block_layout(kv_format(f), quant_mode::symmetric, 64, 2, 32);
-        const size_t blocks = (s.tokens_by_format[f] + 31) / 32;
+        const block_layout L = make_format_layout(kv_format(f), quant_mode::symmetric, 64, 2, 32);
+        const size_t blocks = (s.tokens_by_format[f] + L.block_tokens - 1) / L.block_tokens;
         payload += blocks * L.payload_bytes;
         params += blocks * L.param_bytes;
     }
@@ -495,9 +495,10 @@ TEST(bookkeeping_is_small_and_exact) {
             const size_t grown = g_new_bytes - before_plan;
             const memory_stats m = eng->stats(seq);
             size_t block_bytes = 0;
-            for (int f = 0; f < n_formats; ++f)
-                block_bytes += (m.tokens_by_format[f] + 31) / 32 *
-                               make_block_layout(kv_format(f), c.mode, 64, 2, 32).bytes;
+            for (int f = 0; f < n_formats; ++f) {  // int4 blocks hold 64 tokens, int2 blocks 128
+                const block_layout L = make_format_layout(kv_format(f), c.mode, 64, 2, 32);
+                block_bytes += (m.tokens_by_format[f] + L.block_tokens - 1) / L.block_tokens * L.bytes;
+            }
             CHECK(m.payload + m.params + m.metadata == allocated + grown + block_bytes);
         }
         eng->free_sequence(seq);

@@ -6,7 +6,7 @@
 // plan fits β — right after the plan and for every token before the next
 // one — then fill the slots already paid for in partly used int8 and int4
 // blocks with the next best upgrades (free: they add no block). The search
-// starts from the continuous estimate and bisects to one int2 block per
+// starts from the continuous estimate and bisects to a quarter of an int2 block per
 // layer, so the plan ends within about one block of β.
 //
 // A plan never makes the cache larger than leaving it alone, except that in
@@ -14,6 +14,7 @@
 // even the cheapest plan misses β, the result is the cheaper of that and
 // leaving it alone, with fits = false (best effort), and bindsFrom says from
 // which length β can bind.
+import { formatBlockTokens } from '../../native/formats.js';
 import { allocate, type AllocationInput, type PlanPolicy } from './policies.js';
 import { bindsFrom, PlanPricer, type PlanLayout, type Price } from './plan-cost.js';
 
@@ -37,8 +38,8 @@ const FILLED = new Set<PlanPolicy>(['smartkv', 'tiered']); // random keeps smart
  * errors, bounds, sinks, window, seed) is the policy's as usual. */
 export function planExactly(policy: PlanPolicy, input: AllocationInput, lay: PlanLayout, current: Uint8Array): ExactPlan {
   const pricer = new PlanPricer(lay, current);
-  const T = lay.blockTokens, m = pricer.perGroup;
-  const slotBytes = lay.blockBytes.map((b) => (b / T) * m); // one slot, all the layers it stands for
+  const m = pricer.perGroup;
+  const slotBytes = lay.blockBytes.map((b, code) => (b / formatBlockTokens(code, lay.blockTokens)) * m); // one slot, all the layers it stands for
   const run = (budget: number) => {
     runs++;
     const a = allocate(policy, { ...input, tokenBytes: slotBytes, budgetBytes: Math.max(0, budget) });
@@ -94,19 +95,20 @@ function estimate(lay: PlanLayout, input: AllocationInput, slotBytes: number[]):
   const allowed = lay.targetBeta * (n + lay.aheadTokens) * lay.fp16TokenBytes * L;
   const meta = (n + lay.aheadTokens) * lay.tokenMetaBytes * L;
   const protectedSlots = Math.min(input.importance.length, input.sinks + input.window);
-  const fp16Token = lay.blockBytes[0] / lay.blockTokens; // per token and layer
+  const fp16Token = lay.blockBytes[0] / formatBlockTokens(0, lay.blockTokens); // per token and layer
   const outside = lay.outsideFp16Tokens * L * fp16Token; // per group × groups × layers per group = per layer × L
   return allowed - meta - outside - lay.aheadTokens * fp16Token * L - protectedSlots * slotBytes[0];
 }
 
 type Run = (budget: number) => { a: ReturnType<typeof allocate>; price: Price };
 
-/** The largest budget (to one int2 block per layer) whose plan fits:
- * bracket it from the estimate outwards, then bisect. */
+/** The largest budget (to a quarter of an int2 block per layer) whose plan
+ * fits: bracket it from the estimate outwards, then bisect. */
 function search(run: Run, guess: number, lay: PlanLayout, slotBytes: number[], slots: number) {
-  // Resolution: one int2 block in every layer. Finer buys nothing the fill
-  // step does not: block rounding decides the last block's worth anyway.
-  const step = Math.max(1, lay.blockBytes[3] * lay.layers);
+  // Resolution: a quarter of an int2 block (T tokens' worth: int2 blocks hold
+  // 4T) in every layer. Finer buys nothing the fill step does not: block
+  // rounding decides the last block's worth anyway.
+  const step = Math.max(1, (lay.blockBytes[3] / 4) * lay.layers);
   const span = lay.blockBytes.reduce((s, b) => s + b, 0) * lay.layers; // every format's last block, every layer
   const most = slots * slotBytes[1]; // every slot at int8: no policy spends more
   let lo: number, hi: number, fit = run(guess);
@@ -141,13 +143,14 @@ function search(run: Run, guess: number, lay: PlanLayout, slotBytes: number[], s
  * the best gains first, within bounds, never touching protected tokens. */
 function fillPaidBlocks(plan: Uint8Array, input: AllocationInput, pricer: PlanPricer): Uint8Array {
   const out = plan.slice();
-  const G = pricer.lay.groups, per = out.length / G, T = pricer.lay.blockTokens;
+  const G = pricer.lay.groups, per = out.length / G;
   const n = input.importance.length, lo = Math.min(input.sinks, n), hi = Math.max(lo, n - input.window);
   const bounds = input.upperBounds;
   for (let g = 0; g < G; g++) {
     for (const f of [INT8, INT4]) {
       let count = 0;
       for (let i = g * per; i < (g + 1) * per; i++) if (out[i] === f) count++;
+      const T = formatBlockTokens(f, pricer.lay.blockTokens);
       const free = count === 0 ? 0 : Math.ceil(count / T) * T - count;
       if (free === 0) continue;
       // The `free` best gains (free < one block): a small sorted list, O(n · free) at worst.

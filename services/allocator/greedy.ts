@@ -22,6 +22,7 @@
 // last bin is O(k log k), k the keys equal in their top 36 bits — a handful
 // unless many keys are equal.
 import { invalid } from '../../native/errors.js';
+import { formatBlockTokens } from '../../native/formats.js';
 import { checkArray, checkBudget, checkInt, checkNumber } from '../../native/validate.js';
 
 // Format codes as the engine numbers them (native/formats.ts).
@@ -412,7 +413,7 @@ export interface BudgetInput {
   fp16TokenBytes: number; // the FP16 K+V bytes of one token (what β divides by)
   tokenBytes: readonly number[]; // [4] bytes per token by format code, as the engine stores it
   metaBytesPerToken: number; // bookkeeping per token regardless of format
-  blockTokens: number; // a partly filled block per format is held whole
+  blockTokens: number; // T: a partly filled block per format is held whole (formatBlockTokens slots)
   extraBytes: number; // fixed overhead: page rounding of the bookkeeping, block tables
   sinks: number;
   window: number;
@@ -428,6 +429,6 @@ export function budgetForBeta(b: BudgetInput): number {
     b.n * b.metaBytesPerToken +
     b.extraBytes +
     // worst case: every bucket ends in a block with one token in it
-    (b.blockTokens - 1) * b.tokenBytes.reduce((a, x) => a + x, 0);
+    b.tokenBytes.reduce((a, x, code) => a + (formatBlockTokens(code, b.blockTokens) - 1) * x, 0);
   return b.beta * b.n * b.fp16TokenBytes - fixed;
 }

@@ -4,15 +4,19 @@
 // page tables (charged at their bound: they double and never shrink), and
 // the bookkeeping pages of the tokens that arrive before the next plan.
 //
-//   hot(plan, k) = fixed + Σ_layers Σ_formats ceil(count_f / T) × blockBytes_f      (fp16 count + k)
+//   hot(plan, k) = fixed + Σ_layers Σ_formats ceil(count_f / T_f) × blockBytes_f    (fp16 count + k)
 //                + table growth bound + pages for tokens n+1 … n+k
 //   fixed        = held now − Σ blocks of the current formats
 //
 // β holds for a plan when hot(plan, k) ≤ β × (n + k) × fp16 bytes for every
 // k in 0 … ahead: right after it and for every token before the next plan.
+// T_f is format f's block slots: T for fp16 and int8, 2T for int4, 4T for
+// int2 (formatBlockTokens).
+import { formatBlockTokens } from '../../native/formats.js';
+
 export interface PlanLayout {
   targetBeta: number; // β in (0, 1]
-  blockTokens: number; // T, token slots per storage block
+  blockTokens: number; // T, token slots per 16- and 8-bit storage block (formatBlockTokens gives each format's)
   blockBytes: readonly number[]; // [4] bytes of one block by format code (fp16, int8, int4, int2)
   tokenMetaBytes: number; // bookkeeping per token and layer (token map + importance, 4 bytes each)
   metaPageTokens: number; // tokens per bookkeeping page
@@ -66,13 +70,13 @@ export class PlanPricer {
     return c;
   }
 
-  private blocks(count: number): number {
-    return Math.ceil(count / this.lay.blockTokens);
+  private blocks(count: number, code: number): number {
+    return Math.ceil(count / formatBlockTokens(code, this.lay.blockTokens));
   }
 
   private blockBytes(c: Int32Array): number {
     let b = 0;
-    for (let k = 0; k < c.length; k++) b += this.blocks(c[k]) * this.lay.blockBytes[k & 3];
+    for (let k = 0; k < c.length; k++) b += this.blocks(c[k], k & 3) * this.lay.blockBytes[k & 3];
     return b * this.perGroup;
   }
 
@@ -82,8 +86,8 @@ export class PlanPricer {
     let b = 0;
     for (let k = 0; k < c.length; k++) {
       const n = c[k] + ((k & 3) === FP16 ? extra : 0);
-      const blocks = this.blocks(n);
-      b += blocks * lay.blockBytes[k & 3] + tableBound(blocks, this.blocks(this.cur[k]), e);
+      const blocks = this.blocks(n, k & 3);
+      b += blocks * lay.blockBytes[k & 3] + tableBound(blocks, this.blocks(this.cur[k], k & 3), e);
     }
     return b * this.perGroup;
   }
@@ -119,15 +123,15 @@ export class PlanPricer {
 /** The smallest β any sequence can reach: every token at 2 bits with its
  * scales and bookkeeping (long sequences approach it). */
 export function minimumBeta(lay: Pick<PlanLayout, 'blockBytes' | 'blockTokens' | 'tokenMetaBytes' | 'fp16TokenBytes'>): number {
-  return (lay.blockBytes[3] / lay.blockTokens + lay.tokenMetaBytes) / lay.fp16TokenBytes;
+  return (lay.blockBytes[3] / formatBlockTokens(3, lay.blockTokens) + lay.tokenMetaBytes) / lay.fp16TokenBytes;
 }
 
 /** Hot bytes of the cheapest storage of n tokens per layer: protected tokens
  * at 16 bits, the rest at 2 bits, whole blocks and pages (tables left out). */
 export function cheapestBytes(lay: Omit<PlanLayout, 'heldBytes' | 'tokens' | 'groups' | 'outsideFp16Tokens' | 'aheadTokens' | 'targetBeta'>, n: number): number {
-  const T = lay.blockTokens, P = lay.metaPageTokens;
+  const T = lay.blockTokens, T2 = formatBlockTokens(3, T), P = lay.metaPageTokens;
   const p = Math.min(n, lay.protectedTokens);
-  const perLayer = Math.ceil(p / T) * lay.blockBytes[0] + Math.ceil((n - p) / T) * lay.blockBytes[3] + Math.ceil(n / P) * P * lay.tokenMetaBytes;
+  const perLayer = Math.ceil(p / T) * lay.blockBytes[0] + Math.ceil((n - p) / T2) * lay.blockBytes[3] + Math.ceil(n / P) * P * lay.tokenMetaBytes;
   return perLayer * lay.layers;
 }
 
@@ -142,13 +146,13 @@ export function bindsFrom(lay: BindsLayout): number {
   const key = JSON.stringify(lay);
   const hit = bindsCache.get(key);
   if (hit !== undefined) return hit;
-  const LIMIT = 1 << 16, L = lay.layers, T = lay.blockTokens, P = lay.metaPageTokens, e = lay.tableEntryBytes;
+  const LIMIT = 1 << 16, L = lay.layers, T = lay.blockTokens, T2 = formatBlockTokens(3, T), P = lay.metaPageTokens, e = lay.tableEntryBytes;
   // The cheapest storage at n, then with k = 1 … ahead tokens arrived at 16
   // bits, each with the tables at their bound: what any plan at n pays at least.
   const fits = (n: number) => {
     const p = Math.min(n, lay.protectedTokens);
     for (let k = 0; k <= lay.aheadTokens; k++) {
-      const pages = Math.ceil((n + k) / P), b16 = Math.ceil((p + k) / T), b2 = Math.ceil((n - p) / T);
+      const pages = Math.ceil((n + k) / P), b16 = Math.ceil((p + k) / T), b2 = Math.ceil((n - p) / T2);
       const tables = 2 * (b16 + b2) + 2 * (lay.tokenMetaBytes / 4) * pages;
       const hot = L * (b16 * lay.blockBytes[0] + b2 * lay.blockBytes[3] + pages * P * lay.tokenMetaBytes + tables * e);
       if (hot > lay.targetBeta * (n + k) * lay.fp16TokenBytes * L) return false;
@@ -158,7 +162,7 @@ export function bindsFrom(lay: BindsLayout): number {
   // Up from 1 to the first length that fits and keeps fitting for a stretch
   // of several blocks and pages (past it the budget grows faster than the
   // cheapest storage: only block and page edges can break it, close by).
-  const STRETCH = 4 * Math.max(T, P);
+  const STRETCH = 4 * Math.max(T2, P);
   let from = 0;
   for (let n = 1; n <= LIMIT && from === 0; n++) {
     if (!fits(n)) continue;

@@ -15,7 +15,7 @@
 import type { AllocationInput, PlanPolicy } from '../allocator/policies.js';
 import type { PlanLayout } from '../allocator/plan-cost.js';
 import type { BatchResult, Bytes, CacheShard, ImportanceReport, LayerPlan, SequencePlan } from '../cache/cache-api.js';
-import { META_PAGE_TOKENS, TABLE_ENTRY_BYTES, TOKEN_META_BYTES } from '../../native/formats.js';
+import { formatBlockTokens, META_PAGE_TOKENS, TABLE_ENTRY_BYTES, TOKEN_META_BYTES } from '../../native/formats.js';
 import type { Allocator, AllocatorResult, PlanProblem } from './allocator-client.js';
 
 export interface SequenceLayout {
@@ -316,7 +316,7 @@ function planLayout(lay: SequenceLayout, opt: ReallocOptions, r: ImportanceRepor
   return {
     targetBeta: opt.beta,
     blockTokens: lay.blockTokens,
-    blockBytes: lay.tokenBytes.map((t) => Math.round(t * lay.blockTokens)),
+    blockBytes: lay.tokenBytes.map((t, code) => Math.round(t * formatBlockTokens(code, lay.blockTokens))),
     tokenMetaBytes: TOKEN_META_BYTES,
     metaPageTokens: META_PAGE_TOKENS,
     tableEntryBytes: TABLE_ENTRY_BYTES,

@@ -20,7 +20,7 @@ import type { Model } from './model/model.js';
 import { argmax, sample, seededRng } from './model/sampler.js';
 import { minimumBeta, reallocateBatch, type BatchCost, type BatchEntry, type ReallocOutcome } from './reallocate.js';
 import { reservationBytes } from '../allocator/plan-cost.js';
-import { META_PAGE_TOKENS, TABLE_ENTRY_BYTES, TOKEN_META_BYTES, tokenBytes as layoutTokenBytes } from '../../native/formats.js';
+import { formatBlockTokens, META_PAGE_TOKENS, TABLE_ENTRY_BYTES, TOKEN_META_BYTES, tokenBytes as layoutTokenBytes } from '../../native/formats.js';
 import { logProb, runStep, type StepItem } from './runner.js';
 import type { CacheChoice, JobSpec, ServerDefaults } from './settings.js';
 import type { ShardSet } from './shard-directory.js';
@@ -290,7 +290,7 @@ export class Scheduler {
       layers: c.layers,
       fp16TokenBytes,
       blockTokens: T,
-      blockBytes: tb.map((t) => t * T),
+      blockBytes: tb.map((t, code) => t * formatBlockTokens(code, T)),
       tokenMetaBytes: TOKEN_META_BYTES,
       metaPageTokens: META_PAGE_TOKENS,
       tableEntryBytes: TABLE_ENTRY_BYTES,

@@ -47,8 +47,11 @@ const SHAPES: Shape[] = [
   // At 57 tokens the reservation is dominated by one partly filled block per
   // format and layer (plan-cost.ts reservationBytes: (layers + 1) × one block of
   // each format), which a plan may fill before the end; the ratio shrinks with
-  // length. 2.5 still fails the ~4× over-reservation this test was written for.
-  { name: 'short, smartkv β 0.5', prompt: 'The old man said', maxTokens: 40, policy: CachePolicy.SMARTKV, budget: 0.5, maxRatio: 2.5 },
+  // length. Since int4 and int2 blocks hold 2× and 4× the slots (the same code
+  // bytes as an int8 block), those blocks are 2-4× larger than they were, and
+  // the ratio here rose to 2.50. 3 still fails the ~4× over-reservation this
+  // test was written for.
+  { name: 'short, smartkv β 0.5', prompt: 'The old man said', maxTokens: 40, policy: CachePolicy.SMARTKV, budget: 0.5, maxRatio: 3 },
   { name: 'fp16', prompt: SENTENCE, maxTokens: 60, policy: CachePolicy.FP16, maxRatio: 2 },
 ];
 

@@ -12,7 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 
 import { AllocateRequestSchema, PlanLayoutSchema, type AllocateResponse } from '../../gen/smartkv/v1/allocator_pb.js';
 import { CachePolicy } from '../../gen/smartkv/v1/common_pb.js';
-import { tokenBytes } from '../../native/formats.js';
+import { blockBytes, formatBlockTokens } from '../../native/formats.js';
 import { allocatorHandlers } from '../../services/allocator/allocator-server.js';
 import { planExactly } from '../../services/allocator/exact-plan.js';
 import { allocate } from '../../services/allocator/policies.js';
@@ -20,7 +20,8 @@ import { PlanPricer, type PlanLayout } from '../../services/allocator/plan-cost.
 import { benchInput } from '../../cli/bench-allocator.js';
 
 const T = 32, SHAPE = { headDim: 128, kvHeads: 8, blockTokens: T, quant: 'symmetric' as const };
-const BLOCK = tokenBytes(SHAPE).map((b) => b * T);
+const SLOTS = [0, 1, 2, 3].map((f) => formatBlockTokens(f, T)); // T, T, 2T, 4T
+const BLOCK = SLOTS.map((_, f) => blockBytes(f, SHAPE));
 
 /** One layer of n tokens: sinks and window at FP16, the rest at `rest`. */
 function state(n: number, beta: number, rest: number): { lay: PlanLayout; current: Uint8Array } {
@@ -28,7 +29,7 @@ function state(n: number, beta: number, rest: number): { lay: PlanLayout; curren
   for (let i = 0; i < n; i++) if (i < 4 || i >= n - 64) current[i] = 0;
   const counts = [0, 0, 0, 0];
   for (const f of current) counts[f]++;
-  const held = counts.reduce((a, c, f) => a + Math.ceil(c / T) * BLOCK[f], 0) + Math.ceil(n / 128) * 128 * 8;
+  const held = counts.reduce((a, c, f) => a + Math.ceil(c / SLOTS[f]) * BLOCK[f], 0) + Math.ceil(n / 128) * 128 * 8;
   const lay: PlanLayout = {
     targetBeta: beta, blockTokens: T, blockBytes: BLOCK, tokenMetaBytes: 8, metaPageTokens: 128, tableEntryBytes: 8,
     fp16TokenBytes: 2 * 8 * 128 * 2, layers: 1, groups: 1, tokens: n, outsideFp16Tokens: 0, aheadTokens: 16, heldBytes: held, protectedTokens: 68,
@@ -50,7 +51,7 @@ describe('exact plans', () => {
         assert.ok(price.worstBeta <= beta, `β ${price.worstBeta}`);
         // … and spends it, unless the policy itself stops short (tiered's
         // percentiles cap what it buys): then β does not bind on it.
-        const unlimited = allocate(policy, { ...input, tokenBytes: BLOCK.map((b) => b / T), budgetBytes: 1e18 }).formats;
+        const unlimited = allocate(policy, { ...input, tokenBytes: BLOCK.map((b, f) => b / SLOTS[f]), budgetBytes: 1e18 }).formats;
         if (new PlanPricer(lay, current).price(unlimited).fits) return assert.equal(policy, 'tiered');
         const fp16 = (n + 16) * lay.fp16TokenBytes;
         assert.ok((beta - price.worstBeta) * fp16 <= BLOCK[1], `${((beta - price.worstBeta) * fp16).toFixed(0)} bytes under β, more than an int8 block`);

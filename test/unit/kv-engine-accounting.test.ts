@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { blockBytes, FORMATS, TOKEN_META_BYTES } from '../../native/formats.js';
+import { blockBytes, formatBlockTokens, FORMATS, TOKEN_META_BYTES } from '../../native/formats.js';
 import { KvEngine, type KvEngineConfig, type KvStats } from '../../native/kv-engine.js';
 import { gaussian } from '../helpers/random.js';
 
@@ -14,7 +14,7 @@ const KV = 2 * 128;
 function blockTotal(st: KvStats, cfg: KvEngineConfig, perLayerCounts: number[][]): number {
   const shape = { headDim: cfg.headDim, kvHeads: cfg.kvHeads, blockTokens: 32, quant: cfg.quant };
   let total = 0;
-  for (const counts of perLayerCounts) counts.forEach((c, f) => (total += Math.ceil(c / 32) * blockBytes(f, shape)));
+  for (const counts of perLayerCounts) counts.forEach((c, f) => (total += Math.ceil(c / formatBlockTokens(f, 32)) * blockBytes(f, shape)));
   return total;
 }
 
@@ -42,8 +42,9 @@ describe('accounting', () => {
       [100, 67, 67, 66],
       [77, 0, 0, 0],
     ]);
-    const blocks = Math.ceil(100 / 32) + 3 * Math.ceil(67 / 32) + Math.ceil(77 / 32);
-    assert.equal(st.payloadBytes + st.paramBytes + blocks * 128, want);
+    // Positions: 4 bytes per slot of every block (int4 blocks hold 64 slots, int2 blocks 128).
+    const slots = 32 * (Math.ceil(100 / 32) + Math.ceil(67 / 32) + Math.ceil(77 / 32)) + 64 * Math.ceil(67 / 64) + 128 * Math.ceil(66 / 128);
+    assert.equal(st.payloadBytes + st.paramBytes + slots * 4, want);
     assert.ok(st.metadataBytes >= 377 * TOKEN_META_BYTES);
     await eng.close();
   });
@@ -109,12 +110,14 @@ describe('accounting', () => {
     const eng = new KvEngine({ ...CONFIG, layers: 1 });
     const costs = eng.tokenBytes();
     assert.equal(costs.length, FORMATS.length);
+    // 128 tokens fill whole blocks in every format: 4 of fp16 or int8, 2 of int4, 1 of int2.
     for (const [code, f] of FORMATS.entries()) {
       const seq = await eng.createSequence();
-      await eng.append(seq, 0, gaussian(64 * KV, 1), gaussian(64 * KV, 2));
-      if (code > 0) await eng.applyPlan(seq, 0, Uint32Array.from({ length: 64 }, (_, i) => i), new Array(64).fill(f));
+      await eng.append(seq, 0, gaussian(128 * KV, 1), gaussian(128 * KV, 2));
+      if (code > 0) await eng.applyPlan(seq, 0, Uint32Array.from({ length: 128 }, (_, i) => i), new Array(128).fill(f));
       const st = await eng.stats(seq);
-      assert.equal(st.payloadBytes + st.paramBytes + 2 * 128, 64 * costs[code], f); // 2 blocks' positions
+      assert.equal(st.tokensByFormat[f], 128);
+      assert.equal(st.payloadBytes + st.paramBytes + 128 * 4, 128 * costs[code], f); // the blocks' positions, 4 bytes a slot
       await eng.freeSequence(seq);
     }
     await eng.close();

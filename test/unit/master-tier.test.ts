@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { blockBytes } from '../../native/formats.js';
+import { blockBytes, formatBlockTokens } from '../../native/formats.js';
 import { KvEngine, type KvEngineConfig } from '../../native/kv-engine.js';
 import { gaussian, rng } from '../helpers/random.js';
 
@@ -58,21 +58,22 @@ describe('precision modes: bytes reported = bytes held', () => {
           await eng.applyPlan(s, l, pos, fmt);
         }
         const st = await eng.stats(s);
-        let blocks = 0, nBlocks = 0;
+        let blocks = 0, slots = 0;
         for (let l = 0; l < CONFIG.layers; l++) {
           const counts = [0, 0, 0, 0];
           for (const c of (await eng.exportImportance(s, l)).format) counts[c]++;
           counts.forEach((c, code) => {
-            nBlocks += Math.ceil(c / 32);
-            blocks += Math.ceil(c / 32) * blockBytes(code, shape);
+            const t = formatBlockTokens(code, 32), nb = Math.ceil(c / t); // int4 blocks hold 64 slots, int2 128
+            slots += nb * t;
+            blocks += nb * blockBytes(code, shape);
           });
         }
         const what = `round ${round}, ${s === up ? 'reversible' : 'downgrade-only'}`;
-        // Whole blocks: codes, scales and the slots' positions (128 bytes a block, counted as metadata).
-        assert.equal(st.payloadBytes + st.paramBytes + nBlocks * 128, blocks, `${what}: block bytes`);
+        // Whole blocks: codes, scales and the slots' positions (4 bytes a slot, counted as metadata).
+        assert.equal(st.payloadBytes + st.paramBytes + slots * 4, blocks, `${what}: block bytes`);
         // The rest of the metadata: token map and importance in pages of 128
         // tokens, plus block and page tables (capacities double, never shrink).
-        const pages = Math.ceil(n / 128), rest = st.metadataBytes - nBlocks * 128;
+        const pages = Math.ceil(n / 128), rest = st.metadataBytes - slots * 4;
         const floor = CONFIG.layers * pages * 128 * 8;
         assert.ok(rest >= floor && rest <= floor + CONFIG.layers * (4 * 2 * Math.ceil(n / 32) + 2 * 2 * pages) * 8, `${what}: bookkeeping ${rest}`);
         assert.equal(st.heldBytes, st.payloadBytes + st.paramBytes + st.metadataBytes);

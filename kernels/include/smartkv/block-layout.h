@@ -1,7 +1,10 @@
 // Byte layout of one storage block: the unit the buckets are paged in.
 //
 // A block holds `block_tokens` (T) token slots of ONE format for one
-// (sequence, layer); every slot carries all kv-heads (H) of that token:
+// (sequence, layer); every slot carries all kv-heads (H) of that token.
+// The engine's block size T is that of the 16- and 8-bit blocks; 4-bit blocks
+// hold 2T slots and 2-bit blocks 4T (format_block_tokens), so every integer
+// format's block carries the same code bytes per kv-head (T x head_dim).
 //
 //   +--------------------------------------------+ offset 0
 //   | k_codes  [H][T][row_bytes]     u8           |  packed rows (fp16: halves)
@@ -42,6 +45,21 @@ struct block_layout {
     }
 };
 
+// Slots per block of format f in an engine of T-token blocks: T for fp16
+// and int8, 2T for int4, 4T for int2, at most 1024 (T is a multiple of 16 up
+// to 1024, so these are too). Why: attention pays a fixed cost per block and
+// per kv-head (the online-softmax update, the value weights' quantisation and
+// the integer accumulators' fold), and the hardware prefetcher ramps up again
+// on each kv-head's piece of a block; equal bytes per piece spread both over
+// the same bytes in every integer format. At 32-token int2 blocks that cost
+// was ~290 instructions per block (9 of 41 per token, one query) and int2 ran
+// ~1.27x faster in 128-token blocks (docs/bench-attention.md). The slack of a
+// partly filled last block is then the same bytes in each integer format.
+SKV_HD constexpr int format_block_tokens(kv_format f, int block_tokens) {
+    const int t = f == kv_format::int4 ? 2 * block_tokens : f == kv_format::int2 ? 4 * block_tokens : block_tokens;
+    return t < 1024 ? t : 1024;
+}
+
 // kivi_keys: key parameters per channel (KIVI group) instead of per vector.
 SKV_HD block_layout make_block_layout(kv_format f, quant_mode m, int head_dim, int n_kv_heads,
                                              int block_tokens, bool kivi_keys = false) {
@@ -64,6 +82,11 @@ SKV_HD block_layout make_block_layout(kv_format f, quant_mode m, int head_dim, i
     l.param_bytes = align64(k_param_bytes) + align64(v_param_bytes);
     l.meta_bytes = l.bytes - l.payload_bytes - l.param_bytes;
     return l;
+}
+
+// The layout of format f's blocks in an engine of block_tokens-token blocks.
+SKV_HD block_layout make_format_layout(kv_format f, quant_mode m, int head_dim, int n_kv_heads, int block_tokens) {
+    return make_block_layout(f, m, head_dim, n_kv_heads, format_block_tokens(f, block_tokens));
 }
 
 }  // namespace smartkv

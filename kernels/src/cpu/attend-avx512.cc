@@ -32,6 +32,14 @@ constexpr int max_tile = 16;
 constexpr int max_tile_values_tokens = 256;  // blocks up to this size take the tiles' integer value path
 // A run's scores: [nq][512] floats, in the caller's scratch (attend_scratch_floats).
 constexpr int max_run_scores = 512;
+// The value weights get one 16-bit scale per this many tokens of a block
+// (quantize_weights16). The kernel check's float64-reference bound is 1e-4:
+// with 64 its largest error stays 6.9e-5 (as with one scale per 32-token
+// block), while one scale per 128-token int2 block reached 1.12e-4. Each
+// segment costs a weight quantisation and a fold of the integer sums (~100
+// instructions), so longer segments are cheaper: 32 gave int2 37.7
+// instructions per token in 128-token blocks, 64 gives 35.8.
+constexpr int weight_segment_tokens = 64;
 constexpr int max_run_tokens = 1024;  // one block (block_tokens <= 1024) or a run of blocks (attend_quantized_run): weights on the stack
 
 // Scales and zero points of 16 consecutive slots [t0, t0+n) as vectors.
@@ -423,8 +431,9 @@ __attribute__((always_inline)) inline void quantized_scores(const block_layout& 
 // ---------------------------------------------------------------------------
 // Integer value accumulation for one query (8-, 4- and 2-bit codes, D = 64/128).
 //
-// Per block the weights w_t = p_t * scale_t are quantised to 16 bits with one
-// block scale ws = max_t w_t / 65535 and split into bytes (hi, lo). Four token
+// Per 64 tokens of a block (weight_segment_tokens) the weights w_t = p_t *
+// scale_t are quantised to 16 bits with one scale ws = max_t w_t / 65535 and
+// split into bytes (hi, lo). Four token
 // rows are transposed on the fly so that each dword holds one byte position's
 // codes of tokens t..t+3; vpdpbusd then folds 4 tokens into a channel's int32
 // accumulator, once with the hi and once with the lo weight bytes:
@@ -561,19 +570,21 @@ __attribute__((noinline)) void accumulate_values_int(const block_layout& L, quan
     for (int g = 0; g < NG; ++g)
         for (int k = 0; k < 4; ++k) fa[g][k] = _mm512_setzero_ps();
     for (int j = 0; j < nb; ++j) {
-        const int n4 = (blks[j].n_valid + 3) & ~3;
+      const int n4 = (blks[j].n_valid + 3) & ~3;
+      const fetch_ahead ahead = next.of(L, j, head);
+      const uint8_t* v_rows = blks[j].data + L.v_codes + L.code_offset(head, 0);  // [T][P]
+      for (int s0 = 0; s0 < n4; s0 += weight_segment_tokens) {  // one weight scale per segment
+        const int s1 = std::min(n4, s0 + weight_segment_tokens);
         uint8_t* whi_j = whi + size_t(j) * T;
         uint8_t* wlo_j = wlo + size_t(j) * T;
-        const float ws = quantize_weights16(w + size_t(j) * T, n4, whi_j, wlo_j);
+        const float ws = quantize_weights16(w + size_t(j) * T + s0, s1 - s0, whi_j + s0, wlo_j + s0);
         if (ws == 0.f) continue;
         __m512i ah[NG][4], al[NG][4];
         for (int g = 0; g < NG; ++g)
             for (int k = 0; k < 4; ++k) ah[g][k] = al[g][k] = _mm512_setzero_si512();
-        const fetch_ahead ahead = next.of(L, j, head);
-        const uint8_t* v_rows = blks[j].data + L.v_codes + L.code_offset(head, 0);  // [T][P]
-        for (int t0 = 0; t0 < n4; t0 += 16) {
+        for (int t0 = s0; t0 < s1; t0 += 16) {
             ahead.chunk<P>(t0);
-            for (int t = t0; t < std::min(n4, t0 + 16); t += 4) {
+            for (int t = t0; t < std::min(s1, t0 + 16); t += 4) {
                 const uint8_t* r = v_rows + size_t(t) * P;
                 uint32_t h32, l32;
                 std::memcpy(&h32, whi_j + t, 4);
@@ -593,6 +604,7 @@ __attribute__((noinline)) void accumulate_values_int(const block_layout& L, quan
         for (int g = 0; g < NG; ++g)
             for (int k = 0; k < 4; ++k)
                 fa[g][k] = _mm512_fmadd_ps(vws, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k])), fa[g][k]);
+      }
     }
     const __m512 vz = _mm512_set1_ps(zsum);
     for (int g = 0; g < NG; ++g) {
@@ -650,19 +662,26 @@ __attribute__((noinline)) void accumulate_values_int_tile(const __m512i* codes /
         const int n = std::min(16, n_valid - t);
         _mm512_store_ps(wa + t, _mm512_maskz_loadu_ps(n == 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1), w + t));
     }
-    const float ws = quantize_weights16(wa, n4, whi, wlo);
-    if (ws == 0.f) return;
-    __m512i ah[NG][4], al[NG][4];
-    prepared_value_sums<NG>(codes, n4, whi, wlo, ah, al);
-    const __m512 vws = _mm512_set1_ps(ws);
+    __m512 fa[NG][4];  // float sums, 128-bit-lane order
+    for (int g = 0; g < NG; ++g)
+        for (int k = 0; k < 4; ++k) fa[g][k] = _mm512_setzero_ps();
+    for (int s0 = 0; s0 < n4; s0 += weight_segment_tokens) {  // one weight scale per segment
+        const int sn = std::min(weight_segment_tokens, n4 - s0);
+        const float ws = quantize_weights16(wa + s0, sn, whi, wlo);
+        if (ws == 0.f) continue;
+        __m512i ah[NG][4], al[NG][4];
+        prepared_value_sums<NG>(codes + size_t(s0 / 4) * NG * 4, sn, whi, wlo, ah, al);
+        const __m512 vws = _mm512_set1_ps(ws);
+        for (int g = 0; g < NG; ++g)
+            for (int k = 0; k < 4; ++k)
+                fa[g][k] = _mm512_fmadd_ps(vws, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k])), fa[g][k]);
+    }
     for (int g = 0; g < NG; ++g) {
-        __m512 a[4], n[4];
-        for (int k = 0; k < 4; ++k)
-            a[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k]));
-        transpose4_lanes(a, n);
+        __m512 n[4];
+        transpose4_lanes(fa[g], n);
         for (int L = 0; L < 4; ++L) {
             float* o = acc_out + 64 * g + 16 * L;
-            _mm512_storeu_ps(o, _mm512_fmadd_ps(vws, n[L], _mm512_loadu_ps(o)));
+            _mm512_storeu_ps(o, _mm512_add_ps(n[L], _mm512_loadu_ps(o)));
         }
     }
 }
@@ -716,14 +735,17 @@ __attribute__((noinline)) void accumulate_values_int_tile_run(const block_layout
                 if constexpr (B == 8) zacc = _mm512_fmadd_ps(wv, _mm512_set1_ps(128.f), zacc);  // codes folded as code-128
             }
             zsum[i] += _mm512_reduce_add_ps(zacc);
-            const float ws = quantize_weights16(w, n4, whi, wlo);
-            if (ws == 0.f) continue;
-            __m512i ah[NG][4], al[NG][4];
-            prepared_value_sums<NG>(codes, n4, whi, wlo, ah, al);
-            const __m512 vws = _mm512_set1_ps(ws);
-            for (int g = 0; g < NG; ++g)
-                for (int k = 0; k < 4; ++k)
-                    fa[i][g][k] = _mm512_fmadd_ps(vws, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k])), fa[i][g][k]);
+            for (int s0 = 0; s0 < n4; s0 += weight_segment_tokens) {  // one weight scale per segment
+                const int sn = std::min(weight_segment_tokens, n4 - s0);
+                const float ws = quantize_weights16(w + s0, sn, whi, wlo);
+                if (ws == 0.f) continue;
+                __m512i ah[NG][4], al[NG][4];
+                prepared_value_sums<NG>(codes + size_t(s0 / 4) * NG * 4, sn, whi, wlo, ah, al);
+                const __m512 vws = _mm512_set1_ps(ws);
+                for (int g = 0; g < NG; ++g)
+                    for (int k = 0; k < 4; ++k)
+                        fa[i][g][k] = _mm512_fmadd_ps(vws, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k])), fa[i][g][k]);
+            }
         }
     }
     for (int i = 0; i < tv.n; ++i) {

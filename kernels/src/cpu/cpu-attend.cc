@@ -128,7 +128,8 @@ void cpu_engine::run_attention(std::vector<prepared>& wave, size_t n_wave) {
         for (int h = 0; h < H; ++h)
             for (int s = 0; s < p.n_splits; ++s) tasks.push_back({&p, h, s});
     }
-    const size_t scratch_floats = attend_scratch_floats(D, std::max(cfg_.block_tokens, kivi_group));
+    // int2's blocks are the longest (format_block_tokens)
+    const size_t scratch_floats = attend_scratch_floats(D, std::max(format_block_tokens(kv_format::int2, cfg_.block_tokens), kivi_group));
     scratch_.resize(size_t(pool_.size()));
     for (auto& s : scratch_) s.resize(scratch_floats);
     auto& scratch = scratch_;

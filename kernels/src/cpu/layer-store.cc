@@ -13,7 +13,7 @@ namespace smartkv {
 layer_store::layer_store(const engine_config& cfg, storage_kind kind, bool reversible) : cfg_(cfg), kind_(kind) {
     if (reversible) master_ = make_master_tier(cfg.master_dir, cfg.n_kv_heads, cfg.head_dim);
     for (int f = 0; f < n_formats; ++f)
-        buckets_[f] = bucket(make_block_layout(kv_format(f), cfg.mode, cfg.head_dim, cfg.n_kv_heads, cfg.block_tokens));
+        buckets_[f] = bucket(make_format_layout(kv_format(f), cfg.mode, cfg.head_dim, cfg.n_kv_heads, cfg.block_tokens));
     if (kind != storage_kind::mixed) {
         kivi_fmt_ = kivi_format(kind);
         group_layout_ = make_block_layout(kivi_fmt_, quant_mode::asymmetric, cfg.head_dim, cfg.n_kv_heads, kivi_group,
