@@ -2,10 +2,10 @@
 // memory. Three numbers per format, each the median of `reps` passes:
 //
 //   hot    the decode kernel (attend_blocks_fast, as cpu-attend.cc calls it)
-//          over 64 blocks of one kv-head, again and again: the data sit in
+//          over 2,048 tokens of one kv-head, again and again: the data sit in
 //          L1/L2, so this is what the instructions cost
 //   cold   the same kernel over every kv-head of n_blocks blocks (n_blocks x
-//          32 tokens x heads, far larger than the caches): what memory adds
+//          T tokens x heads, far larger than the caches): what memory adds
 //   reader no arithmetic, only loads of the same key and value pieces in the
 //          kernel's order (a run of 16 blocks' keys, then their values), with
 //          prefetcht1 `ahead` pieces ahead (0: none): what this layout's
@@ -13,7 +13,7 @@
 //
 // Times are ns per token per kv-head; GB/s counts the block bytes (codes,
 // parameters, positions) for the kernel and the codes for the reader.
-// Usage: smartkv-stream-bench [format 1..3 = int8/int4/int2] [heads 32] [n_blocks 1024] [reps 5]
+// Usage: smartkv-stream-bench [format 1..3 = int8/int4/int2] [heads 32] [n_blocks 1024] [reps 5] [block_tokens T 32]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -98,8 +98,9 @@ int main(int argc, char** argv) {
     const int n_blocks = argc > 3 ? std::atoi(argv[3]) : 1024;
     const int reps = argc > 4 ? std::atoi(argv[4]) : 5;
     T = argc > 5 ? std::atoi(argv[5]) : 32;
-    if (fmt < 1 || fmt > 3 || heads < 1 || n_blocks < 64 || n_blocks % run_blocks != 0 || reps < 1) {
-        std::fprintf(stderr, "usage: smartkv-stream-bench [format 1..3] [heads] [n_blocks >= 64, a multiple of 16] [reps]\n");
+    if (fmt < 1 || fmt > 3 || heads < 1 || n_blocks < 64 || n_blocks % run_blocks != 0 || reps < 1 || T < 16 || T > 1024 ||
+        T % 16 != 0 || 2048 % T != 0) {
+        std::fprintf(stderr, "usage: smartkv-stream-bench [format 1..3] [heads] [n_blocks >= 64, a multiple of 16] [reps] [block_tokens 16..1024 dividing 2048]\n");
         return 2;
     }
     if (!fast_path_available(D)) {
