@@ -644,6 +644,25 @@ __attribute__((always_inline)) inline void prepared_value_sums(const __m512i* co
     }
 }
 
+// fa += the weighted sums of n4 prepared rows (value_codes4 vectors), with the
+// weights w (p*scale, 0 past the valid tokens up to a multiple of 16)
+// quantised to 16 bits per weight_segment_tokens; whi/wlo: scratch bytes.
+template <int NG>
+__attribute__((always_inline)) inline void fold_prepared_values(const __m512i* codes /*[n4/4][NG][4]*/, int n4, const float* w,
+                                                                uint8_t* whi, uint8_t* wlo, __m512 (&fa)[NG][4]) {
+    for (int s0 = 0; s0 < n4; s0 += weight_segment_tokens) {  // one weight scale per segment
+        const int sn = std::min(weight_segment_tokens, n4 - s0);
+        const float ws = quantize_weights16(w + s0, sn, whi, wlo);
+        if (ws == 0.f) continue;
+        __m512i ah[NG][4], al[NG][4];
+        prepared_value_sums<NG>(codes + size_t(s0 / 4) * NG * 4, sn, whi, wlo, ah, al);
+        const __m512 vws = _mm512_set1_ps(ws);
+        for (int g = 0; g < NG; ++g)
+            for (int k = 0; k < 4; ++k)
+                fa[g][k] = _mm512_fmadd_ps(vws, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k])), fa[g][k]);
+    }
+}
+
 // Integer values for one query of a tile, over value codes a tile shares
 // (value_codes4 of every 4 rows, prepared once): w = p*scale per token (the
 // zero points are in st.z), quantised to 16 bits per block as in
@@ -665,17 +684,7 @@ __attribute__((noinline)) void accumulate_values_int_tile(const __m512i* codes /
     __m512 fa[NG][4];  // float sums, 128-bit-lane order
     for (int g = 0; g < NG; ++g)
         for (int k = 0; k < 4; ++k) fa[g][k] = _mm512_setzero_ps();
-    for (int s0 = 0; s0 < n4; s0 += weight_segment_tokens) {  // one weight scale per segment
-        const int sn = std::min(weight_segment_tokens, n4 - s0);
-        const float ws = quantize_weights16(wa + s0, sn, whi, wlo);
-        if (ws == 0.f) continue;
-        __m512i ah[NG][4], al[NG][4];
-        prepared_value_sums<NG>(codes + size_t(s0 / 4) * NG * 4, sn, whi, wlo, ah, al);
-        const __m512 vws = _mm512_set1_ps(ws);
-        for (int g = 0; g < NG; ++g)
-            for (int k = 0; k < 4; ++k)
-                fa[g][k] = _mm512_fmadd_ps(vws, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k])), fa[g][k]);
-    }
+    fold_prepared_values<NG>(codes, n4, wa, whi, wlo, fa);
     for (int g = 0; g < NG; ++g) {
         __m512 n[4];
         transpose4_lanes(fa[g], n);
@@ -735,17 +744,7 @@ __attribute__((noinline)) void accumulate_values_int_tile_run(const block_layout
                 if constexpr (B == 8) zacc = _mm512_fmadd_ps(wv, _mm512_set1_ps(128.f), zacc);  // codes folded as code-128
             }
             zsum[i] += _mm512_reduce_add_ps(zacc);
-            for (int s0 = 0; s0 < n4; s0 += weight_segment_tokens) {  // one weight scale per segment
-                const int sn = std::min(weight_segment_tokens, n4 - s0);
-                const float ws = quantize_weights16(w + s0, sn, whi, wlo);
-                if (ws == 0.f) continue;
-                __m512i ah[NG][4], al[NG][4];
-                prepared_value_sums<NG>(codes + size_t(s0 / 4) * NG * 4, sn, whi, wlo, ah, al);
-                const __m512 vws = _mm512_set1_ps(ws);
-                for (int g = 0; g < NG; ++g)
-                    for (int k = 0; k < 4; ++k)
-                        fa[i][g][k] = _mm512_fmadd_ps(vws, _mm512_fmadd_ps(_mm512_cvtepi32_ps(ah[g][k]), _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(al[g][k])), fa[i][g][k]);
-            }
+            fold_prepared_values<NG>(codes, n4, w, whi, wlo, fa[i]);
         }
     }
     for (int i = 0; i < tv.n; ++i) {
